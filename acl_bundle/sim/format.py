@@ -1,0 +1,229 @@
+"""The simulator's model file format (``.om`` files that load on ``acl_bundle.sim`` only).
+
+Layout (all integers little-endian)::
+
+    header   : magic b"ACLBSIM\\x00" (8 B) | u16 major | u16 minor | u32 section_count
+    section  : tag (4 B ASCII) | u64 length | u32 crc32(payload) | payload
+    sections : "META" once, first (UTF-8 JSON, see ``ModelFile``),
+               then "ONNX" once per graph that has one, in graph order,
+               then "VARV" once per variable initial value, in variable order.
+
+Never pickle: the metadata is JSON, graphs are ONNX protobuf bytes, values are raw
+C-order bytes.  Every length is checked against what remains of the file before it
+is used, so a truncated, corrupted or foreign file raises :class:`FormatError`
+carrying the ACL error code the simulator returns for it (choices are ours; the
+reference lists per-cause load codes as unconfirmed):
+
+* 145006 ACL_ERROR_GE_EXEC_MODEL_DATA_SIZE_INVALID: empty/truncated file, section
+  length past the end, trailing bytes, absurd section count;
+* 145000 ACL_ERROR_GE_PARAM_INVALID: not our magic (foreign file), unsupported
+  major version;
+* 545001 ACL_ERROR_GE_LOAD_MODEL: CRC mismatch, malformed metadata, sections that
+  disagree with the metadata.
+"""
+from __future__ import annotations
+
+import json
+import struct
+import zlib
+from dataclasses import dataclass, field
+
+import numpy as np
+
+MAGIC = b"ACLBSIM\x00"
+FORMAT_MAJOR = 1
+FORMAT_MINOR = 0
+_HEADER = struct.Struct("<8sHHI")
+_SECTION = struct.Struct("<4sQI")
+MAX_SECTIONS = 1 << 16
+
+ERR_SIZE = 145006
+ERR_FOREIGN = 145000
+ERR_CORRUPT = 545001
+
+
+class FormatError(Exception):
+    """A model file could not be parsed; ``code`` is the ACL error the loader returns."""
+
+    def __init__(self, code: int, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    """One graph input/output or variable: name, numpy dtype name, shape (-1 = dynamic batch dim)."""
+
+    name: str
+    dtype: str
+    shape: tuple[int, ...]
+
+    @property
+    def np_dtype(self) -> np.dtype:
+        return np.dtype(self.dtype)
+
+    def nbytes(self, batch: int | None = None) -> int:
+        """Byte size with the dynamic dim (-1) replaced by ``batch``."""
+        n = 1
+        for d in self.shape:
+            n *= batch if d == -1 else d
+        return n * self.np_dtype.itemsize
+
+    def to_json(self) -> dict:
+        return {"name": self.name, "dtype": self.dtype, "shape": list(self.shape)}
+
+    @classmethod
+    def from_json(cls, d: dict) -> "TensorSpec":
+        shape = tuple(int(x) for x in d["shape"])
+        if any(x < -1 for x in shape):
+            raise ValueError(f"bad shape {shape}")
+        np.dtype(d["dtype"])  # validates
+        return cls(str(d["name"]), str(d["dtype"]), shape)
+
+
+@dataclass(frozen=True)
+class GraphSpec:
+    """One graph of a model file.
+
+    ``role`` is "model" (plain file) or "infer" / "init" / "update" (bundle).
+    ``onnx`` holds the ONNX bytes for "model" and "infer"; init and update graphs
+    are executed natively by the simulator (Assign semantics) and have ``onnx=b""``.
+    ``inputs``/``outputs`` are the *data* inputs/outputs as ACL reports them: for an
+    infer graph the variables are extra ONNX inputs named after the variables and are
+    not listed here; the dynamic-batch input is not listed either (the runtime adds it).
+    """
+
+    role: str
+    inputs: tuple[TensorSpec, ...]
+    outputs: tuple[TensorSpec, ...]
+    onnx: bytes = b""
+
+
+@dataclass
+class ModelFile:
+    """Everything a simulator model file holds."""
+
+    kind: str  # "plain" or "bundle"
+    graphs: list[GraphSpec]  # bundle order: infer, [init], update
+    variables: list[TensorSpec] = field(default_factory=list)
+    initial_values: list[bytes] = field(default_factory=list)  # one per variable when an init graph exists
+    batch_sizes: list[int] = field(default_factory=list)  # [] = static shapes
+
+    @property
+    def has_init(self) -> bool:
+        return any(g.role == "init" for g in self.graphs)
+
+
+def dumps(model: ModelFile) -> bytes:
+    """Serialise ``model`` to bytes."""
+    onnx_graphs = [g for g in model.graphs if g.onnx]
+    meta = {
+        "kind": model.kind,
+        "graphs": [
+            {
+                "role": g.role,
+                "inputs": [t.to_json() for t in g.inputs],
+                "outputs": [t.to_json() for t in g.outputs],
+                "has_onnx": bool(g.onnx),
+            }
+            for g in model.graphs
+        ],
+        "variables": [v.to_json() for v in model.variables],
+        "has_initial_values": bool(model.initial_values),
+        "batch_sizes": list(model.batch_sizes),
+    }
+    sections = [(b"META", json.dumps(meta, sort_keys=True).encode())]
+    sections += [(b"ONNX", g.onnx) for g in onnx_graphs]
+    sections += [(b"VARV", v) for v in model.initial_values]
+    out = [_HEADER.pack(MAGIC, FORMAT_MAJOR, FORMAT_MINOR, len(sections))]
+    for tag, payload in sections:
+        out.append(_SECTION.pack(tag, len(payload), zlib.crc32(payload)))
+        out.append(payload)
+    return b"".join(out)
+
+
+def loads(data: bytes | memoryview) -> ModelFile:
+    """Parse bytes written by :func:`dumps`; raise :class:`FormatError` on anything else."""
+    mv = memoryview(data).cast("B")
+    if len(mv) < len(MAGIC):
+        raise FormatError(ERR_SIZE, f"file is {len(mv)} bytes, smaller than the header")
+    if bytes(mv[: len(MAGIC)]) != MAGIC:
+        raise FormatError(ERR_FOREIGN, "not a simulator model file (bad magic)")
+    if len(mv) < _HEADER.size:
+        raise FormatError(ERR_SIZE, "truncated header")
+    _, major, _minor, count = _HEADER.unpack_from(mv, 0)
+    if major != FORMAT_MAJOR:
+        raise FormatError(ERR_FOREIGN, f"unsupported format version {major} (this simulator reads {FORMAT_MAJOR})")
+    if count > MAX_SECTIONS:
+        raise FormatError(ERR_SIZE, f"absurd section count {count}")
+    pos = _HEADER.size
+    sections: list[tuple[bytes, memoryview]] = []
+    for i in range(count):
+        if len(mv) - pos < _SECTION.size:
+            raise FormatError(ERR_SIZE, f"truncated at section {i} header")
+        tag, length, crc = _SECTION.unpack_from(mv, pos)
+        pos += _SECTION.size
+        if length > len(mv) - pos:
+            raise FormatError(ERR_SIZE, f"section {i} claims {length} bytes, only {len(mv) - pos} remain")
+        payload = mv[pos : pos + length]
+        pos += length
+        if zlib.crc32(payload) != crc:
+            raise FormatError(ERR_CORRUPT, f"section {i} ({tag!r}) checksum mismatch")
+        sections.append((tag, payload))
+    if pos != len(mv):
+        raise FormatError(ERR_SIZE, f"{len(mv) - pos} trailing bytes after the last section")
+    try:
+        return _from_sections(sections)
+    except FormatError:
+        raise
+    except (ValueError, KeyError, TypeError, UnicodeDecodeError) as e:
+        raise FormatError(ERR_CORRUPT, f"malformed metadata: {e}") from None
+
+
+def _from_sections(sections: list[tuple[bytes, memoryview]]) -> ModelFile:
+    if not sections or sections[0][0] != b"META":
+        raise FormatError(ERR_CORRUPT, "first section is not META")
+    meta = json.loads(bytes(sections[0][1]).decode())
+    rest = sections[1:]
+    onnx_payloads = [bytes(p) for t, p in rest if t == b"ONNX"]
+    var_payloads = [bytes(p) for t, p in rest if t == b"VARV"]
+    if len(onnx_payloads) + len(var_payloads) != len(rest):
+        raise FormatError(ERR_CORRUPT, "unknown section tag")
+    kind = meta["kind"]
+    if kind not in ("plain", "bundle"):
+        raise ValueError(f"unknown kind {kind!r}")
+    graphs = []
+    it = iter(onnx_payloads)
+    for g in meta["graphs"]:
+        role = g["role"]
+        onnx_bytes = next(it, None) if g["has_onnx"] else b""
+        if onnx_bytes is None:
+            raise FormatError(ERR_CORRUPT, "missing ONNX section")
+        graphs.append(
+            GraphSpec(
+                role=role,
+                inputs=tuple(TensorSpec.from_json(t) for t in g["inputs"]),
+                outputs=tuple(TensorSpec.from_json(t) for t in g["outputs"]),
+                onnx=onnx_bytes,
+            )
+        )
+    if next(it, None) is not None:
+        raise FormatError(ERR_CORRUPT, "more ONNX sections than graphs")
+    roles = [g.role for g in graphs]
+    if kind == "plain" and roles != ["model"]:
+        raise ValueError(f"plain file with graphs {roles}")
+    if kind == "bundle" and roles not in (["infer", "init", "update"], ["infer", "update"]):
+        raise ValueError(f"bundle with graphs {roles}")
+    variables = [TensorSpec.from_json(v) for v in meta["variables"]]
+    if meta["has_initial_values"]:
+        if len(var_payloads) != len(variables):
+            raise FormatError(ERR_CORRUPT, "initial values do not match variables")
+        for v, p in zip(variables, var_payloads):
+            if len(p) != v.nbytes():
+                raise FormatError(ERR_CORRUPT, f"initial value of {v.name!r} has {len(p)} bytes, expected {v.nbytes()}")
+    elif var_payloads:
+        raise FormatError(ERR_CORRUPT, "unexpected initial values")
+    batch_sizes = [int(b) for b in meta["batch_sizes"]]
+    if any(b <= 0 for b in batch_sizes):
+        raise ValueError("batch sizes must be positive")
+    return ModelFile(kind, graphs, variables, var_payloads, batch_sizes)
