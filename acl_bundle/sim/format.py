@@ -19,7 +19,10 @@ reference lists per-cause load codes as unconfirmed):
 * 145000 ACL_ERROR_GE_PARAM_INVALID: not our magic (foreign file), unsupported
   major version;
 * 545001 ACL_ERROR_GE_LOAD_MODEL: CRC mismatch, malformed metadata, sections that
-  disagree with the metadata.
+  disagree with the metadata.  Metadata is checked for consistency too: dtypes from
+  ``DTYPES`` only, integer shapes, graph roles in order with ONNX exactly for
+  "model"/"infer", unique static-shape variables (>= 1 in a bundle, none in a plain
+  file), initial values iff an init graph, -1 dims iff batch sizes.
 """
 from __future__ import annotations
 
@@ -36,6 +39,12 @@ FORMAT_MINOR = 0
 _HEADER = struct.Struct("<8sHHI")
 _SECTION = struct.Struct("<4sQI")
 MAX_SECTIONS = 1 << 16
+#: numpy dtype names a TensorSpec may carry (the types ACL moves between host and device).
+DTYPES = frozenset(
+    ["float32", "float16", "float64", "int8", "int16", "int32", "int64",
+     "uint8", "uint16", "uint32", "uint64", "bool"]
+)
+_ROLE_HAS_ONNX = {"model": True, "infer": True, "init": False, "update": False}
 
 ERR_SIZE = 145006
 ERR_FOREIGN = 145000
@@ -74,11 +83,14 @@ class TensorSpec:
 
     @classmethod
     def from_json(cls, d: dict) -> "TensorSpec":
-        shape = tuple(int(x) for x in d["shape"])
-        if any(x < -1 for x in shape):
-            raise ValueError(f"bad shape {shape}")
-        np.dtype(d["dtype"])  # validates
-        return cls(str(d["name"]), str(d["dtype"]), shape)
+        name, dtype, shape = d["name"], d["dtype"], d["shape"]
+        if not isinstance(name, str):
+            raise ValueError(f"bad name {name!r}")
+        if dtype not in DTYPES:  # np.dtype() alone would accept "object", "U8", None...
+            raise ValueError(f"unsupported dtype {dtype!r}")
+        if not isinstance(shape, list) or any(type(x) is not int or x < -1 for x in shape):
+            raise ValueError(f"bad shape {shape!r}")
+        return cls(name, dtype, tuple(shape))
 
 
 @dataclass(frozen=True)
@@ -196,6 +208,8 @@ def _from_sections(sections: list[tuple[bytes, memoryview]]) -> ModelFile:
     it = iter(onnx_payloads)
     for g in meta["graphs"]:
         role = g["role"]
+        if role not in _ROLE_HAS_ONNX or g["has_onnx"] is not _ROLE_HAS_ONNX[role]:
+            raise FormatError(ERR_CORRUPT, f"graph role {role!r} with has_onnx={g['has_onnx']!r}")
         onnx_bytes = next(it, None) if g["has_onnx"] else b""
         if onnx_bytes is None:
             raise FormatError(ERR_CORRUPT, "missing ONNX section")
@@ -215,6 +229,17 @@ def _from_sections(sections: list[tuple[bytes, memoryview]]) -> ModelFile:
     if kind == "bundle" and roles not in (["infer", "init", "update"], ["infer", "update"]):
         raise ValueError(f"bundle with graphs {roles}")
     variables = [TensorSpec.from_json(v) for v in meta["variables"]]
+    if len({v.name for v in variables}) != len(variables):
+        raise FormatError(ERR_CORRUPT, "duplicate variable names")
+    if any(-1 in v.shape for v in variables):
+        raise FormatError(ERR_CORRUPT, "variables must have static shapes")
+    if kind == "plain" and (variables or meta["has_initial_values"]):
+        raise FormatError(ERR_CORRUPT, "plain file with variables")
+    if kind == "bundle" and not variables:
+        raise FormatError(ERR_CORRUPT, "bundle without variables")
+    has_init = "init" in roles
+    if meta["has_initial_values"] is not has_init:
+        raise FormatError(ERR_CORRUPT, "initial values present iff the bundle has an init graph")
     if meta["has_initial_values"]:
         if len(var_payloads) != len(variables):
             raise FormatError(ERR_CORRUPT, "initial values do not match variables")
@@ -223,7 +248,10 @@ def _from_sections(sections: list[tuple[bytes, memoryview]]) -> ModelFile:
                 raise FormatError(ERR_CORRUPT, f"initial value of {v.name!r} has {len(p)} bytes, expected {v.nbytes()}")
     elif var_payloads:
         raise FormatError(ERR_CORRUPT, "unexpected initial values")
-    batch_sizes = [int(b) for b in meta["batch_sizes"]]
-    if any(b <= 0 for b in batch_sizes):
-        raise ValueError("batch sizes must be positive")
+    batch_sizes = meta["batch_sizes"]
+    if not isinstance(batch_sizes, list) or any(type(b) is not int or b <= 0 for b in batch_sizes):
+        raise ValueError("batch sizes must be positive ints")
+    dynamic = any(-1 in t.shape for g in graphs for t in (*g.inputs, *g.outputs))
+    if dynamic != bool(batch_sizes):
+        raise FormatError(ERR_CORRUPT, "dynamic (-1) dims present iff batch sizes are given")
     return ModelFile(kind, graphs, variables, var_payloads, batch_sizes)

@@ -1,0 +1,109 @@
+"""Choose the ``acl`` module and share one ACL runtime per process.
+
+``acl.init``/``acl.finalize`` are once per process and devices are refcounted by
+ACL itself, so every :class:`~acl_bundle.BundleModel` in a process goes through
+:func:`acquire`/:func:`release`: the first model initialises ACL (unless the
+application already did: ``acl.init`` answering 100002 means "already initialised",
+and then finalising stays the application's job), each device is set once, and the
+last model to close resets the device and finalises what we initialised.
+"""
+from __future__ import annotations
+
+import importlib
+import logging
+import os
+import threading
+from types import ModuleType
+from typing import Any
+
+from ._errors import AclError, BackendNotFoundError, check, recent_error
+
+log = logging.getLogger("acl_bundle")
+
+REPEAT_INITIALIZE = 100002
+
+
+def resolve_acl(acl: Any = None) -> Any:
+    """Return ``acl`` if given, else pyACL, else the simulator when ``ACL_BUNDLE_BACKEND=sim``."""
+    if acl is not None:
+        return acl
+    try:
+        return importlib.import_module("acl")
+    except ImportError:
+        pass
+    if os.environ.get("ACL_BUNDLE_BACKEND", "").lower() == "sim":
+        sim: ModuleType = importlib.import_module("acl_bundle.sim")
+        return sim.acl
+    raise BackendNotFoundError(
+        "pyACL ('import acl', from the Ascend CANN toolkit) was not found. "
+        "To run on the simulator instead, pip install 'acl-bundle[sim]' and set "
+        "ACL_BUNDLE_BACKEND=sim, or pass acl=acl_bundle.sim.acl."
+    )
+
+
+class _Process:
+    """Per-``acl``-module shared state: who initialised ACL, and device refcounts."""
+
+    __slots__ = ("acl", "users", "owns_init", "devices")
+
+    def __init__(self, acl: Any) -> None:
+        self.acl = acl
+        self.users = 0
+        self.owns_init = False
+        self.devices: dict[int, int] = {}
+
+
+_lock = threading.Lock()
+_processes: dict[int, _Process] = {}
+
+
+def acquire(acl: Any, device_id: int) -> None:
+    """Initialise ACL (first user) and set ``device_id`` (first user of that device)."""
+    with _lock:
+        proc = _processes.get(id(acl))
+        if proc is None:
+            proc = _Process(acl)
+            ret = acl.init()
+            if ret == REPEAT_INITIALIZE:
+                log.info("ACL already initialised by the application; sharing it")
+            else:
+                check(acl, "acl.init", ret)
+                proc.owns_init = True
+            _processes[id(acl)] = proc
+        try:
+            if device_id not in proc.devices:
+                check(acl, "acl.rt.set_device", acl.rt.set_device(device_id))
+                proc.devices[device_id] = 0
+        except BaseException:
+            if proc.users == 0:
+                _finish(proc)
+            raise
+        proc.devices[device_id] += 1
+        proc.users += 1
+
+
+def release(acl: Any, device_id: int) -> list[AclError]:
+    """Undo one :func:`acquire`; return (not raise) errors so teardown can go on."""
+    errors: list[AclError] = []
+    with _lock:
+        proc = _processes.get(id(acl))
+        if proc is None or proc.devices.get(device_id, 0) <= 0:
+            return errors
+        proc.users -= 1
+        proc.devices[device_id] -= 1
+        if proc.devices[device_id] == 0:
+            del proc.devices[device_id]
+            ret = acl.rt.reset_device(device_id)
+            if ret != 0:
+                errors.append(AclError("acl.rt.reset_device", ret, recent_error(acl)))
+        if proc.users == 0:
+            errors.extend(_finish(proc))
+    return errors
+
+
+def _finish(proc: _Process) -> list[AclError]:
+    del _processes[id(proc.acl)]
+    if not proc.owns_init:
+        return []
+    ret = proc.acl.finalize()
+    return [] if ret == 0 else [AclError("acl.finalize", ret, recent_error(proc.acl))]

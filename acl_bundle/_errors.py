@@ -1,0 +1,68 @@
+"""Exceptions and the one helper that checks every ACL return code."""
+from __future__ import annotations
+
+from typing import Any
+
+from ._constants import error_name
+
+
+class AclError(RuntimeError):
+    """An ACL call returned a non-zero code.
+
+    Attributes: ``func`` (dotted pyACL name, e.g. ``"acl.mdl.execute"``), ``code``
+    (the integer ``aclError``), ``name`` (its symbolic name) and ``detail`` (the
+    runtime's own message from ``acl.get_recent_err_msg()`` when it has one).
+    """
+
+    def __init__(self, func: str, code: int, detail: str = "") -> None:
+        self.func = func
+        self.code = int(code)
+        self.name = error_name(self.code)
+        self.detail = detail
+        msg = f"{func} returned {self.code} ({self.name})"
+        super().__init__(f"{msg}: {detail}" if detail else msg)
+
+
+class BackendNotFoundError(ImportError):
+    """Neither pyACL nor a selected simulator backend is available."""
+
+
+class ModelClosedError(RuntimeError):
+    """The BundleModel was closed; no further calls are possible."""
+
+
+class UnknownVariableError(KeyError):
+    """A weight key names no variable of the bundle."""
+
+    def __str__(self) -> str:  # KeyError would repr() the message
+        return str(self.args[0]) if self.args else ""
+
+
+class AclCleanupWarning(RuntimeWarning):
+    """Releasing an ACL resource failed during teardown; the resource may be leaked."""
+
+
+def recent_error(acl: Any) -> str:
+    """Return ``acl.get_recent_err_msg()`` or ``""`` if the runtime has none."""
+    get = getattr(acl, "get_recent_err_msg", None)
+    if get is None:
+        return ""
+    try:
+        msg = get()
+    except Exception:  # a diagnostics helper must never mask the real error
+        return ""
+    return msg.strip() if isinstance(msg, str) else ""
+
+
+def check(acl: Any, func: str, ret: int) -> None:
+    """Raise :class:`AclError` unless ``ret`` is 0."""
+    if ret != 0:
+        raise AclError(func, ret, recent_error(acl))
+
+
+def unwrap(acl: Any, func: str, result: tuple) -> Any:
+    """Split a pyACL ``(value..., ret)`` tuple: raise on error, else return the value(s)."""
+    *values, ret = result
+    if ret != 0:
+        raise AclError(func, ret, recent_error(acl))
+    return values[0] if len(values) == 1 else tuple(values)

@@ -1,0 +1,38 @@
+"""A faithful pyACL simulator: ``from acl_bundle.sim import acl`` or ``sim.install()`` then ``import acl``.
+
+Models run on onnxruntime (optional extra ``acl-bundle[sim]``, imported lazily at load).
+See :mod:`acl_bundle.sim._runtime` for the table of error codes and choices.
+"""
+from __future__ import annotations
+
+from ._runtime import (
+    NotImplementedInSimulator,
+    SimulatorMisuse,
+    acl,
+    configure,
+    fault,
+    install,
+    leaks,
+    live_resources,
+    record,
+    reset,
+    stats,
+    uninstall,
+    variables,
+)
+
+__all__ = [
+    "acl",
+    "install",
+    "uninstall",
+    "configure",
+    "reset",
+    "live_resources",
+    "leaks",
+    "stats",
+    "fault",
+    "record",
+    "variables",
+    "SimulatorMisuse",
+    "NotImplementedInSimulator",
+]

@@ -1,0 +1,304 @@
+"""Datasets, data buffers and tensor descriptors."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from .._constants import ACL_TO_NUMPY
+from . import _state as S
+from ._state import LOCK, WORLD, SimulatorMisuse, api, ints, new_handle, set_err
+
+# aclDataType sizes beyond the numpy table (0 = unknown / sub-byte)
+_EXTRA_SIZES = {13: 0, 16: 8, 17: 16, 27: 2}
+KNOWN_DTYPES = set(ACL_TO_NUMPY) | set(_EXTRA_SIZES)
+
+
+@dataclass(eq=False)
+class DataBuffer:
+    id: int
+    addr: int
+    size: int
+
+
+@dataclass(eq=False)
+class TensorDesc:
+    id: int
+    dtype: int
+    dims: list[int]
+    fmt: int
+    owner_ds: int = 0  # dataset that owns this copy (0: user-created)
+
+    def element_count(self) -> int:
+        n = 1
+        for d in self.dims:
+            if d < 0:
+                return 0
+            n *= d
+        return n
+
+
+@dataclass(eq=False)
+class Dataset:
+    id: int
+    buffers: list[int] = field(default_factory=list)
+    descs: list[int] = field(default_factory=list)  # owned TensorDesc ids, 0 = none
+
+
+def dtype_size(dtype: int) -> int:
+    dt = ACL_TO_NUMPY.get(dtype)
+    return dt.itemsize if dt is not None else _EXTRA_SIZES.get(dtype, 0)
+
+
+# ---- data buffers ------------------------------------------------------------------------
+@api("acl.create_data_buffer", "handle", pre=ints("data", "size"))
+def create_data_buffer(data: int, size: int) -> int:
+    """(0, 0) is allowed (runtime-allocated output)."""
+    if data < 0 or size < 0 or (data == 0 and size != 0):
+        set_err(S.E_PARAM, f"create_data_buffer: invalid (ptr {data:#x}, size {size})")
+        return 0
+    with LOCK:
+        db = DataBuffer(new_handle(), data, size)
+        WORLD.data_buffers[db.id] = db
+        return db.id
+
+
+def get_db(h: Any) -> DataBuffer | None:
+    return WORLD.data_buffers.get(h) if isinstance(h, int) else None
+
+
+@api("acl.destroy_data_buffer", "ret", pre=ints("data_buffer"))
+def destroy_data_buffer(data_buffer: int) -> int:
+    with LOCK:
+        if WORLD.data_buffers.pop(data_buffer, None) is None:
+            return set_err(S.E_PARAM, f"destroy_data_buffer: {data_buffer:#x} is not a live data buffer")
+    return 0
+
+
+@api("acl.get_data_buffer_addr", "int0", pre=ints("data_buffer"))
+def get_data_buffer_addr(data_buffer: int) -> int:
+    with LOCK:
+        db = get_db(data_buffer)
+        if db is None:
+            set_err(S.E_PARAM, f"get_data_buffer_addr: {data_buffer:#x} is not a live data buffer")
+            return 0
+        return db.addr
+
+
+@api("acl.get_data_buffer_size", "int0", pre=ints("data_buffer"))
+def get_data_buffer_size(data_buffer: int) -> int:
+    with LOCK:
+        db = get_db(data_buffer)
+        if db is None:
+            set_err(S.E_PARAM, f"get_data_buffer_size: {data_buffer:#x} is not a live data buffer")
+            return 0
+        return db.size
+
+
+@api("acl.get_data_buffer_size_v2", "int0", pre=ints("data_buffer"))
+def get_data_buffer_size_v2(data_buffer: int) -> int:
+    with LOCK:
+        db = get_db(data_buffer)
+        if db is None:
+            set_err(S.E_PARAM, f"get_data_buffer_size_v2: {data_buffer:#x} is not a live data buffer")
+            return 0
+        return db.size
+
+
+@api("acl.update_data_buffer", "ret", pre=ints("data_buffer", "data", "size"))
+def update_data_buffer(data_buffer: int, data: int, size: int) -> int:
+    with LOCK:
+        db = get_db(data_buffer)
+        if db is None:
+            return set_err(S.E_PARAM, f"update_data_buffer: {data_buffer:#x} is not a live data buffer")
+        if data < 0 or size < 0:
+            return set_err(S.E_PARAM, f"update_data_buffer: invalid (ptr {data:#x}, size {size})")
+        db.addr, db.size = data, size
+    return 0
+
+
+# ---- tensor descs ------------------------------------------------------------------------
+def _check_dims(name: str, dims: Any) -> None:
+    if not isinstance(dims, list):
+        raise TypeError(f"{name}: argument 2 is not list")
+    for d in dims:
+        if not isinstance(d, int) or isinstance(d, bool):
+            raise TypeError(f"{name}: dims must be ints")
+
+
+@api("acl.create_tensor_desc", "handle")
+def create_tensor_desc(data_type: int, dims: list, format: int) -> int:
+    S.check_int(("data_type", data_type), ("format", format))
+    _check_dims("create_tensor_desc", dims)
+    if data_type not in KNOWN_DTYPES:
+        set_err(S.E_PARAM, f"create_tensor_desc: unknown aclDataType {data_type}")
+        return 0
+    if any(d < 0 and d not in (-1, -2) for d in dims) or (-2 in dims and dims != [-2]):
+        set_err(S.E_PARAM, f"create_tensor_desc: invalid dims {dims}")
+        return 0
+    if len(dims) > 128:
+        set_err(S.E_PARAM, f"create_tensor_desc: {len(dims)} dims exceed ACL_MAX_DIM_CNT")
+        return 0
+    with LOCK:
+        td = TensorDesc(new_handle(), data_type, list(dims), format)
+        WORLD.tensor_descs[td.id] = td
+        return td.id
+
+
+def get_td(h: Any) -> TensorDesc | None:
+    return WORLD.tensor_descs.get(h) if isinstance(h, int) else None
+
+
+@api("acl.destroy_tensor_desc", "none", pre=ints("desc"))
+def destroy_tensor_desc(desc: int) -> None:
+    """No error return in pyACL: a dead/foreign handle is SimulatorMisuse (real: double free)."""
+    with LOCK:
+        td = get_td(desc)
+        if td is None:
+            raise SimulatorMisuse(f"destroy_tensor_desc: {desc:#x} is not a live tensor desc (double destroy?)")
+        if td.owner_ds:
+            raise SimulatorMisuse(f"destroy_tensor_desc: {desc:#x} is owned by dataset {td.owner_ds:#x}")
+        del WORLD.tensor_descs[desc]
+
+
+def _td_getter(name: str, form: str, default: Any, fn: Any) -> Any:
+    @api(f"acl.{name}", form, pre=ints("desc"))
+    def getter(desc: int) -> Any:
+        with LOCK:
+            td = get_td(desc)
+            if td is None:
+                set_err(S.E_PARAM, f"{name}: {desc:#x} is not a live tensor desc")
+                return default
+            return fn(td)
+
+    getter.__name__ = name
+    return getter
+
+
+get_tensor_desc_num_dims = _td_getter("get_tensor_desc_num_dims", "int0", 0, lambda t: len(t.dims))
+get_tensor_desc_type = _td_getter("get_tensor_desc_type", "intm1", -1, lambda t: t.dtype)
+get_tensor_desc_format = _td_getter("get_tensor_desc_format", "intm1", -1, lambda t: t.fmt)
+get_tensor_desc_element_count = _td_getter("get_tensor_desc_element_count", "int0", 0, lambda t: t.element_count())
+get_tensor_desc_size = _td_getter(
+    "get_tensor_desc_size", "int0", 0, lambda t: t.element_count() * dtype_size(t.dtype)
+)
+
+
+@api("acl.get_tensor_desc_dim_v2", "t1", pre=ints("desc", "index"))
+def get_tensor_desc_dim_v2(desc: int, index: int) -> tuple[int, int]:
+    with LOCK:
+        td = get_td(desc)
+        if td is None:
+            return 0, set_err(S.E_PARAM, f"get_tensor_desc_dim_v2: {desc:#x} is not a live tensor desc")
+        if not 0 <= index < len(td.dims):
+            return 0, set_err(S.E_PARAM, f"get_tensor_desc_dim_v2: index {index} out of range ({len(td.dims)} dims)")
+        return td.dims[index], 0
+
+
+@api("acl.get_tensor_desc_dim", "intm1", pre=ints("desc", "index"))
+def get_tensor_desc_dim(desc: int, index: int) -> int:
+    with LOCK:
+        td = get_td(desc)
+        if td is None or not 0 <= index < len(td.dims):
+            set_err(S.E_PARAM, f"get_tensor_desc_dim: bad desc {desc:#x} or index {index}")
+            return -1
+        return td.dims[index]
+
+
+@api("acl.data_type_size", "int0", pre=ints("data_type"))
+def data_type_size(data_type: int) -> int:
+    return dtype_size(data_type)
+
+
+# ---- datasets ----------------------------------------------------------------------------
+@api("acl.mdl.create_dataset", "handle")
+def create_dataset() -> int:
+    with LOCK:
+        ds = Dataset(new_handle())
+        WORLD.datasets[ds.id] = ds
+        return ds.id
+
+
+def get_ds(h: Any) -> Dataset | None:
+    return WORLD.datasets.get(h) if isinstance(h, int) else None
+
+
+@api("acl.mdl.destroy_dataset", "ret", pre=ints("dataset"))
+def destroy_dataset(dataset: int) -> int:
+    """Destroys the dataset's own tensor desc copies, not its buffers or memory."""
+    with LOCK:
+        ds = WORLD.datasets.pop(dataset, None)
+        if ds is None:
+            return set_err(S.E_PARAM, f"destroy_dataset: {dataset:#x} is not a live dataset")
+        for t in ds.descs:
+            WORLD.tensor_descs.pop(t, None)
+    return 0
+
+
+@api("acl.mdl.add_dataset_buffer", "t1", pre=ints("dataset", "data_buffer"))
+def add_dataset_buffer(dataset: int, data_buffer: int) -> tuple[int, int]:
+    with LOCK:
+        ds = get_ds(dataset)
+        if ds is None:
+            return 0, set_err(S.E_PARAM, f"add_dataset_buffer: {dataset:#x} is not a live dataset")
+        if get_db(data_buffer) is None:
+            return 0, set_err(S.E_PARAM, f"add_dataset_buffer: {data_buffer:#x} is not a live data buffer")
+        ds.buffers.append(data_buffer)
+        ds.descs.append(0)
+        return dataset, 0
+
+
+@api("acl.mdl.get_dataset_num_buffers", "int0", pre=ints("dataset"))
+def get_dataset_num_buffers(dataset: int) -> int:
+    with LOCK:
+        ds = get_ds(dataset)
+        if ds is None:
+            set_err(S.E_PARAM, f"get_dataset_num_buffers: {dataset:#x} is not a live dataset")
+            return 0
+        return len(ds.buffers)
+
+
+@api("acl.mdl.get_dataset_buffer", "handle", pre=ints("dataset", "index"))
+def get_dataset_buffer(dataset: int, index: int) -> int:
+    with LOCK:
+        ds = get_ds(dataset)
+        if ds is None or not 0 <= index < len(ds.buffers):
+            set_err(S.E_PARAM, f"get_dataset_buffer: bad dataset {dataset:#x} or index {index}")
+            return 0
+        return ds.buffers[index]
+
+
+@api("acl.mdl.set_dataset_tensor_desc", "t1", pre=ints("dataset", "tensor_desc", "index"))
+def set_dataset_tensor_desc(dataset: int, tensor_desc: int, index: int) -> tuple[int, int]:
+    """The desc is copied into the dataset; 0 clears."""
+    with LOCK:
+        ds = get_ds(dataset)
+        if ds is None:
+            return 0, set_err(S.E_PARAM, f"set_dataset_tensor_desc: {dataset:#x} is not a live dataset")
+        if not 0 <= index < len(ds.buffers):
+            return 0, set_err(
+                S.E_PARAM, f"set_dataset_tensor_desc: index {index} >= number of buffers {len(ds.buffers)}"
+            )
+        src = None
+        if tensor_desc != 0:
+            src = get_td(tensor_desc)
+            if src is None:
+                return 0, set_err(S.E_PARAM, f"set_dataset_tensor_desc: {tensor_desc:#x} is not a live tensor desc")
+        old = ds.descs[index]
+        if old:
+            WORLD.tensor_descs.pop(old, None)
+        ds.descs[index] = 0
+        if src is not None:
+            cp = TensorDesc(new_handle(), src.dtype, list(src.dims), src.fmt, owner_ds=ds.id)
+            WORLD.tensor_descs[cp.id] = cp
+            ds.descs[index] = cp.id
+        return dataset, 0
+
+
+@api("acl.mdl.get_dataset_tensor_desc", "handle", pre=ints("dataset", "index"))
+def get_dataset_tensor_desc(dataset: int, index: int) -> int:
+    with LOCK:
+        ds = get_ds(dataset)
+        if ds is None or not 0 <= index < len(ds.buffers):
+            set_err(S.E_PARAM, f"get_dataset_tensor_desc: bad dataset {dataset:#x} or index {index}")
+            return 0
+        return ds.descs[index]

@@ -1,0 +1,378 @@
+"""Simulated device/host memory (real numpy-backed buffers at real addresses) and ``acl.util``."""
+from __future__ import annotations
+
+import collections
+import ctypes
+import warnings
+import weakref
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import numpy as np
+
+from .._constants import (
+    ACL_DEVICE,
+    ACL_MEMCPY_DEFAULT,
+    ACL_MEMCPY_DEVICE_TO_DEVICE,
+    ACL_MEMCPY_DEVICE_TO_HOST,
+    ACL_MEMCPY_HOST_TO_DEVICE,
+    ACL_MEMCPY_HOST_TO_HOST,
+    NPY_TYPE_TO_NUMPY,
+)
+from . import _state as S
+from ._state import LOCK, WORLD, SimulatorMisuse, api, bump, ints, set_err
+
+KIND_NAMES = {
+    ACL_MEMCPY_HOST_TO_HOST: "HOST_TO_HOST",
+    ACL_MEMCPY_HOST_TO_DEVICE: "HOST_TO_DEVICE",
+    ACL_MEMCPY_DEVICE_TO_HOST: "DEVICE_TO_HOST",
+    ACL_MEMCPY_DEVICE_TO_DEVICE: "DEVICE_TO_DEVICE",
+}
+_SIDES = {
+    ("host", "host"): ACL_MEMCPY_HOST_TO_HOST,
+    ("host", "device"): ACL_MEMCPY_HOST_TO_DEVICE,
+    ("device", "host"): ACL_MEMCPY_DEVICE_TO_HOST,
+    ("device", "device"): ACL_MEMCPY_DEVICE_TO_DEVICE,
+}
+BIG_FILL = 64 << 20  # blocks up to this size are filled with 0xCD ("uninitialised")
+
+
+@dataclass(eq=False)
+class Block:
+    """A live allocation or registered host region; [ptr, ptr+size) is the legal range."""
+
+    ptr: int
+    size: int
+    kind: str  # "device" | "host" | "bytes" | "numpy" | "var"
+    buf: Any = None  # strong owner of the memory (numpy array / bytes), None for numpy regions
+    ref: Any = None  # weakref to a registered numpy array
+    device: int = -1
+    accounted: int = 0
+
+    def owner(self) -> Any:
+        """A strong reference keeping the memory alive, or None if it died."""
+        if self.ref is not None:
+            return self.ref()
+        return self.buf
+
+
+def alloc_aligned(size: int, *, fill: int | None = 0xCD) -> tuple[np.ndarray, int, int]:
+    """numpy-backed memory of ``size`` bytes rounded up to 32 B + 32 B, 64-B aligned: (view, ptr, rounded)."""
+    rounded = (size + 31) // 32 * 32 + 32
+    raw = np.empty(rounded + 64, dtype=np.uint8)
+    base = raw.ctypes.data
+    off = (-base) % 64
+    view = raw[off : off + rounded]
+    if fill is not None and rounded <= BIG_FILL:
+        view.fill(fill)
+    elif fill == 0:
+        view.fill(0)
+    return view, base + off, rounded
+
+
+def account(device: int, nbytes: int) -> bool:
+    """Reserve ``nbytes`` of device memory (LOCK held); False if it does not fit."""
+    used = WORLD.device_used.get(device, 0)
+    if used + nbytes > S.CONFIG.device_memory:
+        return False
+    WORLD.device_used[device] = used + nbytes
+    return True
+
+
+def unaccount(device: int, nbytes: int) -> None:
+    WORLD.device_used[device] = WORLD.device_used.get(device, 0) - nbytes
+
+
+def new_device_block(device: int, size: int) -> Block | None:
+    """Allocate a device block (LOCK held); None when device memory is exhausted."""
+    view, ptr, rounded = alloc_aligned(size)
+    if not account(device, rounded):
+        return None
+    blk = Block(ptr, size, "device", buf=view, device=device, accounted=rounded)
+    WORLD.device_blocks.add(ptr, blk)
+    bump("mallocs")
+    return blk
+
+
+def side_of(blk: Block) -> str:
+    """'host' or 'device' as the runtime sees it (in ACL_DEVICE run mode app memory is device memory)."""
+    if blk.kind in ("device", "var"):
+        return "device"
+    return "device" if S.CONFIG.run_mode == ACL_DEVICE else "host"
+
+
+def locate(addr: int, n: int) -> Block | None:
+    """The live block/region containing [addr, addr+n) (LOCK held)."""
+    if not isinstance(addr, int) or addr <= 0 or n < 0:
+        return None
+    for iv in (WORLD.device_blocks, WORLD.host_blocks):
+        b = iv.find(addr, n)
+        if b is not None:
+            return b
+    return WORLD.regions.find(addr, n, alive=lambda b: b.owner() is not None)
+
+
+def device_range(addr: int, n: int) -> Block | None:
+    """The block containing [addr, addr+max(n,1)) if the runtime sees it as device memory (LOCK held)."""
+    b = locate(addr, max(n, 1))
+    if b is None or side_of(b) != "device":
+        return None
+    return b
+
+
+def describe(addr: int) -> str:
+    """Human description of an address for error messages (LOCK held)."""
+    b = locate(addr, 1) if isinstance(addr, int) and addr > 0 else None
+    if b is None:
+        return f"{addr:#x} (not in any live allocation)" if isinstance(addr, int) else repr(addr)
+    return f"{addr:#x} (in {b.kind} block {b.ptr:#x}+{b.size})"
+
+
+def check_range(what: str, addr: int, n: int) -> tuple[Block | None, str]:
+    b = locate(addr, n)
+    if b is not None:
+        return b, ""
+    whole = locate(addr, 1) if addr > 0 else None
+    if whole is not None:
+        return None, f"{what} range [{addr:#x}, +{n}) runs past the end of its {whole.kind} block {whole.ptr:#x}+{whole.size}"
+    return None, f"{what} {addr:#x} is not inside any live allocation or registered host region"
+
+
+# ---- acl.rt memory -------------------------------------------------------------------
+@api("acl.rt.malloc", "t1", ctx=True, pre=ints("size", "policy"))
+def malloc(size: int, policy: int) -> tuple[int, int]:
+    """Device memory; size rounded to 32 B + 32 B, 64-B aligned, uninitialised (0xCD)."""
+    if size <= 0:
+        return 0, set_err(S.E_PARAM, f"malloc: size {size} must be > 0")
+    if policy < 0:
+        return 0, set_err(S.E_PARAM, f"malloc: invalid policy {policy}")
+    with LOCK:
+        dev = S.current_context().device
+        blk = new_device_block(dev, size)
+        if blk is None:
+            return 0, set_err(S.E_ALLOC, f"malloc: {size} bytes exceed free device memory on device {dev}")
+        return blk.ptr, 0
+
+
+@api("acl.rt.free", "ret", ctx=True, pre=ints("dev_ptr"))
+def free(dev_ptr: int) -> int:
+    with LOCK:
+        blk = WORLD.device_blocks.get(dev_ptr)
+        if blk is None:
+            return set_err(S.E_RT_PARAM, f"free: {describe(dev_ptr)} is not the start of a live device block (double free?)")
+        WORLD.device_blocks.remove(dev_ptr, blk)
+        unaccount(blk.device, blk.accounted)
+    return 0
+
+
+@api("acl.rt.malloc_host", "t1", ctx=True, pre=ints("size"))
+def malloc_host(size: int) -> tuple[int, int]:
+    if size <= 0:
+        return 0, set_err(S.E_PARAM, f"malloc_host: size {size} must be > 0")
+    view, ptr, _ = alloc_aligned(size)
+    with LOCK:
+        WORLD.host_blocks.add(ptr, Block(ptr, size, "host", buf=view))
+    bump("host_mallocs")
+    return ptr, 0
+
+
+@api("acl.rt.free_host", "ret", ctx=True, pre=ints("host_ptr"))
+def free_host(host_ptr: int) -> int:
+    with LOCK:
+        blk = WORLD.host_blocks.get(host_ptr)
+        if blk is None:
+            return set_err(S.E_RT_PARAM, f"free_host: {describe(host_ptr)} is not the start of a live malloc_host block")
+        WORLD.host_blocks.remove(host_ptr, blk)
+    return 0
+
+
+def _prepare_copy(name: str, dst: int, dest_max: int, src: int, count: int, kind: int) -> tuple[int, Callable[[], None] | None]:
+    """Validate a memcpy (LOCK held); return (ret, do_copy)."""
+    if count < 0 or dest_max < 0:
+        return set_err(S.E_PARAM, f"{name}: negative count {count} / dest_max {dest_max}"), None
+    if count > dest_max:
+        return set_err(S.E_PARAM, f"{name}: count {count} exceeds dest_max {dest_max}"), None
+    if kind not in (0, 1, 2, 3, ACL_MEMCPY_DEFAULT):
+        return set_err(S.E_PARAM, f"{name}: invalid memcpy kind {kind}"), None
+    if count == 0:
+        return 0, None
+    db, msg = check_range("dst", dst, count)
+    if db is None:
+        return set_err(S.E_RT_PARAM, f"{name}: {msg}"), None
+    sb, msg = check_range("src", src, count)
+    if sb is None:
+        return set_err(S.E_RT_PARAM, f"{name}: {msg}"), None
+    real = _SIDES[(side_of(sb), side_of(db))]
+    if kind != ACL_MEMCPY_DEFAULT and kind != real:
+        mode = "ACL_DEVICE" if S.CONFIG.run_mode == ACL_DEVICE else "ACL_HOST"
+        return set_err(
+            S.E_RT_PARAM,
+            f"{name}: kind {KIND_NAMES[kind]} but src is {side_of(sb)} and dst is {side_of(db)} memory "
+            f"(the real direction is {KIND_NAMES[real]} in run mode {mode})",
+        ), None
+    keep = (db.owner(), sb.owner())
+    direction = KIND_NAMES[real]
+
+    def do() -> None:
+        _ = keep
+        ctypes.memmove(dst, src, count)
+        bump("bytes_copied", count, direction)
+        bump("memcpy_calls", 1, direction)
+
+    return 0, do
+
+
+@api("acl.rt.memcpy", "ret", ctx=True, pre=ints("dst", "dest_max", "src", "count", "kind"))
+def memcpy(dst: int, dest_max: int, src: int, count: int, kind: int) -> int:
+    """Synchronous copy; both ranges must each lie in one live allocation/region; kind must match."""
+    with LOCK:
+        ret, do = _prepare_copy("memcpy", dst, dest_max, src, count, kind)
+    if do is not None:
+        do()
+    return ret
+
+
+@api("acl.rt.memcpy_async", "ret", ctx=True, pre=ints("dst", "dest_max", "src", "count", "kind", "stream"))
+def memcpy_async(dst: int, dest_max: int, src: int, count: int, kind: int, stream: int) -> int:
+    """Validated now; the copy runs at synchronize_stream (stream 0: immediately)."""
+    from ._rt import enqueue
+
+    with LOCK:
+        ret, do = _prepare_copy("memcpy_async", dst, dest_max, src, count, kind)
+        if ret:
+            return ret
+        if stream != 0:
+            return enqueue("memcpy_async", stream, do)
+    if do is not None:  # default stream: synchronous
+        do()
+    return 0
+
+
+@api("acl.rt.memset", "ret", ctx=True, pre=ints("dev_ptr", "max_count", "value", "count"))
+def memset(dev_ptr: int, max_count: int, value: int, count: int) -> int:
+    if count < 0 or max_count < 0 or count > max_count:
+        return set_err(S.E_PARAM, f"memset: count {count} exceeds max_count {max_count}")
+    if count == 0:
+        return 0
+    with LOCK:
+        blk, msg = check_range("dev_ptr", dev_ptr, count)
+        if blk is None:
+            return set_err(S.E_RT_PARAM, f"memset: {msg}")
+        keep = blk.owner()
+    ctypes.memset(dev_ptr, value & 0xFF, count)
+    del keep
+    return 0
+
+
+@api("acl.rt.get_mem_info", "t2", ctx=True, pre=ints("attr"))
+def get_mem_info(attr: int) -> tuple[int, int, int]:
+    if not 0 <= attr <= 7:
+        return 0, 0, set_err(S.E_PARAM, f"get_mem_info: invalid attr {attr}")
+    with LOCK:
+        dev = S.current_context().device
+        total = S.CONFIG.device_memory
+        return max(0, total - WORLD.device_used.get(dev, 0)), total, 0
+
+
+# ---- acl.util ------------------------------------------------------------------------
+_BYTES_LRU: "collections.OrderedDict[int, Block]" = collections.OrderedDict()
+_BYTES_LRU_MAX = 4096
+
+
+def _register(blk: Block) -> None:
+    with LOCK:
+        if blk.kind == "bytes":
+            old = _BYTES_LRU.pop(blk.ptr, None)
+            if old is not None:
+                _unregister(old)
+            _BYTES_LRU[blk.ptr] = blk
+            while len(_BYTES_LRU) > _BYTES_LRU_MAX:
+                _, ev = _BYTES_LRU.popitem(last=False)
+                _unregister(ev)
+        else:  # numpy: drop dead registrations at the same start first
+            for o in list(WORLD.regions.by_start.get(blk.ptr, [])):
+                if o.owner() is None:
+                    WORLD.regions.remove(o.ptr, o)
+        WORLD.regions.add(blk.ptr, blk)
+
+
+def _unregister(blk: Block) -> None:
+    try:
+        WORLD.regions.remove(blk.ptr, blk)
+    except (KeyError, ValueError):
+        pass
+
+
+def clear_regions() -> None:
+    _BYTES_LRU.clear()
+
+
+@api("acl.util.bytes_to_ptr", "int0", init=False)
+def bytes_to_ptr(data: bytes) -> int:
+    """Address of the bytes object's own buffer (no copy); memcpy into it mutates it in place."""
+    if not isinstance(data, bytes):
+        raise ValueError(f"bytes_to_ptr: argument must be bytes, not {type(data).__name__}")
+    ptr = ctypes.cast(ctypes.c_char_p(data), ctypes.c_void_p).value or 0
+    _register(Block(ptr, len(data), "bytes", buf=data))
+    return ptr
+
+
+def _np_region(arr: np.ndarray) -> Block:
+    return Block(arr.ctypes.data, arr.nbytes, "numpy", ref=weakref.ref(arr))
+
+
+@api("acl.util.numpy_to_ptr", "int0", init=False)
+def numpy_to_ptr(ndarray: np.ndarray) -> int:
+    if not isinstance(ndarray, np.ndarray):
+        raise TypeError(f"numpy_to_ptr: expected numpy.ndarray, not {type(ndarray).__name__}")
+    if not ndarray.flags.c_contiguous:
+        warnings.warn("numpy_to_ptr: array is not C-contiguous; use numpy_contiguous_to_ptr", stacklevel=2)
+    _register(_np_region(ndarray))
+    return int(ndarray.ctypes.data)
+
+
+@api("acl.util.numpy_contiguous_to_ptr", "t1", init=False)
+def numpy_contiguous_to_ptr(ndarray: np.ndarray) -> tuple[int, np.ndarray]:
+    if not isinstance(ndarray, np.ndarray):
+        raise TypeError(f"numpy_contiguous_to_ptr: expected numpy.ndarray, not {type(ndarray).__name__}")
+    out = np.ascontiguousarray(ndarray)
+    _register(_np_region(out))
+    return int(out.ctypes.data), out
+
+
+def _host_view(name: str, ptr: int, nbytes: int) -> tuple[Block, Any]:
+    with LOCK:
+        blk = locate(ptr, nbytes)
+        if blk is None:
+            raise SimulatorMisuse(f"{name}: {describe(ptr)} +{nbytes} is not inside known memory (a real process would crash)")
+        if blk.kind == "device" and S.CONFIG.run_mode != ACL_DEVICE:
+            raise SimulatorMisuse(f"{name}: {ptr:#x} is device memory; the host cannot dereference it in ACL_HOST run mode")
+        return blk, blk.owner()
+
+
+@api("acl.util.ptr_to_bytes", "str", init=False, pre=ints("ptr", "size"))
+def ptr_to_bytes(ptr: int, size: int) -> bytes:
+    if size < 0:
+        raise ValueError(f"ptr_to_bytes: negative size {size}")
+    if size == 0:
+        return b""
+    _blk, keep = _host_view("ptr_to_bytes", ptr, size)
+    out = ctypes.string_at(ptr, size)
+    del keep
+    return out
+
+
+@api("acl.util.ptr_to_numpy", "none", init=False)
+def ptr_to_numpy(ptr: int, shape: tuple, npy_type: int) -> np.ndarray:
+    """A writable view (no copy) onto known host memory."""
+    S.check_int(("ptr", ptr), ("npy_type", npy_type))
+    if not isinstance(shape, tuple):
+        raise TypeError("ptr_to_numpy: shape must be a tuple")
+    dt = NPY_TYPE_TO_NUMPY.get(npy_type)
+    if dt is None:
+        raise ValueError(f"ptr_to_numpy: unsupported npy type {npy_type}")
+    n = int(np.prod(shape, dtype=np.int64)) * dt.itemsize
+    _blk, keep = _host_view("ptr_to_numpy", ptr, n)
+    carr = (ctypes.c_char * max(n, 1)).from_address(ptr)
+    carr._keep = keep  # type: ignore[attr-defined]
+    return np.frombuffer(carr, dtype=dt, count=n // dt.itemsize).reshape(shape)

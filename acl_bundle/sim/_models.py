@@ -1,0 +1,666 @@
+"""Model and bundle loading, model descriptions, execution (onnxruntime IOBinding, zero copy)."""
+from __future__ import annotations
+
+import ctypes
+import logging
+import os
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import numpy as np
+
+from .._constants import ACL_DYNAMIC_TENSOR_NAME, ACL_FORMAT_ND, NUMPY_TO_ACL
+from . import _state as S
+from ._data import get_db, get_ds, get_td
+from ._memory import account, alloc_aligned, describe, device_range, locate, new_device_block, unaccount
+from ._state import LOCK, WORLD, api, bump, ints, new_bundle_id, new_handle, new_model_id, set_err
+from .format import FormatError, GraphSpec, ModelFile, TensorSpec, loads
+
+log = logging.getLogger("acl_bundle.sim")
+
+
+@dataclass(frozen=True)
+class IOInfo:
+    """One input/output as a model desc reports it."""
+
+    name: str
+    dtype: np.dtype
+    dims: tuple[int, ...]  # -1 dynamic batch, (-2,) unknown rank
+    size: int
+
+    def acl_dtype(self) -> int:
+        return NUMPY_TO_ACL.get(self.dtype, -1)
+
+
+@dataclass(eq=False)
+class Var:
+    spec: TensorSpec
+    buf: np.ndarray
+    ptr: int
+    accounted: int
+
+
+@dataclass(eq=False)
+class Bundle:
+    id: int
+    device: int
+    model_ids: list[int]
+    vars: list[Var]
+    initial_values: list[bytes]
+
+
+@dataclass(eq=False)
+class Model:
+    id: int
+    role: str  # "model" | "infer" | "init" | "update"
+    graph: GraphSpec
+    device: int
+    batch_sizes: list[int]
+    inputs: list[IOInfo]
+    outputs: list[IOInfo]
+    session: Any = None
+    bundle: Bundle | None = None
+    last_batch: int | None = None
+
+
+@dataclass(eq=False)
+class ModelDesc:
+    id: int
+    model: Model | None = None  # snapshot source (kept alive even after unload)
+    inputs: list[IOInfo] = field(default_factory=list)
+    outputs: list[IOInfo] = field(default_factory=list)
+    batch_sizes: list[int] = field(default_factory=list)
+
+
+def _max_batch(m: ModelFile | Model) -> int | None:
+    return max(m.batch_sizes) if m.batch_sizes else None
+
+
+def _io(spec: TensorSpec, batch: int | None) -> IOInfo:
+    return IOInfo(spec.name, spec.np_dtype, tuple(spec.shape), spec.nbytes(batch if batch is not None else 1))
+
+
+def _describe(mf: ModelFile, g: GraphSpec) -> tuple[list[IOInfo], list[IOInfo]]:
+    mb = _max_batch(mf)
+    if g.role in ("model", "infer"):
+        ins = [_io(t, mb) for t in g.inputs]
+        if mf.batch_sizes:
+            ins.append(IOInfo(ACL_DYNAMIC_TENSOR_NAME, np.dtype(np.int64), (1,), 8))
+        return ins, [_io(t, mb) for t in g.outputs]
+    if g.role == "update":
+        return [IOInfo(f"{v.name}_var_data", v.np_dtype, (-2,), v.nbytes()) for v in mf.variables], []
+    return [], []  # init
+
+
+# ---- loading -----------------------------------------------------------------------------
+def _ort() -> Any:
+    try:
+        import onnxruntime  # noqa: PLC0415
+    except ImportError:
+        log.error("acl_bundle.sim needs onnxruntime to load models: pip install 'acl-bundle[sim]'")
+        return None
+    return onnxruntime
+
+
+def _session(ort: Any, g: GraphSpec, extra_inputs: list[str]) -> tuple[Any, str]:
+    """An InferenceSession for ``g`` or (None, reason)."""
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = 1
+    so.inter_op_num_threads = 1
+    so.log_severity_level = 3
+    try:
+        sess = ort.InferenceSession(g.onnx, so, providers=["CPUExecutionProvider"])
+    except Exception as e:  # onnxruntime raises assorted exception types
+        return None, f"onnxruntime rejected the {g.role} graph: {e}"
+    have_in = {i.name for i in sess.get_inputs()}
+    want_in = {t.name for t in g.inputs} | set(extra_inputs)
+    if have_in != want_in:
+        return None, f"{g.role} graph inputs {sorted(have_in)} do not match the model file {sorted(want_in)}"
+    have_out = {o.name for o in sess.get_outputs()}
+    missing = {t.name for t in g.outputs} - have_out
+    if missing:
+        return None, f"{g.role} graph lacks outputs {sorted(missing)}"
+    return sess, ""
+
+
+def _read_file(name: str, path: Any) -> tuple[bytes | None, int]:
+    if not isinstance(path, str):
+        raise TypeError(f"{name}: path must be str, not {type(path).__name__}")
+    try:
+        with open(path, "rb") as f:
+            return f.read(), 0
+    except OSError as e:
+        return None, set_err(S.E_GE_PATH, f"{name}: cannot read model file {path!r}: {e.strerror or e}")
+
+
+def _read_mem(name: str, ptr: int, size: int) -> tuple[bytes | None, int]:
+    if size <= 0:
+        return None, set_err(S.E_PARAM, f"{name}: size {size} must be > 0")
+    with LOCK:
+        blk = locate(ptr, size)
+        if blk is None:
+            return None, set_err(S.E_RT_PARAM, f"{name}: [{ptr:#x}, +{size}) is not inside known memory ({describe(ptr)})")
+        keep = blk.owner()
+    data = ctypes.string_at(ptr, size)
+    del keep
+    return data, 0
+
+
+def _parse(name: str, data: bytes, want: str) -> tuple[ModelFile | None, int]:
+    try:
+        mf = loads(data)
+    except FormatError as e:
+        return None, set_err(e.code, f"{name}: {e}")
+    if mf.kind != want:
+        right = "acl.mdl.bundle_load_from_file/_mem" if mf.kind == "bundle" else "acl.mdl.load_from_file/_mem"
+        return None, set_err(S.E_GE_PARAM, f"{name}: this is a {mf.kind} model file; load it with {right}")
+    return mf, 0
+
+
+def _sessions(name: str, mf: ModelFile) -> tuple[dict[int, Any] | None, int]:
+    out: dict[int, Any] = {}
+    ort = None
+    for i, g in enumerate(mf.graphs):
+        if g.role not in ("model", "infer"):
+            continue
+        if ort is None:
+            ort = _ort()
+            if ort is None:
+                return None, set_err(S.E_LOAD, f"{name}: onnxruntime is not installed (pip install 'acl-bundle[sim]')")
+        extra = [v.name for v in mf.variables] if g.role == "infer" else []
+        sess, why = _session(ort, g, extra)
+        if sess is None:
+            return None, set_err(S.E_LOAD, f"{name}: {why}")
+        out[i] = sess
+    return out, 0
+
+
+def _load_plain(name: str, data: bytes | None, ret: int) -> tuple[int, int]:
+    if data is None:
+        return 0, ret
+    mf, ret = _parse(name, data, "plain")
+    if mf is None:
+        return 0, ret
+    sessions, ret = _sessions(name, mf)
+    if sessions is None:
+        return 0, ret
+    g = mf.graphs[0]
+    ins, outs = _describe(mf, g)
+    with LOCK:
+        ctx = S.current_context()
+        if ctx is None:
+            return 0, set_err(S.E_CTX_NULL, f"{name}: no current context in this thread")
+        m = Model(new_model_id(), "model", g, ctx.device, list(mf.batch_sizes), ins, outs, session=sessions[0])
+        WORLD.models[m.id] = m
+        return m.id, 0
+
+
+def _load_bundle(name: str, data: bytes | None, ret: int) -> tuple[int, int]:
+    if data is None:
+        return 0, ret
+    mf, ret = _parse(name, data, "bundle")
+    if mf is None:
+        return 0, ret
+    sessions, ret = _sessions(name, mf)
+    if sessions is None:
+        return 0, ret
+    with LOCK:
+        ctx = S.current_context()
+        if ctx is None:
+            return 0, set_err(S.E_CTX_NULL, f"{name}: no current context in this thread")
+        dev = ctx.device
+        vars_: list[Var] = []
+        for v in mf.variables:
+            view, ptr, rounded = alloc_aligned(max(v.nbytes(), 1), fill=0)
+            if not account(dev, rounded):
+                for done in vars_:
+                    unaccount(dev, done.accounted)
+                return 0, set_err(S.E_ALLOC, f"{name}: no device memory for variable {v.name!r} ({v.nbytes()} bytes)")
+            vars_.append(Var(v, view, ptr, rounded))
+        b = Bundle(new_bundle_id(), dev, [], vars_, list(mf.initial_values))
+        for i, g in enumerate(mf.graphs):
+            ins, outs = _describe(mf, g)
+            bs = list(mf.batch_sizes) if g.role == "infer" else []
+            m = Model(new_model_id(), g.role, g, dev, bs, ins, outs, session=sessions.get(i), bundle=b)
+            WORLD.models[m.id] = m
+            b.model_ids.append(m.id)
+        WORLD.bundles[b.id] = b
+        return b.id, 0
+
+
+@api("acl.mdl.load_from_file", "t1", ctx=True, pre=lambda path: _check_path("load_from_file", path))
+def load_from_file(path: str) -> tuple[int, int]:
+    return _load_plain("load_from_file", *_read_file("load_from_file", path))
+
+
+@api("acl.mdl.load_from_mem", "t1", ctx=True, pre=ints("model", "model_size"))
+def load_from_mem(model: int, model_size: int) -> tuple[int, int]:
+    return _load_plain("load_from_mem", *_read_mem("load_from_mem", model, model_size))
+
+
+@api("acl.mdl.bundle_load_from_file", "t1", ctx=True, pre=lambda path: _check_path("bundle_load_from_file", path))
+def bundle_load_from_file(path: str) -> tuple[int, int]:
+    return _load_bundle("bundle_load_from_file", *_read_file("bundle_load_from_file", path))
+
+
+@api("acl.mdl.bundle_load_from_mem", "t1", ctx=True, pre=ints("model", "model_size"))
+def bundle_load_from_mem(model: int, model_size: int) -> tuple[int, int]:
+    return _load_bundle("bundle_load_from_mem", *_read_mem("bundle_load_from_mem", model, model_size))
+
+
+def _check_path(name: str, path: Any) -> None:
+    if not isinstance(path, str):
+        raise TypeError(f"{name}: path must be str, not {type(path).__name__}")
+
+
+@api("acl.mdl.unload", "ret", ctx=True, pre=ints("model_id"))
+def unload(model_id: int) -> int:
+    with LOCK:
+        m = WORLD.models.get(model_id)
+        if m is None:
+            return set_err(S.E_MODEL_ID, f"unload: model id {model_id} is not loaded")
+        if m.bundle is not None:
+            return set_err(S.E_PARAM, f"unload: model {model_id} belongs to bundle {m.bundle.id}; use acl.mdl.bundle_unload")
+        del WORLD.models[model_id]
+    return 0
+
+
+def _bundle(name: str, bundle_id: int) -> tuple[Bundle | None, int]:
+    b = WORLD.bundles.get(bundle_id)
+    if b is None:
+        return None, set_err(S.E_BUNDLE_ID, f"{name}: bundle id {bundle_id} is not loaded")
+    return b, 0
+
+
+@api("acl.mdl.bundle_unload", "ret", ctx=True, pre=ints("bundle_id"))
+def bundle_unload(bundle_id: int) -> int:
+    """Unloads every inner model, then frees the variables."""
+    with LOCK:
+        b, ret = _bundle("bundle_unload", bundle_id)
+        if b is None:
+            return ret
+        for mid in b.model_ids:
+            WORLD.models.pop(mid, None)
+        for v in b.vars:
+            unaccount(b.device, v.accounted)
+        del WORLD.bundles[bundle_id]
+    return 0
+
+
+@api("acl.mdl.bundle_get_model_num", "t1", pre=ints("bundle_id"))
+def bundle_get_model_num(bundle_id: int) -> tuple[int, int]:
+    with LOCK:
+        b, ret = _bundle("bundle_get_model_num", bundle_id)
+        return (len(b.model_ids), 0) if b is not None else (0, ret)
+
+
+@api("acl.mdl.bundle_get_model_id", "t1", pre=ints("bundle_id", "index"))
+def bundle_get_model_id(bundle_id: int, index: int) -> tuple[int, int]:
+    with LOCK:
+        b, ret = _bundle("bundle_get_model_id", bundle_id)
+        if b is None:
+            return 0, ret
+        if not 0 <= index < len(b.model_ids):
+            return 0, set_err(S.E_PARAM, f"bundle_get_model_id: index {index} >= model num {len(b.model_ids)}")
+        return b.model_ids[index], 0
+
+
+def variables(bundle_id: int) -> dict[str, np.ndarray]:
+    """Copies of a loaded bundle's current variable values."""
+    with LOCK:
+        b = WORLD.bundles.get(bundle_id)
+        if b is None:
+            raise KeyError(f"bundle {bundle_id} is not loaded")
+        vs = list(b.vars)
+    return {
+        v.spec.name: v.buf[: v.spec.nbytes()].view(v.spec.np_dtype).reshape(v.spec.shape).copy() for v in vs
+    }
+
+
+# ---- descs -------------------------------------------------------------------------------
+@api("acl.mdl.create_desc", "handle")
+def create_desc() -> int:
+    with LOCK:
+        d = ModelDesc(new_handle())
+        WORLD.model_descs[d.id] = d
+        return d.id
+
+
+def _desc(h: Any) -> ModelDesc | None:
+    return WORLD.model_descs.get(h) if isinstance(h, int) else None
+
+
+@api("acl.mdl.destroy_desc", "ret", pre=ints("model_desc"))
+def destroy_desc(model_desc: int) -> int:
+    with LOCK:
+        if WORLD.model_descs.pop(model_desc, None) is None:
+            return set_err(S.E_PARAM, f"destroy_desc: {model_desc:#x} is not a live model desc")
+    return 0
+
+
+@api("acl.mdl.get_desc", "ret", pre=ints("model_desc", "model_id"))
+def get_desc(model_desc: int, model_id: int) -> int:
+    """Fills a snapshot that stays valid after the model is unloaded."""
+    with LOCK:
+        d = _desc(model_desc)
+        if d is None:
+            return set_err(S.E_PARAM, f"get_desc: {model_desc:#x} is not a live model desc")
+        m = WORLD.models.get(model_id)
+        if m is None:
+            return set_err(S.E_MODEL_ID, f"get_desc: model id {model_id} is not loaded")
+        d.model, d.inputs, d.outputs, d.batch_sizes = m, list(m.inputs), list(m.outputs), list(m.batch_sizes)
+    return 0
+
+
+def _getter(name: str, form: str, default: Any, side: str, fn: Callable[[IOInfo], Any]) -> Callable:
+    @api(f"acl.mdl.{name}", form, pre=ints("model_desc", "index"))
+    def getter(model_desc: int, index: int) -> Any:
+        with LOCK:
+            d = _desc(model_desc)
+            if d is None:
+                set_err(S.E_PARAM, f"{name}: {model_desc:#x} is not a live model desc")
+                return default
+            lst = d.inputs if side == "in" else d.outputs
+            if not 0 <= index < len(lst):
+                set_err(S.E_PARAM, f"{name}: index {index} out of range ({len(lst)} {side}puts)")
+                return default
+            return fn(lst[index])
+
+    return getter
+
+
+def _dims(io: IOInfo, batch: int | None = None) -> tuple[dict, int]:
+    dims = [batch if (d == -1 and batch is not None) else d for d in io.dims]
+    return {"name": io.name, "dimCount": len(dims), "dims": dims}, 0
+
+
+get_input_size_by_index = _getter("get_input_size_by_index", "int0", 0, "in", lambda io: io.size)
+get_output_size_by_index = _getter("get_output_size_by_index", "int0", 0, "out", lambda io: io.size)
+get_input_data_type = _getter("get_input_data_type", "intm1", -1, "in", IOInfo.acl_dtype)
+get_output_data_type = _getter("get_output_data_type", "intm1", -1, "out", IOInfo.acl_dtype)
+get_input_format = _getter("get_input_format", "intm1", -1, "in", lambda io: ACL_FORMAT_ND)
+get_output_format = _getter("get_output_format", "intm1", -1, "out", lambda io: ACL_FORMAT_ND)
+get_input_name_by_index = _getter("get_input_name_by_index", "str", "", "in", lambda io: io.name)
+get_output_name_by_index = _getter("get_output_name_by_index", "str", "", "out", lambda io: io.name)
+get_input_dims = _getter("get_input_dims", "dims", ({}, S.E_PARAM), "in", _dims)
+get_input_dims_v2 = _getter("get_input_dims_v2", "dims", ({}, S.E_PARAM), "in", _dims)
+get_output_dims = _getter("get_output_dims", "dims", ({}, S.E_PARAM), "out", _dims)
+
+
+@api("acl.mdl.get_cur_output_dims", "dims", pre=ints("model_desc", "index"))
+def get_cur_output_dims(model_desc: int, index: int) -> tuple[dict, int]:
+    """Output dims at the batch of the model's most recent execute (max batch before any)."""
+    with LOCK:
+        d = _desc(model_desc)
+        if d is None or not 0 <= index < len(d.outputs):
+            return {}, set_err(S.E_PARAM, f"get_cur_output_dims: bad desc {model_desc:#x} or index {index}")
+        batch = None
+        if d.batch_sizes:
+            batch = d.model.last_batch if d.model is not None and d.model.last_batch else max(d.batch_sizes)
+        return _dims(d.outputs[index], batch)
+
+
+def _num(name: str, side: str) -> Callable:
+    @api(f"acl.mdl.{name}", "int0", pre=ints("model_desc"))
+    def num(model_desc: int) -> int:
+        with LOCK:
+            d = _desc(model_desc)
+            if d is None:
+                set_err(S.E_PARAM, f"{name}: {model_desc:#x} is not a live model desc")
+                return 0
+            return len(d.inputs if side == "in" else d.outputs)
+
+    return num
+
+
+get_num_inputs = _num("get_num_inputs", "in")
+get_num_outputs = _num("get_num_outputs", "out")
+
+
+def _index_by_name(name: str, side: str) -> Callable:
+    @api(f"acl.mdl.{name}", "t1")
+    def by_name(model_desc: int, tensor_name: str) -> tuple[int, int]:
+        S.check_int(("model_desc", model_desc))
+        if not isinstance(tensor_name, str):
+            raise TypeError(f"{name}: name must be str")
+        with LOCK:
+            d = _desc(model_desc)
+            if d is None:
+                return 0, set_err(S.E_PARAM, f"{name}: {model_desc:#x} is not a live model desc")
+            for i, io in enumerate(d.inputs if side == "in" else d.outputs):
+                if io.name == tensor_name:
+                    return i, 0
+            return 0, set_err(S.E_PARAM, f"{name}: no {side}put named {tensor_name!r}")
+
+    return by_name
+
+
+get_input_index_by_name = _index_by_name("get_input_index_by_name", "in")
+get_output_index_by_name = _index_by_name("get_output_index_by_name", "out")
+
+
+@api("acl.mdl.get_dynamic_batch", "dims", pre=ints("model_desc"))
+def get_dynamic_batch(model_desc: int) -> tuple[dict, int]:
+    with LOCK:
+        d = _desc(model_desc)
+        if d is None:
+            return {}, set_err(S.E_PARAM, f"get_dynamic_batch: {model_desc:#x} is not a live model desc")
+        return {"batchCount": len(d.batch_sizes), "batch": list(d.batch_sizes)}, 0
+
+
+@api("acl.mdl.set_dynamic_batch_size", "ret", pre=ints("model_id", "dataset", "index", "batch_size"))
+def set_dynamic_batch_size(model_id: int, dataset: int, index: int, batch_size: int) -> int:
+    """Writes the batch as int64 into the ``ascend_mbatch_shape_data`` input's device buffer."""
+    with LOCK:
+        m = WORLD.models.get(model_id)
+        if m is None:
+            return set_err(S.E_MODEL_ID, f"set_dynamic_batch_size: model id {model_id} is not loaded")
+        if not m.batch_sizes:
+            return set_err(S.E_NOT_DYNAMIC, f"set_dynamic_batch_size: model {model_id} has no dynamic batch")
+        ds = get_ds(dataset)
+        if ds is None:
+            return set_err(S.E_PARAM, f"set_dynamic_batch_size: {dataset:#x} is not a live dataset")
+        want = len(m.inputs) - 1
+        if index != want:
+            return set_err(S.E_PARAM, f"set_dynamic_batch_size: index {index} is not the {ACL_DYNAMIC_TENSOR_NAME} input ({want})")
+        if batch_size not in m.batch_sizes:
+            return set_err(S.E_BATCH, f"set_dynamic_batch_size: batch {batch_size} not in {m.batch_sizes}")
+        if index >= len(ds.buffers) or get_db(ds.buffers[index]) is None:
+            return set_err(S.E_PARAM, f"set_dynamic_batch_size: dataset has no buffer at index {index}")
+        db = get_db(ds.buffers[index])
+        blk = device_range(db.addr, 8) if db.size >= 8 else None
+        if blk is None:
+            return set_err(S.E_PARAM, f"set_dynamic_batch_size: buffer {index} is not >= 8 bytes of device memory")
+        ctypes.c_int64.from_address(db.addr).value = batch_size
+    return 0
+
+
+@api("acl.mdl.set_dynamic_hw_size", "ret", pre=ints("model_id", "dataset", "index", "height", "width"))
+def set_dynamic_hw_size(model_id: int, dataset: int, index: int, height: int, width: int) -> int:
+    """Simulated models never have dynamic image sizes."""
+    with LOCK:
+        if model_id not in WORLD.models:
+            return set_err(S.E_MODEL_ID, f"set_dynamic_hw_size: model id {model_id} is not loaded")
+    return set_err(S.E_NOT_DYNAMIC, f"set_dynamic_hw_size: model {model_id} has no dynamic image size")
+
+
+# ---- execute -----------------------------------------------------------------------------
+Work = Callable[[], int]
+
+
+def _prepare(name: str, model_id: int, in_ds: int, out_ds: int) -> tuple[int, Work | None]:
+    """Validate an execute (LOCK held); return (ret, work). Work runs outside the lock."""
+    m = WORLD.models.get(model_id)
+    if m is None:
+        return set_err(S.E_MODEL_ID, f"{name}: model id {model_id} is not loaded (or was unloaded)"), None
+    ids, ods = get_ds(in_ds), get_ds(out_ds)
+    if ids is None:
+        return set_err(S.E_PARAM, f"{name}: input dataset {in_ds!r} is not a live dataset"), None
+    if ods is None:
+        return set_err(S.E_PARAM, f"{name}: output dataset {out_ds!r} is not a live dataset"), None
+    if len(ids.buffers) != len(m.inputs):
+        return set_err(S.E_PARAM, f"{name}: input dataset has {len(ids.buffers)} buffers, model {model_id} ({m.role}) has {len(m.inputs)} inputs"), None
+    if len(ods.buffers) != len(m.outputs):
+        return set_err(S.E_PARAM, f"{name}: output dataset has {len(ods.buffers)} buffers, model {model_id} ({m.role}) has {len(m.outputs)} outputs"), None
+    in_dbs = [get_db(h) for h in ids.buffers]
+    out_dbs = [get_db(h) for h in ods.buffers]
+    for side, dbs in (("input", in_dbs), ("output", out_dbs)):
+        for i, db in enumerate(dbs):
+            if db is None:
+                return set_err(S.E_PARAM, f"{name}: {side} buffer {i} was destroyed"), None
+    if m.role == "update":
+        return _prepare_update(name, m, ids, in_dbs)
+    if m.role == "init":
+        return 0, _init_work(m)
+    return _prepare_infer(name, m, ids, in_dbs, out_dbs)
+
+
+def _prepare_infer(name: str, m: Model, ids: Any, in_dbs: list, out_dbs: list) -> tuple[int, Work | None]:
+    keep: list[Any] = []
+    for i, db in enumerate(in_dbs):
+        blk = device_range(db.addr, db.size) if db.addr else None
+        if blk is None:
+            return set_err(S.E_PARAM, f"{name}: input {i} ({m.inputs[i].name}) buffer {describe(db.addr) if db.addr else 'NULL'} +{db.size} is not device memory"), None
+        keep.append(blk.owner())
+    batch: int | None = None
+    if m.batch_sizes:
+        mb = in_dbs[-1]
+        if mb.size < 8:
+            return set_err(S.E_PARAM, f"{name}: {ACL_DYNAMIC_TENSOR_NAME} buffer has {mb.size} bytes, needs 8"), None
+        batch = ctypes.c_int64.from_address(mb.addr).value
+        if batch not in m.batch_sizes:
+            return set_err(S.E_BATCH, f"{name}: dynamic batch not set or invalid ({batch}); call set_dynamic_batch_size with one of {m.batch_sizes}"), None
+    specs_in = m.graph.inputs
+    for i, spec in enumerate(specs_in):
+        need = spec.nbytes(batch if batch is not None else 1)
+        if in_dbs[i].size < need:
+            return set_err(S.E_PARAM, f"{name}: input {i} ({spec.name}) buffer has {in_dbs[i].size} bytes, needs {need}"), None
+        td = get_td(ids.descs[i]) if ids.descs[i] else None
+        shape = [batch if d == -1 else d for d in spec.shape]
+        if td is not None and td.dims != shape:
+            return set_err(S.E_PARAM, f"{name}: input {i} ({spec.name}) tensor desc dims {td.dims} differ from the model's {shape}"), None
+    outs: list[tuple[TensorSpec, Any, int]] = []
+    to_alloc: list[int] = []
+    for i, spec in enumerate(m.graph.outputs):
+        db = out_dbs[i]
+        need = spec.nbytes(batch if batch is not None else 1)
+        if db.addr == 0 and db.size == 0:
+            to_alloc.append(i)
+            continue
+        blk = device_range(db.addr, db.size) if db.addr else None
+        if blk is None:
+            return set_err(S.E_PARAM, f"{name}: output {i} ({spec.name}) buffer {describe(db.addr)} +{db.size} is not device memory"), None
+        if db.size < need:
+            return set_err(S.E_PARAM, f"{name}: output {i} ({spec.name}) buffer has {db.size} bytes, needs {need}"), None
+        keep.append(blk.owner())
+    made = []
+    for i in to_alloc:
+        need = m.graph.outputs[i].nbytes(batch if batch is not None else 1)
+        blk = new_device_block(m.device, max(need, 1))
+        if blk is None:
+            for b in made:
+                WORLD.device_blocks.remove(b.ptr, b)
+                unaccount(b.device, b.accounted)
+            return set_err(S.E_ALLOC, f"{name}: no device memory for output {i} ({need} bytes)"), None
+        made.append(blk)
+        keep.append(blk.owner())
+        out_dbs[i].addr, out_dbs[i].size = blk.ptr, need
+    bind_in = [(s.name, s.np_dtype, [batch if d == -1 else d for d in s.shape], in_dbs[i].addr) for i, s in enumerate(specs_in)]
+    if m.bundle is not None:
+        for v in m.bundle.vars:
+            bind_in.append((v.spec.name, v.spec.np_dtype, list(v.spec.shape), v.ptr))
+            keep.append(v.buf)
+    bind_out = [(s.name, s.np_dtype, [batch if d == -1 else d for d in s.shape], out_dbs[i].addr) for i, s in enumerate(m.graph.outputs)]
+    sess = m.session
+
+    def work() -> int:
+        _ = keep
+        try:
+            io = sess.io_binding()
+            for n, dt, shape, ptr in bind_in:
+                io.bind_input(n, "cpu", 0, dt.type, shape, ptr)
+            for n, dt, shape, ptr in bind_out:
+                io.bind_output(n, "cpu", 0, dt.type, shape, ptr)
+            sess.run_with_iobinding(io)
+            for (n, dt, shape, ptr), ov in zip(bind_out, io.get_outputs()):
+                if ov.data_ptr() != ptr:  # onnxruntime allocated its own output: copy it into place
+                    arr = np.ascontiguousarray(ov.numpy(), dtype=dt)
+                    ctypes.memmove(ptr, arr.ctypes.data, arr.nbytes)
+        except Exception as e:  # onnxruntime error types vary
+            return set_err(S.E_EXEC, f"{name}: model {m.id} failed in onnxruntime: {e}")
+        m.last_batch = batch
+        bump("executions", 1, m.id)
+        return 0
+
+    return 0, work
+
+
+def _init_work(m: Model) -> Work:
+    b = m.bundle
+    assert b is not None
+    pairs = list(zip(b.vars, b.initial_values))
+
+    def work() -> int:
+        for v, val in pairs:
+            v.buf[: len(val)] = np.frombuffer(val, dtype=np.uint8)
+        bump("executions", 1, m.id)
+        return 0
+
+    return work
+
+
+def _prepare_update(name: str, m: Model, ids: Any, in_dbs: list) -> tuple[int, Work | None]:
+    b = m.bundle
+    assert b is not None
+    copies: list[tuple[Var, int, int, Any]] = []
+    for i, (v, db) in enumerate(zip(b.vars, in_dbs)):
+        td = get_td(ids.descs[i]) if ids.descs[i] else None
+        if td is None:
+            return set_err(S.E_PARAM, f"{name}: update input {i} ({v.spec.name}_var_data) has no tensor desc; use dims [0] for unchanged weights"), None
+        if td.dims and all(d >= 0 for d in td.dims) and 0 in td.dims:
+            if (device_range(db.addr, 1) if db.addr else None) is None:
+                return set_err(S.E_PARAM, f"{name}: update input {i} ({v.spec.name}) is empty but its buffer {describe(db.addr) if db.addr else 'NULL'} is not a live device address"), None
+            continue
+        if td.dims != list(v.spec.shape):
+            return set_err(S.E_SHAPE, f"{name}: update input {i} ({v.spec.name}) desc dims {td.dims} != variable shape {list(v.spec.shape)}"), None
+        if NUMPY_TO_ACL.get(v.spec.np_dtype) != td.dtype:
+            return set_err(S.E_DTYPE, f"{name}: update input {i} ({v.spec.name}) desc dtype {td.dtype} != variable dtype {v.spec.dtype}"), None
+        n = v.spec.nbytes()
+        blk = device_range(db.addr, n) if db.addr else None
+        if db.size < n or blk is None:
+            return set_err(S.E_SHAPE, f"{name}: update input {i} ({v.spec.name}) buffer {describe(db.addr) if db.addr else 'NULL'} size {db.size} does not cover the variable's {n} bytes of device memory"), None
+        copies.append((v, db.addr, n, blk.owner()))
+
+    def work() -> int:
+        for v, src, n, _keep in copies:
+            ctypes.memmove(v.ptr, src, n)
+            bump("update_bytes_applied", n)
+        bump("executions", 1, m.id)
+        return 0
+
+    return 0, work
+
+
+@api("acl.mdl.execute", "ret", ctx=True, pre=ints("model_id", "input", "output"))
+def execute(model_id: int, input: int, output: int) -> int:
+    with LOCK:
+        ret, work = _prepare("execute", model_id, input, output)
+    if work is None:
+        return ret
+    return work()
+
+
+@api("acl.mdl.execute_async", "ret", ctx=True, pre=ints("model_id", "input", "output", "stream"))
+def execute_async(model_id: int, input: int, output: int, stream: int) -> int:
+    """Validated now; runs at synchronize_stream (stream 0: immediately)."""
+    from ._rt import enqueue
+
+    with LOCK:
+        if stream != 0 and stream not in WORLD.streams:
+            return set_err(S.E_RT_PARAM, f"execute_async: {stream:#x} is not a live stream")
+        ret, work = _prepare("execute_async", model_id, input, output)
+        if work is None:
+            return ret
+        if stream != 0:
+            return enqueue("execute_async", stream, work)
+    return work()

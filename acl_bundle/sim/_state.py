@@ -1,0 +1,382 @@
+"""Process-wide simulator state, thread-local context, error messages, faults, stats."""
+from __future__ import annotations
+
+import bisect
+import functools
+import itertools
+import logging
+import threading
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterator
+
+from .._constants import ACL_HOST, CODES, error_name
+
+log = logging.getLogger("acl_bundle.sim")
+
+GiB = 1 << 30
+
+
+class SimulatorMisuse(RuntimeError):
+    """Misuse that would crash (or corrupt) a real process where pyACL has no error return."""
+
+
+class NotImplementedInSimulator(AttributeError):
+    """A pyACL name the simulator does not implement."""
+
+
+# ---- error codes used by the simulator --------------------------------------------
+OK = 0
+E_PARAM = CODES["ACL_ERROR_INVALID_PARAM"]  # 100000
+E_UNINIT = CODES["ACL_ERROR_UNINITIALIZE"]  # 100001
+E_REPEAT_INIT = CODES["ACL_ERROR_REPEAT_INITIALIZE"]  # 100002
+E_FILE = CODES["ACL_ERROR_INVALID_FILE"]  # 100003
+E_NOT_DYNAMIC = CODES["ACL_ERROR_MODEL_NOT_DYNAMIC"]  # 100019
+E_REPEAT_FINAL = CODES["ACL_ERROR_REPEAT_FINALIZE"]  # 100037
+E_BUNDLE_ID = CODES["ACL_ERROR_INVALID_BUNDLE_MODEL_ID"]  # 148053
+E_GE_PARAM = CODES["ACL_ERROR_GE_PARAM_INVALID"]  # 145000
+E_GE_PATH = CODES["ACL_ERROR_GE_EXEC_MODEL_PATH_INVALID"]  # 145002
+E_MODEL_ID = CODES["ACL_ERROR_GE_EXEC_MODEL_ID_INVALID"]  # 145003
+E_BATCH = CODES["ACL_ERROR_GE_DYNAMIC_BATCH_SIZE_INVALID"]  # 145013
+E_SHAPE = CODES["ACL_ERROR_GE_SHAPE_INVALID"]  # 145021
+E_DTYPE = CODES["ACL_ERROR_GE_DATATYPE_INVALID"]  # 145022
+E_LOAD = CODES["ACL_ERROR_GE_LOAD_MODEL"]  # 545001
+E_RT_PARAM = CODES["ACL_ERROR_RT_PARAM_INVALID"]  # 107000
+E_DEVICE = CODES["ACL_ERROR_RT_INVALID_DEVICEID"]  # 107001
+E_CTX_NULL = CODES["ACL_ERROR_RT_CONTEXT_NULL"]  # 107002
+E_ALLOC = CODES["ACL_ERROR_RT_MEMORY_ALLOCATION"]  # 207001
+E_EXEC = CODES["ACL_ERROR_RT_MODEL_EXECUTE"]  # 507011
+
+
+# ---- configuration (survives reset) -----------------------------------------------
+@dataclass
+class Config:
+    device_count: int = 2
+    run_mode: int = ACL_HOST
+    device_memory: int = 8 * GiB
+
+
+CONFIG = Config()
+
+# Ids never reused, not even across reset().
+_handle_counter = itertools.count(0x1000, 16)
+_model_counter = itertools.count(1)
+_bundle_counter = itertools.count(1)
+_id_lock = threading.Lock()
+
+
+def new_handle() -> int:
+    with _id_lock:
+        return next(_handle_counter)
+
+
+def new_model_id() -> int:
+    with _id_lock:
+        return next(_model_counter)
+
+
+def new_bundle_id() -> int:
+    with _id_lock:
+        return next(_bundle_counter)
+
+
+class Intervals:
+    """Sorted, non-overlapping (or ``multi``: possibly overlapping) address intervals."""
+
+    def __init__(self, multi: bool = False) -> None:
+        self.multi = multi
+        self.starts: list[int] = []
+        self.by_start: dict[int, list[Any]] = {}
+
+    def add(self, start: int, obj: Any) -> None:
+        lst = self.by_start.get(start)
+        if lst is None:
+            bisect.insort(self.starts, start)
+            self.by_start[start] = [obj]
+        elif self.multi:
+            lst.append(obj)
+        else:
+            raise AssertionError(f"interval at {start:#x} already registered")
+
+    def remove(self, start: int, obj: Any) -> None:
+        lst = self.by_start[start]
+        lst.remove(obj)
+        if not lst:
+            del self.by_start[start]
+            i = bisect.bisect_left(self.starts, start)
+            del self.starts[i]
+
+    def get(self, start: int) -> Any:
+        lst = self.by_start.get(start)
+        return lst[0] if lst else None
+
+    def find(self, addr: int, n: int, alive: Callable[[Any], bool] = lambda o: True) -> Any:
+        """The object whose [start, start+size) contains [addr, addr+n), or None."""
+        i = bisect.bisect_right(self.starts, addr)
+        for j in range(i - 1, max(-1, i - 1 - (256 if self.multi else 1)), -1):
+            start = self.starts[j]
+            for obj in self.by_start[start]:
+                if addr + max(n, 0) <= start + obj.size and alive(obj):
+                    return obj
+        return None
+
+    def __len__(self) -> int:
+        return sum(len(v) for v in self.by_start.values())
+
+    def values(self) -> list[Any]:
+        return [o for s in self.starts for o in self.by_start[s]]
+
+
+# ---- the world ----------------------------------------------------------------------
+class World:
+    """Everything alive in the simulated process. Guard with ``LOCK``."""
+
+    def __init__(self, gen: int) -> None:
+        self.gen = gen
+        self.initialized = False
+        self.ever_initialized = False
+        self.finalized = False
+        self.devices: dict[int, int] = {}
+        self.default_ctx: dict[int, int] = {}  # device -> implicit context id (alive while set)
+        self.contexts: dict[int, Any] = {}  # explicit contexts
+        self.streams: dict[int, Any] = {}
+        self.datasets: dict[int, Any] = {}
+        self.data_buffers: dict[int, Any] = {}
+        self.tensor_descs: dict[int, Any] = {}  # includes dataset-owned copies
+        self.model_descs: dict[int, Any] = {}
+        self.models: dict[int, Any] = {}  # plain and bundle-inner models
+        self.bundles: dict[int, Any] = {}
+        self.device_blocks = Intervals()  # acl.rt.malloc (and runtime-allocated outputs)
+        self.host_blocks = Intervals()  # acl.rt.malloc_host
+        self.regions = Intervals(multi=True)  # bytes_to_ptr / numpy_to_ptr registrations
+        self.device_used: dict[int, int] = {}  # device -> accounted bytes
+
+
+LOCK = threading.RLock()
+_gen_counter = itertools.count(1)
+WORLD = World(next(_gen_counter))
+
+
+class _TLS(threading.local):
+    def __init__(self) -> None:
+        self.gen = 0
+        self.ctx = 0
+        self.err = ""
+
+
+TLS = _TLS()
+
+
+def set_err(code: int, msg: str) -> int:
+    """Record ``msg`` as the calling thread's recent error message and return ``code``."""
+    TLS.err = f"{msg} ({code} {error_name(code)})" if code else msg
+    log.debug("acl error %s: %s", code, msg)
+    return code
+
+
+# ---- stats, faults, recorders ------------------------------------------------------
+_stats_lock = threading.Lock()
+DIRS = ("HOST_TO_DEVICE", "DEVICE_TO_HOST", "DEVICE_TO_DEVICE", "HOST_TO_HOST")
+
+
+def _fresh_stats() -> dict:
+    return {
+        "calls": {},
+        "mallocs": 0,
+        "host_mallocs": 0,
+        "bytes_copied": {d: 0 for d in DIRS},
+        "memcpy_calls": {d: 0 for d in DIRS},
+        "executions": {},
+        "update_bytes_applied": 0,
+    }
+
+
+STATS = _fresh_stats()
+
+
+def bump(key: str, n: int = 1, sub: Any = None) -> None:
+    with _stats_lock:
+        if sub is None:
+            STATS[key] += n
+        else:
+            STATS[key][sub] = STATS[key].get(sub, 0) + n
+
+
+def stats() -> dict:
+    """Counters since the last reset() (a deep copy)."""
+    with _stats_lock:
+        return {k: (dict(v) if isinstance(v, dict) else v) for k, v in STATS.items()}
+
+
+class Fault:
+    """Active fault injection on one dotted acl function name (see :func:`fault`)."""
+
+    def __init__(self, func: str, code: int, on_call: int = 1, times: int | None = 1) -> None:
+        if on_call < 1:
+            raise ValueError("on_call is 1-based")
+        if times is not None and times < 1:
+            raise ValueError("times must be >= 1 or None")
+        self.func, self.code, self.on_call, self.times = func, int(code), on_call, times
+        self.seen = 0
+        self.fired = 0
+
+    def __enter__(self) -> "Fault":
+        with _stats_lock:
+            self.seen = 0
+            _FAULTS.append(self)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        with _stats_lock:
+            if self in _FAULTS:
+                _FAULTS.remove(self)
+
+    def _hit(self) -> bool:
+        self.seen += 1
+        if self.seen < self.on_call:
+            return False
+        if self.times is not None and self.fired >= self.times:
+            return False
+        self.fired += 1
+        return True
+
+
+_FAULTS: list[Fault] = []
+_RECORDERS: list[list[str]] = []
+
+
+def fault(func: str, code: int, *, on_call: int = 1, times: int | None = 1) -> Fault:
+    """Context manager: make the ``on_call``-th call to ``func`` (and ``times-1`` more) fail with ``code``."""
+    if func not in REGISTRY:
+        raise ValueError(f"unknown acl function {func!r}")
+    return Fault(func, code, on_call, times)
+
+
+class record:
+    """Context manager yielding a list that receives the dotted name of every acl call."""
+
+    def __enter__(self) -> list[str]:
+        self.calls: list[str] = []
+        with _stats_lock:
+            _RECORDERS.append(self.calls)
+        return self.calls
+
+    def __exit__(self, *exc: object) -> None:
+        with _stats_lock:
+            if any(r is self.calls for r in _RECORDERS):
+                _RECORDERS[:] = [r for r in _RECORDERS if r is not self.calls]
+
+
+def clear_stats_and_faults() -> None:
+    with _stats_lock:
+        STATS.clear()
+        STATS.update(_fresh_stats())
+        _FAULTS.clear()
+
+
+# ---- API decorator ------------------------------------------------------------------
+# error "forms": how a function reports an error code in its normal return shape
+FORMS: dict[str, Callable[[int], Any]] = {
+    "ret": lambda c: c,
+    "t1": lambda c: (0, c),
+    "t2": lambda c: (0, 0, c),
+    "t3": lambda c: (0, 0, 0, c),
+    "dims": lambda c: ({}, c),
+    "handle": lambda c: 0,
+    "int0": lambda c: 0,
+    "intm1": lambda c: -1,
+    "str": lambda c: "",
+    "none": lambda c: None,
+}
+
+REGISTRY: dict[str, Callable] = {}
+
+
+def current_context() -> Any:
+    """The live current context of the calling thread, or None. Call with LOCK held."""
+    if TLS.gen != WORLD.gen or not TLS.ctx:
+        return None
+    ctx = WORLD.contexts.get(TLS.ctx)
+    if ctx is not None:
+        return ctx
+    for dev, cid in WORLD.default_ctx.items():
+        if cid == TLS.ctx:
+            return DefaultCtx(cid, dev)
+    return None
+
+
+@dataclass
+class DefaultCtx:
+    id: int
+    device: int
+
+
+def api(
+    name: str,
+    form: str,
+    *,
+    init: bool = True,
+    ctx: bool = False,
+    pre: Callable[..., None] | None = None,
+) -> Callable[[Callable], Callable]:
+    """Wrap an implementation: stats, record, faults, argument types, init and context checks."""
+    err = FORMS[form]
+    short = name.split(".")[-1]
+
+    def deco(fn: Callable) -> Callable:
+        @functools.wraps(fn)
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            hit: Fault | None = None
+            with _stats_lock:
+                calls = STATS["calls"]
+                calls[name] = calls.get(name, 0) + 1
+                for r in _RECORDERS:
+                    r.append(name)
+                for f in _FAULTS:
+                    if f.func == name and f._hit() and hit is None:
+                        hit = f
+            if hit is not None:
+                set_err(hit.code, f"{short}: injected fault")
+                return err(hit.code)
+            if pre is not None:
+                pre(*args, **kwargs)
+            if init or ctx:
+                with LOCK:
+                    if init and not WORLD.initialized:
+                        return err(set_err(E_UNINIT, f"{short}: acl.init has not been called (or acl.finalize was)"))
+                    if ctx and current_context() is None:
+                        return err(set_err(E_CTX_NULL, f"{short}: no current context in this thread (call acl.rt.set_device or set_context)"))
+            return fn(*args, **kwargs)
+
+        wrapper.__name__ = short
+        wrapper.__qualname__ = short
+        REGISTRY[name] = wrapper
+        return wrapper
+
+    return deco
+
+
+def check_int(*names_values: tuple[str, Any]) -> None:
+    for n, v in names_values:
+        if not isinstance(v, int) or isinstance(v, bool):
+            raise TypeError(f"argument {n} must be int, not {type(v).__name__}")
+
+
+def ints(*names: str) -> Callable[..., None]:
+    """A ``pre`` hook checking that the positional arguments are ints (pyACL raises TypeError)."""
+
+    def pre(*args: Any, **kwargs: Any) -> None:
+        if len(args) + len(kwargs) != len(names):
+            raise TypeError(f"expected {len(names)} arguments ({', '.join(names)}), got {len(args) + len(kwargs)}")
+        check_int(*zip(names, args))
+        check_int(*((k, v) for k, v in kwargs.items()))
+
+    return pre
+
+
+def new_world() -> None:
+    """Re-initialise the world in place (reset): invalidates every thread's current context."""
+    WORLD.__init__(next(_gen_counter))  # type: ignore[misc]
+
+
+def iter_live(d: dict) -> Iterator:
+    return iter(list(d.values()))

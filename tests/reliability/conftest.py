@@ -1,0 +1,92 @@
+"""Shared material for the reliability suite: bundle files built once, weight sets, references.
+
+The root ``conftest.py`` resets the simulator before each test and fails any test
+that leaves an ACL resource alive, so every test here opens and closes its models
+inside the test function.  Bundle *files* hold no ACL resources and are built once
+per session.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from acl_bundle import sim
+from acl_bundle.sim import builder, models
+
+SIZES = (8, 16, 4)
+TOL = dict(rtol=1e-4, atol=1e-5)
+
+
+@dataclass(frozen=True)
+class Bundle:
+    """A bundle file on disk with what a test needs to check its outputs."""
+
+    path: Path
+    weights: dict  # the initial weights (what the init graph sets)
+    init: bool
+    batch_sizes: tuple
+    manifest: bool
+
+    def initial(self) -> dict:
+        """Weights the device holds right after load (zeros when there is no init graph)."""
+        if self.init:
+            return dict(self.weights)
+        return {k: np.zeros_like(v) for k, v in self.weights.items()}
+
+
+def _build(dir_: Path, name: str, *, sizes=SIZES, init=True, batch_sizes=None, manifest=True, seed=0) -> Bundle:
+    model, weights = models.mlp(sizes, seed=seed)
+    mf = builder.build_bundle(model, init=init, batch_sizes=batch_sizes)
+    om, man = builder.save(mf, dir_ / f"{name}.om")
+    if not manifest and man is not None:
+        Path(man).unlink()
+    return Bundle(Path(om), weights, init, tuple(batch_sizes or ()), manifest)
+
+
+@pytest.fixture(scope="session")
+def bundles(tmp_path_factory) -> dict[str, Bundle]:
+    """Bundle files: 3-graph with init, 2-graph without init, dynamic batch, no manifest, wider."""
+    d = tmp_path_factory.mktemp("reliability_bundles")
+    return {
+        "init": _build(d, "init"),
+        "noinit": _build(d, "noinit", init=False),
+        "dynamic": _build(d, "dynamic", batch_sizes=[1, 2, 4]),
+        "nomanifest": _build(d, "nomanifest", manifest=False),
+        "wide": _build(d, "wide", sizes=(8, 64, 64, 4)),
+    }
+
+
+def weight_sets(base: dict, n: int, seed: int = 1) -> list[dict]:
+    """``n`` distinct complete weight sets shaped like ``base`` (well separated in output)."""
+    rng = np.random.default_rng(seed)
+    return [{k: rng.standard_normal(v.shape).astype(v.dtype) for k, v in base.items()} for _ in range(n)]
+
+
+def reference(x: np.ndarray, weights: dict) -> np.ndarray:
+    """Numpy forward pass of models.mlp (independent of onnxruntime)."""
+    return models.mlp_reference(x, weights)
+
+
+def matches(y: np.ndarray, x: np.ndarray, weights: dict) -> bool:
+    return bool(np.allclose(y, reference(x, weights), **TOL))
+
+
+def snapshot(bundle_id: int) -> dict[str, bytes]:
+    """The bundle's device variables as raw bytes (bit-exact comparison, NaN-safe)."""
+    return {k: v.tobytes() for k, v in sim.variables(bundle_id).items()}
+
+
+def rss_bytes() -> int:
+    """Current resident set size of this process (Linux /proc/self/statm)."""
+    import os
+
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+def live_count() -> int:
+    """Number of live simulator resources (each block, handle, model, device; 'initialized' counts 1)."""
+    return sum(int(v) if isinstance(v, bool) else len(v) for v in sim.live_resources().values())

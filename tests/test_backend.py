@@ -1,0 +1,115 @@
+"""Backend choice, and proof (with a mocked acl module) that the wrapper only uses pyACL's public call forms."""
+from __future__ import annotations
+
+import sys
+import types
+
+import numpy as np
+import pytest
+
+from acl_bundle import BackendNotFoundError, BundleModel
+from acl_bundle import _backend
+from acl_bundle import sim
+
+from helpers import reference
+
+# Every pyACL name the reference (../shared/reference/pyacl-api.md §1-5) documents, by submodule.
+PYACL = {
+    "": {"init", "finalize", "get_version", "get_recent_err_msg", "create_data_buffer", "destroy_data_buffer",
+         "get_data_buffer_addr", "get_data_buffer_size", "get_data_buffer_size_v2", "update_data_buffer",
+         "create_tensor_desc", "destroy_tensor_desc", "get_tensor_desc_num_dims", "get_tensor_desc_dim_v2",
+         "get_tensor_desc_size", "get_tensor_desc_element_count", "get_tensor_desc_type",
+         "get_tensor_desc_format", "data_type_size"},
+    "rt": {"set_device", "reset_device", "create_context", "destroy_context", "set_context", "get_context",
+           "create_stream", "destroy_stream", "synchronize_stream", "get_run_mode", "get_device_count", "malloc",
+           "free", "malloc_host", "free_host", "memcpy", "memcpy_async", "memset", "get_mem_info"},
+    "mdl": {"load_from_file", "load_from_mem", "unload", "create_desc", "get_desc", "destroy_desc",
+            "get_num_inputs", "get_num_outputs", "get_input_size_by_index", "get_output_size_by_index",
+            "get_input_dims", "get_input_dims_v2", "get_output_dims", "get_cur_output_dims",
+            "get_input_data_type", "get_output_data_type", "get_input_format", "get_output_format",
+            "get_input_name_by_index", "get_output_name_by_index", "get_input_index_by_name",
+            "get_output_index_by_name", "execute", "execute_async", "get_dynamic_batch", "set_dynamic_batch_size",
+            "set_dynamic_hw_size", "create_dataset", "destroy_dataset", "add_dataset_buffer",
+            "get_dataset_num_buffers", "get_dataset_buffer", "set_dataset_tensor_desc", "get_dataset_tensor_desc",
+            "bundle_load_from_file", "bundle_load_from_mem", "bundle_get_model_num", "bundle_get_model_id",
+            "bundle_unload"},
+    "util": {"bytes_to_ptr", "ptr_to_bytes", "numpy_to_ptr", "numpy_contiguous_to_ptr", "ptr_to_numpy"},
+}
+
+
+def _mock_acl(mocker):
+    """A module exposing only documented pyACL names, each a MagicMock wrapping the simulator."""
+    root = types.SimpleNamespace()
+    mocks = {}
+    for sub, names in PYACL.items():
+        real = getattr(sim.acl, sub) if sub else sim.acl
+        target = types.SimpleNamespace() if sub else root
+        for name in names:
+            full = f"acl.{sub}.{name}" if sub else f"acl.{name}"
+            mocks[full] = mocker.MagicMock(name=full, wraps=getattr(real, name))
+            setattr(target, name, mocks[full])
+        if sub:
+            setattr(root, sub, target)
+    return root, mocks
+
+
+def test_wrapper_uses_only_public_pyacl_call_forms(make_bundle, mocker):
+    om, w0 = make_bundle(batch_sizes=[1, 2])
+    acl, mocks = _mock_acl(mocker)
+    x = np.ones((2, 8), np.float32)
+    with BundleModel(om, acl=acl) as m:
+        np.testing.assert_allclose(m.infer(x), reference(x, w0), rtol=1e-5, atol=1e-5)
+        m.update({"fc0.bias": w0["fc0.bias"] + 1})
+    used = {k: v for k, v in mocks.items() if v.call_count}
+    assert {"acl.init", "acl.finalize", "acl.rt.set_device", "acl.rt.reset_device", "acl.mdl.bundle_load_from_file",
+            "acl.mdl.bundle_unload", "acl.mdl.execute", "acl.rt.memcpy", "acl.mdl.set_dataset_tensor_desc",
+            "acl.mdl.set_dynamic_batch_size"} <= set(used)
+    for call in mocks["acl.create_tensor_desc"].call_args_list:
+        dtype, dims, fmt = call.args  # positional, dims a list (pyACL rejects tuples)
+        assert isinstance(dims, list) and isinstance(dtype, int) and isinstance(fmt, int)
+    for call in mocks["acl.rt.memcpy"].call_args_list:
+        assert len(call.args) == 5 and not call.kwargs
+        dst, dst_max, src, count, kind = call.args
+        assert count <= dst_max and kind in (1, 2)
+    for call in mocks["acl.rt.malloc"].call_args_list:
+        assert len(call.args) == 2 and call.args[0] > 0
+    for call in mocks["acl.mdl.set_dataset_tensor_desc"].call_args_list:
+        assert len(call.args) == 3
+    # Balanced lifecycle: every create has its destroy.
+    for create, destroy in [("acl.mdl.create_dataset", "acl.mdl.destroy_dataset"),
+                            ("acl.create_data_buffer", "acl.destroy_data_buffer"),
+                            ("acl.create_tensor_desc", "acl.destroy_tensor_desc"),
+                            ("acl.mdl.create_desc", "acl.mdl.destroy_desc"),
+                            ("acl.rt.malloc", "acl.rt.free"),
+                            ("acl.rt.create_context", "acl.rt.destroy_context")]:
+        assert mocks[create].call_count == mocks[destroy].call_count > 0, create
+
+
+def test_explicit_module_wins(make_bundle):
+    om, _ = make_bundle()
+    with BundleModel(om, acl=sim.acl) as m:
+        assert m._acl is sim.acl
+
+
+def test_env_selects_simulator_when_pyacl_missing(monkeypatch):
+    monkeypatch.setitem(sys.modules, "acl", None)  # import acl -> ImportError
+    monkeypatch.setenv("ACL_BUNDLE_BACKEND", "sim")
+    assert _backend.resolve_acl() is sim.acl
+
+
+def test_missing_pyacl_error_says_how_to_use_the_simulator(monkeypatch):
+    monkeypatch.setitem(sys.modules, "acl", None)
+    monkeypatch.delenv("ACL_BUNDLE_BACKEND", raising=False)
+    with pytest.raises(BackendNotFoundError, match=r"pyACL .* was not found.*ACL_BUNDLE_BACKEND=sim"):
+        _backend.resolve_acl()
+
+
+def test_installed_simulator_is_found_as_acl(make_bundle, monkeypatch):
+    om, w0 = make_bundle()
+    monkeypatch.delenv("ACL_BUNDLE_BACKEND", raising=False)
+    sim.install()
+    try:
+        with BundleModel(om) as m:
+            assert m._acl is sim.acl
+    finally:
+        sim.uninstall()

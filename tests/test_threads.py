@@ -1,0 +1,48 @@
+"""Concurrent infer + update on one model: every result comes from one whole weight set."""
+from __future__ import annotations
+
+import threading
+
+import numpy as np
+
+from acl_bundle import BundleModel
+from acl_bundle import sim
+
+from helpers import reference
+
+
+def test_no_torn_results_under_concurrent_updates(make_bundle):
+    om, w0 = make_bundle(sizes=(8, 64, 64, 4))
+    rng = np.random.default_rng(0)
+    sets = [w0] + [{k: rng.standard_normal(v.shape).astype(v.dtype) for k, v in w0.items()} for _ in range(2)]
+    x = rng.standard_normal((1, 8)).astype(np.float32)
+    refs = [reference(x, s) for s in sets]
+    applied = [0]  # version -> index of the weight set it committed
+    errors: list[BaseException] = []
+    results: list[tuple[int, np.ndarray]] = []
+    stop = threading.Event()
+
+    with BundleModel(om, acl=sim.acl, max_concurrency=4) as m:
+        def reader():
+            try:
+                while not stop.is_set():
+                    y, v = m.infer(x, return_version=True)
+                    results.append((v, y))
+            except BaseException as e:  # pragma: no cover - reported below
+                errors.append(e)
+
+        threads = [threading.Thread(target=reader) for _ in range(4)]
+        for t in threads:
+            t.start()
+        for i in range(60):
+            k = 1 + i % 2
+            v = m.update(sets[k])
+            applied.append(k)
+            assert v == len(applied) - 1
+        stop.set()
+        for t in threads:
+            t.join()
+    assert not errors
+    assert len(results) > 60
+    for v, y in results:
+        np.testing.assert_allclose(y, refs[applied[v]], rtol=1e-5, atol=1e-5)
