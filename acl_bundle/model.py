@@ -426,12 +426,12 @@ class BundleModel:
 
     def _describe_infer(self, desc: int) -> None:
         acl = self._acl
-        mb_index, ret = acl.mdl.get_input_index_by_name(desc, ACL_DYNAMIC_TENSOR_NAME)
-        self._mb_index: int | None = mb_index if ret == 0 else None  # ret != 0: no dynamic batch input
-        batches: list[int] = []
-        if self._mb_index is not None:
-            info = unwrap(acl, "acl.mdl.get_dynamic_batch", acl.mdl.get_dynamic_batch(desc))
-            batches = sorted(int(b) for b in info["batch"][: info["batchCount"]])
+        info = unwrap(acl, "acl.mdl.get_dynamic_batch", acl.mdl.get_dynamic_batch(desc))
+        batches = sorted(int(b) for b in info["batch"][: info["batchCount"]])
+        self._mb_index: int | None = None
+        if batches:  # ATC adds an input that carries the batch size (reference §3)
+            self._mb_index = unwrap(acl, "acl.mdl.get_input_index_by_name",
+                                    acl.mdl.get_input_index_by_name(desc, ACL_DYNAMIC_TENSOR_NAME))
             self._mb_size = acl.mdl.get_input_size_by_index(desc, self._mb_index)
         self.batch_sizes: tuple[int, ...] = tuple(batches)
         n_in = acl.mdl.get_num_inputs(desc)
