@@ -252,11 +252,19 @@ def test_without_manifest_shapes_unknown_validated_by_bytes(make_bundle):
 
 def test_manifest_that_disagrees_is_refused(make_bundle, tmp_path):
     om, _ = make_bundle()
-    bad = {"variables": [{"name": "fc0.weight", "dtype": "float32", "shape": [8, 16]}]}
+    bad = {"format": "acl-bundle-manifest", "version": 1,
+           "variables": [{"name": "fc0.weight", "dtype": "float32", "shape": [8, 16]}]}
     with pytest.raises(ValueError, match=r"^manifest does not match the bundle: variables \['fc0.weight'\] vs bundle"):
         BundleModel(om, acl=ACL, manifest=bad)
-    with pytest.raises(ValueError, match="must be a JSON object with a 'variables' list"):
+    with pytest.raises(ValueError, match='"format" must be'):
         BundleModel(om, acl=ACL, manifest={"vars": []})
+    wrong_shape = {**bad, "variables": [{"name": "fc0.weight", "dtype": "float32", "shape": [16, 8, 1]},
+                                       {"name": "fc0.bias", "dtype": "float32", "shape": [16]},
+                                       {"name": "fc1.weight", "dtype": "float16", "shape": [16, 4]},
+                                       {"name": "fc1.bias", "dtype": "float32", "shape": [5]}]}
+    with pytest.raises(ValueError, match=r"'fc1.weight': manifest float16 \(16, 4\) \(128 B\) vs bundle float32 \(256 B\); "
+                                         r"'fc1.bias': manifest float32 \(5,\) \(20 B\) vs bundle float32 \(16 B\)$"):
+        BundleModel(om, acl=ACL, manifest=wrong_shape)
 
 
 def test_two_graph_bundle_roles(make_bundle):

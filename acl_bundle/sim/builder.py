@@ -52,6 +52,7 @@ from typing import Any, Sequence, Union
 import numpy as np
 
 from .._constants import ACL_DYNAMIC_TENSOR_NAME, ACL_MAX_DIM_CNT
+from .._manifest import MANIFEST_FORMAT, MANIFEST_VERSION, load_manifest, manifest_path
 from .format import GraphSpec, ModelFile, TensorSpec, dumps
 
 __all__ = [
@@ -70,8 +71,6 @@ log = logging.getLogger(__name__)
 
 ModelSource = Union["onnx.ModelProto", str, os.PathLike, bytes]  # noqa: F821
 
-MANIFEST_FORMAT = "acl-bundle-manifest"
-MANIFEST_VERSION = 1
 BATCH_DIM = "batch"
 MAX_BATCH_GEARS = 100  # ATC accepts at most 100 --dynamic_batch_size gears
 
@@ -470,11 +469,6 @@ def manifest(mf: ModelFile) -> dict[str, Any]:
     }
 
 
-def manifest_path(om_path: str | os.PathLike) -> Path:
-    """Return the manifest path for a model file: ``dir/bundle.om`` -> ``dir/bundle.manifest.json``."""
-    return Path(om_path).with_suffix(".manifest.json")
-
-
 def _write_atomic(path: Path, data: bytes) -> None:
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
@@ -506,57 +500,6 @@ def save(mf: ModelFile, path: str | os.PathLike) -> tuple[Path, Path | None]:
     mp = manifest_path(om)
     _write_atomic(mp, (json.dumps(manifest(mf), indent=2) + "\n").encode())
     return om, mp
-
-
-def _bad(path: Path, msg: str) -> ValueError:
-    return ValueError(f"bad manifest {path}: {msg}")
-
-
-def load_manifest(path: str | os.PathLike) -> dict[str, Any]:
-    """Read and validate a manifest, given its own path or the ``.om`` path beside it.
-
-    Checks ``format``, ``version`` and ``variables[].name/dtype/shape``; raises
-    ValueError naming the file and the problem, FileNotFoundError if it is missing.
-    """
-    p = Path(path)
-    if not p.name.endswith(".json"):
-        p = manifest_path(p)
-    try:
-        text = p.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise FileNotFoundError(f"no manifest at {p} (write one for a bundle built outside acl_bundle; see acl_bundle.sim.builder)") from None
-    except UnicodeDecodeError as e:
-        raise _bad(p, f"not UTF-8 ({e})") from None
-    try:
-        m = json.loads(text)
-    except json.JSONDecodeError as e:
-        raise _bad(p, f"not JSON ({e})") from None
-    if not isinstance(m, dict):
-        raise _bad(p, "top level must be a JSON object")
-    if m.get("format") != MANIFEST_FORMAT:
-        raise _bad(p, f'"format" must be {MANIFEST_FORMAT!r}, got {m.get("format")!r}')
-    version = m.get("version")
-    if isinstance(version, bool) or not isinstance(version, int) or not 1 <= version <= MANIFEST_VERSION:
-        raise _bad(p, f'"version" must be an integer from 1 to {MANIFEST_VERSION}, got {version!r}')
-    variables = m.get("variables")
-    if not isinstance(variables, list) or not variables:
-        raise _bad(p, '"variables" must be a non-empty list')
-    seen: set[str] = set()
-    for i, v in enumerate(variables):
-        where = f"variables[{i}]"
-        if not isinstance(v, dict):
-            raise _bad(p, f"{where} must be an object")
-        name, dtype, shape = v.get("name"), v.get("dtype"), v.get("shape")
-        if not isinstance(name, str) or not name:
-            raise _bad(p, f'{where}."name" must be a non-empty string')
-        if name in seen:
-            raise _bad(p, f"variable {name!r} appears twice")
-        seen.add(name)
-        if not isinstance(dtype, str) or dtype not in _SUPPORTED_NP:
-            raise _bad(p, f'{where}."dtype" must be one of {sorted(_SUPPORTED_NP)}, got {dtype!r}')
-        if not isinstance(shape, list) or any(isinstance(d, bool) or not isinstance(d, int) or d < 0 for d in shape):
-            raise _bad(p, f'{where}."shape" must be a list of non-negative ints, got {shape!r}')
-    return m
 
 
 def variables_from_manifest(m: dict[str, Any]) -> list[TensorSpec]:

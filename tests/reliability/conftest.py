@@ -56,6 +56,7 @@ def bundles(tmp_path_factory) -> dict[str, Bundle]:
         "dynamic": _build(d, "dynamic", batch_sizes=[1, 2, 4]),
         "nomanifest": _build(d, "nomanifest", manifest=False),
         "wide": _build(d, "wide", sizes=(8, 64, 64, 4)),
+        "wide_dynamic": _build(d, "wide_dynamic", sizes=(8, 64, 64, 4), batch_sizes=[1, 2, 4]),
     }
 
 
