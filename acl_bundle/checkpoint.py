@@ -142,6 +142,13 @@ def read_checkpoint(path: str | os.PathLike[str]) -> dict[str, np.ndarray]:
 
 def _read_npz(p: Path) -> dict[str, np.ndarray]:
     try:
+        with open(p, "rb") as f:
+            magic = f.read(4)
+    except OSError as e:
+        raise CheckpointError(f"checkpoint {str(p)!r} cannot be read: {e.strerror or e}") from None
+    if magic[:2] != b"PK":  # numpy would otherwise try to unpickle it
+        raise CheckpointError(f"checkpoint {str(p)!r} is not a valid .npz file: no zip signature")
+    try:
         z = np.load(p, allow_pickle=False)
         if not isinstance(z, np.lib.npyio.NpzFile):
             raise CheckpointError(f"checkpoint {str(p)!r} is a single .npy array, not an .npz archive")

@@ -121,9 +121,204 @@ def _cmd_build(args: argparse.Namespace) -> int:
     return 0
 
 
+# --- inspect -----------------------------------------------------------------
+
+_INSPECT_EPILOG = """\
+Loads the bundle without running its init graph (nothing is changed) on pyACL when
+it is installed, otherwise on the simulator (--sim forces the simulator).  Variable
+shapes come from <bundle>.manifest.json when present: real update graphs report
+unknown-rank inputs.
+
+examples:
+  acl-bundle inspect mlp.om
+  acl-bundle inspect mlp.om --json
+"""
+
+
+def _add_inspect(sub: Any) -> None:
+    p = sub.add_parser(
+        "inspect",
+        help="show a bundle's graphs, model ids, inputs, outputs and variables",
+        description="Show what a bundle .om holds: its graphs and their model ids, whether an init\n"
+                    "graph is present, the data inputs and outputs, and every updatable variable\n"
+                    "with its dtype, shape and bytes.",
+        epilog=_INSPECT_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("bundle", help="bundle .om file")
+    p.add_argument("--manifest", metavar="JSON", help="manifest with the variable shapes (default: <bundle>.manifest.json if present)")
+    p.add_argument("--json", action="store_true", help="print one JSON object instead of tables")
+    p.add_argument("--sim", action="store_true", help="load on the simulator even if pyACL is installed")
+    p.add_argument("--device", type=int, default=0, metavar="ID", help="device id (default 0)")
+    p.set_defaults(func=_cmd_inspect)
+
+
+def _fmt_shape(shape: Any) -> str:
+    if shape is None:
+        return "?"
+    return "[" + ", ".join("N" if d == -1 else str(d) for d in shape) + "]"
+
+
+def _cmd_inspect(args: argparse.Namespace) -> int:
+    import importlib
+    import json
+    from pathlib import Path
+
+    import numpy as np
+
+    from ._errors import AclError
+    from .model import BundleModel
+
+    path = Path(args.bundle)
+    if not path.is_file():
+        raise UsageError(f"no such bundle file: {path}")
+    if args.manifest is not None and not Path(args.manifest).is_file():
+        raise UsageError(f"no such manifest file: {args.manifest}")
+    if args.device < 0:
+        raise UsageError(f"--device must be >= 0, got {args.device}")
+    acl, backend = None, "pyACL"
+    if not args.sim:
+        try:
+            acl = importlib.import_module("acl")
+        except ImportError:
+            pass
+    if acl is None:
+        from . import sim
+
+        acl, backend = sim.acl, "simulator"
+    manifest: Any = args.manifest
+    try:
+        model = BundleModel(path, acl=acl, run_init=False, manifest=manifest, device_id=args.device)
+    except AclError as e:
+        raise UsageError(f"cannot load {path} as a bundle ({backend}): {e}") from None
+    except ValueError as e:
+        raise UsageError(f"{path}: {e}") from None
+    with model:
+        man = Path(args.manifest) if args.manifest else None
+        if man is None:
+            from ._manifest import manifest_path
+
+            auto = manifest_path(path)
+            man = auto if auto.is_file() else None
+        info = {
+            "file": str(path),
+            "bytes": path.stat().st_size,
+            "backend": backend,
+            "bundle_id": model.bundle_id,
+            "graphs": [{"role": role, "model_id": model.model_ids[role]}
+                       for role in ("infer", "init", "update") if role in model.model_ids],
+            "has_init": model.has_init,
+            "batch_sizes": list(model.batch_sizes),
+            "inputs": [{"name": t.name, "dtype": t.dtype.name, "shape": list(t.shape),
+                        "nbytes": None if -1 in t.shape else int(np.prod(t.shape, dtype=np.int64)) * t.dtype.itemsize}
+                       for t in model.inputs],
+            "outputs": [{"name": t.name, "dtype": t.dtype.name, "shape": list(t.shape),
+                         "nbytes": None if -1 in t.shape else int(np.prod(t.shape, dtype=np.int64)) * t.dtype.itemsize}
+                        for t in model.outputs],
+            "variables": [{"index": v.index, "name": v.name, "dtype": v.dtype.name,
+                           "shape": list(v.shape) if v.shape is not None else None, "nbytes": v.nbytes}
+                          for v in model.variables],
+            "manifest": str(man) if man is not None else None,
+        }
+    if args.json:
+        print(json.dumps(info, indent=2))
+        return 0
+    _print_inspect(info)
+    return 0
+
+
+def _table(rows: list[list[str]], indent: str = "  ") -> None:
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    for r in rows:
+        cells = [c.rjust(w) if c[:1].isdigit() and i == len(r) - 1 else c.ljust(w) for i, (c, w) in enumerate(zip(r, widths))]
+        print((indent + "  ".join(cells)).rstrip())
+
+
+def _print_inspect(info: dict[str, Any]) -> None:
+    graphs = ", ".join(f"{g['role']} (model id {g['model_id']})" for g in info["graphs"])
+    print(f"{info['file']}: bundle model, {info['bytes']:,} bytes, loaded on the {info['backend']}")
+    print(f"  bundle id {info['bundle_id']}; {len(info['graphs'])} graphs: {graphs}")
+    print(f"  init graph: {'present (not run by inspect)' if info['has_init'] else 'absent (update every variable before inferring)'}")
+    print(f"  batch sizes: {', '.join(map(str, info['batch_sizes'])) if info['batch_sizes'] else 'static'}")
+
+    def tensors(title: str, items: list[dict[str, Any]]) -> None:
+        print(f"{title} ({len(items)}):")
+        if items:
+            _table([["name", "dtype", "shape", "bytes"]] + [
+                [t["name"], t["dtype"], _fmt_shape(t["shape"]), "-" if t["nbytes"] is None else f"{t['nbytes']:,}"]
+                for t in items])
+
+    tensors("inputs", info["inputs"])
+    tensors("outputs", info["outputs"])
+    total = sum(v["nbytes"] for v in info["variables"])
+    src = f"shapes from {info['manifest']}" if info["manifest"] else "no manifest: shapes as the runtime reports them"
+    print(f"variables ({len(info['variables'])}, {total:,} bytes; {src}):")
+    _table([["#", "name", "dtype", "shape", "bytes"]] + [
+        [str(v["index"]), v["name"], v["dtype"], _fmt_shape(v["shape"]), f"{v['nbytes']:,}"] for v in info["variables"]])
+
+
+# --- demo --------------------------------------------------------------------
+
+_DEMO_EPILOG = """\
+A trainer thread learns online on a drifting data stream and commits checkpoints;
+the serving loop hot-applies them to a live bundle (CheckpointWatcher) and scores it
+beside a frozen copy of the initial model.  Runs on the simulator (numpy, onnx,
+onnxruntime), in a few seconds.  Exit code 1 if the live model does not beat the
+frozen one after the drift.
+
+examples:
+  acl-bundle demo
+  acl-bundle demo --plot demo.png          (needs matplotlib: pip install 'acl-bundle[plot]')
+  acl-bundle demo --ticks 120 --seed 3 --fast
+"""
+
+
+def _add_demo(sub: Any) -> None:
+    p = sub.add_parser(
+        "demo",
+        help="online learning end to end: trainer -> checkpoints -> live bundle vs frozen copy",
+        description="Run the online-learning demo on the simulator and show, live, the accuracy of\n"
+                    "the hot-updated model beside a frozen copy, the update latency and the weight version.",
+        epilog=_DEMO_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--ticks", type=int, default=60, metavar="N", help="stream length in ticks (default 60, min 20); the drift spans ticks N/6 .. 3N/4")
+    p.add_argument("--seed", type=int, default=0, help="random seed; a seed reproduces the accuracies exactly (default 0)")
+    p.add_argument("--checkpoint-every", type=int, default=2, metavar="K", help="trainer commits a checkpoint every K ticks (default 2)")
+    p.add_argument("--plot", metavar="PNG", help="also draw both accuracy curves and the update latencies to PNG")
+    p.add_argument("--dir", metavar="DIR", help="keep the bundle and checkpoints in DIR (default: a temp dir, removed)")
+    p.add_argument("--fast", action="store_true", help="no pause between ticks (the default paces the table to be watchable)")
+    p.set_defaults(func=_cmd_demo)
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from . import demo
+
+    if args.ticks < 20:
+        raise UsageError(f"--ticks must be at least 20, got {args.ticks}")
+    if args.checkpoint_every < 1:
+        raise UsageError(f"--checkpoint-every must be >= 1, got {args.checkpoint_every}")
+    if args.plot is not None:
+        try:
+            demo._check_matplotlib()
+        except ImportError as e:
+            raise UsageError(str(e)) from None
+    cfg = demo.DemoConfig(
+        ticks=args.ticks, seed=args.seed, checkpoint_every=args.checkpoint_every,
+        drift_start=args.ticks // 6, drift_end=(3 * args.ticks) // 4,
+        pace=0.0 if args.fast else demo.DemoConfig.pace,
+        print_every=max(1, args.ticks // 12),
+    )
+    result = demo.run_demo(cfg, plot=args.plot, workdir=args.dir)
+    if not result.live_after_drift > result.frozen_after_drift:
+        print(f"{PROG}: demo: the live model did not beat the frozen one after the drift", file=sys.stderr)
+        return 1
+    return 0
+
+
 # --- main --------------------------------------------------------------------
 
-_COMMANDS: list[Callable[[Any], None]] = [_add_build]
+_COMMANDS: list[Callable[[Any], None]] = [_add_build, _add_inspect, _add_demo]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -4,7 +4,9 @@ What runs:
 
 * a **data stream** of ``n_classes`` Gaussian clusters whose centres rotate in a
   plane (embedded in ``n_features`` dims) between ``drift_start`` and ``drift_end``
-  ticks: concept drift;
+  ticks: concept drift.  After a quarter turn (the default ``drift_degrees=90`` with 4
+  classes) every class sits where its neighbour was, so the frozen model confidently
+  predicts the neighbour and its accuracy falls well below chance;
 * a **trainer thread** (numpy only) that learns a softmax classifier online with SGD
   on the stream and commits a checkpoint every ``checkpoint_every`` ticks with
   :func:`~acl_bundle.checkpoint.write_checkpoint`;
@@ -86,9 +88,10 @@ class DemoRow:
     live_accuracy: float
     frozen_accuracy: float
     version: int  # weight version that produced the live outputs
-    step: int | None  # checkpoint step being served
-    update_ms: float | None  # model.update time of a checkpoint applied this tick
+    step: int | None  # checkpoint step being served (None: initial weights)
+    update_ms: float | None  # model.update time of the checkpoint being served
     lag_ms: float | None  # commit (marker written) -> update done, for that checkpoint
+    new_checkpoint: bool = False  # a checkpoint was applied at this tick
 
 
 @dataclass
@@ -308,13 +311,13 @@ def _run(cfg: DemoConfig, wd: Path, plot: str | Path | None, say: Callable[[str]
         trainer.start()
         watcher.start()
         try:
+            update_ms = lag_ms = None
             step_of = {0: 0}  # live weight version -> checkpoint step that produced it
             for tick in range(cfg.ticks):
                 trainer.ticks.put(tick)
                 step = trainer.done.get()
                 if isinstance(step, BaseException):
                     raise RuntimeError(f"trainer failed at tick {tick}: {step!r}") from step
-                update_ms = lag_ms = None
                 if step is not None:
                     result.checkpoints_written += 1
                     if not watcher.wait_for_step(step, timeout=30.0):
@@ -334,7 +337,7 @@ def _run(cfg: DemoConfig, wd: Path, plot: str | Path | None, say: Callable[[str]
                     raise RuntimeError(f"tick {tick}: served probabilities differ from the numpy reference by {err:.3g}")
                 row = DemoRow(tick, stream.angle(tick), float(np.mean(live_p.argmax(1) == y)),
                               float(np.mean(frozen_p.argmax(1) == y)), version, watcher.applied_step or None,
-                              update_ms, lag_ms)
+                              update_ms, lag_ms, step is not None)
                 result.rows.append(row)
                 if tick % cfg.print_every == 0 or tick == cfg.ticks - 1:
                     say(format_row(row))
@@ -356,8 +359,8 @@ def _run(cfg: DemoConfig, wd: Path, plot: str | Path | None, say: Callable[[str]
 
 def _summary(r: DemoResult, say: Callable[[str], None]) -> None:
     live0, frozen0 = r.before_drift
-    upd = [row.update_ms for row in r.rows if row.update_ms is not None]
-    lag = [row.lag_ms for row in r.rows if row.lag_ms is not None]
+    upd = [row.update_ms for row in r.rows if row.new_checkpoint]
+    lag = [row.lag_ms for row in r.rows if row.new_checkpoint]
     say("")
     say(f"before the drift  (ticks < {r.config.drift_start}):   live {live0:.3f}   frozen {frozen0:.3f}")
     say(f"after the drift   (ticks >= {r.config.drift_end}):  live {r.live_after_drift:.3f}   frozen {r.frozen_after_drift:.3f}"
@@ -384,7 +387,7 @@ def _plot(r: DemoResult, path: Path) -> Path:
     ax1.set_ylim(0, 1.02)
     ax1.legend(loc="lower left")
     ax1.set_title("acl-bundle demo: online learning with live weight updates")
-    pts = [(row.tick, row.update_ms, row.lag_ms) for row in r.rows if row.update_ms is not None]
+    pts = [(row.tick, row.update_ms, row.lag_ms) for row in r.rows if row.new_checkpoint]
     ax2.plot([p[0] for p in pts], [p[1] for p in pts], "o", ms=3, label="model.update")
     ax2.plot([p[0] for p in pts], [p[2] for p in pts], "x", ms=3, label="commit -> served")
     ax2.set_ylabel("ms")

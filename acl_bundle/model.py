@@ -654,7 +654,7 @@ class BundleModel:
         with self._slot_cond:
             self._free_slots.setdefault(slot.batch, []).append(slot)
             self._n_infer += 1
-            self._slot_cond.notify()
+            self._slot_cond.notify_all()  # slot waiters and close() share this condition
 
     def _new_slot(self, batch: int) -> _Slot:
         """Allocate one batch size's I/O; on failure release what was made, else hand it to the model."""

@@ -46,3 +46,30 @@ def test_no_torn_results_under_concurrent_updates(make_bundle):
     assert len(results) > 60
     for v, y in results:
         np.testing.assert_allclose(y, refs[applied[v]], rtol=1e-5, atol=1e-5)
+
+
+def test_close_while_callers_wait_for_a_slot_does_not_hang(make_bundle):
+    """close() and slot waiters share one condition: a returned slot must wake the waiters, not only close()."""
+    om, w0 = make_bundle(sizes=(8, 256, 256, 4))
+    x = np.ones((1, 8), np.float32)
+    m = BundleModel(om, acl=sim.acl, max_concurrency=1)
+    results, errors = [], []
+
+    def worker():
+        try:
+            for _ in range(20):
+                results.append(m.infer(x))
+        except Exception as e:  # ModelClosedError once close() has begun
+            errors.append(type(e).__name__)
+
+    threads = [threading.Thread(target=worker, daemon=True) for _ in range(4)]
+    for t in threads:
+        t.start()
+    closer = threading.Thread(target=m.close, daemon=True)
+    closer.start()
+    for t in threads + [closer]:
+        t.join(timeout=30)
+    assert not any(t.is_alive() for t in threads + [closer]), "close() or a caller hung waiting for a slot"
+    assert set(errors) <= {"ModelClosedError"}
+    for y in results:
+        np.testing.assert_allclose(y, reference(x, w0), rtol=1e-4, atol=1e-5)

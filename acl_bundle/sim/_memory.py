@@ -5,7 +5,7 @@ import collections
 import ctypes
 import warnings
 import weakref
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Callable
 
 import numpy as np

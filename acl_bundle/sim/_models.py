@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import ctypes
 import logging
-import os
 from dataclasses import dataclass, field
 from typing import Any, Callable
 

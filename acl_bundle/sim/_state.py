@@ -4,9 +4,10 @@ from __future__ import annotations
 import bisect
 import functools
 import itertools
+import operator
 import logging
 import threading
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Callable, Iterator
 
 from .._constants import ACL_HOST, CODES, error_name
@@ -356,9 +357,14 @@ def api(
 
 
 def check_int(*names_values: tuple[str, Any]) -> None:
+    """pyACL parses these with "k"/"l": anything with __index__ (int, numpy ints) passes."""
     for n, v in names_values:
-        if not isinstance(v, int) or isinstance(v, bool):
-            raise TypeError(f"argument {n} must be int, not {type(v).__name__}")
+        if isinstance(v, int):
+            continue
+        try:
+            operator.index(v)
+        except TypeError:
+            raise TypeError(f"argument {n} must be int, not {type(v).__name__}") from None
 
 
 def ints(*names: str) -> Callable[..., None]:

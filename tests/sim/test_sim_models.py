@@ -409,3 +409,38 @@ def test_execute_async(rig, mlp_bundle):
     assert acl.rt.synchronize_stream(st) == 0
     np.testing.assert_allclose(rig.d2h(b.inf_out_p[0], np.float32, (1, 4)), ref(x, w), rtol=1e-5, atol=1e-5)
     assert acl.rt.destroy_stream(st) == 0
+
+
+def test_bundle_models_are_not_serialised(rig, mlp_bundle):
+    """An update may run to completion while an infer of the same bundle is inside onnxruntime."""
+    path, w = mlp_bundle()
+    b = BundleRun(rig, path)
+    b.run_init()
+    b.set_update({"fc1.bias": np.full(4, 5.0, np.float32)})
+    ctx, _ = acl.rt.get_context()
+    model = _state.WORLD.models[b.infer]
+    real = model.session
+    seen = {}
+
+    class Probe:
+        def io_binding(self):
+            return real.io_binding()
+
+        def run_with_iobinding(self, io):
+            def upd():
+                acl.rt.set_context(ctx)
+                seen["update"] = b.run_update()
+
+            t = threading.Thread(target=upd)
+            t.start()
+            t.join(timeout=5)
+            seen["joined"] = not t.is_alive()
+            return real.run_with_iobinding(io)
+
+    model.session = Probe()
+    try:
+        y = b.infer_x(np.ones((1, 8), np.float32))
+    finally:
+        model.session = real
+    assert seen == {"update": 0, "joined": True}
+    np.testing.assert_allclose(y, ref(np.ones((1, 8), np.float32), {**w, "fc1.bias": np.full(4, 5.0, np.float32)}), rtol=1e-5, atol=1e-5)

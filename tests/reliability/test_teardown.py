@@ -1,0 +1,196 @@
+"""Teardown paths: interpreter exit with open models, exceptions in ``with``, close from another thread.
+
+Documented behaviour (acl_bundle/model.py module docstring): ``close`` refuses new
+calls at once, waits for in-flight calls to finish, then releases everything;
+calls after it raise ``ModelClosedError``.  Models never closed are released by
+their ``weakref.finalize`` (at garbage collection or interpreter exit).
+"""
+from __future__ import annotations
+
+import gc
+import os
+import subprocess
+import sys
+import textwrap
+import threading
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from acl_bundle import BundleModel, ModelClosedError
+from acl_bundle import sim
+
+from conftest import matches
+
+ROOT = Path(__file__).resolve().parents[2]
+
+# The check is registered with atexit *before* any model exists, so it runs after
+# weakref.finalize's own atexit hook (atexit is LIFO; finalize registers on first use).
+EXIT_SCRIPT = """
+import atexit, os, sys, threading
+os.environ["ACL_BUNDLE_BACKEND"] = "sim"
+import numpy as np
+from acl_bundle import sim, BundleModel
+
+def check():
+    print("LEAKS_AT_EXIT", sim.leaks(), flush=True)
+atexit.register(check)
+
+om = sys.argv[1]
+x = np.ones((1, 8), np.float32)
+a = BundleModel(om)                                # referenced by a global at exit
+a.infer(x)
+b = BundleModel.from_bytes(open(om, "rb").read())  # from memory
+b.update({0: np.zeros((8, 16), np.float32)})
+c = BundleModel(om); c.self_ref = c                # in a reference cycle
+c.infer(x)
+MODE = sys.argv[2]
+if MODE == "thread":
+    def spin():
+        while True:
+            try:
+                a.infer(x)
+            except Exception:
+                return
+    threading.Thread(target=spin, daemon=True).start()
+print("EXITING", flush=True)
+if MODE == "sysexit":
+    sys.exit(0)
+"""
+
+
+def _run_exit_script(tmp_path, bundles, mode: str) -> subprocess.CompletedProcess:
+    script = tmp_path / "exit_open.py"
+    script.write_text(textwrap.dedent(EXIT_SCRIPT))
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "ACL_BUNDLE_BACKEND": "sim"}
+    return subprocess.run([sys.executable, str(script), str(bundles["init"].path), mode],
+                          capture_output=True, text=True, timeout=120, env=env)
+
+
+@pytest.mark.parametrize("mode", ["fall-off-the-end", "sysexit"])
+def test_interpreter_exit_with_open_models(tmp_path, bundles, mode):
+    p = _run_exit_script(tmp_path, bundles, mode)
+    assert p.returncode == 0, p.stderr
+    assert "EXITING" in p.stdout
+    assert "LEAKS_AT_EXIT {}" in p.stdout, p.stdout + p.stderr
+    assert "Traceback" not in p.stderr, p.stderr
+
+
+@pytest.mark.xfail(strict=False, reason="bug: at exit weakref.finalize releases a model's resources while a daemon "
+                   "thread is still inside infer (the finalizer does not wait for in-flight calls as close() does); "
+                   "on the simulator the process aborts ('terminate called without an active exception', SIGABRT) "
+                   "in about 1 run in 4")
+def test_interpreter_exit_while_a_daemon_thread_infers(tmp_path, bundles):
+    codes = [_run_exit_script(tmp_path, bundles, "thread").returncode for _ in range(6)]
+    assert codes == [0] * 6, f"exit codes {codes}"
+
+
+class Boom(Exception):
+    pass
+
+
+@pytest.mark.parametrize("exc", [Boom("inside with"), KeyboardInterrupt(), SystemExit(3)])
+def test_exception_inside_with_closes_and_propagates(bundles, exc):
+    b = bundles["init"]
+    with pytest.raises(type(exc)) as info:
+        with BundleModel(b.path) as m:
+            m.infer(np.ones((1, 8), np.float32))
+            raise exc
+    assert info.value is exc  # __exit__ does not swallow or replace it
+    assert m.closed and sim.leaks() == {}
+    with pytest.raises(ModelClosedError):
+        m.infer(np.ones((1, 8), np.float32))
+
+
+def test_wrapper_error_inside_with(bundles):
+    with pytest.raises(ValueError):
+        with BundleModel(bundles["init"].path) as m:
+            m.infer(np.ones((2, 8), np.float32))  # wrong shape
+    assert m.closed and sim.leaks() == {}
+
+
+def test_dropped_model_is_released_by_gc(bundles):
+    m = BundleModel(bundles["init"].path)
+    m.infer(np.ones((1, 8), np.float32))
+    m.cycle = m
+    del m
+    gc.collect()
+    assert sim.leaks() == {}
+
+
+def _blocking_execute(monkeypatch, infer_id_holder: list):
+    """Make the infer graph's execute block until released; report when a call is inside it."""
+    entered, release = threading.Event(), threading.Event()
+    real = sim.acl.mdl.execute
+
+    def execute(model_id, in_ds, out_ds):
+        if infer_id_holder and model_id == infer_id_holder[0] and not release.is_set():
+            entered.set()
+            release.wait(30)
+        return real(model_id, in_ds, out_ds)
+
+    monkeypatch.setattr(sim.acl.mdl, "execute", execute)
+    return entered, release
+
+
+@pytest.mark.parametrize("op", ["infer", "update"])
+def test_close_from_another_thread_waits_for_in_flight_call(bundles, monkeypatch, op):
+    b = bundles["init"]
+    x = np.ones((1, 8), np.float32)
+    holder: list[int] = []
+    entered, release = _blocking_execute(monkeypatch, holder)
+    m = BundleModel(b.path)
+    holder.append(m.model_ids[op])
+    result: dict = {}
+
+    def in_flight():
+        try:
+            result["value"] = m.infer(x) if op == "infer" else m.update(b.weights)
+        except BaseException as e:
+            result["error"] = e
+
+    t_call = threading.Thread(target=in_flight)
+    t_call.start()
+    assert entered.wait(30), "the call never reached execute"
+    t_close = threading.Thread(target=m.close)
+    t_close.start()
+    t_close.join(0.2)
+    assert t_close.is_alive(), "close() returned while a call was still executing"
+    assert sim.live_resources()["bundles"], "resources released under an executing call"
+    with pytest.raises(ModelClosedError):  # new calls are refused while close waits
+        m.infer(x)
+    with pytest.raises(ModelClosedError):
+        m.update(b.weights)
+    release.set()
+    t_call.join(30)
+    t_close.join(30)
+    assert not t_call.is_alive() and not t_close.is_alive()
+    assert "error" not in result, result.get("error")
+    if op == "infer":
+        assert matches(result["value"], x, b.weights)
+    else:
+        assert result["value"] == 1
+    assert sim.leaks() == {}
+    m.close()  # idempotent
+    with pytest.raises(ModelClosedError):
+        m.infer(x)
+
+
+def test_close_twice_from_many_threads(bundles):
+    m = BundleModel(bundles["init"].path)
+    m.infer(np.ones((1, 8), np.float32))
+    errors: list[BaseException] = []
+
+    def close():
+        try:
+            m.close()
+        except BaseException as e:
+            errors.append(e)
+
+    threads = [threading.Thread(target=close) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors and sim.leaks() == {}
