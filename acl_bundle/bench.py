@@ -106,7 +106,7 @@ class BenchConfig:
     # 3. update bandwidth: total variable bytes, split into this many variables
     s3_bytes: int = 256 * MiB
     s3_variables: int = 16
-    s3_rounds: int = 5
+    s3_rounds: int = 7
     # 4. update vs reload: MLP sizes
     s4_model: tuple[int, ...] = (512, 1024, 1024, 256)
     s4_rounds: int = 5
@@ -487,20 +487,28 @@ def _s3_update_bandwidth(c: _Ctx) -> dict:
     facts: dict[str, Any] = {}
     try:
         upd = {i: c.rng.standard_normal(size).astype(np.float32) for i in range(nv)}
+        # The limit for copying these variables: numpy.copyto of each into its own buffer of the same
+        # size (one contiguous copy of the same total is faster on many hosts; shown for information).
+        dsts = [np.empty_like(a) for a in upd.values()]
+        for dd in dsts:
+            dd.fill(0)  # fault the pages in now
         src = np.concatenate(list(upd.values()))
         dst = np.empty_like(src)
-        dst.fill(0)  # fault the pages in now
+        dst.fill(0)
         m.update(upd)  # warm: staging pages faulted in
-        np.copyto(dst, src)
-        t_copy, t_stage, t_full = [], [], []
+        t_copy, t_one, t_stage, t_full = [], [], [], []
         before = c.sim.stats()
         for r in range(cfg.s3_rounds):
             c.progress(f"3 update bandwidth: round {r + 1}/{cfg.s3_rounds}")
             for side in (("u", "c") if r % 2 == 0 else ("c", "u")):
                 if side == "c":
                     t0 = time.perf_counter()
-                    np.copyto(dst, src)
+                    for dd, a in zip(dsts, upd.values()):
+                        np.copyto(dd, a)
                     t_copy.append(time.perf_counter() - t0)
+                    t0 = time.perf_counter()
+                    np.copyto(dst, src)
+                    t_one.append(time.perf_counter() - t0)
                 else:
                     t0 = time.perf_counter()
                     m.update(upd)
@@ -514,8 +522,8 @@ def _s3_update_bandwidth(c: _Ctx) -> dict:
         q_stage = _ratio(t_copy, t_stage)
         q_full = _ratio(t_copy, t_full)
         gbs = lambda t: total / _median(t) / 1e9  # noqa: E731
-        rows.append(_row(3, f"stage (H2D) {total / MiB:.0f} MiB vs numpy.copyto", q_stage["ratio"], ">=", 0.8,
-                         stage_gbs=gbs(t_stage), copyto_gbs=gbs(t_copy),
+        rows.append(_row(3, f"stage (H2D) {total / MiB:.0f} MiB in {nv} vars vs numpy.copyto", q_stage["ratio"], ">=", 0.8,
+                         stage_gbs=gbs(t_stage), copyto_gbs=gbs(t_copy), one_copyto_gbs=gbs(t_one),
                          paired_min=q_stage["paired_min"], paired_max=q_stage["paired_max"]))
         rows.append(_row(3, "full update (stage+commit) vs copyto", q_full["ratio"], None, None,
                          update_gbs=gbs(t_full), copyto_gbs=gbs(t_copy),

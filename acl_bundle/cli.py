@@ -316,9 +316,82 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+# --- bench -------------------------------------------------------------------
+
+_BENCH_EPILOG = """\
+Every figure is a ratio of two things measured in the same run, interleaved
+over several rounds (medians), on the simulator.  Exit code 0 even when a goal
+is missed: the table says PASS/FAIL per goal.
+
+examples:
+  acl-bundle bench                      # all six scenarios, default sizes (< 2 min)
+  acl-bundle bench --quick              # small sizes, a few seconds (CI smoke test)
+  acl-bundle bench --only 1,3 --json bench.json --plot bench.png
+"""
+
+
+def _add_bench(sub: Any) -> None:
+    p = sub.add_parser(
+        "bench",
+        help="benchmark the wrapper against raw pyACL and the physical limits (simulator)",
+        description=(
+            "Run the benchmarks: 1 wrapper overhead, 2 update proportional to change,\n"
+            "3 update bandwidth, 4 update vs reload, 5 serving under updates,\n"
+            "6 allocation discipline.  Prints a table with each goal and PASS/FAIL."
+        ),
+        epilog=_BENCH_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--quick", action="store_true", help="small sizes and few rounds (smoke test)")
+    p.add_argument("--only", metavar="N,N,...", help="run only these scenarios (1-6)")
+    p.add_argument("--json", metavar="FILE", help="write the full results as JSON")
+    p.add_argument("--plot", metavar="PNG", help="write a bar chart of ratios vs goals (needs matplotlib)")
+    p.add_argument("--no-progress", action="store_true", help="no progress lines on stderr")
+    p.set_defaults(func=_cmd_bench)
+
+
+def _cmd_bench(args: argparse.Namespace) -> int:
+    import time
+
+    from . import bench
+
+    only = _int_list(args.only, "--only") if args.only is not None else None
+    if only is not None and any(n not in bench.SCENARIOS for n in only):
+        raise UsageError(f"--only takes scenario numbers among {sorted(bench.SCENARIOS)}, got {args.only!r}")
+    if args.plot:
+        try:
+            import matplotlib  # noqa: F401
+        except ImportError:
+            raise UsageError("--plot needs matplotlib: pip install 'acl-bundle[plot]'") from None
+    tty = sys.stderr.isatty()
+    t0 = time.perf_counter()
+
+    def progress(msg: str) -> None:
+        if args.no_progress:
+            return
+        line = f"[{time.perf_counter() - t0:5.1f}s] {msg}"
+        if tty:
+            sys.stderr.write("\r\033[K" + line)
+        else:
+            sys.stderr.write(line + "\n")
+        sys.stderr.flush()
+
+    results = bench.run_bench(bench.BenchConfig(quick=args.quick, only=only), progress=progress)
+    if tty and not args.no_progress:
+        sys.stderr.write("\r\033[K")
+    print(bench.format_table(results))
+    if args.json:
+        bench.write_json(results, args.json)
+        print(f"wrote {args.json}")
+    if args.plot:
+        bench.write_plot(results, args.plot)
+        print(f"wrote {args.plot}")
+    return 0
+
+
 # --- main --------------------------------------------------------------------
 
-_COMMANDS: list[Callable[[Any], None]] = [_add_build, _add_inspect, _add_demo]
+_COMMANDS: list[Callable[[Any], None]] = [_add_build, _add_inspect, _add_demo, _add_bench]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -130,6 +130,16 @@ class _Resources:
         self.acl = acl
         self.context = 0
         self.undo: list[tuple[str, Callable[[], Any]]] = []
+        # In-flight public calls; close() and the exit-time finalizer wait for them.
+        self.cond = threading.Condition(threading.Lock())
+        self.ops = 0
+        self.closed = False
+
+    def shutdown(self, timeout: float | None = None) -> bool:
+        """Refuse new calls and wait for in-flight ones; False if they outlast ``timeout``."""
+        with self.cond:
+            self.closed = True
+            return self.cond.wait_for(lambda: self.ops == 0, timeout)
 
     def push(self, name: str, fn: Callable[[], Any]) -> None:
         self.undo.append((name, fn))
@@ -340,10 +350,9 @@ class BundleModel:
 
         self._rw = _RWLock()
         self._update_lock = threading.Lock()
-        self._slot_cond = threading.Condition(threading.Lock())
+        self._slot_cond = res.cond  # one condition: slot waiters, in-flight count, close()
         self._free_slots: dict[int, list[_Slot]] = {}
         self._slot_count: dict[int, int] = {}
-        self._ops = 0
         self._version = 0
         self._n_infer = 0
         self._stats: dict[str, Any] = {
@@ -551,15 +560,17 @@ class BundleModel:
         return np.ascontiguousarray(a)
 
     def _enter(self) -> None:
+        res = self._res
         with self._slot_cond:
-            if self._closed:
+            if res.closed:  # type: ignore[union-attr]
                 raise ModelClosedError(f"BundleModel({self._source!r}) is closed")
-            self._ops += 1
+            res.ops += 1  # type: ignore[union-attr]
 
     def _exit(self) -> None:
+        res = self._res
         with self._slot_cond:
-            self._ops -= 1
-            if not self._ops:
+            res.ops -= 1  # type: ignore[union-attr]
+            if not res.ops:  # type: ignore[union-attr]
                 self._slot_cond.notify_all()
 
     def _context(self) -> None:
@@ -827,7 +838,7 @@ class BundleModel:
 
     @property
     def closed(self) -> bool:
-        return self._closed
+        return self._closed or (self._res is not None and self._res.closed)
 
     @property
     def device_bytes(self) -> int:
@@ -848,13 +859,8 @@ class BundleModel:
         res = self._res
         if res is None:
             return
-        cond = getattr(self, "_slot_cond", None)
-        if cond is not None:
-            with cond:
-                self._closed = True
-                while self._ops:
-                    cond.wait()
         self._closed = True
+        res.shutdown()
         problems = self._finalizer()
         for p in problems or ():
             warnings.warn(f"BundleModel.close: {p}", AclCleanupWarning, stacklevel=2)
@@ -872,8 +878,20 @@ class BundleModel:
         return f"<BundleModel {self._source!r} device={getattr(self, '_device_id', '?')} {state}>"
 
 
+EXIT_WAIT_SECONDS = 5.0
+
+
 def _release_quietly(res: _Resources) -> list[str]:
-    """weakref.finalize target: release, log problems (warnings may be off at exit), return them."""
+    """weakref.finalize target: release, log problems (warnings may be off at exit), return them.
+
+    Runs from close(), from garbage collection, or at interpreter exit while daemon
+    threads may still be inside infer/update: it waits for in-flight calls first, and
+    if they outlast EXIT_WAIT_SECONDS it leaks the resources rather than free memory
+    a running call still uses.
+    """
+    if not res.shutdown(EXIT_WAIT_SECONDS):
+        log.warning("calls still running after %.0f s; leaving this model's ACL resources to process exit", EXIT_WAIT_SECONDS)
+        return ["in-flight calls did not finish; resources left to process exit"]
     problems = res.release()
     for p in problems:
         log.warning("teardown problem: %s", p)

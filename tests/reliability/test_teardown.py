@@ -77,10 +77,6 @@ def test_interpreter_exit_with_open_models(tmp_path, bundles, mode):
     assert "Traceback" not in p.stderr, p.stderr
 
 
-@pytest.mark.xfail(strict=False, reason="bug: at exit weakref.finalize releases a model's resources while a daemon "
-                   "thread is still inside infer (the finalizer does not wait for in-flight calls as close() does); "
-                   "on the simulator the process aborts ('terminate called without an active exception', SIGABRT) "
-                   "in about 1 run in 4")
 def test_interpreter_exit_while_a_daemon_thread_infers(tmp_path, bundles):
     codes = [_run_exit_script(tmp_path, bundles, "thread").returncode for _ in range(6)]
     assert codes == [0] * 6, f"exit codes {codes}"
