@@ -14,20 +14,28 @@ from __future__ import annotations
 import logging
 
 from ._errors import AclCleanupWarning, AclError, BackendNotFoundError, ModelClosedError, UnknownVariableError
-from ._manifest import manifest_path, read_manifest
+from ._manifest import load_manifest, manifest_path, read_manifest
+from .checkpoint import CheckpointError, CheckpointMismatchError, load_checkpoint, write_checkpoint
 from .model import BundleModel, TensorInfo, Variable
+from .watcher import CheckpointWatcher
 
 __all__ = [
     "AclCleanupWarning",
     "AclError",
     "BackendNotFoundError",
     "BundleModel",
+    "CheckpointError",
+    "CheckpointMismatchError",
+    "CheckpointWatcher",
     "ModelClosedError",
     "TensorInfo",
     "UnknownVariableError",
     "Variable",
+    "load_checkpoint",
+    "load_manifest",
     "manifest_path",
     "read_manifest",
+    "write_checkpoint",
 ]
 __version__ = "0.1.0"
 

@@ -113,3 +113,24 @@ def test_installed_simulator_is_found_as_acl(make_bundle, monkeypatch):
             assert m._acl is sim.acl
     finally:
         sim.uninstall()
+
+
+def test_public_names_are_pinned():
+    import acl_bundle
+
+    assert sorted(acl_bundle.__all__) == [
+        "AclCleanupWarning", "AclError", "BackendNotFoundError", "BundleModel", "CheckpointError",
+        "CheckpointMismatchError", "CheckpointWatcher", "ModelClosedError", "TensorInfo", "UnknownVariableError",
+        "Variable", "load_checkpoint", "load_manifest", "manifest_path", "read_manifest", "write_checkpoint",
+    ]
+    assert all(hasattr(acl_bundle, n) for n in acl_bundle.__all__)
+
+
+def test_core_import_needs_only_numpy():
+    """`import acl_bundle` must not pull in onnx/onnxruntime (numpy is the only core dependency)."""
+    import subprocess
+
+    code = ("import sys, acl_bundle; bad = [m for m in ('onnx', 'onnxruntime', 'safetensors', 'watchdog', 'matplotlib') "
+            "if m in sys.modules]; print(bad); sys.exit(1 if bad else 0)")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert r.returncode == 0, r.stdout + r.stderr

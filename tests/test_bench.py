@@ -155,5 +155,5 @@ def test_cli_rejects_unknown_scenario(capsys):
 def test_cli_plot(tmp_path):
     pytest.importorskip("matplotlib")
     png = tmp_path / "bench.png"
-    assert cli.main(["bench", "--quick", "--only", "6", "--no-progress", "--plot", str(png)]) == 0
+    assert cli.main(["bench", "--quick", "--only", "4,6", "--no-progress", "--plot", str(png)]) == 0
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
