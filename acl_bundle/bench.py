@@ -550,7 +550,7 @@ def _s4_update_vs_reload(c: _Ctx) -> dict:
     new = {k: (v + 1).astype(v.dtype) for k, v in w0.items()}
     nbytes = sum(v.nbytes for v in new.values())
     m = c.open(path)
-    t_up, t_re = [], []
+    t_up, t_stage, t_re = [], [], []
     try:
         m.update(new)
         for r in range(cfg.s4_rounds):
@@ -560,6 +560,7 @@ def _s4_update_vs_reload(c: _Ctx) -> dict:
                 if side == "u":
                     m.update(new)
                     t_up.append(time.perf_counter() - t0)
+                    t_stage.append(m.stats["last_update"]["stage_seconds"])
                 else:
                     m.close()
                     m = c.open(path)
@@ -567,9 +568,17 @@ def _s4_update_vs_reload(c: _Ctx) -> dict:
     finally:
         m.close()
     q = _ratio(t_up, t_re)
-    return {"rows": [_row(4, f"full update ({nbytes / MiB:.2f} MiB) vs close+reopen", q["ratio"], "<=", 0.1,
-                          update_ms=1e3 * _median(t_up), reload_ms=1e3 * _median(t_re),
-                          paired_min=q["paired_min"], paired_max=q["paired_max"])], "notes": []}
+    qs = _ratio(t_stage, t_re)
+    return {"rows": [
+        _row(4, f"full update ({nbytes / MiB:.2f} MiB) vs close+reopen", q["ratio"], "<=", 0.1,
+             update_ms=1e3 * _median(t_up), reload_ms=1e3 * _median(t_re),
+             paired_min=q["paired_min"], paired_max=q["paired_max"]),
+        _row(4, "update stage only vs close+reopen", qs["ratio"], None, None, stage_ms=1e3 * _median(t_stage),
+             paired_min=qs["paired_min"], paired_max=qs["paired_max"]),
+    ], "notes": [
+        "a simulated reopen is a file read, a CRC, an onnxruntime session and host copies (a few ms); a real "
+        "bundle load also allocates device memory, uploads every weight over PCIe and builds the task graphs, "
+        "so this ratio is pessimistic on the simulator; the update's commit is a host memcpy here (see 3)"]}
 
 
 def _serve(m: Any, x: np.ndarray, threads: int, seconds: float, rate: float | None, upd: dict) -> tuple[float, int]:

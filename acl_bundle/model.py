@@ -102,7 +102,7 @@ class _RWLock:
     def release_read(self) -> None:
         with self._cond:
             self._readers -= 1
-            if not self._readers:
+            if not self._readers and self._waiting:
                 self._cond.notify_all()
 
     def acquire_write(self) -> None:
@@ -353,6 +353,8 @@ class BundleModel:
         self._slot_cond = res.cond  # one condition: slot waiters, in-flight count, close()
         self._free_slots: dict[int, list[_Slot]] = {}
         self._slot_count: dict[int, int] = {}
+        self._slot_waiters = 0
+        self._infer_id = self.model_ids["infer"]
         self._version = 0
         self._n_infer = 0
         self._stats: dict[str, Any] = {
@@ -454,6 +456,13 @@ class BundleModel:
             bad = [d for d in t.shape if d < 0 and not (d == -1 and batches and t.shape[0] == -1)]
             if bad or any(d == -1 for d in t.shape[1:]):
                 raise ValueError(f"tensor {t.name!r} has dynamic dims {t.shape}; only dynamic batch (dim 0) is supported")
+        # Per input: (dtype, {accepted shape: batch it implies, 0 = none}), so the common
+        # case of infer() validates with one dict lookup per input.
+        self._accept = [
+            (t.dtype, {t.shape_for(b): b for b in batches} if t.shape and t.shape[0] == -1 else {t.shape: 0})
+            for t in self.inputs
+        ]
+        self._default_batch = batches[-1] if batches else 0
 
     def _describe_variables(self, desc: int, manifest_vars: list[ManifestVariable] | None) -> None:
         n = self._acl.mdl.get_num_inputs(desc)
@@ -589,19 +598,43 @@ class BundleModel:
         if self._closed:
             raise ModelClosedError(f"BundleModel({self._source!r}) is closed")
         arrays, batch = self._check_inputs(inputs)
-        self._enter()
+        res, cond = self._res, self._slot_cond
+        with cond:  # one lock round-trip to register the call and take a free slot
+            if res.closed:  # type: ignore[union-attr]
+                raise ModelClosedError(f"BundleModel({self._source!r}) is closed")
+            res.ops += 1  # type: ignore[union-attr]
+            free = self._free_slots.get(batch)
+            slot = free.pop() if free else None
         try:
-            slot = self._get_slot(batch)
-            try:
-                outs, version = self._run(slot, arrays)
-            finally:
-                self._put_slot(slot)
-        finally:
+            if slot is None:
+                slot = self._get_slot(batch)
+        except BaseException:
             self._exit()
+            raise
+        try:
+            outs, version = self._run(slot, arrays)
+        finally:
+            with cond:  # and one to give it back
+                self._free_slots[batch].append(slot)
+                self._n_infer += 1
+                res.ops -= 1  # type: ignore[union-attr]
+                if self._slot_waiters or (res.closed and not res.ops):  # type: ignore[union-attr]
+                    cond.notify_all()
         result = outs[0] if len(outs) == 1 else tuple(outs)
         return (result, version) if return_version else result
 
     def _check_inputs(self, inputs: tuple[Any, ...]) -> tuple[list[np.ndarray], int]:
+        if len(inputs) == len(self._accept):  # fast path: exact arrays as the model wants them
+            batch = 0
+            for a, (dtype, shapes) in zip(inputs, self._accept):
+                if type(a) is not np.ndarray or a.dtype != dtype or not a.flags.c_contiguous:
+                    break
+                b = shapes.get(a.shape)
+                if b is None or (b and batch and b != batch):
+                    break
+                batch = b or batch
+            else:
+                return list(inputs), batch or self._default_batch
         specs = self.inputs
         if len(inputs) == 1 and isinstance(inputs[0], Mapping):
             given = inputs[0]
@@ -626,20 +659,29 @@ class BundleModel:
 
     def _run(self, slot: _Slot, arrays: list[np.ndarray]) -> tuple[list[np.ndarray], int]:
         acl = self._acl
+        memcpy, host_ptr, kind = acl.rt.memcpy, self._host_ptr, self._h2d
         self._context()
         for a, (ptr, size) in zip(arrays, slot.inputs):
-            self._memcpy(ptr, size, self._host_ptr(a), a.nbytes, self._h2d)
+            if a.nbytes:
+                ret = memcpy(ptr, size, host_ptr(a), a.nbytes, kind)
+                if ret:
+                    raise AclError("acl.rt.memcpy", ret, recent_error(acl))
         self._rw.acquire_read()
         try:
-            ret = acl.mdl.execute(self.model_ids["infer"], slot.in_ds, slot.out_ds)
+            ret = acl.mdl.execute(self._infer_id, slot.in_ds, slot.out_ds)
             version = self._version
         finally:
             self._rw.release_read()
-        check(acl, "acl.mdl.execute", ret)
+        if ret:
+            raise AclError("acl.mdl.execute", ret, recent_error(acl))
         outs = []
+        kind = self._d2h
         for ptr, size, shape, dtype in slot.outputs:
             out = np.empty(shape, dtype)
-            self._memcpy(self._host_ptr(out), out.nbytes, ptr, size, self._d2h)
+            if size:
+                ret = memcpy(host_ptr(out), size, ptr, size, kind)
+                if ret:
+                    raise AclError("acl.rt.memcpy", ret, recent_error(acl))
             outs.append(out)
         return outs, version
 
@@ -651,8 +693,13 @@ class BundleModel:
                     return free.pop()
                 if self._slot_count.get(batch, 0) < self._max_concurrency:
                     break
-                self._slot_cond.wait()
+                self._slot_waiters += 1
+                try:
+                    self._slot_cond.wait()
+                finally:
+                    self._slot_waiters -= 1
             self._slot_count[batch] = self._slot_count.get(batch, 0) + 1
+            self._free_slots.setdefault(batch, [])
         try:
             return self._new_slot(batch)
         except BaseException:
@@ -660,12 +707,6 @@ class BundleModel:
                 self._slot_count[batch] -= 1
                 self._slot_cond.notify_all()
             raise
-
-    def _put_slot(self, slot: _Slot) -> None:
-        with self._slot_cond:
-            self._free_slots.setdefault(slot.batch, []).append(slot)
-            self._n_infer += 1
-            self._slot_cond.notify_all()  # slot waiters and close() share this condition
 
     def _new_slot(self, batch: int) -> _Slot:
         """Allocate one batch size's I/O; on failure release what was made, else hand it to the model."""
