@@ -279,8 +279,15 @@ _BYTES_LRU: "collections.OrderedDict[int, Block]" = collections.OrderedDict()
 _BYTES_LRU_MAX = 4096
 
 
+# numpy regions whose array died; purged under LOCK at the next registration (a weakref
+# callback may fire in the middle of a locked section, so it only records).
+_DEAD: collections.deque = collections.deque()
+
+
 def _register(blk: Block) -> None:
     with LOCK:
+        while _DEAD:
+            _unregister(_DEAD.popleft())
         if blk.kind == "bytes":
             old = _BYTES_LRU.pop(blk.ptr, None)
             if old is not None:
@@ -289,10 +296,13 @@ def _register(blk: Block) -> None:
             while len(_BYTES_LRU) > _BYTES_LRU_MAX:
                 _, ev = _BYTES_LRU.popitem(last=False)
                 _unregister(ev)
-        else:  # numpy: drop dead registrations at the same start first
+        else:  # numpy: once per live array; drop dead registrations at the same start
             for o in list(WORLD.regions.by_start.get(blk.ptr, [])):
-                if o.owner() is None:
+                own = o.owner()
+                if own is None:
                     WORLD.regions.remove(o.ptr, o)
+                elif o.kind == "numpy" and own is blk.ref() and o.size == blk.size:
+                    return  # already registered
         WORLD.regions.add(blk.ptr, blk)
 
 
@@ -305,6 +315,7 @@ def _unregister(blk: Block) -> None:
 
 def clear_regions() -> None:
     _BYTES_LRU.clear()
+    _DEAD.clear()
 
 
 @api("acl.util.bytes_to_ptr", "int0", init=False)
@@ -318,7 +329,11 @@ def bytes_to_ptr(data: bytes) -> int:
 
 
 def _np_region(arr: np.ndarray) -> Block:
-    return Block(arr.ctypes.data, arr.nbytes, "numpy", ref=weakref.ref(arr))
+    """A region that unregisters itself (lazily) when ``arr`` is garbage-collected."""
+    holder: list[Block] = []
+    blk = Block(arr.ctypes.data, arr.nbytes, "numpy", ref=weakref.ref(arr, lambda _r: _DEAD.extend(holder)))
+    holder.append(blk)
+    return blk
 
 
 @api("acl.util.numpy_to_ptr", "int0", init=False)
