@@ -4,12 +4,12 @@ Concurrency model (what runs at the same time and what is serialised):
 
 * ``infer`` calls run concurrently with each other (up to ``max_concurrency`` per
   batch size, each on its own pre-built buffers) and with the *stage* phase of an
-  update.  Only their ``execute`` of the infer graph holds the shared side of a
-  reader/writer lock.
+  update.  Each holds the shared side of a reader/writer lock while it uses its
+  buffers (copy in, execute, copy out: microseconds to a few ms).
 * ``update`` has two phases.  *Stage* validates the new weights and copies them
   host->device into the update graph's own input buffers; inference keeps running.
   *Commit* executes the update graph under the exclusive side of the lock: it waits
-  for in-flight infer executions to end and holds new ones back until it is done.
+  for in-flight infer calls to end and holds new ones back until it is done.
   That is the only pause inference sees, and it is why no ``infer`` ever observes a
   half-applied update.  Concurrent ``update`` calls are serialised.
 * ``close`` refuses new calls, waits for in-flight calls to finish, then releases
@@ -80,43 +80,6 @@ class Variable:
     shape: tuple[int, ...] | None
     dtype: np.dtype
     nbytes: int
-
-
-class _RWLock:
-    """Many readers (infer executions) or one writer (update commit); a waiting writer goes first."""
-
-    __slots__ = ("_cond", "_readers", "_writer", "_waiting")
-
-    def __init__(self) -> None:
-        self._cond = threading.Condition(threading.Lock())
-        self._readers = 0
-        self._writer = False
-        self._waiting = 0
-
-    def acquire_read(self) -> None:
-        with self._cond:
-            while self._writer or self._waiting:
-                self._cond.wait()
-            self._readers += 1
-
-    def release_read(self) -> None:
-        with self._cond:
-            self._readers -= 1
-            if not self._readers and self._waiting:
-                self._cond.notify_all()
-
-    def acquire_write(self) -> None:
-        with self._cond:
-            self._waiting += 1
-            while self._writer or self._readers:
-                self._cond.wait()
-            self._waiting -= 1
-            self._writer = True
-
-    def release_write(self) -> None:
-        with self._cond:
-            self._writer = False
-            self._cond.notify_all()
 
 
 class _Resources:
@@ -348,7 +311,12 @@ class BundleModel:
         elif init_inputs is not None:
             raise ValueError("init_inputs given but the init graph is not run (no init graph, or run_init=False)")
 
-        self._rw = _RWLock()
+        # Reader/writer state for the weights, under the same condition as the slots:
+        # an infer is a reader from taking its slot to returning it; a commit is the writer
+        # and is preferred (new infers wait while one is waiting).
+        self._readers = 0
+        self._writer = False
+        self._writers_waiting = 0
         self._update_lock = threading.Lock()
         self._slot_cond = res.cond  # one condition: slot waiters, in-flight count, close()
         self._free_slots: dict[int, list[_Slot]] = {}
@@ -599,26 +567,27 @@ class BundleModel:
             raise ModelClosedError(f"BundleModel({self._source!r}) is closed")
         arrays, batch = self._check_inputs(inputs)
         res, cond = self._res, self._slot_cond
-        with cond:  # one lock round-trip to register the call and take a free slot
+        with cond:  # one lock round-trip: register the call, become a reader, take a slot
+            while not res.closed and (self._writer or self._writers_waiting):  # type: ignore[union-attr]
+                cond.wait()
             if res.closed:  # type: ignore[union-attr]
                 raise ModelClosedError(f"BundleModel({self._source!r}) is closed")
             res.ops += 1  # type: ignore[union-attr]
+            self._readers += 1
             free = self._free_slots.get(batch)
             slot = free.pop() if free else None
         try:
             if slot is None:
                 slot = self._get_slot(batch)
-        except BaseException:
-            self._exit()
-            raise
-        try:
             outs, version = self._run(slot, arrays)
         finally:
             with cond:  # and one to give it back
-                self._free_slots[batch].append(slot)
-                self._n_infer += 1
+                if slot is not None:
+                    self._free_slots[batch].append(slot)
+                    self._n_infer += 1
+                self._readers -= 1
                 res.ops -= 1  # type: ignore[union-attr]
-                if self._slot_waiters or (res.closed and not res.ops):  # type: ignore[union-attr]
+                if self._slot_waiters or (not self._readers and self._writers_waiting) or (res.closed and not res.ops):  # type: ignore[union-attr]
                     cond.notify_all()
         result = outs[0] if len(outs) == 1 else tuple(outs)
         return (result, version) if return_version else result
@@ -660,18 +629,16 @@ class BundleModel:
     def _run(self, slot: _Slot, arrays: list[np.ndarray]) -> tuple[list[np.ndarray], int]:
         acl = self._acl
         memcpy, host_ptr, kind = acl.rt.memcpy, self._host_ptr, self._h2d
-        self._context()
+        ret = acl.rt.set_context(self._res.context)  # type: ignore[union-attr]
+        if ret:
+            raise AclError("acl.rt.set_context", ret, recent_error(acl))
         for a, (ptr, size) in zip(arrays, slot.inputs):
             if a.nbytes:
                 ret = memcpy(ptr, size, host_ptr(a), a.nbytes, kind)
                 if ret:
                     raise AclError("acl.rt.memcpy", ret, recent_error(acl))
-        self._rw.acquire_read()
-        try:
-            ret = acl.mdl.execute(self._infer_id, slot.in_ds, slot.out_ds)
-            version = self._version
-        finally:
-            self._rw.release_read()
+        ret = acl.mdl.execute(self._infer_id, slot.in_ds, slot.out_ds)  # a reader: no commit runs now
+        version = self._version
         if ret:
             raise AclError("acl.mdl.execute", ret, recent_error(acl))
         outs = []
@@ -829,14 +796,24 @@ class BundleModel:
                     finally:
                         acl.destroy_tensor_desc(td)  # the dataset keeps its own copy (reference §4)
             t1 = time.perf_counter()
-            self._rw.acquire_write()  # commit: the only phase that excludes inference
+            cond = self._slot_cond
+            with cond:  # commit: the only phase that excludes inference
+                self._writers_waiting += 1
+                try:
+                    while self._writer or self._readers:
+                        cond.wait()
+                finally:
+                    self._writers_waiting -= 1
+                self._writer = True
             try:
                 ret = acl.mdl.execute(self.model_ids["update"], self._update_in, self._update_out)
                 if ret == 0:
                     self._version += 1
                 version = self._version
             finally:
-                self._rw.release_write()
+                with cond:
+                    self._writer = False
+                    cond.notify_all()
             if ret != 0:
                 err = AclError("acl.mdl.execute", ret, recent_error(acl))
                 if hasattr(err, "add_note"):
