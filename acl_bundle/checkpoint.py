@@ -37,7 +37,6 @@ import json
 import logging
 import os
 import re
-import tempfile
 import time
 import zipfile
 from collections.abc import Callable, Iterable, Mapping
@@ -46,6 +45,8 @@ from pathlib import Path
 from typing import Any, Union
 
 import numpy as np
+
+from ._files import write_atomic
 
 log = logging.getLogger("acl_bundle")
 
@@ -359,23 +360,6 @@ def _fsync_dir(directory: Path) -> None:
         os.close(fd)
 
 
-def _write_atomic(path: Path, write: Callable[[Any], None]) -> None:
-    """Write via ``write(fileobj)`` to a hidden temp name beside ``path``, fsync, rename."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
-
-
 def _check_weights(weights: Any) -> dict[str, np.ndarray]:
     if not isinstance(weights, Mapping) or not weights:
         raise TypeError(f"weights must be a non-empty mapping of name -> numpy array, got {type(weights).__name__}")
@@ -432,11 +416,11 @@ def write_checkpoint(
         raise ValueError(f"checkpoint step {step} is already committed in {str(d)!r} ({marker_path.name}); steps must be new")
 
     if format == "npz":
-        _write_atomic(data_path, lambda f: np.savez(f, **arrays))
+        write_atomic(data_path, lambda f: np.savez(f, **arrays))
     else:
         st = _safetensors_numpy()
         blob = st.save(arrays)
-        _write_atomic(data_path, lambda f: f.write(blob))
+        write_atomic(data_path, lambda f: f.write(blob))
     digest, nbytes = _sha256(data_path)
     info = CheckpointInfo(step, data_path, marker_path, digest, nbytes, tuple(arrays), time.time())
     marker = {
@@ -444,7 +428,7 @@ def write_checkpoint(
         "bytes": nbytes, "sha256": digest, "variables": list(arrays), "created": info.created,
     }
     text = (json.dumps(marker, indent=1) + "\n").encode()
-    _write_atomic(marker_path, lambda f: f.write(text))  # the commit point
+    write_atomic(marker_path, lambda f: f.write(text))  # the commit point
     _fsync_dir(d)
     log.debug("committed checkpoint step %d: %s (%d bytes)", step, data_path.name, nbytes)
     if keep is not None:

@@ -4,10 +4,8 @@ from __future__ import annotations
 import itertools
 from pathlib import Path
 
-import numpy as np
 import pytest
 
-from acl_bundle import sim
 from acl_bundle.sim import builder, models
 
 _counter = itertools.count()

@@ -538,7 +538,6 @@ def _prepare_infer(name: str, m: Model, ids: Any, in_dbs: list, out_dbs: list) -
         shape = [batch if d == -1 else d for d in spec.shape]
         if td is not None and td.dims != shape:
             return set_err(S.E_PARAM, f"{name}: input {i} ({spec.name}) tensor desc dims {td.dims} differ from the model's {shape}"), None
-    outs: list[tuple[TensorSpec, Any, int]] = []
     to_alloc: list[int] = []
     for i, spec in enumerate(m.graph.outputs):
         db = out_dbs[i]

@@ -45,13 +45,13 @@ import hashlib
 import json
 import logging
 import os
-import tempfile
 from pathlib import Path
 from typing import Any, Sequence, Union
 
 import numpy as np
 
 from .._constants import ACL_DYNAMIC_TENSOR_NAME, ACL_MAX_DIM_CNT
+from .._files import write_atomic
 from .._manifest import MANIFEST_FORMAT, MANIFEST_VERSION, load_manifest, manifest_path
 from .format import GraphSpec, ModelFile, TensorSpec, dumps
 
@@ -469,36 +469,20 @@ def manifest(mf: ModelFile) -> dict[str, Any]:
     }
 
 
-def _write_atomic(path: Path, data: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
-
-
 def save(mf: ModelFile, path: str | os.PathLike) -> tuple[Path, Path | None]:
     """Write ``mf`` to ``path`` (atomically) and, for a bundle, its manifest beside it.
 
     Returns ``(om_path, manifest_path_or_None)``.  Readers never see a half-written file.
     """
     om = Path(path)
-    _write_atomic(om, dumps(mf))
+    write_atomic(om, lambda f: f.write(dumps(mf)))
     if mf.kind != "bundle":
         stale = manifest_path(om)
         if stale.exists():
             log.warning("%s is a plain model but %s exists beside it; the manifest is ignored for plain models", om, stale)
         return om, None
     mp = manifest_path(om)
-    _write_atomic(mp, (json.dumps(manifest(mf), indent=2) + "\n").encode())
+    write_atomic(mp, lambda f: f.write((json.dumps(manifest(mf), indent=2) + "\n").encode()))
     return om, mp
 
 
