@@ -1,0 +1,68 @@
+"""Non-float tensors end to end (int32, int64, uint8, bool inputs, variables and outputs), wrapper on the simulator."""
+from __future__ import annotations
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+
+from acl_bundle import BundleModel, sim
+from acl_bundle.sim import builder
+
+from helpers import device_weights
+
+
+def _model(w: dict[str, np.ndarray]) -> onnx.ModelProto:
+    inputs = [
+        helper.make_tensor_value_info("a", TensorProto.INT32, [2, 3]),
+        helper.make_tensor_value_info("m", TensorProto.BOOL, [2, 3]),
+        helper.make_tensor_value_info("u", TensorProto.UINT8, [2, 3]),
+        helper.make_tensor_value_info("l", TensorProto.INT64, [3]),
+    ]
+    outputs = [
+        helper.make_tensor_value_info("yi", TensorProto.INT32, [2, 3]),
+        helper.make_tensor_value_info("yb", TensorProto.BOOL, [2, 3]),
+        helper.make_tensor_value_info("yu", TensorProto.UINT8, [4, 3]),
+        helper.make_tensor_value_info("yl", TensorProto.INT64, [3]),
+    ]
+    nodes = [
+        helper.make_node("Add", ["a", "wi"], ["yi"]),
+        helper.make_node("And", ["m", "wb"], ["yb"]),
+        helper.make_node("Concat", ["u", "wu"], ["yu"], axis=0),
+        helper.make_node("Mul", ["l", "wl"], ["yl"]),
+    ]
+    graph = helper.make_graph(nodes, "dtypes", inputs, outputs, [numpy_helper.from_array(v, k) for k, v in w.items()])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    return model
+
+
+def _reference(a, m, u, l, w):
+    return a + w["wi"], m & w["wb"], np.concatenate([u, w["wu"]]), l * w["wl"]
+
+
+def test_int_uint8_bool_tensors_round_trip(tmp_path):
+    rng = np.random.default_rng(0)
+    w = {
+        "wi": rng.integers(-100, 100, (2, 3), dtype=np.int32),
+        "wb": rng.random((2, 3)) > 0.5,
+        "wu": rng.integers(0, 255, (2, 3), dtype=np.uint8),
+        "wl": rng.integers(-(2**40), 2**40, 3, dtype=np.int64),
+    }
+    om, _ = builder.save(builder.build_bundle(_model(w), variables=list(w)), tmp_path / "d.om")
+    a = rng.integers(-5, 5, (2, 3), dtype=np.int32)
+    m = rng.random((2, 3)) > 0.3
+    u = rng.integers(0, 255, (2, 3), dtype=np.uint8)
+    l = rng.integers(-1000, 1000, 3, dtype=np.int64)
+    with BundleModel(om, acl=sim.acl) as model:
+        assert [(v.name, v.dtype) for v in model.variables] == [(k, v.dtype) for k, v in w.items()]
+        assert [t.dtype for t in model.outputs] == [np.dtype(np.int32), np.dtype(np.bool_), np.dtype(np.uint8), np.dtype(np.int64)]
+        for got, want in zip(model.infer(a, m, u, l), _reference(a, m, u, l, w)):
+            assert got.dtype == want.dtype
+            np.testing.assert_array_equal(got, want)
+        new = {"wb": ~w["wb"], "wl": w["wl"] * 3, "wu": 255 - w["wu"]}
+        model.update(new)
+        w2 = {**w, **new}
+        for got, want in zip(model.infer({"a": a, "m": m, "u": u, "l": l}), _reference(a, m, u, l, w2)):
+            np.testing.assert_array_equal(got, want)
+        for k, v in device_weights(model).items():
+            np.testing.assert_array_equal(v, w2[k])
