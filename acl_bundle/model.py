@@ -420,6 +420,8 @@ class BundleModel:
         self.outputs: tuple[TensorInfo, ...] = tuple(
             self._tensor(desc, i, True)[0] for i in range(acl.mdl.get_num_outputs(desc))
         )
+        if not self.outputs:  # also catches a runtime whose bare getter failed (it answers 0)
+            raise ValueError("the infer graph reports no outputs; is this bundle's graph order [infer, init, update]? pass roles=")
         for t in self.inputs + self.outputs:
             bad = [d for d in t.shape if d < 0 and not (d == -1 and batches and t.shape[0] == -1)]
             if bad or any(d == -1 for d in t.shape[1:]):
