@@ -285,7 +285,8 @@ class BundleModel:
         # In device run mode the application's own memory is device memory (reference §1).
         self._h2d = ACL_MEMCPY_HOST_TO_DEVICE if run_mode == ACL_HOST else ACL_MEMCPY_DEVICE_TO_DEVICE
         self._d2h = ACL_MEMCPY_DEVICE_TO_HOST if run_mode == ACL_HOST else ACL_MEMCPY_DEVICE_TO_DEVICE
-        self._host_ptr = acl.util.numpy_to_ptr
+        # pyACL marks numpy_to_ptr "to be deprecated"; any host address is valid to real ACL.
+        self._host_ptr = getattr(acl.util, "numpy_to_ptr", None) or _array_address
 
         bundle_id = load(acl)
         res.push("acl.mdl.bundle_unload", lambda: acl.mdl.bundle_unload(bundle_id))
@@ -536,7 +537,7 @@ class BundleModel:
                                  f"{list(batches)}, got {a.shape}")
         elif a.shape != t.shape:
             raise ValueError(f"{what} must have shape {t.shape}, got {a.shape}")
-        return np.ascontiguousarray(a)
+        return _c_contiguous(a)
 
     def _enter(self) -> None:
         res = self._res
@@ -772,7 +773,7 @@ class BundleModel:
             raise ValueError(f"{what} has shape {v.shape}, got {a.shape}")
         if v.shape is None and a.nbytes != v.nbytes:
             raise ValueError(f"{what} holds {v.nbytes} bytes of {v.dtype}, got {a.nbytes} bytes (shape {a.shape})")
-        return np.ascontiguousarray(a)
+        return _c_contiguous(a)
 
     def _apply(self, changed: dict[int, np.ndarray]) -> int:
         acl = self._acl
@@ -899,6 +900,15 @@ class BundleModel:
 
 
 EXIT_WAIT_SECONDS = 5.0
+
+
+def _c_contiguous(a: np.ndarray) -> np.ndarray:
+    """``a`` itself if C-contiguous, else a C-ordered copy (the caller's array is never modified; 0-d stays 0-d)."""
+    return a if a.flags.c_contiguous else np.array(a, order="C")
+
+
+def _array_address(a: np.ndarray) -> int:
+    return a.ctypes.data
 
 
 def _release_quietly(res: _Resources) -> list[str]:
