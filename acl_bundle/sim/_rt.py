@@ -65,6 +65,30 @@ def get_recent_err_msg() -> str:
     return TLS.err
 
 
+@api("acl.app_log", "none", init=False)
+def app_log(log_level: int, message: str) -> None:
+    """pyACL's ``acl.app_log(log_level, message)`` (aclAppLog; levels 0 DEBUG .. 3 ERROR): no return value.
+
+    Kept in :func:`app_log_records` instead of the device log; acllite logs through it.
+    """
+    S.check_int(("log_level", log_level))
+    if not isinstance(message, str):
+        raise TypeError(f"app_log: message must be str, not {type(message).__name__}")
+    with LOCK:
+        APP_LOG.append((int(log_level), message))
+        del APP_LOG[:-APP_LOG_MAX]
+
+
+APP_LOG: list[tuple[int, str]] = []
+APP_LOG_MAX = 1000
+
+
+def app_log_records() -> list[tuple[int, str]]:
+    """The most recent ``acl.app_log`` calls (level, message), oldest first."""
+    with LOCK:
+        return list(APP_LOG)
+
+
 # ---- device / context --------------------------------------------------------------------
 def _make_current(cid: int) -> None:
     TLS.gen = WORLD.gen

@@ -1,0 +1,169 @@
+"""Real peer code on the simulator: Ascend/samples' acllite (``python/common/acllite/``).
+
+Opt-in: third-party code is not committed here, so point ``ACLLITE_DIR`` at a checkout of
+that folder (acllite_model.py, acllite_resource.py, acllite_utils.py, acllite_image.py,
+acllite_logger.py, constants.py); without it these tests skip.
+
+acllite is used exactly as its samples use it: ``AclLiteResource().init()``,
+``AclLiteModel(path)``, ``model.execute([x])``, then ``del`` of the model and the resource
+(acllite releases everything in ``__del__``: ``resource_list.destroy()``, destroy stream and
+context, ``reset_device``, ``finalize``). Outputs are compared with an independent numpy
+forward pass. Nothing of acllite is patched; only the simulator is installed as ``acl``.
+
+What acllite itself leaves behind (checked, then freed by hand so the autouse leak check
+passes): the device buffers it mallocs for numpy inputs (``_input_buffer``) and, on a
+dynamic-batch model, one ``ascend_mbatch_shape_data`` buffer per execute. acllite never
+frees either; it relies on ``reset_device``/process exit to reclaim device memory.
+"""
+from __future__ import annotations
+
+import gc
+import importlib
+import os
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from acl_bundle import sim
+from acl_bundle._constants import ACL_DEVICE, ACL_HOST
+from acl_bundle.sim import builder, models
+
+ACLLITE_DIR = Path(os.environ.get("ACLLITE_DIR", "/nonexistent"))
+pytestmark = pytest.mark.skipif(not (ACLLITE_DIR / "acllite_model.py").is_file(),
+                                reason="set ACLLITE_DIR to Ascend/samples python/common/acllite to run acllite itself")
+# acllite's modules import each other by bare name (import constants, acllite_utils, ...)
+ACLLITE_MODULES = ("constants", "acllite_logger", "acllite_utils", "acllite_resource", "acllite_image", "acllite_model")
+
+
+@pytest.fixture
+def acllite(monkeypatch):
+    """Install the simulator as ``acl`` and import acllite fresh against it; undo both after."""
+    sim.install()
+    monkeypatch.syspath_prepend(str(ACLLITE_DIR))
+    saved = {n: sys.modules.pop(n) for n in ACLLITE_MODULES if n in sys.modules}
+    try:
+        mods = {n: importlib.import_module(n) for n in ACLLITE_MODULES}
+        yield mods
+    finally:
+        for n in ACLLITE_MODULES:
+            sys.modules.pop(n, None)
+        sys.modules.update(saved)
+        sim.uninstall()
+        sim.configure(run_mode=ACL_HOST)
+
+
+def _plain_model(tmp_path: Path, *, batch_sizes=None, seed=0):
+    model, weights = models.mlp((8, 16, 4), seed=seed)
+    om, _ = builder.save(builder.build_plain(model, batch_sizes=batch_sizes), tmp_path / "mlp.om")
+    return str(om), weights
+
+
+def _free_what_acllite_leaves(model, extra_device_ptrs=()):
+    """acllite never frees its input buffers; return their pointers (freed by the caller)."""
+    return [item["addr"] for item in model._input_buffer if item["addr"] is not None] + list(extra_device_ptrs)
+
+
+def _finish(leftover_ptrs):
+    """After acllite's own teardown: only the buffers acllite never frees may remain."""
+    gc.collect()
+    left = sim.leaks()
+    assert set(left) <= {"device_blocks"}, left
+    assert sorted(left.get("device_blocks", {})) == sorted(leftover_ptrs), (left, leftover_ptrs)
+    # Free them with the simulator's own API (a fresh runtime, like a later process would).
+    acl = sim.acl
+    if leftover_ptrs:
+        assert acl.init() == 0 and acl.rt.set_device(0) == 0
+        for p in leftover_ptrs:
+            assert acl.rt.free(p) == 0, acl.get_recent_err_msg()
+        assert acl.rt.reset_device(0) == 0 and acl.finalize() == 0
+    assert sim.leaks() == {}
+
+
+@pytest.mark.parametrize("run_mode", [ACL_HOST, ACL_DEVICE], ids=["ACL_HOST", "ACL_DEVICE"])
+@pytest.mark.parametrize("load_type", [0, 1], ids=["load_from_file", "load_from_mem"])
+def test_acllite_static_model(acllite, tmp_path, run_mode, load_type):
+    sim.configure(run_mode=run_mode)
+    AclLiteResource = acllite["acllite_resource"].AclLiteResource
+    AclLiteModel = acllite["acllite_model"].AclLiteModel
+    om, weights = _plain_model(tmp_path)
+
+    acl_resource = AclLiteResource()
+    acl_resource.init()
+    model = AclLiteModel(om, load_type)
+    rng = np.random.default_rng(1)
+    for _ in range(3):  # the second and later calls reuse acllite's input buffer
+        x = rng.standard_normal((1, 8)).astype(np.float32)
+        result = model.execute([x])
+        assert result is not None, sim.acl.get_recent_err_msg()
+        assert len(result) == 1 and result[0].shape == (1, 4) and result[0].dtype == np.float32
+        np.testing.assert_allclose(result[0], models.mlp_reference(x, weights), rtol=1e-5, atol=1e-5)
+    leftover = _free_what_acllite_leaves(model)
+    assert len(leftover) == 1
+
+    # acllite's logger went through acl.app_log
+    from acl_bundle.sim import _rt
+    assert any("Init model resource success" in m for _lvl, m in _rt.app_log_records())
+
+    # release the acllite way: the model first (AclLiteModel.__del__ -> destroy), then the resource
+    del model
+    del acl_resource
+    assert sim.live_resources()["initialized"] is False
+    _finish(leftover)
+
+
+def test_acllite_resource_list_releases_models(acllite, tmp_path):
+    """Drop only the resource: its __del__ destroys every registered model before reset_device."""
+    AclLiteResource = acllite["acllite_resource"].AclLiteResource
+    AclLiteModel = acllite["acllite_model"].AclLiteModel
+    om, weights = _plain_model(tmp_path)
+    acl_resource = AclLiteResource()
+    acl_resource.init()
+    m1, m2 = AclLiteModel(om), AclLiteModel(om, 1)
+    x = np.arange(8, dtype=np.float32).reshape(1, 8) / 8
+    for m in (m1, m2):
+        np.testing.assert_allclose(m.execute([x])[0], models.mlp_reference(x, weights), rtol=1e-5, atol=1e-5)
+    leftover = _free_what_acllite_leaves(m1) + _free_what_acllite_leaves(m2)
+    del acl_resource  # resource_list.destroy() -> m1.destroy(), m2.destroy(); then stream/context/device/finalize
+    assert sim.leaks().keys() <= {"device_blocks"}
+    del m1, m2  # already destroyed: __del__ is a no-op
+    _finish(leftover)
+
+
+def test_acllite_dynamic_batch(acllite, tmp_path):
+    """acllite's dynamic-batch path: _execute_with_dynamic_batch_size (as its samples call it)."""
+    AclLiteResource = acllite["acllite_resource"].AclLiteResource
+    AclLiteModel = acllite["acllite_model"].AclLiteModel
+    om, weights = _plain_model(tmp_path, batch_sizes=[1, 2, 4])
+    acl_resource = AclLiteResource()
+    acl_resource.init()
+    model = AclLiteModel(om)
+    mb_ptrs = []
+    for batch in (4, 2, 1):
+        x = np.random.default_rng(batch).standard_normal((4, 8)).astype(np.float32)
+        x[batch:] = 0  # acllite copies the whole max-batch input; rows past the batch are ignored
+        inputs = [x]
+        result = model._execute_with_dynamic_batch_size(inputs, batch)
+        assert result is not None, sim.acl.get_recent_err_msg()
+        # acllite appended its own {'data','size'} buffer for ascend_mbatch_shape_data to our list
+        assert len(inputs) == 2 and set(inputs[1]) == {"data", "size"}
+        mb_ptrs.append(inputs[1]["data"])
+        # output buffers are sized for the largest batch; acllite returns all of it
+        assert result[0].shape == (4, 4)
+        np.testing.assert_allclose(result[0][:batch], models.mlp_reference(x[:batch], weights), rtol=1e-5, atol=1e-5)
+
+    # a batch the model does not have: set_dynamic_batch_size answers 145013, acllite returns None
+    bad_inputs = [np.zeros((4, 8), np.float32)]
+    assert model._execute_with_dynamic_batch_size(bad_inputs, 3) is None
+    assert len(bad_inputs) == 2
+    mb_ptrs.append(bad_inputs[1]["data"])
+    # that failed call also left its input dataset and data buffers alive (acllite does not release
+    # _input_dataset on this path); destroy them the acllite way so only device memory remains
+    model._release_dataset(model._input_dataset)
+    model._input_dataset = None
+
+    leftover = _free_what_acllite_leaves(model, mb_ptrs)
+    del model
+    del acl_resource
+    _finish(leftover)
