@@ -405,6 +405,8 @@ def test_hand_written_minimal_manifest(tmp_path: Path) -> None:
         ('{"format": "other", "version": 1, "variables": []}', '"format" must be'),
         ('{"format": "acl-bundle-manifest", "version": 2, "variables": []}', '"version" must be'),
         ('{"format": "acl-bundle-manifest", "version": 1}', '"variables" must be a non-empty list'),
+        ('{"format": "acl-bundle-manifest", "version": true, "variables": [{"name": "a", "dtype": "float32", "shape": [1]}]}', '"version" must be'),
+        ('{"format": "acl-bundle-manifest", "version": 1, "variables": []}', '"variables" must be a non-empty list'),
         ('{"format": "acl-bundle-manifest", "version": 1, "variables": [3]}', r"variables\[0\] must be an object"),
         ('{"format": "acl-bundle-manifest", "version": 1, "variables": [{"dtype": "float32", "shape": []}]}', '"name" must be'),
         ('{"format": "acl-bundle-manifest", "version": 1, "variables": [{"name": "a", "dtype": "object", "shape": []}]}', '"dtype" must be'),

@@ -243,3 +243,22 @@ def test_malformed_marker(tmp_path):
     m.write_text("{trunc")
     with pytest.raises(CheckpointError, match="is not readable JSON"):
         read_marker(m)
+
+
+def test_strip_prefix_leaves_names_without_it_alone():
+    got = match_names(["module.fc0.weight", "fc0.bias", "modul.x"], ["fc0.weight", "fc0.bias", "modul.x"], strip_prefix="module.")
+    assert got.mapping == {"module.fc0.weight": "fc0.weight", "fc0.bias": "fc0.bias", "modul.x": "modul.x"}
+    assert got.complete
+
+
+def test_verify_refuses_a_committed_checkpoint_holding_pickled_objects(tmp_path):
+    """A marker with a valid SHA-256 does not make a pickled array safe to load."""
+    data = tmp_path / "step-00000001.npz"
+    np.savez(data, **{"fc0.weight": np.array([{"x": 1}], dtype=object)})
+    raw = data.read_bytes()
+    marker = tmp_path / "step-00000001.ckpt.json"
+    marker.write_text(json.dumps({"format": "acl_bundle.checkpoint", "version": 1, "step": 1, "file": data.name,
+                                  "bytes": len(raw), "sha256": hashlib.sha256(raw).hexdigest(),
+                                  "variables": ["fc0.weight"], "created": 0.0}))
+    with pytest.raises(CheckpointError, match=r"not a valid \.npz file"):
+        verify_checkpoint(read_marker(marker))

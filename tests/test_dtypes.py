@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import numpy as np
 import onnx
+import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from acl_bundle import BundleModel, sim
@@ -56,7 +57,9 @@ def test_int_uint8_bool_tensors_round_trip(tmp_path):
     with BundleModel(om, acl=sim.acl) as model:
         assert [(v.name, v.dtype) for v in model.variables] == [(k, v.dtype) for k, v in w.items()]
         assert [t.dtype for t in model.outputs] == [np.dtype(np.int32), np.dtype(np.bool_), np.dtype(np.uint8), np.dtype(np.int64)]
-        for got, want in zip(model.infer(a, m, u, l), _reference(a, m, u, l, w)):
+        out = model.infer(a, m, u, l)
+        assert type(out) is tuple and len(out) == 4  # several outputs: a tuple in model.outputs order
+        for got, want in zip(out, _reference(a, m, u, l, w)):
             assert got.dtype == want.dtype
             np.testing.assert_array_equal(got, want)
         new = {"wb": ~w["wb"], "wl": w["wl"] * 3, "wu": 255 - w["wu"]}
@@ -66,3 +69,29 @@ def test_int_uint8_bool_tensors_round_trip(tmp_path):
             np.testing.assert_array_equal(got, want)
         for k, v in device_weights(model).items():
             np.testing.assert_array_equal(v, w2[k])
+
+
+def test_two_batched_inputs_must_share_one_batch_size(tmp_path):
+    """Both inputs carry the dynamic batch dim: mixing batch sizes is refused before any copy, also on the fast path."""
+    inputs = [helper.make_tensor_value_info(n, TensorProto.FLOAT, [1, 3]) for n in ("a", "b")]
+    outputs = [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 3])]
+    w = {"w": np.arange(3, dtype=np.float32)}
+    nodes = [helper.make_node("Add", ["a", "b"], ["s"]), helper.make_node("Add", ["s", "w"], ["y"])]
+    graph = helper.make_graph(nodes, "two", inputs, outputs, [numpy_helper.from_array(v, k) for k, v in w.items()])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    om, _ = builder.save(builder.build_bundle(model, variables=["w"], batch_sizes=[1, 2]), tmp_path / "two.om")
+    rng = np.random.default_rng(1)
+    with BundleModel(om, acl=sim.acl) as m:
+        assert [t.shape for t in m.inputs] == [(-1, 3), (-1, 3)]
+        for ba, bb in ((1, 2), (2, 1)):
+            a = rng.standard_normal((ba, 3)).astype(np.float32)
+            b = rng.standard_normal((bb, 3)).astype(np.float32)
+            h2d = sim.stats()["bytes_copied"]["HOST_TO_DEVICE"]
+            with pytest.raises(ValueError, match=r"^all inputs must share one batch size, got \[1, 2\]$"):
+                m.infer(a, b)
+            assert sim.stats()["bytes_copied"]["HOST_TO_DEVICE"] == h2d
+        for batch in (1, 2):
+            a = rng.standard_normal((batch, 3)).astype(np.float32)
+            b = rng.standard_normal((batch, 3)).astype(np.float32)
+            np.testing.assert_allclose(m.infer(a, b), a + b + w["w"], rtol=1e-6)

@@ -112,6 +112,7 @@ BAD_UPDATES = [
     ({"nope": 0}, UnknownVariableError, r"^unknown variable 'nope'; expected an index 0\.\.3 or one of \['fc0.weight', 'fc0.bias', 'fc1.weight', 'fc1.bias'\]$"),
     ({7: 0}, UnknownVariableError, r"^unknown variable 7; expected an index 0\.\.3"),
     ({True: 0}, UnknownVariableError, r"^unknown variable True"),
+    ({-1: 0}, UnknownVariableError, r"^unknown variable -1; expected an index 0\.\.3"),
     ({0: "w"}, TypeError, r"^variable 'fc0.weight' needs a numpy.ndarray of float32, got str$"),
     ({0: [[1.0]]}, TypeError, r"got list$"),
     ({0: np.zeros((8, 16), np.float64)}, TypeError, r"^variable 'fc0.weight' is float32, got float64; cast it with \.astype\(numpy\.float32\)$"),
@@ -194,6 +195,7 @@ def test_update_copies_exactly_the_changed_bytes(make_bundle):
         assert after["bytes_copied"]["HOST_TO_DEVICE"] - before["bytes_copied"]["HOST_TO_DEVICE"] == w0["fc1.bias"].nbytes
         assert after["update_bytes_applied"] - before["update_bytes_applied"] == w0["fc1.bias"].nbytes
         assert m.stats["last_update"]["bytes"] == w0["fc1.bias"].nbytes
+        assert m.stats["update_bytes"] == w0["fc0.weight"].nbytes + w0["fc1.bias"].nbytes  # cumulative
 
 
 def test_no_device_allocation_in_steady_state(make_bundle):
@@ -296,6 +298,11 @@ def test_skip_init_and_init_inputs(make_bundle):
         assert sim.stats()["executions"].get(m.model_ids["init"], 0) == 0
     with pytest.raises(ValueError, match=r"the init graph takes 0 inputs \[\]; init_inputs has 1"):
         BundleModel(om, acl=ACL, init_inputs=[np.zeros(1)])
+    with pytest.raises(ValueError, match=r"^init_inputs given but the init graph is not run"):
+        BundleModel(om, acl=ACL, run_init=False, init_inputs=[])
+    om2, _ = make_bundle(init=False)
+    with pytest.raises(ValueError, match=r"^init_inputs given but the init graph is not run"):
+        BundleModel(om2, acl=ACL, init_inputs=[])
 
 
 # --------------------------------------------------------------------------- lifecycle
@@ -452,3 +459,75 @@ def test_acl_error_reads_well():
     e = AclError("acl.mdl.execute", 145003, "model 7 is not loaded")
     assert str(e) == "acl.mdl.execute returned 145003 (ACL_ERROR_GE_EXEC_MODEL_ID_INVALID): model 7 is not loaded"
     assert (e.func, e.code, e.name) == ("acl.mdl.execute", 145003, "ACL_ERROR_GE_EXEC_MODEL_ID_INVALID")
+
+
+# --------------------------------------------------------------------------- contract details (found by mutation testing)
+def test_failed_update_is_counted_and_leaves_version_and_weights(make_bundle):
+    om, w0 = make_bundle()
+    x = _x(np.random.default_rng(11))
+    with BundleModel(om, acl=ACL) as m:
+        before = device_weights(m)
+        with sim.fault("acl.mdl.execute", 507011, on_call=1):
+            with pytest.raises(AclError, match=r"^acl\.mdl\.execute returned 507011"):
+                m.update({"fc0.bias": w0["fc0.bias"] + 1})
+        st = m.stats
+        assert (st["failed_updates"], st["updates"], st["version"], m.version) == (1, 0, 0, 0)
+        assert all(before[k].tobytes() == v.tobytes() for k, v in device_weights(m).items())
+        np.testing.assert_allclose(m.infer(x), reference(x, w0), rtol=1e-5, atol=1e-5)
+        assert m.update({"fc0.bias": w0["fc0.bias"] + 1}) == 1
+        assert (m.stats["failed_updates"], m.stats["updates"]) == (1, 1)
+
+
+def test_infer_slot_whose_buffers_failed_to_build_is_given_back(make_bundle):
+    """With one slot per batch size, a failed first build must not leave the slot counted (later calls would wait forever)."""
+    om, w0 = make_bundle()
+    x = np.ones((1, 8), np.float32)
+    m = BundleModel(om, acl=ACL, max_concurrency=1)
+    with sim.fault("acl.rt.malloc", 207001, on_call=1):
+        with pytest.raises(AclError, match=r"^acl\.rt\.malloc returned 207001"):
+            m.infer(x)
+    out = {}
+    t = threading.Thread(target=lambda: out.update(y=m.infer(x)), daemon=True)
+    t.start()
+    t.join(timeout=60)  # a hang guard, not a timing check: the call needs milliseconds
+    assert not t.is_alive(), "infer waits forever for a slot whose build failed"
+    m.close()
+    np.testing.assert_allclose(out["y"], reference(x, w0), rtol=1e-5, atol=1e-5)
+
+
+def test_noncontiguous_infer_input_is_read_in_logical_order(make_bundle):
+    om, w0 = make_bundle()
+    rng = np.random.default_rng(12)
+    with BundleModel(om, acl=ACL) as m:
+        x = rng.standard_normal((1, 16)).astype(np.float32)[:, ::2]  # (1, 8) strided view
+        assert x.shape == (1, 8) and not x.flags.c_contiguous
+        keep = x.copy()
+        np.testing.assert_allclose(m.infer(x), reference(keep, w0), rtol=1e-5, atol=1e-5)
+        np.testing.assert_allclose(m.infer({"x": x}), reference(keep, w0), rtol=1e-5, atol=1e-5)
+        np.testing.assert_array_equal(x, keep)
+
+
+def test_acl_error_without_detail_has_no_trailing_colon():
+    e = AclError("acl.rt.malloc", 100000)
+    assert str(e) == "acl.rt.malloc returned 100000 (ACL_ERROR_INVALID_PARAM)"
+    assert e.detail == ""
+
+
+def test_a_runtime_whose_error_message_getter_raises_does_not_mask_the_error():
+    from acl_bundle._errors import check, recent_error
+
+    class Runtime:
+        def get_recent_err_msg(self):
+            raise RuntimeError("the diagnostics helper itself failed")
+
+    assert recent_error(Runtime()) == ""
+
+    class Chatty:
+        def get_recent_err_msg(self):
+            return "  model 7 is not loaded\n"
+
+    e = AclError("acl.mdl.execute", 145003, recent_error(Chatty()))
+    assert e.detail == "model 7 is not loaded"
+    assert str(e).endswith("(ACL_ERROR_GE_EXEC_MODEL_ID_INVALID): model 7 is not loaded")
+    with pytest.raises(AclError, match=r"^acl\.mdl\.execute returned 507011 \(ACL_ERROR_RT_MODEL_EXECUTE\)$"):
+        check(Runtime(), "acl.mdl.execute", 507011)

@@ -73,3 +73,42 @@ def test_close_while_callers_wait_for_a_slot_does_not_hang(make_bundle):
     assert set(errors) <= {"ModelClosedError"}
     for y in results:
         np.testing.assert_allclose(y, reference(x, w0), rtol=1e-4, atol=1e-5)
+
+
+def test_return_version_names_the_weights_that_produced_the_result(make_bundle):
+    """An update that commits after infer's reader section ends, but before infer returns, must not change the
+    version infer reports: the version is taken while the weights are held, with the result."""
+    import sys
+
+    om, w0 = make_bundle()
+    rng = np.random.default_rng(3)
+    new = {k: rng.standard_normal(v.shape).astype(v.dtype) for k, v in w0.items()}
+    x = rng.standard_normal((1, 8)).astype(np.float32)
+    fired = []
+
+    with BundleModel(om, acl=sim.acl) as m:
+        code = BundleModel.infer.__code__
+
+        def local(frame, event, arg):
+            # The first line of infer that runs after it has returned its slot and left the
+            # reader section (no reader left, lock free): commit an update right there.
+            if (event == "line" and not fired and "outs" in frame.f_locals and m._readers == 0
+                    and m._slot_cond.acquire(blocking=False)):
+                m._slot_cond.release()
+                fired.append(m.update(new))
+            return local
+
+        def tracer(frame, event, arg):
+            return local if frame.f_code is code else None
+
+        sys.settrace(tracer)
+        try:
+            y, v = m.infer(x, return_version=True)
+        finally:
+            sys.settrace(None)
+        assert fired == [1], "the update did not run between the reader section and the return"
+        np.testing.assert_allclose(y, reference(x, w0), rtol=1e-5, atol=1e-5)
+        assert v == 0
+        y2, v2 = m.infer(x, return_version=True)
+        assert v2 == 1
+        np.testing.assert_allclose(y2, reference(x, new), rtol=1e-5, atol=1e-5)

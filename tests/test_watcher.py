@@ -216,3 +216,19 @@ def test_bad_arguments(served, tmp_path):
             wt.start()
     finally:
         wt.stop()
+
+
+def test_checkpoint_the_device_refuses_is_skipped_once_and_weights_kept(served, caplog):
+    m, w, d = served
+    write_checkpoint(d, _shifted(w, 1), 1)
+    wt = CheckpointWatcher(m, d, use_watchdog=False)
+    with caplog.at_level(logging.WARNING, logger="acl_bundle"):
+        with sim.fault("acl.mdl.execute", 507011, on_call=1):
+            assert wt.poll() is None
+    assert wt.skipped == 1 and wt.applied_step is None and m.version == 0
+    assert "model.update failed: AclError" in caplog.text
+    _assert_device_holds(m, w)
+    assert wt.poll() is None and m.version == 0  # the same files are not retried
+    write_checkpoint(d, _shifted(w, 2), 2)
+    assert wt.poll().step == 2 and m.version == 1
+    _assert_device_holds(m, _shifted(w, 2))
