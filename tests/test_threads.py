@@ -34,16 +34,21 @@ def test_no_torn_results_under_concurrent_updates(make_bundle):
         threads = [threading.Thread(target=reader) for _ in range(4)]
         for t in threads:
             t.start()
-        for i in range(60):
+        i = 0
+        # At least 60 updates, and keep going (bounded) until the readers have produced
+        # enough results to interleave with them, however loaded the machine is.
+        while i < 60 or (len(results) < 300 and i < 20000):
             k = 1 + i % 2
             v = m.update(sets[k])
             applied.append(k)
             assert v == len(applied) - 1
+            i += 1
         stop.set()
         for t in threads:
             t.join()
     assert not errors
-    assert len(results) > 60
+    assert len(results) >= 300
+    assert len({v for v, _ in results}) > 10  # results came from many different versions
     for v, y in results:
         np.testing.assert_allclose(y, refs[applied[v]], rtol=1e-5, atol=1e-5)
 
