@@ -337,9 +337,11 @@ class RawInfer:
                 self.in_ptr, self.in_size = ptr, acl.mdl.get_input_size_by_index(desc, i)
         if dynamic:
             ok(acl.mdl.set_dynamic_batch_size(self.infer_id, self.in_ds, mb_index, batch), "acl.mdl.set_dynamic_batch_size")
-        dims, ret = acl.mdl.get_output_dims(desc, 0)
-        ok(ret, "acl.mdl.get_output_dims")
-        self.out_shape = tuple(batch if d == -1 else d for d in dims["dims"][: dims["dimCount"]])
+        # After set_dynamic_batch_size, get_cur_output_dims gives this batch's dims
+        # (get_output_dims would give the largest batch's).
+        dims, ret = acl.mdl.get_cur_output_dims(desc, 0)
+        ok(ret, "acl.mdl.get_cur_output_dims")
+        self.out_shape = tuple(dims["dims"][: dims["dimCount"]])
         self.out_dtype = ACL_TO_NUMPY[acl.mdl.get_output_data_type(desc, 0)]
         size = acl.mdl.get_output_size_by_index(desc, 0)
         self.out_ptr, db = buffer(size)

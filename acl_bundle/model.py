@@ -18,7 +18,8 @@ Concurrency model (what runs at the same time and what is serialised):
 Device memory the wrapper itself costs (besides the bundle's variables, which ACL
 allocates at load): one staging buffer per variable, the same size as the variable
 (the update graph needs a valid device buffer for every variable on every call), plus
-per batch size and per concurrent infer slot the model's input and output buffers.
+per batch size and per concurrent infer slot the model's input and output buffers at
+the size the model reports for them (its largest batch's).
 ``BundleModel.device_bytes`` reports the total.
 """
 from __future__ import annotations
@@ -323,6 +324,7 @@ class BundleModel:
         self._free_slots: dict[int, list[_Slot]] = {}
         self._slot_count: dict[int, int] = {}
         self._slot_waiters = 0
+        self._build_lock = threading.Lock()
         self._infer_id = self.model_ids["infer"]
         self._version = 0
         self._n_infer = 0
@@ -414,13 +416,21 @@ class BundleModel:
                                     acl.mdl.get_input_index_by_name(desc, ACL_DYNAMIC_TENSOR_NAME))
             self._mb_size = acl.mdl.get_input_size_by_index(desc, self._mb_index)
         self.batch_sizes: tuple[int, ...] = tuple(batches)
+        self._infer_desc = desc
         n_in = acl.mdl.get_num_inputs(desc)
-        self.inputs: tuple[TensorInfo, ...] = tuple(
-            self._tensor(desc, i, False)[0] for i in range(n_in) if i != self._mb_index
-        )
-        self.outputs: tuple[TensorInfo, ...] = tuple(
-            self._tensor(desc, i, True)[0] for i in range(acl.mdl.get_num_outputs(desc))
-        )
+        ins = [self._tensor(desc, i, False) for i in range(n_in) if i != self._mb_index]
+        outs = [self._tensor(desc, i, True) for i in range(acl.mdl.get_num_outputs(desc))]
+        if batches:
+            # Output dims are documented as those of the largest batch ("maximum profile");
+            # the batch dim is dim 0 (ATC --dynamic_batch_size). -1 marks it publicly; each
+            # batch size's real dims come from get_cur_output_dims when its buffers are built.
+            outs = [(TensorInfo(t.name, (-1,) + t.shape[1:], t.dtype) if t.shape and t.shape[0] in (-1, batches[-1]) else t, n)
+                    for t, n in outs]
+        self.inputs: tuple[TensorInfo, ...] = tuple(t for t, _ in ins)
+        self.outputs: tuple[TensorInfo, ...] = tuple(t for t, _ in outs)
+        # Reported byte sizes (the largest batch's): every batch size's buffers get this much.
+        self._in_sizes = [n for _, n in ins]
+        self._out_sizes = [n for _, n in outs]
         if not self.outputs:  # also catches a runtime whose bare getter failed (it answers 0)
             raise ValueError("the infer graph reports no outputs; is this bundle's graph order [infer, init, update]? pass roles=")
         for t in self.inputs + self.outputs:
@@ -646,10 +656,11 @@ class BundleModel:
             raise AclError("acl.mdl.execute", ret, recent_error(acl))
         outs = []
         kind = self._d2h
-        for ptr, size, shape, dtype in slot.outputs:
+        for ptr, _size, shape, dtype in slot.outputs:
             out = np.empty(shape, dtype)
-            if size:
-                ret = memcpy(host_ptr(out), size, ptr, size, kind)
+            n = out.nbytes
+            if n:
+                ret = memcpy(host_ptr(out), n, ptr, n, kind)
                 if ret:
                     raise AclError("acl.rt.memcpy", ret, recent_error(acl))
             outs.append(out)
@@ -685,19 +696,23 @@ class BundleModel:
         tmp = _Resources(acl)
         slot = _Slot(batch)
         try:
-            for t in self.inputs:
-                size = int(np.prod(t.shape_for(batch), dtype=np.int64)) * t.dtype.itemsize
+            # Buffers take the size the model reports (its largest batch), as ACL's samples
+            # do; only the batch's own bytes are copied in and out.
+            for t, reported in zip(self.inputs, self._in_sizes):
+                size = max(reported, int(np.prod(t.shape_for(batch), dtype=np.int64)) * t.dtype.itemsize)
                 slot.inputs.append((self._malloc(tmp, size), size))
             bufs = list(slot.inputs)
             if self._mb_index is not None:
                 bufs.insert(self._mb_index, (self._malloc(tmp, self._mb_size), self._mb_size))
             slot.in_ds = self._dataset(tmp, bufs)
+            shapes = [t.shape for t in self.outputs]
             if self._mb_index is not None:
-                check(acl, "acl.mdl.set_dynamic_batch_size",
-                      acl.mdl.set_dynamic_batch_size(self.model_ids["infer"], slot.in_ds, self._mb_index, batch))
-            for t in self.outputs:
-                shape = t.shape_for(batch)
-                size = int(np.prod(shape, dtype=np.int64)) * t.dtype.itemsize
+                with self._build_lock:  # set + get_cur_output_dims must not interleave with another batch's
+                    check(acl, "acl.mdl.set_dynamic_batch_size",
+                          acl.mdl.set_dynamic_batch_size(self._infer_id, slot.in_ds, self._mb_index, batch))
+                    shapes = [self._cur_output_shape(i) for i in range(len(self.outputs))]
+            for t, reported, shape in zip(self.outputs, self._out_sizes, shapes):
+                size = max(reported, int(np.prod(shape, dtype=np.int64)) * t.dtype.itemsize)
                 slot.outputs.append((self._malloc(tmp, size), size, shape, t.dtype))
             slot.out_ds = self._dataset(tmp, [(p, s) for p, s, _, _ in slot.outputs])
         except BaseException as e:
@@ -708,6 +723,15 @@ class BundleModel:
         self._res.undo.extend(tmp.undo)  # type: ignore[union-attr]
         log.debug("built infer buffers for batch %d", batch)
         return slot
+
+    def _cur_output_shape(self, i: int) -> tuple[int, ...]:
+        """Output ``i``'s dims at the batch size just set (``acl.mdl.get_cur_output_dims``)."""
+        acl = self._acl
+        dims = unwrap(acl, "acl.mdl.get_cur_output_dims", acl.mdl.get_cur_output_dims(self._infer_desc, i))
+        shape = tuple(int(d) for d in dims["dims"][: dims["dimCount"]])
+        if any(d < 0 for d in shape):
+            raise ValueError(f"output {self.outputs[i].name!r} reports dims {shape} for a set batch size")
+        return shape
 
     # ------------------------------------------------------------------ update
     def update(self, weights: Mapping[int | str, np.ndarray]) -> int:

@@ -58,6 +58,7 @@ def test_dynamic_batch_two_sizes(make_bundle):
     with BundleModel(om, acl=ACL) as m:
         assert m.batch_sizes == (1, 4)
         assert m.inputs[0].shape == (-1, 8)
+        assert m.outputs[0].shape == (-1, 4)  # reported at the largest batch (4, 4); dim 0 is the batch
         for b in (1, 4, 1):
             x = _x(rng, batch=b)
             np.testing.assert_allclose(m.infer(x), reference(x, w0), rtol=1e-5, atol=1e-5)

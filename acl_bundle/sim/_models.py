@@ -383,12 +383,21 @@ get_input_name_by_index = _getter("get_input_name_by_index", "str", "", "in", la
 get_output_name_by_index = _getter("get_output_name_by_index", "str", "", "out", lambda io: io.name)
 get_input_dims = _getter("get_input_dims", "dims", ({}, S.E_PARAM), "in", _dims)
 get_input_dims_v2 = _getter("get_input_dims_v2", "dims", ({}, S.E_PARAM), "in", _dims)
-get_output_dims = _getter("get_output_dims", "dims", ({}, S.E_PARAM), "out", _dims)
+
+
+@api("acl.mdl.get_output_dims", "dims", pre=ints("model_desc", "index"))
+def get_output_dims(model_desc: int, index: int) -> tuple[dict, int]:
+    """Output dims; a dynamic-batch model reports those of its largest batch ("the maximum profile", CANN docs)."""
+    with LOCK:
+        d = _desc(model_desc)
+        if d is None or not 0 <= index < len(d.outputs):
+            return {}, set_err(S.E_PARAM, f"get_output_dims: bad desc {model_desc:#x} or index {index}")
+        return _dims(d.outputs[index], max(d.batch_sizes) if d.batch_sizes else None)
 
 
 @api("acl.mdl.get_cur_output_dims", "dims", pre=ints("model_desc", "index"))
 def get_cur_output_dims(model_desc: int, index: int) -> tuple[dict, int]:
-    """Output dims at the batch of the model's most recent execute (max batch before any)."""
+    """Output dims at the batch last set by set_dynamic_batch_size or executed (the largest before any), as documented."""
     with LOCK:
         d = _desc(model_desc)
         if d is None or not 0 <= index < len(d.outputs):
@@ -471,6 +480,7 @@ def set_dynamic_batch_size(model_id: int, dataset: int, index: int, batch_size: 
         if blk is None:
             return set_err(S.E_PARAM, f"set_dynamic_batch_size: buffer {index} is not >= 8 bytes of device memory")
         ctypes.c_int64.from_address(db.addr).value = batch_size
+        m.last_batch = batch_size
     return 0
 
 

@@ -311,6 +311,11 @@ def test_dynamic_batch_plain(rig, mlp_plain):
     assert acl.mdl.get_input_size_by_index(d, 1) == 8
     assert acl.mdl.get_input_data_type(d, 1) == acl.ACL_INT64
     assert acl.mdl.get_cur_output_dims(d, 0)[0]["dims"] == [4, 4]
+    # Documented: get_output_dims reports the largest batch profile (get_input_dims keeps -1).
+    assert acl.mdl.get_output_dims(d, 0) == ({"name": "y", "dimCount": 2, "dims": [4, 4]}, 0)
+    ins1, _ = rig.dataset([32, 8])
+    assert acl.mdl.set_dynamic_batch_size(mid, ins1, 1, 1) == 0
+    assert acl.mdl.get_cur_output_dims(d, 0)[0]["dims"] == [1, 4]  # follows the batch just set
     rng = np.random.default_rng(3)
     for batch in (4, 1):
         x = rng.standard_normal((batch, 8)).astype(np.float32)
