@@ -319,6 +319,8 @@ class BundleModel:
         self._readers = 0
         self._writer = False
         self._writers_waiting = 0
+        self._readers_waiting = 0
+        self._admit = 0  # readers admitted ahead of the next commit
         self._update_lock = threading.Lock()
         self._slot_cond = res.cond  # one condition: slot waiters, in-flight count, close()
         self._free_slots: dict[int, list[_Slot]] = {}
@@ -581,8 +583,8 @@ class BundleModel:
         arrays, batch = self._check_inputs(inputs)
         res, cond = self._res, self._slot_cond
         with cond:  # one lock round-trip: register the call, become a reader, take a slot
-            while not res.closed and (self._writer or self._writers_waiting):  # type: ignore[union-attr]
-                cond.wait()
+            if self._writer or (self._writers_waiting and not self._admit):
+                self._wait_to_read(res, cond)
             if res.closed:  # type: ignore[union-attr]
                 raise ModelClosedError(f"BundleModel({self._source!r}) is closed")
             res.ops += 1  # type: ignore[union-attr]
@@ -604,6 +606,23 @@ class BundleModel:
                     cond.notify_all()
         result = outs[0] if len(outs) == 1 else tuple(outs)
         return (result, version) if return_version else result
+
+    def _wait_to_read(self, res: _Resources, cond: threading.Condition) -> None:
+        """Wait (holding ``cond``) while a commit runs or waits, unless this reader was admitted.
+
+        Phase-fair: the readers waiting when a commit ends go before the next commit, so a
+        back-to-back update stream cannot starve inference, nor inference a commit.
+        """
+        self._readers_waiting += 1
+        try:
+            while not res.closed and (self._writer or (self._writers_waiting and not self._admit)):
+                cond.wait()
+        finally:
+            self._readers_waiting -= 1
+            if self._admit > self._readers_waiting:  # this reader used (or gave up) its admission
+                self._admit = self._readers_waiting
+                if not self._admit:
+                    cond.notify_all()
 
     def _check_inputs(self, inputs: tuple[Any, ...]) -> tuple[list[np.ndarray], int]:
         if len(inputs) == len(self._accept):  # fast path: exact arrays as the model wants them
@@ -827,7 +846,7 @@ class BundleModel:
             with cond:  # commit: the only phase that excludes inference
                 self._writers_waiting += 1
                 try:
-                    while self._writer or self._readers:
+                    while self._writer or self._readers or self._admit:
                         cond.wait()
                 finally:
                     self._writers_waiting -= 1
@@ -840,6 +859,7 @@ class BundleModel:
             finally:
                 with cond:
                     self._writer = False
+                    self._admit = self._readers_waiting  # they go before the next commit
                     cond.notify_all()
             if ret != 0:
                 err = AclError("acl.mdl.execute", ret, recent_error(acl))

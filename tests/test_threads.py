@@ -117,3 +117,50 @@ def test_return_version_names_the_weights_that_produced_the_result(make_bundle):
         y2, v2 = m.infer(x, return_version=True)
         assert v2 == 1
         np.testing.assert_allclose(y2, reference(x, new), rtol=1e-5, atol=1e-5)
+
+
+def test_close_waiting_for_a_failing_update_is_woken(make_bundle, monkeypatch):
+    """An update that fails before its commit must still wake a close() waiting for it."""
+    import pytest
+
+    from acl_bundle import AclError
+
+    om, w0 = make_bundle()
+    m = BundleModel(om, acl=sim.acl)
+    entered, release = threading.Event(), threading.Event()
+    real_memcpy = sim.acl.rt.memcpy
+
+    def blocking_failing_memcpy(*args):
+        entered.set()
+        release.wait(30)
+        return 507000  # the stage copy fails: no commit, no writer wake-up
+
+    monkeypatch.setattr(sim.acl.rt, "memcpy", blocking_failing_memcpy)
+    errors = []
+
+    def updater():
+        try:
+            m.update({0: w0["fc0.weight"]})
+        except AclError as e:
+            errors.append(e)
+
+    a = threading.Thread(target=updater, daemon=True)
+    a.start()
+    assert entered.wait(30)
+    b = threading.Thread(target=m.close, daemon=True)
+    b.start()
+    res, cond = m._res, m._slot_cond
+    for _ in range(3000):  # close() sets `closed` under the lock and then waits on it
+        with cond:
+            if res.closed:
+                break
+        b.join(0.01)
+    assert res.closed
+    monkeypatch.setattr(sim.acl.rt, "memcpy", real_memcpy)
+    release.set()
+    a.join(30)
+    b.join(30)
+    assert not b.is_alive(), "close() was never woken after the in-flight update failed"
+    assert len(errors) == 1 and errors[0].func == "acl.rt.memcpy"
+    with pytest.raises(Exception):
+        m.infer(np.ones((1, 8), np.float32))
