@@ -9,7 +9,8 @@ Concurrency model (what runs at the same time and what is serialised):
 * ``update`` has two phases.  *Stage* validates the new weights and copies them
   host->device into the update graph's own input buffers; inference keeps running.
   *Commit* executes the update graph under the exclusive side of the lock: it waits
-  for in-flight infer calls to end and holds new ones back until it is done.
+  for in-flight infer calls to end and holds new ones back until it is done.  The lock
+  is phase-fair: infer calls already waiting when a commit ends go before the next one.
   That is the only pause inference sees, and it is why no ``infer`` ever observes a
   half-applied update.  Concurrent ``update`` calls are serialised.
 * ``close`` refuses new calls, waits for in-flight calls to finish, then releases
