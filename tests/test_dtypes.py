@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
@@ -95,3 +96,30 @@ def test_two_batched_inputs_must_share_one_batch_size(tmp_path):
             a = rng.standard_normal((batch, 3)).astype(np.float32)
             b = rng.standard_normal((batch, 3)).astype(np.float32)
             np.testing.assert_allclose(m.infer(a, b), a + b + w["w"], rtol=1e-6)
+
+
+def _scalar_model(scale: np.ndarray) -> onnx.ModelProto:
+    graph = helper.make_graph(
+        [helper.make_node("Mul", ["x", "scale"], ["y"])], "scalar",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 3])],
+        [numpy_helper.from_array(scale, "scale")],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    return model
+
+
+def test_scalar_variable_with_and_without_manifest(tmp_path):
+    """A 0-d variable keeps rank 0 end to end (its tensor desc has dims [], which the update graph applies)."""
+    om, man = builder.save(builder.build_bundle(_scalar_model(np.array(2.0, np.float32))), tmp_path / "s.om")
+    x = np.array([[1.0, -2.0, 3.0]], np.float32)
+    for manifest in (None, False):
+        with BundleModel(om, acl=sim.acl, manifest=manifest) as m:
+            assert m.variables[0].shape == ((), None)[manifest is False]
+            np.testing.assert_array_equal(m.infer(x), x * 2)
+            m.update({"scale": np.array(-0.5, np.float32)})
+            np.testing.assert_array_equal(m.infer(x), x * -0.5)
+            assert device_weights(m)["scale"].shape == ()
+            with pytest.raises(ValueError):
+                m.update({"scale": np.array([1.0, 2.0], np.float32)})
