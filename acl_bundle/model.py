@@ -33,6 +33,7 @@ import warnings
 import weakref
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 import numpy as np
@@ -356,7 +357,7 @@ class BundleModel:
         ds = self._create(res, "acl.mdl.create_dataset", acl.mdl.create_dataset, acl.mdl.destroy_dataset)
         for ptr, size in buffers:
             db = self._create(
-                res, "acl.create_data_buffer", lambda p=ptr, s=size: acl.create_data_buffer(p, s), acl.destroy_data_buffer
+                res, "acl.create_data_buffer", partial(acl.create_data_buffer, ptr, size), acl.destroy_data_buffer
             )
             unwrap(acl, "acl.mdl.add_dataset_buffer", acl.mdl.add_dataset_buffer(ds, db))
         return ds
@@ -494,12 +495,12 @@ class BundleModel:
         self._update_out = self._dataset(res, outs)
         make = acl.create_tensor_desc
         self._empty_desc = [
-            self._create(res, "acl.create_tensor_desc", lambda v=v: make(NUMPY_TO_ACL[v.dtype], [0], ACL_FORMAT_ND),
+            self._create(res, "acl.create_tensor_desc", partial(make, NUMPY_TO_ACL[v.dtype], [0], ACL_FORMAT_ND),
                          acl.destroy_tensor_desc)
             for v in self.variables
         ]
         self._full_desc = [
-            self._create(res, "acl.create_tensor_desc", lambda v=v: make(NUMPY_TO_ACL[v.dtype], list(v.shape), ACL_FORMAT_ND),
+            self._create(res, "acl.create_tensor_desc", partial(make, NUMPY_TO_ACL[v.dtype], list(v.shape), ACL_FORMAT_ND),
                          acl.destroy_tensor_desc) if v.shape is not None else 0
             for v in self.variables
         ]
@@ -585,7 +586,7 @@ class BundleModel:
         res, cond = self._res, self._slot_cond
         with cond:  # one lock round-trip: register the call, become a reader, take a slot
             if self._writer or (self._writers_waiting and not self._admit):
-                self._wait_to_read(res, cond)
+                self._wait_to_read(res, cond)  # type: ignore[arg-type]
             if res.closed:  # type: ignore[union-attr]
                 raise ModelClosedError(f"BundleModel({self._source!r}) is closed")
             res.ops += 1  # type: ignore[union-attr]
