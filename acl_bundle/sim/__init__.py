@@ -6,8 +6,6 @@ See :mod:`acl_bundle.sim._runtime` for the table of error codes and choices.
 from __future__ import annotations
 
 from ._runtime import (
-    NotImplementedInSimulator,
-    SimulatorMisuse,
     acl,
     configure,
     fault,
@@ -20,6 +18,7 @@ from ._runtime import (
     uninstall,
     variables,
 )
+from ._state import NotImplementedInSimulator, SimulatorMisuse
 
 __all__ = [
     "acl",

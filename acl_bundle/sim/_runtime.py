@@ -67,7 +67,7 @@ from typing import Any
 from .. import _constants
 from . import _data, _memory, _models, _rt
 from . import _state as S
-from ._state import LOCK, WORLD, NotImplementedInSimulator, SimulatorMisuse
+from ._state import LOCK, WORLD, NotImplementedInSimulator
 
 _MODULES: dict[str, types.ModuleType] = {}
 
@@ -189,19 +189,4 @@ fault = S.fault
 record = S.record
 variables = _models.variables
 
-__all__ = [
-    "acl",
-    "install",
-    "uninstall",
-    "configure",
-    "reset",
-    "live_resources",
-    "leaks",
-    "stats",
-    "fault",
-    "record",
-    "variables",
-    "SimulatorMisuse",
-    "NotImplementedInSimulator",
-]
 _ = (_data, _rt)

@@ -99,15 +99,3 @@ class Rig:
             acl.mdl.unload(m)
         for b in self.bundles:
             acl.mdl.bundle_unload(b)
-
-
-
-def ref(x: np.ndarray, w: dict[str, np.ndarray]) -> np.ndarray:
-    """Independent numpy forward of models.mlp."""
-    h = x.astype(np.float64)
-    n = len(w) // 2
-    for i in range(n):
-        h = h @ w[f"fc{i}.weight"].astype(np.float64) + w[f"fc{i}.bias"].astype(np.float64)
-        if i < n - 1:
-            h = np.maximum(h, 0)
-    return h.astype(np.float32)

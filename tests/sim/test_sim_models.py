@@ -6,7 +6,8 @@ import threading
 
 import numpy as np
 import pytest
-from simhelp import Rig, ref
+from helpers import reference as ref
+from simhelp import Rig
 
 from acl_bundle import sim
 from acl_bundle.sim import _state, format
