@@ -83,3 +83,31 @@ def test_tensor_desc(dev):
     assert acl.get_tensor_desc_type(td) == -1
     assert acl.data_type_size(F) == 4 and acl.data_type_size(acl.ACL_FLOAT16) == 2
     assert acl.data_type_size(12345) == 0
+
+
+def test_dead_handles_everywhere(dev):
+    """Every getter/setter rejects a destroyed data buffer, tensor desc or dataset."""
+    db = acl.create_data_buffer(0, 0)
+    assert acl.update_data_buffer(db, 0x1000, 64) == 0
+    assert acl.destroy_data_buffer(db) == 0
+    assert acl.get_data_buffer_size_v2(db) == 0
+    td = acl.create_tensor_desc(F, [2, 3], ND)
+    acl.destroy_tensor_desc(td)
+    assert acl.get_tensor_desc_dim_v2(td, 0) == (0, 100000)
+    assert acl.get_tensor_desc_dim(td, 0) == -1
+    live_td = acl.create_tensor_desc(F, [2, 3], ND)
+    ds = acl.mdl.create_dataset()
+    buf = acl.create_data_buffer(0, 0)
+    assert acl.mdl.add_dataset_buffer(ds, buf) == (ds, 0)
+    assert acl.mdl.set_dataset_tensor_desc(ds, live_td, 0) == (ds, 0)
+    owned = acl.mdl.get_dataset_tensor_desc(ds, 0)
+    assert acl.mdl.set_dataset_tensor_desc(ds, td, 0) == (0, 100000)  # dead desc
+    assert acl.mdl.get_dataset_tensor_desc(ds, 0) == owned  # unchanged
+    assert acl.mdl.destroy_dataset(ds) == 0
+    # the dataset's own desc copies die with it
+    assert acl.get_tensor_desc_num_dims(owned) == 0 and acl.get_tensor_desc_type(owned) == -1
+    assert acl.mdl.get_dataset_buffer(ds, 0) == 0
+    assert acl.mdl.get_dataset_tensor_desc(ds, 0) == 0
+    assert acl.mdl.set_dataset_tensor_desc(ds, live_td, 0) == (0, 100000)
+    acl.destroy_tensor_desc(live_td)
+    assert acl.destroy_data_buffer(buf) == 0

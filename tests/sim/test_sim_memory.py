@@ -219,3 +219,15 @@ def test_malloc_host_usable_with_ptr_to_numpy(dev):
     assert acl.rt.memcpy(d, 16, p, 16, H2D) == 0
     acl.rt.free(d)
     acl.rt.free_host(p)
+
+
+def test_malloc_host_size_and_free_of_interior_pointer(dev):
+    assert acl.rt.malloc_host(0) == (0, 100000)
+    assert acl.rt.malloc_host(-1) == (0, 100000)
+    assert sim.live_resources()["host_blocks"] == {}
+    p, _ = acl.rt.malloc(64, 2)
+    assert acl.rt.free(p + 32) == 107000  # not the start of a block
+    assert sim.live_resources()["device_blocks"] == {p: 64}
+    h, _ = acl.rt.malloc_host(64)
+    assert acl.rt.free_host(h + 32) == 107000
+    assert acl.rt.free(p) == 0 and acl.rt.free_host(h) == 0

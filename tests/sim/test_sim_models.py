@@ -450,3 +450,114 @@ def test_bundle_models_are_not_serialised(rig, mlp_bundle):
         model.session = real
     assert seen == {"update": 0, "joined": True}
     np.testing.assert_allclose(y, ref(np.ones((1, 8), np.float32), {**w, "fc1.bias": np.full(4, 5.0, np.float32)}), rtol=1e-5, atol=1e-5)
+
+
+def test_dead_model_desc(rig, mlp_plain):
+    ppath, _ = mlp_plain()
+    mid = rig.load(ppath)
+    d = acl.mdl.create_desc()
+    assert acl.mdl.get_desc(d, mid) == 0
+    assert acl.mdl.get_num_inputs(d) == 1
+    assert acl.mdl.destroy_desc(d) == 0
+    assert acl.mdl.destroy_desc(d) == 100000  # double destroy
+    assert acl.mdl.get_desc(d, mid) == 100000
+    assert acl.mdl.get_num_inputs(d) == 0 and acl.mdl.get_num_outputs(d) == 0
+    assert acl.mdl.get_input_size_by_index(d, 0) == 0 and acl.mdl.get_output_size_by_index(d, 0) == 0
+    assert acl.mdl.get_input_name_by_index(d, 0) == "" and acl.mdl.get_output_data_type(d, 0) == -1
+    assert acl.mdl.get_input_dims(d, 0) == ({}, 100000)
+    assert acl.mdl.get_output_dims(d, 0) == ({}, 100000)
+    assert acl.mdl.get_cur_output_dims(d, 0) == ({}, 100000)
+    assert acl.mdl.get_input_index_by_name(d, "x") == (0, 100000)
+    assert acl.mdl.get_output_index_by_name(d, "y") == (0, 100000)
+    assert acl.mdl.get_dynamic_batch(d) == ({}, 100000)
+
+
+def test_execute_buffer_counts_and_places(rig, mlp_bundle):
+    path, w = mlp_bundle()
+    b = BundleRun(rig, path)
+    assert b.run_init() == 0
+    empty, _ = rig.dataset([])
+    assert acl.mdl.execute(b.infer, empty, b.inf_out) == 100000  # too few inputs
+    assert acl.mdl.execute(b.infer, b.inf_in, empty) == 100000  # too few outputs
+    # an update dataset one buffer short is rejected, not applied in part
+    b.set_update({"fc0.weight": np.ones((8, 16), np.float32)})
+    short = acl.mdl.create_dataset()
+    rig.dss.append(short)
+    for i in range(3):
+        acl.mdl.add_dataset_buffer(short, acl.mdl.get_dataset_buffer(b.upd_in, i))
+        acl.mdl.set_dataset_tensor_desc(short, acl.mdl.get_dataset_tensor_desc(b.upd_in, i), i)
+    assert acl.mdl.execute(b.update, short, b.upd_out) == 100000
+    # output in host memory (host run mode)
+    host = np.zeros(4, np.float32)
+    hout = acl.mdl.create_dataset()
+    rig.dss.append(hout)
+    acl.mdl.add_dataset_buffer(hout, rig.buffer(acl.util.numpy_to_ptr(host), 16))
+    assert acl.mdl.execute(b.infer, b.inf_in, hout) == 100000
+    # a dead stream fails before anything happens (no runtime-allocated output)
+    rt_out = acl.mdl.create_dataset()
+    rig.dss.append(rt_out)
+    rdb = rig.buffer(0, 0)
+    acl.mdl.add_dataset_buffer(rt_out, rdb)
+    blocks = sim.live_resources()["device_blocks"]
+    assert acl.mdl.execute_async(b.infer, b.inf_in, rt_out, 77) == 107000
+    assert acl.get_data_buffer_addr(rdb) == 0 and sim.live_resources()["device_blocks"] == blocks
+    assert sim.stats()["executions"] == {b.init: 1}
+    for k, v in sim.variables(b.bid).items():
+        np.testing.assert_array_equal(v, w[k])
+
+
+def test_dynamic_batch_buffer_checks(rig, mlp_plain):
+    ppath, _ = mlp_plain(batch_sizes=[1, 4])
+    mid = rig.load(ppath)
+    ins, inp = rig.dataset([128, 8])
+    outs, _ = rig.dataset([64])
+    dead = acl.mdl.create_dataset()
+    acl.mdl.destroy_dataset(dead)
+    assert acl.mdl.set_dynamic_batch_size(mid, dead, 1, 1) == 100000
+    # the batch input must be >= 8 bytes of device memory
+    host = np.zeros(1, np.int64)
+    hds = acl.mdl.create_dataset()
+    rig.dss.append(hds)
+    acl.mdl.add_dataset_buffer(hds, rig.buffer(inp[0], 128))
+    acl.mdl.add_dataset_buffer(hds, rig.buffer(acl.util.numpy_to_ptr(host), 8))
+    assert acl.mdl.set_dynamic_batch_size(mid, hds, 1, 1) == 100000
+    assert host[0] == 0
+    assert acl.mdl.set_dynamic_batch_size(mid, ins, 1, 1) == 0
+    mb = acl.mdl.get_dataset_buffer(ins, 1)
+    assert acl.update_data_buffer(mb, inp[1], 4) == 0
+    assert acl.mdl.execute(mid, ins, outs) == 100000  # batch buffer shorter than int64
+    assert acl.update_data_buffer(mb, inp[1], 8) == 0
+    assert acl.mdl.execute(mid, ins, outs) == 0
+    assert acl.mdl.set_dynamic_hw_size(999, ins, 1, 2, 2) == 145003
+
+
+def test_update_rejects_wrong_shape_and_host_buffers(rig, mlp_bundle):
+    path, w = mlp_bundle()
+    b = BundleRun(rig, path)
+    assert b.run_init() == 0
+    b.set_update({"fc0.weight": np.ones((8, 16), np.float32)})
+    # same element count, different shape
+    acl.mdl.set_dataset_tensor_desc(b.upd_in, rig.tensor_desc(F, [16, 8]), 0)
+    assert b.run_update() == 145021
+    acl.mdl.set_dataset_tensor_desc(b.upd_in, rig.tensor_desc(F, [8, 16]), 0)
+    # new bias in host memory (host run mode): not device memory
+    host = np.full(4, 9.0, np.float32)
+    db = acl.mdl.get_dataset_buffer(b.upd_in, 3)
+    acl.update_data_buffer(db, acl.util.numpy_to_ptr(host), 16)
+    acl.mdl.set_dataset_tensor_desc(b.upd_in, rig.tensor_desc(F, [4]), 3)
+    assert b.run_update() == 145021
+    for k, v in sim.variables(b.bid).items():
+        np.testing.assert_array_equal(v, w[k])
+    assert sim.stats()["update_bytes_applied"] == 0
+
+
+def test_init_graph_resets_variables(rig, mlp_bundle):
+    path, w = mlp_bundle()
+    b = BundleRun(rig, path)
+    assert b.run_init() == 0
+    b.set_update({"fc1.bias": np.full(4, 3.0, np.float32)})
+    assert b.run_update() == 0
+    assert (sim.variables(b.bid)["fc1.bias"] == 3.0).all()
+    assert b.run_init() == 0  # every run of init writes the initial values again
+    for k, v in sim.variables(b.bid).items():
+        np.testing.assert_array_equal(v, w[k])

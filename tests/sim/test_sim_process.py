@@ -171,3 +171,16 @@ def test_handles_distinct_and_never_reused(dev):
     assert acl.init() == 0
     assert acl.mdl.create_dataset() > max(hs)
     sim.reset()
+
+
+def test_repeat_init_changes_nothing():
+    assert acl.init() == 0
+    assert acl.rt.set_device(0) == 0
+    p, ret = acl.rt.malloc(16, 2)
+    assert ret == 0
+    assert acl.init() == 100002
+    assert sim.live_resources()["devices"] == {0: 1}
+    assert acl.rt.get_context()[1] == 0  # the default context survived
+    assert acl.rt.free(p) == 0
+    assert acl.rt.reset_device(0) == 0
+    assert acl.finalize() == 0
