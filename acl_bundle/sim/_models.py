@@ -174,14 +174,20 @@ def _sessions(name: str, mf: ModelFile) -> tuple[dict[int, Any] | None, int]:
     return out, 0
 
 
-def _load_plain(name: str, data: bytes | None, ret: int) -> tuple[int, int]:
+def _parse_with_sessions(name: str, data: bytes | None, ret: int, kind: str) -> tuple[Any, Any, int]:
+    """Parse a model file of ``kind`` and build its onnxruntime sessions: (mf, sessions, ret)."""
     if data is None:
-        return 0, ret
-    mf, ret = _parse(name, data, "plain")
+        return None, None, ret
+    mf, ret = _parse(name, data, kind)
     if mf is None:
-        return 0, ret
+        return None, None, ret
     sessions, ret = _sessions(name, mf)
-    if sessions is None:
+    return (mf, sessions, ret) if sessions is not None else (None, None, ret)
+
+
+def _load_plain(name: str, data: bytes | None, ret: int) -> tuple[int, int]:
+    mf, sessions, ret = _parse_with_sessions(name, data, ret, "plain")
+    if mf is None:
         return 0, ret
     g = mf.graphs[0]
     ins, outs = _describe(mf, g)
@@ -195,13 +201,8 @@ def _load_plain(name: str, data: bytes | None, ret: int) -> tuple[int, int]:
 
 
 def _load_bundle(name: str, data: bytes | None, ret: int) -> tuple[int, int]:
-    if data is None:
-        return 0, ret
-    mf, ret = _parse(name, data, "bundle")
+    mf, sessions, ret = _parse_with_sessions(name, data, ret, "bundle")
     if mf is None:
-        return 0, ret
-    sessions, ret = _sessions(name, mf)
-    if sessions is None:
         return 0, ret
     with LOCK:
         ctx = S.current_context()
