@@ -369,7 +369,11 @@ def _check_weights(weights: Any) -> dict[str, np.ndarray]:
         if not isinstance(k, str) or not k:
             problems.append(f"name {k!r} is not a non-empty str")
             continue
-        a = np.asarray(v)
+        try:
+            a = np.asarray(v)
+        except (TypeError, ValueError) as e:  # ragged nested lists and the like
+            problems.append(f"{k!r} is not array-like ({e})")
+            continue
         if a.dtype.hasobject or a.dtype.kind not in "biufc":
             problems.append(f"{k!r} has dtype {a.dtype}, expected a numeric dtype")
             continue

@@ -262,3 +262,14 @@ def test_verify_refuses_a_committed_checkpoint_holding_pickled_objects(tmp_path)
                                   "variables": ["fc0.weight"], "created": 0.0}))
     with pytest.raises(CheckpointError, match=r"not a valid \.npz file"):
         verify_checkpoint(read_marker(marker))
+
+
+@pytest.mark.parametrize("value,msg", [
+    (np.array([None, 1], dtype=object), r"'w' has dtype object, expected a numeric dtype"),
+    (np.array(["x"]), r"'w' has dtype <U1, expected a numeric dtype"),
+    ([[1.0], [1.0, 2.0]], r"'w' is not array-like"),
+])
+def test_write_checkpoint_refuses_non_numeric_values_and_writes_nothing(tmp_path, value, msg):
+    with pytest.raises(TypeError, match=r"^cannot write checkpoint: " + msg):
+        write_checkpoint(tmp_path, {"w": value}, 1)
+    assert list(tmp_path.iterdir()) == []
