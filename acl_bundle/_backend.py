@@ -16,11 +16,12 @@ import threading
 from types import ModuleType
 from typing import Any
 
+from ._constants import CODES
 from ._errors import AclError, BackendNotFoundError, check, recent_error
 
 log = logging.getLogger("acl_bundle")
 
-REPEAT_INITIALIZE = 100002
+REPEAT_INITIALIZE = CODES["ACL_ERROR_REPEAT_INITIALIZE"]  # acl.init when ACL is already initialised
 
 
 def resolve_acl(acl: Any = None) -> Any:

@@ -3,7 +3,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from ._constants import error_name
+from ._constants import CODES, error_name
+
+#: What a bare ``create_*`` call's NULL handle is reported as (its only failure signal).
+NULL_HANDLE = CODES["ACL_ERROR_BAD_ALLOC"]
 
 
 class AclError(RuntimeError):
@@ -19,8 +22,7 @@ class AclError(RuntimeError):
         self.code = int(code)
         self.name = error_name(self.code)
         self.detail = detail
-        msg = f"{func} returned {self.code} ({self.name})"
-        super().__init__(f"{msg}: {detail}" if detail else msg)
+        super().__init__(code_message(func, self.code, detail))
 
 
 class BackendNotFoundError(ImportError):
@@ -40,6 +42,18 @@ class UnknownVariableError(KeyError):
 
 class AclCleanupWarning(RuntimeWarning):
     """Releasing an ACL resource failed during teardown; the resource may be leaked."""
+
+
+def code_message(func: str, code: int, detail: str = "") -> str:
+    """The one way a return code becomes text: ``func returned CODE (NAME)[: detail]``."""
+    msg = f"{func} returned {code} ({error_name(code)})"
+    return f"{msg}: {detail}" if detail else msg
+
+
+def null_handle(acl: Any, func: str) -> AclError:
+    """The error for a ``create_*`` call that returned a NULL handle."""
+    detail = recent_error(acl)
+    return AclError(func, NULL_HANDLE, "returned a NULL handle" + (f": {detail}" if detail else ""))
 
 
 def recent_error(acl: Any) -> str:

@@ -97,9 +97,9 @@ def test_return_version_names_the_weights_that_produced_the_result(make_bundle):
         def local(frame, event, arg):
             # The first line of infer that runs after it has returned its slot and left the
             # reader section (no reader left, lock free): commit an update right there.
-            if (event == "line" and not fired and "outs" in frame.f_locals and m._readers == 0
-                    and m._slot_cond.acquire(blocking=False)):
-                m._slot_cond.release()
+            if (event == "line" and not fired and "outs" in frame.f_locals and m._gate._readers == 0
+                    and m._gate._cond.acquire(blocking=False)):
+                m._gate._cond.release()
                 fired.append(m.update(new))
             return local
 
@@ -149,13 +149,13 @@ def test_close_waiting_for_a_failing_update_is_woken(make_bundle, monkeypatch):
     assert entered.wait(30)
     b = threading.Thread(target=m.close, daemon=True)
     b.start()
-    res, cond = m._res, m._slot_cond
+    gate = m._gate
     for _ in range(3000):  # close() sets `closed` under the lock and then waits on it
-        with cond:
-            if res.closed:
+        with gate._cond:
+            if gate.closed:
                 break
         b.join(0.01)
-    assert res.closed
+    assert gate.closed
     monkeypatch.setattr(sim.acl.rt, "memcpy", real_memcpy)
     release.set()
     a.join(30)

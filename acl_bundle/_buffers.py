@@ -1,0 +1,190 @@
+"""Device memory and I/O structures of one model: the release ledger and the per-batch infer slots.
+
+:class:`Ledger` records every ACL resource as it is acquired, with its release step,
+and releases them in reverse order; it counts the device bytes it holds.  A slot is
+built on a temporary ledger that is merged into the model's only once the whole slot
+exists, so a failed build leaves nothing behind.
+
+:class:`Slot` is one batch size's pre-built infer I/O (device buffers, data buffers,
+datasets, output shapes); :meth:`Slot.run` copies in, executes and copies out with no
+allocation and every return code checked.
+"""
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable, Sequence
+from functools import partial
+from typing import Any
+
+import numpy as np
+
+from ._constants import ACL_MEM_MALLOC_HUGE_FIRST
+from ._context import ModelContext
+from ._description import Description
+from ._errors import AclError, check, code_message, null_handle, recent_error, unwrap
+
+log = logging.getLogger("acl_bundle")
+
+
+class Ledger:
+    """Every ACL handle acquired, with its release step, in acquisition order; and their device bytes."""
+
+    def __init__(self, acl: Any) -> None:
+        self.acl = acl
+        self.context = 0  # made current before releasing (0: leave the thread's context alone)
+        self._undo: list[tuple[str, Callable[[], Any]]] = []
+        self._bytes = 0
+        self._lock = threading.Lock()  # slots of several batch sizes may be merged at once
+
+    @property
+    def device_bytes(self) -> int:
+        return self._bytes
+
+    def push(self, name: str, release: Callable[[], Any], nbytes: int = 0) -> None:
+        with self._lock:
+            self._undo.append((name, release))
+            self._bytes += nbytes
+
+    def create(self, name: str, create: Callable[[], int], destroy: Callable[[int], Any]) -> int:
+        """Call a bare ``create_*`` (NULL is its only failure) and record its ``destroy_*``."""
+        handle = create()
+        if not handle:
+            raise null_handle(self.acl, name)
+        self.push(name.replace("create", "destroy"), lambda: destroy(handle))
+        return handle
+
+    def malloc(self, size: int) -> int:
+        acl = self.acl
+        size = max(size, 1)
+        ptr = unwrap(acl, "acl.rt.malloc", acl.rt.malloc(size, ACL_MEM_MALLOC_HUGE_FIRST))
+        self.push("acl.rt.free", lambda: acl.rt.free(ptr), size)
+        return ptr
+
+    def dataset(self, buffers: Sequence[tuple[int, int]]) -> int:
+        """Create a dataset holding one data buffer per ``(ptr, size)``."""
+        acl = self.acl
+        ds = self.create("acl.mdl.create_dataset", acl.mdl.create_dataset, acl.mdl.destroy_dataset)
+        for ptr, size in buffers:
+            db = self.create("acl.create_data_buffer", partial(acl.create_data_buffer, ptr, size), acl.destroy_data_buffer)
+            unwrap(acl, "acl.mdl.add_dataset_buffer", acl.mdl.add_dataset_buffer(ds, db))
+        return ds
+
+    def absorb(self, other: Ledger) -> None:
+        """Take over everything ``other`` holds (it is then empty)."""
+        with self._lock:
+            self._undo.extend(other._undo)
+            self._bytes += other._bytes
+        other._undo, other._bytes = [], 0
+
+    def release(self) -> list[str]:
+        """Release everything in reverse order; return problems instead of raising."""
+        problems: list[str] = []
+        acl = self.acl
+        if self.context:
+            ret = acl.rt.set_context(self.context)
+            if ret != 0:
+                problems.append(code_message("acl.rt.set_context", ret))
+        while self._undo:
+            name, fn = self._undo.pop()
+            try:
+                ret = fn()
+            except Exception as e:  # keep releasing the rest
+                problems.append(f"{name} raised {e!r}")
+                continue
+            if isinstance(ret, list):  # _backend.release reports a list of AclError
+                problems.extend(str(e) for e in ret)
+            elif ret not in (0, None):
+                problems.append(code_message(name, ret, recent_error(acl)))
+        self.context = 0
+        self._bytes = 0
+        return problems
+
+    def release_into(self, e: BaseException) -> None:
+        """Unwind after a failure: release everything, noting problems on the exception."""
+        for p in self.release():
+            if hasattr(e, "add_note"):
+                e.add_note(f"while unwinding: {p}")
+
+
+class Slot:
+    """Pre-built infer I/O for one batch size: device buffers, data buffers, datasets, output shapes."""
+
+    __slots__ = ("batch", "in_ds", "out_ds", "inputs", "outputs")
+
+    def __init__(self, batch: int) -> None:
+        self.batch = batch
+        self.in_ds = 0
+        self.out_ds = 0
+        self.inputs: list[tuple[int, int]] = []  # (device ptr, size) per data input
+        self.outputs: list[tuple[int, int, tuple[int, ...], np.dtype]] = []
+
+    def run(self, ctx: ModelContext, model_id: int, arrays: list[np.ndarray]) -> list[np.ndarray]:
+        """Copy ``arrays`` in, execute ``model_id``, copy the outputs out into new arrays."""
+        acl = ctx.acl
+        memcpy, host_ptr = acl.rt.memcpy, ctx.host_ptr
+        ret = acl.rt.set_context(ctx.handle)
+        if ret:
+            raise AclError("acl.rt.set_context", ret, recent_error(acl))
+        kind = ctx.h2d
+        for a, (ptr, size) in zip(arrays, self.inputs):
+            if a.nbytes:
+                ret = memcpy(ptr, size, host_ptr(a), a.nbytes, kind)
+                if ret:
+                    raise AclError("acl.rt.memcpy", ret, recent_error(acl))
+        ret = acl.mdl.execute(model_id, self.in_ds, self.out_ds)  # a reader: no commit runs now
+        if ret:
+            raise AclError("acl.mdl.execute", ret, recent_error(acl))
+        outs = []
+        kind = ctx.d2h
+        for ptr, _size, shape, dtype in self.outputs:
+            out = np.empty(shape, dtype)
+            n = out.nbytes
+            if n:
+                ret = memcpy(host_ptr(out), n, ptr, n, kind)
+                if ret:
+                    raise AclError("acl.rt.memcpy", ret, recent_error(acl))
+            outs.append(out)
+        return outs
+
+
+def build_slot(acl: Any, ledger: Ledger, d: Description, model_id: int, infer_desc: int, batch: int,
+               build_lock: threading.Lock) -> Slot:
+    """Allocate one batch size's I/O on a temporary ledger; merge it into ``ledger`` once complete."""
+    tmp = Ledger(acl)
+    slot = Slot(batch)
+    try:
+        # Buffers take the size the model reports (its largest batch), as ACL's samples
+        # do; only the batch's own bytes are copied in and out.
+        for t, reported in zip(d.inputs, d.in_sizes):
+            size = max(reported, int(np.prod(t.shape_for(batch), dtype=np.int64)) * t.dtype.itemsize)
+            slot.inputs.append((tmp.malloc(size), size))
+        bufs = list(slot.inputs)
+        if d.mb_index is not None:
+            bufs.insert(d.mb_index, (tmp.malloc(d.mb_size), d.mb_size))
+        slot.in_ds = tmp.dataset(bufs)
+        shapes = [t.shape for t in d.outputs]
+        if d.mb_index is not None:
+            with build_lock:  # set + get_cur_output_dims must not interleave with another batch's
+                check(acl, "acl.mdl.set_dynamic_batch_size",
+                      acl.mdl.set_dynamic_batch_size(model_id, slot.in_ds, d.mb_index, batch))
+                shapes = [_cur_output_shape(acl, d, infer_desc, i) for i in range(len(d.outputs))]
+        for t, reported, shape in zip(d.outputs, d.out_sizes, shapes):
+            size = max(reported, int(np.prod(shape, dtype=np.int64)) * t.dtype.itemsize)
+            slot.outputs.append((tmp.malloc(size), size, shape, t.dtype))
+        slot.out_ds = tmp.dataset([(p, s) for p, s, _, _ in slot.outputs])
+    except BaseException as e:
+        tmp.release_into(e)
+        raise
+    ledger.absorb(tmp)
+    log.debug("built infer buffers for batch %d", batch)
+    return slot
+
+
+def _cur_output_shape(acl: Any, d: Description, infer_desc: int, i: int) -> tuple[int, ...]:
+    """Output ``i``'s dims at the batch size just set (``acl.mdl.get_cur_output_dims``)."""
+    dims = unwrap(acl, "acl.mdl.get_cur_output_dims", acl.mdl.get_cur_output_dims(infer_desc, i))
+    shape = tuple(int(d) for d in dims["dims"][: dims["dimCount"]])
+    if any(x < 0 for x in shape):
+        raise ValueError(f"output {d.outputs[i].name!r} reports dims {shape} for a set batch size")
+    return shape

@@ -1,0 +1,150 @@
+"""The admission gate of one model: in-flight calls, phase-fair readers and writer, infer slots.
+
+One :class:`Gate` per :class:`~acl_bundle.BundleModel`, one ``threading.Condition``
+for all of it, no ACL.  Every public method is one ``with`` block on that condition;
+the waiting is in the private helpers.  What it decides:
+
+* **in-flight calls** (``enter``/``exit``, and every read): ``shutdown`` refuses new
+  ones and waits until none is left, so nothing is released under a running call;
+* **readers and the writer**: an ``infer`` is a reader from ``begin_read`` to
+  ``end_read``, a commit is the writer from ``begin_write`` to ``end_write``; the writer
+  waits for the readers in flight and holds new ones back.  Phase-fair: the readers
+  waiting when a commit ends are admitted before the next commit, so neither a
+  back-to-back update stream nor heavy inference starves the other;
+* **slots**: per batch size at most ``max_slots`` infer slots exist; a reader takes a
+  free one, or is told to build one (``acquire_slot`` returns None), or waits for one.
+"""
+from __future__ import annotations
+
+import threading
+from typing import Any
+
+from ._errors import ModelClosedError
+
+
+class Gate:
+    """Admission state machine of one model (see the module docstring)."""
+
+    def __init__(self, max_slots: int, what: str) -> None:
+        self._cond = threading.Condition(threading.Lock())
+        self._what = what  # names the model in ModelClosedError
+        self._max_slots = max_slots
+        # All of the following is guarded by _cond.
+        self.closed = False  # set once by shutdown(); read without the lock as a hint
+        self._ops = 0  # public calls in flight (reads included); shutdown waits for 0
+        self._readers = 0  # reads between begin_read and end_read
+        self._writer = False  # a commit runs
+        self._writers_waiting = 0
+        self._readers_waiting = 0  # reads blocked by a running or waiting commit
+        self._admit = 0  # readers admitted ahead of the next commit (phase fairness)
+        self._free: dict[int, list[Any]] = {}  # batch -> idle slots
+        self._built: dict[int, int] = {}  # batch -> slots built or being built
+        self._slot_waiters = 0
+        self.reads = 0  # completed reads that ran on a slot (the infer counter)
+
+    def _refuse(self) -> ModelClosedError:
+        return ModelClosedError(f"{self._what} is closed")
+
+    # -------------------------------------------------------------- in-flight calls
+    def enter(self) -> None:
+        """Register an in-flight call (not a reader); raise ModelClosedError once shut down."""
+        with self._cond:
+            if self.closed:
+                raise self._refuse()
+            self._ops += 1
+
+    def exit(self) -> None:
+        with self._cond:
+            self._ops -= 1
+            if not self._ops:
+                self._cond.notify_all()
+
+    def shutdown(self, timeout: float | None = None) -> bool:
+        """Refuse new calls, wake every waiter, wait for in-flight calls; False if they outlast ``timeout``."""
+        with self._cond:
+            self.closed = True
+            self._cond.notify_all()
+            return self._cond.wait_for(lambda: self._ops == 0, timeout)
+
+    # -------------------------------------------------------------- readers
+    def begin_read(self, batch: int) -> Any:
+        """Become a reader (in-flight) and take a free slot of ``batch``; None if none is free."""
+        with self._cond:
+            if self._writer or (self._writers_waiting and not self._admit):
+                self._wait_to_read()
+            if self.closed:
+                raise self._refuse()
+            self._ops += 1
+            self._readers += 1
+            free = self._free.get(batch)
+            return free.pop() if free else None
+
+    def acquire_slot(self, batch: int) -> Any:
+        """For a reader without a slot: a freed slot, or None = build one (counted; see ``build_failed``)."""
+        with self._cond:
+            while True:
+                free = self._free.get(batch)
+                if free:
+                    return free.pop()
+                if self._built.get(batch, 0) < self._max_slots:
+                    break
+                self._wait_for_slot()
+            self._built[batch] = self._built.get(batch, 0) + 1
+            self._free.setdefault(batch, [])
+            return None
+
+    def build_failed(self, batch: int) -> None:
+        """A slot that ``acquire_slot`` let the caller build was not built."""
+        with self._cond:
+            self._built[batch] -= 1
+            self._cond.notify_all()
+
+    def end_read(self, batch: int, slot: Any) -> None:
+        """Leave the reader section, giving ``slot`` back (None: the read got none)."""
+        with self._cond:
+            if slot is not None:
+                self._free[batch].append(slot)
+                self.reads += 1
+            self._readers -= 1
+            self._ops -= 1
+            if self._slot_waiters or (not self._readers and self._writers_waiting) or (self.closed and not self._ops):
+                self._cond.notify_all()
+
+    def _wait_to_read(self) -> None:
+        """Wait (holding the lock) while a commit runs or waits, unless this reader was admitted."""
+        self._readers_waiting += 1
+        try:
+            while not self.closed and (self._writer or (self._writers_waiting and not self._admit)):
+                self._cond.wait()
+        finally:
+            self._readers_waiting -= 1
+            if self._admit > self._readers_waiting:  # this reader used (or gave up) its admission
+                self._admit = self._readers_waiting
+                if not self._admit:
+                    self._cond.notify_all()
+
+    def _wait_for_slot(self) -> None:
+        self._slot_waiters += 1
+        try:
+            self._cond.wait()
+        finally:
+            self._slot_waiters -= 1
+
+    # -------------------------------------------------------------- the writer
+    def begin_write(self) -> None:
+        """Become the writer: wait for readers in flight and for readers admitted ahead of this commit."""
+        with self._cond:
+            self._writers_waiting += 1
+            try:
+                while self._writer or self._readers or self._admit:
+                    self._cond.wait()
+            finally:
+                self._writers_waiting -= 1
+            self._writer = True
+
+    def end_write(self) -> None:
+        """Stop being the writer; the readers waiting now go before the next commit."""
+        with self._cond:
+            self._writer = False
+            self._admit = self._readers_waiting
+            self._cond.notify_all()

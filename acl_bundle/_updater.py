@@ -1,0 +1,176 @@
+"""The update graph's I/O and the two phases of an update; the init graph at load.
+
+*Stage* copies the changed weights host->device into the update graph's own input
+buffers (one staging buffer per variable) and attaches to each input the tensor
+descriptor it needs: the variable's full shape for a changed one, the empty
+descriptor (dims ``[0]``: leave this variable alone) for every other one.  Inference
+keeps running meanwhile.  *Commit* executes the update graph under the writer side
+of the gate — the only moment inference waits — and bumps the version.
+"""
+from __future__ import annotations
+
+import logging
+import threading
+import time
+import warnings
+from collections.abc import Sequence
+from functools import partial
+from typing import Any
+
+import numpy as np
+
+from ._buffers import Ledger
+from ._constants import ACL_FORMAT_ND, NUMPY_TO_ACL
+from ._context import ModelContext
+from ._description import Description, check_array, tensor_info
+from ._errors import AclCleanupWarning, AclError, check, null_handle, recent_error, unwrap
+from ._gate import Gate
+
+log = logging.getLogger("acl_bundle")
+
+_EMPTY, _FULL, _CUSTOM = 0, 1, 2  # which tensor desc is attached to an update input
+
+
+class Updater:
+    """Update-graph buffers, datasets and descriptors (built once at load), version and update stats."""
+
+    def __init__(self, ctx: ModelContext, ledger: Ledger, d: Description, desc: int, model_id: int, gate: Gate) -> None:
+        acl = ctx.acl
+        self._ctx, self._gate, self._model_id = ctx, gate, model_id
+        self._variables = d.variables
+        self._staging = [(ledger.malloc(v.nbytes), v.nbytes) for v in d.variables]
+        self._in = ledger.dataset(self._staging)
+        size = partial(acl.mdl.get_output_size_by_index, desc)
+        self._out = ledger.dataset([(ledger.malloc(size(i)), size(i)) for i in range(acl.mdl.get_num_outputs(desc))])
+        make = acl.create_tensor_desc
+        self._empty_desc = [
+            ledger.create("acl.create_tensor_desc", partial(make, NUMPY_TO_ACL[v.dtype], [0], ACL_FORMAT_ND),
+                          acl.destroy_tensor_desc)
+            for v in d.variables
+        ]
+        self._full_desc = [
+            ledger.create("acl.create_tensor_desc", partial(make, NUMPY_TO_ACL[v.dtype], list(v.shape), ACL_FORMAT_ND),
+                          acl.destroy_tensor_desc) if v.shape is not None else 0
+            for v in d.variables
+        ]
+        for i, td in enumerate(self._empty_desc):
+            unwrap(acl, "acl.mdl.set_dataset_tensor_desc", acl.mdl.set_dataset_tensor_desc(self._in, td, i))
+        self._attached = [_EMPTY] * len(d.variables)
+        self._not_empty: set[int] = set()
+        self.lock = threading.Lock()  # serialises updates
+        self.version = 0  # committed updates; read by infer inside its reader section
+        self._stats_lock = threading.Lock()  # held only to change or copy the counters
+        self._stats: dict[str, Any] = {
+            "updates": 0, "failed_updates": 0, "update_bytes": 0,
+            "stage_seconds": 0.0, "commit_seconds": 0.0, "last_update": None,
+        }
+
+    @property
+    def stats(self) -> dict[str, Any]:
+        with self._stats_lock:
+            return dict(self._stats)
+
+    def apply(self, changed: dict[int, np.ndarray]) -> int:
+        """Stage then commit ``changed`` (validated arrays by variable index); hold ``self.lock``."""
+        t0 = time.perf_counter()
+        try:
+            nbytes = self._stage(changed)
+            t1 = time.perf_counter()
+            version = self._commit()
+        except BaseException:
+            with self._stats_lock:
+                self._stats["failed_updates"] += 1
+            raise
+        t2 = time.perf_counter()
+        with self._stats_lock:
+            st = self._stats
+            st["updates"] += 1
+            st["update_bytes"] += nbytes
+            st["stage_seconds"] += t1 - t0
+            st["commit_seconds"] += t2 - t1
+            st["last_update"] = {"version": version, "variables": len(changed), "bytes": nbytes,
+                                 "stage_seconds": t1 - t0, "commit_seconds": t2 - t1}
+        log.debug("update v%d: %d variables, %d bytes, stage %.3f ms, commit %.3f ms",
+                  version, len(changed), nbytes, 1e3 * (t1 - t0), 1e3 * (t2 - t1))
+        return version
+
+    def _stage(self, changed: dict[int, np.ndarray]) -> int:
+        """Copy the changed weights into staging and attach the descriptors; inference keeps running."""
+        ctx = self._ctx
+        acl = ctx.acl
+        ctx.make_current()
+        nbytes = 0
+        for i, a in changed.items():
+            ptr, size = self._staging[i]
+            ctx.memcpy(ptr, size, ctx.host_ptr(a), a.nbytes, ctx.h2d)
+            nbytes += a.nbytes
+        for i in self._not_empty - changed.keys():
+            self._attach(i, _EMPTY, self._empty_desc[i])
+        for i, a in changed.items():
+            if self._full_desc[i]:
+                self._attach(i, _FULL, self._full_desc[i])
+            else:  # shape unknown to the bundle: describe the array as given
+                td = acl.create_tensor_desc(NUMPY_TO_ACL[a.dtype], list(a.shape), ACL_FORMAT_ND)
+                if not td:
+                    raise null_handle(acl, "acl.create_tensor_desc")
+                try:
+                    self._attach(i, _CUSTOM, td)
+                finally:
+                    acl.destroy_tensor_desc(td)  # the dataset keeps its own copy (reference §4)
+        return nbytes
+
+    def _commit(self) -> int:
+        """Execute the update graph as the gate's writer: the only phase that excludes inference."""
+        acl = self._ctx.acl
+        self._gate.begin_write()
+        try:
+            ret = acl.mdl.execute(self._model_id, self._in, self._out)
+            if ret == 0:
+                self.version += 1
+            version = self.version
+        finally:
+            self._gate.end_write()
+        if ret != 0:
+            err = AclError("acl.mdl.execute", ret, recent_error(acl))
+            if hasattr(err, "add_note"):
+                err.add_note(
+                    "the update graph failed: on the simulator no variable was changed; on real hardware the "
+                    "graph may have stopped part-way, so push the full set of weights again before trusting results"
+                )
+            raise err
+        return version
+
+    def _attach(self, i: int, state: int, td: int) -> None:
+        if self._attached[i] == state and state != _CUSTOM:
+            return
+        acl = self._ctx.acl
+        unwrap(acl, "acl.mdl.set_dataset_tensor_desc", acl.mdl.set_dataset_tensor_desc(self._in, td, i))
+        self._attached[i] = state
+        if state == _EMPTY:
+            self._not_empty.discard(i)
+        else:
+            self._not_empty.add(i)
+
+
+def run_init(ctx: ModelContext, desc: int, model_id: int, init_inputs: Sequence[np.ndarray] | None) -> None:
+    """Execute the init graph once (it writes every variable's built-in value); its I/O is released right after."""
+    acl = ctx.acl
+    infos = [tensor_info(acl, desc, i, False) for i in range(acl.mdl.get_num_inputs(desc))]
+    arrays = list(init_inputs) if init_inputs is not None else []
+    if len(arrays) != len(infos):
+        raise ValueError(
+            f"the init graph takes {len(infos)} inputs {[t.name for t, _ in infos]}; init_inputs has {len(arrays)}"
+        )
+    arrays = [check_array(a, t, f"init input {t.name!r}") for a, (t, _) in zip(arrays, infos)]
+    tmp = Ledger(acl)
+    try:
+        ins = [(tmp.malloc(max(a.nbytes, 1)), a.nbytes) for a in arrays]
+        for (ptr, size), a in zip(ins, arrays):
+            ctx.memcpy(ptr, size, ctx.host_ptr(a), a.nbytes, ctx.h2d)
+        outs = [(tmp.malloc(s), s) for s in
+                (acl.mdl.get_output_size_by_index(desc, i) for i in range(acl.mdl.get_num_outputs(desc)))]
+        in_ds, out_ds = tmp.dataset(ins), tmp.dataset(outs)
+        check(acl, "acl.mdl.execute", acl.mdl.execute(model_id, in_ds, out_ds))
+    finally:
+        for p in tmp.release():
+            warnings.warn(f"init teardown: {p}", AclCleanupWarning, stacklevel=3)
