@@ -108,3 +108,10 @@ def _finish(proc: _Process) -> list[AclError]:
         return []
     ret = proc.acl.finalize()
     return [] if ret == 0 else [AclError("acl.finalize", ret, recent_error(proc.acl))]
+
+
+def forget_after_fork() -> None:
+    """In a forked child: the parent's runtime state is not ours (ACL does not survive fork)."""
+    global _lock
+    _lock = threading.Lock()
+    _processes.clear()

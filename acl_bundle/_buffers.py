@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import warnings
 from collections.abc import Callable, Sequence
 from functools import partial
 from typing import Any
@@ -20,9 +21,9 @@ from typing import Any
 import numpy as np
 
 from ._constants import ACL_MEM_MALLOC_HUGE_FIRST
-from ._context import ModelContext
+from ._context import ModelContext, current_context, restore_context
 from ._description import Description
-from ._errors import AclError, check, code_message, null_handle, recent_error, unwrap
+from ._errors import AclCleanupWarning, AclError, check, code_message, null_handle, recent_error, unwrap
 
 log = logging.getLogger("acl_bundle")
 
@@ -77,11 +78,19 @@ class Ledger:
             self._bytes += other._bytes
         other._undo, other._bytes = [], 0
 
-    def release(self) -> list[str]:
-        """Release everything in reverse order; return problems instead of raising."""
+    def release(self, restore: int | None = None) -> list[str]:
+        """Release everything in reverse order; return problems instead of raising.
+
+        With a context recorded, it is made current first (ACL releases a context's
+        resources under it) and afterwards the thread gets back ``restore`` — by default
+        the context it had: a finalizer run by the garbage collector in the middle of
+        another model's call must not change that call's context.
+        """
         problems: list[str] = []
         acl = self.acl
         if self.context:
+            if restore is None:
+                restore = current_context(acl)
             ret = acl.rt.set_context(self.context)
             if ret != 0:
                 problems.append(code_message("acl.rt.set_context", ret))
@@ -96,6 +105,8 @@ class Ledger:
                 problems.extend(str(e) for e in ret)
             elif ret not in (0, None):
                 problems.append(code_message(name, ret, recent_error(acl)))
+        if restore and restore != self.context:
+            restore_context(acl, restore)
         self.context = 0
         self._bytes = 0
         return problems
@@ -120,12 +131,9 @@ class Slot:
         self.outputs: list[tuple[int, int, tuple[int, ...], np.dtype]] = []
 
     def run(self, ctx: ModelContext, model_id: int, arrays: list[np.ndarray]) -> list[np.ndarray]:
-        """Copy ``arrays`` in, execute ``model_id``, copy the outputs out into new arrays."""
+        """Copy ``arrays`` in, execute ``model_id``, copy the outputs out into new arrays (context current)."""
         acl = ctx.acl
         memcpy, host_ptr = acl.rt.memcpy, ctx.host_ptr
-        ret = acl.rt.set_context(ctx.handle)
-        if ret:
-            raise AclError("acl.rt.set_context", ret, recent_error(acl))
         kind = ctx.h2d
         for a, (ptr, size) in zip(arrays, self.inputs):
             if a.nbytes:
@@ -148,8 +156,34 @@ class Slot:
         return outs
 
 
-def build_slot(acl: Any, ledger: Ledger, d: Description, model_id: int, infer_desc: int, batch: int,
-               build_lock: threading.Lock) -> Slot:
+def probe_output_shapes(acl: Any, d: Description, model_id: int, infer_desc: int) -> dict[int, list[tuple[int, ...]]]:
+    """Each batch size's output shapes, read at load for every batch size.
+
+    ``get_cur_output_dims`` answers for the batch last set *or executed* on the model
+    (per model, not per dataset), so reading it while other threads infer would race;
+    at load nothing else can use the model yet.  A scratch dataset carries the batch
+    input (``set_dynamic_batch_size`` writes only the buffer at ``mb_index``).
+    """
+    if d.mb_index is None:
+        return {0: [t.shape for t in d.outputs]}
+    tmp = Ledger(acl)
+    shapes: dict[int, list[tuple[int, ...]]] = {}
+    try:
+        mb = tmp.malloc(d.mb_size)
+        ds = tmp.dataset([(mb, d.mb_size)] * (d.mb_index + 1))
+        for b in d.batch_sizes:
+            check(acl, "acl.mdl.set_dynamic_batch_size", acl.mdl.set_dynamic_batch_size(model_id, ds, d.mb_index, b))
+            shapes[b] = [_cur_output_shape(acl, d, infer_desc, i, b) for i in range(len(d.outputs))]
+    except BaseException as e:
+        tmp.release_into(e)
+        raise
+    for p in tmp.release():
+        warnings.warn(f"output-shape probe teardown: {p}", AclCleanupWarning, stacklevel=3)
+    return shapes
+
+
+def build_slot(acl: Any, ledger: Ledger, d: Description, model_id: int, batch: int,
+               out_shapes: list[tuple[int, ...]]) -> Slot:
     """Allocate one batch size's I/O on a temporary ledger; merge it into ``ledger`` once complete."""
     tmp = Ledger(acl)
     slot = Slot(batch)
@@ -163,13 +197,9 @@ def build_slot(acl: Any, ledger: Ledger, d: Description, model_id: int, infer_de
         if d.mb_index is not None:
             bufs.insert(d.mb_index, (tmp.malloc(d.mb_size), d.mb_size))
         slot.in_ds = tmp.dataset(bufs)
-        shapes = [t.shape for t in d.outputs]
-        if d.mb_index is not None:
-            with build_lock:  # set + get_cur_output_dims must not interleave with another batch's
-                check(acl, "acl.mdl.set_dynamic_batch_size",
-                      acl.mdl.set_dynamic_batch_size(model_id, slot.in_ds, d.mb_index, batch))
-                shapes = [_cur_output_shape(acl, d, infer_desc, i) for i in range(len(d.outputs))]
-        for t, reported, shape in zip(d.outputs, d.out_sizes, shapes):
+        if d.mb_index is not None:  # writes the batch into this slot's own batch input
+            check(acl, "acl.mdl.set_dynamic_batch_size", acl.mdl.set_dynamic_batch_size(model_id, slot.in_ds, d.mb_index, batch))
+        for t, reported, shape in zip(d.outputs, d.out_sizes, out_shapes):
             size = max(reported, int(np.prod(shape, dtype=np.int64)) * t.dtype.itemsize)
             slot.outputs.append((tmp.malloc(size), size, shape, t.dtype))
         slot.out_ds = tmp.dataset([(p, s) for p, s, _, _ in slot.outputs])
@@ -181,10 +211,12 @@ def build_slot(acl: Any, ledger: Ledger, d: Description, model_id: int, infer_de
     return slot
 
 
-def _cur_output_shape(acl: Any, d: Description, infer_desc: int, i: int) -> tuple[int, ...]:
-    """Output ``i``'s dims at the batch size just set (``acl.mdl.get_cur_output_dims``)."""
+def _cur_output_shape(acl: Any, d: Description, infer_desc: int, i: int, batch: int) -> tuple[int, ...]:
+    """Output ``i``'s dims at the batch just set, checked against the description of that output."""
     dims = unwrap(acl, "acl.mdl.get_cur_output_dims", acl.mdl.get_cur_output_dims(infer_desc, i))
-    shape = tuple(int(d) for d in dims["dims"][: dims["dimCount"]])
-    if any(x < 0 for x in shape):
-        raise ValueError(f"output {d.outputs[i].name!r} reports dims {shape} for a set batch size")
+    shape = tuple(int(x) for x in dims["dims"][: dims["dimCount"]])
+    t = d.outputs[i]
+    if shape != t.shape_for(batch):
+        raise ValueError(f"output {t.name!r} reports dims {shape} at batch {batch}; its description {t.shape} "
+                         f"implies {t.shape_for(batch)}")
     return shape

@@ -1,26 +1,50 @@
 """The model's own ACL context: created on its device, made current for each call, and how to copy.
 
 ACL contexts are per thread, so every call a model makes first makes its context
-current in the calling thread.  The copy kinds follow ``acl.rt.get_run_mode()``: in
+current in the calling thread, and gives the thread back the context it had
+(:meth:`ModelContext.enter` / :func:`restore_context`): an application that mixes
+BundleModel with its own pyACL code keeps using its own context and streams.  The copy kinds follow ``acl.rt.get_run_mode()``: in
 host run mode the application's memory is host memory (host<->device copies); when
 the application itself runs on the device, its memory is device memory (reference §1).
 """
 from __future__ import annotations
 
+import logging
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from . import _backend
 from ._constants import ACL_HOST, ACL_MEMCPY_DEVICE_TO_DEVICE, ACL_MEMCPY_DEVICE_TO_HOST, ACL_MEMCPY_HOST_TO_DEVICE
-from ._errors import check, unwrap
+from ._errors import AclError, check, code_message, recent_error, unwrap
 
 if TYPE_CHECKING:
     from ._buffers import Ledger
 
 
+log = logging.getLogger("acl_bundle")
+
+
 def _array_address(a: np.ndarray) -> int:
     return a.ctypes.data
+
+
+def current_context(acl: Any) -> int:
+    """The calling thread's current context; 0 when it has none (``get_context`` answers an error)."""
+    ctx, ret = acl.rt.get_context()
+    return ctx if ret == 0 else 0
+
+
+def restore_context(acl: Any, prev: int) -> None:
+    """Make ``prev`` current again (0: nothing to do). Never raises: it runs in ``finally`` blocks.
+
+    Real ACL cannot unset a context, so a thread that had none keeps ours.  If ``prev``
+    was destroyed meanwhile by its owner, there is nothing to go back to.
+    """
+    if prev:
+        ret = acl.rt.set_context(prev)
+        if ret != 0:
+            log.warning("could not make the caller's context current again: %s", code_message("acl.rt.set_context", ret))
 
 
 class ModelContext:
@@ -44,8 +68,20 @@ class ModelContext:
         # pyACL marks numpy_to_ptr "to be deprecated"; any host address is valid to real ACL.
         self.host_ptr = getattr(acl.util, "numpy_to_ptr", None) or _array_address
 
-    def make_current(self) -> None:
-        check(self.acl, "acl.rt.set_context", self.acl.rt.set_context(self.handle))
+    def enter(self) -> int:
+        """Make this model's context current in the calling thread; return the one to restore (0: none).
+
+        One ``get_context``; ``set_context`` only when another context (or none) is current.
+        The thread's context is read on every call, never cached: other code may change it.
+        """
+        acl = self.acl
+        cur, ret = acl.rt.get_context()
+        if ret == 0 and cur == self.handle:
+            return 0
+        ret2 = acl.rt.set_context(self.handle)
+        if ret2:
+            raise AclError("acl.rt.set_context", ret2, recent_error(acl))
+        return cur if ret == 0 else 0
 
     def memcpy(self, dst: int, dst_max: int, src: int, count: int, kind: int) -> None:
         """``acl.rt.memcpy`` with its code checked; a 0-byte copy is no call at all."""

@@ -41,9 +41,23 @@ class Gate:
         self._built: dict[int, int] = {}  # batch -> slots built or being built
         self._slot_waiters = 0
         self.reads = 0  # completed reads that ran on a slot (the infer counter)
+        self.forked = False  # this is a forked child's copy: refuse everything, release nothing
 
     def _refuse(self) -> ModelClosedError:
+        if self.forked:
+            return ModelClosedError(
+                f"{self._what} was opened before os.fork() in the parent process; ACL state does not survive "
+                "fork, so it cannot be used in the child. Open models after forking, or use the 'spawn' start method"
+            )
         return ModelClosedError(f"{self._what} is closed")
+
+    def disown_after_fork(self) -> None:
+        """In a forked child: a fresh lock (a parent thread may have held the old one), everything refused."""
+        self._cond = threading.Condition(threading.Lock())
+        self.forked = self.closed = True
+        self._ops = self._readers = self._writers_waiting = self._readers_waiting = self._admit = 0
+        self._writer = False
+        self._free, self._built, self._slot_waiters = {}, {}, 0
 
     # -------------------------------------------------------------- in-flight calls
     def enter(self) -> None:

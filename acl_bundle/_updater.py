@@ -21,7 +21,7 @@ import numpy as np
 
 from ._buffers import Ledger
 from ._constants import ACL_FORMAT_ND, NUMPY_TO_ACL
-from ._context import ModelContext
+from ._context import ModelContext, restore_context
 from ._description import Description, check_array, tensor_info
 from ._errors import AclCleanupWarning, AclError, check, null_handle, recent_error, unwrap
 from ._gate import Gate
@@ -73,7 +73,9 @@ class Updater:
     def apply(self, changed: dict[int, np.ndarray]) -> int:
         """Stage then commit ``changed`` (validated arrays by variable index); hold ``self.lock``."""
         t0 = time.perf_counter()
+        restore = 0
         try:
+            restore = self._ctx.enter()
             nbytes = self._stage(changed)
             t1 = time.perf_counter()
             version = self._commit()
@@ -81,6 +83,8 @@ class Updater:
             with self._stats_lock:
                 self._stats["failed_updates"] += 1
             raise
+        finally:
+            restore_context(self._ctx.acl, restore)
         t2 = time.perf_counter()
         with self._stats_lock:
             st = self._stats
@@ -98,7 +102,6 @@ class Updater:
         """Copy the changed weights into staging and attach the descriptors; inference keeps running."""
         ctx = self._ctx
         acl = ctx.acl
-        ctx.make_current()
         nbytes = 0
         for i, a in changed.items():
             ptr, size = self._staging[i]
@@ -120,13 +123,20 @@ class Updater:
         return nbytes
 
     def _commit(self) -> int:
-        """Execute the update graph as the gate's writer: the only phase that excludes inference."""
+        """Execute the update graph as the gate's writer: the only phase that excludes inference.
+
+        The version is bumped *before* the graph runs (no reader can see it meanwhile) and
+        taken back only on a clean non-zero return: an exception raised between the C call
+        returning and the next line (KeyboardInterrupt, ``sys.exit`` in a SIGTERM handler)
+        then cannot leave applied weights under the old version.
+        """
         acl = self._ctx.acl
         self._gate.begin_write()
         try:
+            self.version += 1
             ret = acl.mdl.execute(self._model_id, self._in, self._out)
-            if ret == 0:
-                self.version += 1
+            if ret != 0:
+                self.version -= 1
             version = self.version
         finally:
             self._gate.end_write()

@@ -35,6 +35,7 @@ the size the model reports for them (its largest batch's).
 """
 from __future__ import annotations
 
+import atexit
 import logging
 import os
 import threading
@@ -46,8 +47,8 @@ from typing import Any
 import numpy as np
 
 from . import _backend
-from ._buffers import Ledger, Slot, build_slot
-from ._context import ModelContext
+from ._buffers import Ledger, Slot, build_slot, probe_output_shapes
+from ._context import ModelContext, current_context, restore_context
 from ._description import Description, TensorInfo, Variable
 from ._errors import AclCleanupWarning, ModelClosedError, check, unwrap
 from ._gate import Gate
@@ -59,6 +60,59 @@ __all__ = ["BundleModel", "TensorInfo", "Variable"]
 log = logging.getLogger("acl_bundle")
 
 EXIT_WAIT_SECONDS = 5.0
+
+
+class _Lifecycle:
+    """Process-wide: loads in progress, open models (for fork), and interpreter exit.
+
+    At interpreter exit (``threading``'s exit hook, which runs before ``atexit`` and so
+    before the models' finalizers) new loads are refused and loads in progress are
+    waited for, so no finalizer tears ACL down under a load.  In a child created by
+    ``os.fork()`` every model open in the parent is disowned: its calls raise, its close
+    and finalizer return without touching ACL (fork copies no device state).
+    """
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition(threading.Lock())
+        self._loads = 0
+        self._exiting = False
+        self._open: weakref.WeakSet[Gate] = weakref.WeakSet()
+
+    def begin_load(self, source: str) -> None:
+        with self._cond:
+            if self._exiting:
+                raise RuntimeError(f"BundleModel({source!r}) refused: the Python interpreter is shutting down")
+            self._loads += 1
+
+    def end_load(self) -> None:
+        with self._cond:
+            self._loads -= 1
+            if not self._loads:
+                self._cond.notify_all()
+
+    def opened(self, gate: Gate) -> None:
+        with self._cond:
+            self._open.add(gate)
+
+    def at_exit(self) -> None:
+        with self._cond:
+            self._exiting = True
+            if not self._cond.wait_for(lambda: self._loads == 0, EXIT_WAIT_SECONDS):
+                log.warning("interpreter exit: %d BundleModel load(s) still running after %.0f s", self._loads,
+                            EXIT_WAIT_SECONDS)
+
+    def after_fork_in_child(self) -> None:
+        self._cond = threading.Condition(threading.Lock())  # a parent thread may have held it
+        self._loads = 0
+        for gate in list(self._open):
+            gate.disown_after_fork()
+        self._open = weakref.WeakSet()
+        _backend.forget_after_fork()
+
+
+_lifecycle = _Lifecycle()
+os.register_at_fork(after_in_child=_lifecycle.after_fork_in_child)
+getattr(threading, "_register_atexit", atexit.register)(_lifecycle.at_exit)
 
 
 class BundleModel:
@@ -160,17 +214,25 @@ class BundleModel:
         self._acl = acl
         self._source = source
         self._device_id = device_id
-        self._ledger = ledger = Ledger(acl)
-        self._gate = gate = Gate(max_concurrency, f"BundleModel({source!r})")
-        self._finalizer = weakref.finalize(self, _release_quietly, gate, ledger)
+        _lifecycle.begin_load(source)
         try:
-            self._load(load, run_init, init_inputs, manifest_vars, roles)
-        except BaseException as e:
-            problems = self._finalizer()
-            for p in problems or ():
-                if hasattr(e, "add_note"):
-                    e.add_note(f"while unwinding: {p}")
-            raise
+            prev = current_context(acl)  # the caller's, given back however the load ends
+            self._ledger = ledger = Ledger(acl)
+            self._gate = gate = Gate(max_concurrency, f"BundleModel({source!r})")
+            try:
+                self._load(load, run_init, init_inputs, manifest_vars, roles)
+            except BaseException as e:
+                gate.shutdown(0)
+                for p in ledger.release(restore=prev):
+                    if hasattr(e, "add_note"):
+                        e.add_note(f"while unwinding: {p}")
+                raise
+            # Only a loaded model gets a finalizer (a failed load has unwound itself above).
+            self._finalizer = weakref.finalize(self, _release_quietly, gate, ledger)
+            _lifecycle.opened(gate)
+            restore_context(acl, prev if prev != self._ctx.handle else 0)
+        finally:
+            _lifecycle.end_load()
         log.info(
             "loaded bundle %s on device %d: model ids %s, %d variables, init %s",
             source, device_id, self.model_ids, len(self.variables), "run" if (self.has_init and run_init) else "skipped",
@@ -205,8 +267,8 @@ class BundleModel:
         self.outputs: tuple[TensorInfo, ...] = d.outputs
         self.batch_sizes: tuple[int, ...] = d.batch_sizes
         self.variables: tuple[Variable, ...] = d.variables
-        self._infer_id, self._infer_desc = ids[d.infer], descs[d.infer]
-        self._build_lock = threading.Lock()
+        self._infer_id = ids[d.infer]
+        self._out_shapes = probe_output_shapes(acl, d, self._infer_id, descs[d.infer])
         self._updater = Updater(ctx, ledger, d, descs[d.update], ids[d.update], self._gate)  # type: ignore[arg-type]
         if d.init is not None and run_init_graph:
             run_init(ctx, descs[d.init], ids[d.init], init_inputs)
@@ -228,12 +290,16 @@ class BundleModel:
             raise ModelClosedError(f"BundleModel({self._source!r}) is closed")
         arrays, batch = self._desc.check_inputs(inputs)
         slot = gate.begin_read(batch)  # type: ignore[union-attr]
+        ctx, restore = self._ctx, 0
         try:
+            restore = ctx.enter()
             if slot is None:
                 slot = self._new_slot(batch)
-            outs = slot.run(self._ctx, self._infer_id, arrays)
+            outs = slot.run(ctx, self._infer_id, arrays)
             version = self._updater.version  # inside the reader section: no commit can run
         finally:
+            if restore:
+                restore_context(ctx.acl, restore)
             gate.end_read(batch, slot)  # type: ignore[union-attr]
         result = outs[0] if len(outs) == 1 else tuple(outs)
         return (result, version) if return_version else result
@@ -245,9 +311,8 @@ class BundleModel:
         if slot is not None:
             return slot
         try:
-            self._ctx.make_current()
-            return build_slot(self._acl, self._ledger, self._desc, self._infer_id, self._infer_desc, batch,
-                              self._build_lock)
+            return build_slot(self._acl, self._ledger, self._desc, self._infer_id, batch,
+                              self._out_shapes[batch if self._desc.mb_index is not None else 0])
         except BaseException:
             gate.build_failed(batch)  # type: ignore[union-attr]
             raise
@@ -295,9 +360,12 @@ class BundleModel:
         return st
 
     def close(self) -> None:
-        """Release every ACL resource in reverse order; idempotent; waits for in-flight calls."""
+        """Release every ACL resource in reverse order; idempotent; waits for in-flight calls.
+
+        In a child forked while the model was open it returns at once, touching nothing.
+        """
         gate = self._gate
-        if gate is None:
+        if gate is None or gate.forked:
             return
         gate.shutdown()
         problems = self._finalizer()
@@ -326,6 +394,8 @@ def _release_quietly(gate: Gate, ledger: Ledger) -> list[str]:
     if they outlast EXIT_WAIT_SECONDS it leaks the resources rather than free memory
     a running call still uses.
     """
+    if gate.forked:  # the parent's ACL handles mean nothing in a forked child
+        return []
     if not gate.shutdown(EXIT_WAIT_SECONDS):
         log.warning("calls still running after %.0f s; leaving this model's ACL resources to process exit", EXIT_WAIT_SECONDS)
         return ["in-flight calls did not finish; resources left to process exit"]
