@@ -16,7 +16,7 @@ import logging
 from ._errors import AclCleanupWarning, AclError, BackendNotFoundError, ModelClosedError, UnknownVariableError
 from ._manifest import load_manifest, manifest_path, read_manifest
 from .checkpoint import CheckpointError, CheckpointMismatchError, load_checkpoint, write_checkpoint
-from .model import BundleModel, TensorInfo, Variable
+from .model import BundleModel, StagedUpdate, TensorInfo, Variable, WeightVersion
 from .watcher import CheckpointWatcher
 
 __all__ = [
@@ -28,9 +28,11 @@ __all__ = [
     "CheckpointMismatchError",
     "CheckpointWatcher",
     "ModelClosedError",
+    "StagedUpdate",
     "TensorInfo",
     "UnknownVariableError",
     "Variable",
+    "WeightVersion",
     "load_checkpoint",
     "load_manifest",
     "manifest_path",

@@ -13,6 +13,7 @@ import logging
 import threading
 import time
 import warnings
+import weakref
 from collections.abc import Sequence
 from functools import partial
 from typing import Any
@@ -29,6 +30,86 @@ from ._gate import Gate
 log = logging.getLogger("acl_bundle")
 
 _EMPTY, _FULL, _CUSTOM = 0, 1, 2  # which tensor desc is attached to an update input
+
+
+class WeightVersion(int):
+    """Which weights produced a result: the number of committed updates since load (an ``int``),
+    with ``step``, the identity the caller gave that update (e.g. the trainer's global step; None if not given)."""
+
+    step: int | None
+
+    def __new__(cls, n: int, step: int | None = None) -> WeightVersion:
+        v = super().__new__(cls, n)
+        v.step = step
+        return v
+
+
+class StagedUpdate:
+    """Weights validated and copied to the device, not live yet: :meth:`commit` or :meth:`abort`.
+
+    While it is open, no other update of the model can stage or commit (``BundleModel.stage``
+    waits, or raises ``TimeoutError`` after its ``timeout``).  Leaving a ``with`` block
+    without committing aborts it, and so does garbage collection.  The served weights
+    change only in :meth:`commit`.
+    """
+
+    def __init__(self, updater: Updater, variables: int, nbytes: int, stage_seconds: float, step: int | None) -> None:
+        self.variables, self.nbytes, self.stage_seconds, self.step = variables, nbytes, stage_seconds, step
+        self.version: WeightVersion | None = None  # set by commit
+        self._updater: Updater | None = updater
+        self._release = weakref.finalize(self, updater.lock.release)  # abort on GC
+
+    @property
+    def open(self) -> bool:
+        return self._updater is not None
+
+    def _take(self) -> Updater:
+        updater = self._updater
+        if updater is None:
+            raise RuntimeError("this staged update was already committed or aborted")
+        self._updater = None
+        return updater
+
+    def _commit_entered(self) -> WeightVersion:
+        """Commit; the caller has registered the in-flight call with the gate."""
+        updater = self._take()
+        try:
+            self.version = updater.commit(self)
+        finally:
+            self._release()
+        return self.version
+
+    def commit(self) -> WeightVersion:
+        """Make the staged weights live (the only pause inference sees); return their version."""
+        updater = self._updater
+        if updater is not None:
+            try:
+                updater._gate.enter()
+            except BaseException:
+                self.abort()  # the model is closed: nothing can go live any more
+                raise
+            try:
+                return self._commit_entered()
+            finally:
+                updater._gate.exit()
+        return self._commit_entered()  # raises: already done
+
+    def abort(self) -> None:
+        """Drop the stage; the served weights stay as they are. Idempotent."""
+        if self._updater is not None:
+            self._updater = None
+            self._release()
+            log.debug("staged update (step %s) aborted", self.step)
+
+    def __enter__(self) -> StagedUpdate:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.abort()
+
+    def __repr__(self) -> str:
+        state = "open" if self.open else (f"committed v{self.version}" if self.version is not None else "aborted")
+        return f"<StagedUpdate {self.variables} variables, {self.nbytes} B, step={self.step} {state}>"
 
 
 class Updater:
@@ -57,8 +138,8 @@ class Updater:
             unwrap(acl, "acl.mdl.set_dataset_tensor_desc", acl.mdl.set_dataset_tensor_desc(self._in, td, i))
         self._attached = [_EMPTY] * len(d.variables)
         self._not_empty: set[int] = set()
-        self.lock = threading.Lock()  # serialises updates
-        self.version = 0  # committed updates; read by infer inside its reader section
+        self.lock = threading.Lock()  # serialises updates: held from stage to commit or abort
+        self.current = WeightVersion(0)  # what the served weights are; read by infer inside its reader section
         self._stats_lock = threading.Lock()  # held only to change or copy the counters
         self._stats: dict[str, Any] = {
             "updates": 0, "failed_updates": 0, "update_bytes": 0,
@@ -66,22 +147,41 @@ class Updater:
         }
 
     @property
+    def version(self) -> int:
+        return int(self.current)
+
+    @property
     def stats(self) -> dict[str, Any]:
         with self._stats_lock:
             return dict(self._stats)
 
-    def apply(self, changed: dict[int, np.ndarray]) -> int:
-        """Stage then commit ``changed`` (validated arrays by variable index); hold ``self.lock``."""
+    def _failed(self) -> None:
+        with self._stats_lock:
+            self._stats["failed_updates"] += 1
+
+    def stage(self, changed: dict[int, np.ndarray], step: int | None) -> StagedUpdate:
+        """Phase 1: copy ``changed`` (validated arrays by variable index) to the device. Hold ``self.lock``."""
         t0 = time.perf_counter()
         restore = 0
         try:
             restore = self._ctx.enter()
             nbytes = self._stage(changed)
-            t1 = time.perf_counter()
-            version = self._commit()
         except BaseException:
-            with self._stats_lock:
-                self._stats["failed_updates"] += 1
+            self._failed()
+            raise
+        finally:
+            restore_context(self._ctx.acl, restore)
+        return StagedUpdate(self, len(changed), nbytes, time.perf_counter() - t0, step)
+
+    def commit(self, staged: StagedUpdate) -> WeightVersion:
+        """Phase 2: run the update graph as the gate's writer; the new weights and version go live together."""
+        t1 = time.perf_counter()
+        restore = 0
+        try:
+            restore = self._ctx.enter()
+            version = self._commit(staged.step)
+        except BaseException:
+            self._failed()
             raise
         finally:
             restore_context(self._ctx.acl, restore)
@@ -89,13 +189,13 @@ class Updater:
         with self._stats_lock:
             st = self._stats
             st["updates"] += 1
-            st["update_bytes"] += nbytes
-            st["stage_seconds"] += t1 - t0
+            st["update_bytes"] += staged.nbytes
+            st["stage_seconds"] += staged.stage_seconds
             st["commit_seconds"] += t2 - t1
-            st["last_update"] = {"version": version, "variables": len(changed), "bytes": nbytes,
-                                 "stage_seconds": t1 - t0, "commit_seconds": t2 - t1}
-        log.debug("update v%d: %d variables, %d bytes, stage %.3f ms, commit %.3f ms",
-                  version, len(changed), nbytes, 1e3 * (t1 - t0), 1e3 * (t2 - t1))
+            st["last_update"] = {"version": int(version), "step": version.step, "variables": staged.variables,
+                                 "bytes": staged.nbytes, "stage_seconds": staged.stage_seconds, "commit_seconds": t2 - t1}
+        log.debug("update v%d (step %s): %d variables, %d bytes, stage %.3f ms, commit %.3f ms", version, version.step,
+                  staged.variables, staged.nbytes, 1e3 * staged.stage_seconds, 1e3 * (t2 - t1))
         return version
 
     def _stage(self, changed: dict[int, np.ndarray]) -> int:
@@ -122,7 +222,7 @@ class Updater:
                     acl.destroy_tensor_desc(td)  # the dataset keeps its own copy (reference §4)
         return nbytes
 
-    def _commit(self) -> int:
+    def _commit(self, step: int | None) -> WeightVersion:
         """Execute the update graph as the gate's writer: the only phase that excludes inference.
 
         The version is bumped *before* the graph runs (no reader can see it meanwhile) and
@@ -133,11 +233,12 @@ class Updater:
         acl = self._ctx.acl
         self._gate.begin_write()
         try:
-            self.version += 1
+            before = self.current
+            self.current = WeightVersion(before + 1, step)
             ret = acl.mdl.execute(self._model_id, self._in, self._out)
             if ret != 0:
-                self.version -= 1
-            version = self.version
+                self.current = before
+            version = self.current
         finally:
             self._gate.end_write()
         if ret != 0:

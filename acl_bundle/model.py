@@ -53,9 +53,9 @@ from ._description import Description, TensorInfo, Variable
 from ._errors import AclCleanupWarning, ModelClosedError, check, unwrap
 from ._gate import Gate
 from ._manifest import ManifestArg, ManifestVariable, manifest_path, read_manifest
-from ._updater import Updater, run_init
+from ._updater import StagedUpdate, Updater, WeightVersion, run_init
 
-__all__ = ["BundleModel", "TensorInfo", "Variable"]
+__all__ = ["BundleModel", "StagedUpdate", "TensorInfo", "Variable", "WeightVersion"]
 
 log = logging.getLogger("acl_bundle")
 
@@ -283,7 +283,8 @@ class BundleModel:
         name.  Returns one new array for a one-output model, else a tuple of arrays in
         ``self.outputs`` order; the arrays belong to the caller.  With
         ``return_version=True`` returns ``(result, version)``: the number of committed
-        updates whose weights produced the result.
+        updates whose weights produced the result (a :class:`WeightVersion`; its
+        ``.step`` is the step that update was given).
         """
         gate = self._gate
         if gate.closed:  # type: ignore[union-attr]
@@ -296,7 +297,7 @@ class BundleModel:
             if slot is None:
                 slot = self._new_slot(batch)
             outs = slot.run(ctx, self._infer_id, arrays)
-            version = self._updater.version  # inside the reader section: no commit can run
+            version = self._updater.current  # inside the reader section: no commit can run
         finally:
             if restore:
                 restore_context(ctx.acl, restore)
@@ -317,22 +318,59 @@ class BundleModel:
             gate.build_failed(batch)  # type: ignore[union-attr]
             raise
 
-    def update(self, weights: Mapping[int | str, np.ndarray]) -> int:
-        """Replace some variables; return the new version.
+    def update(self, weights: Mapping[int | str, np.ndarray], *, step: int | None = None) -> int:
+        """Replace some variables; return the new version (a :class:`WeightVersion`, an ``int``).
 
         Keys are variable indexes or names; values are arrays of exactly the
         variable's shape and dtype.  Only the given variables are copied to the
         device; the update graph leaves every other one untouched (empty tensor
-        descriptor).  On any error the model keeps serving the previous weights.
+        descriptor).  ``step`` is your identity for these weights (e.g. the trainer's
+        global step), reported by ``infer(..., return_version=True)`` as ``version.step``
+        and in ``stats``.  On any error the model keeps serving the previous weights.
         """
         gate = self._gate
         if gate.closed:  # type: ignore[union-attr]
             raise ModelClosedError(f"BundleModel({self._source!r}) is closed")
         changed = self._desc.check_weights(weights)
+        _check_step(step)
         gate.enter()  # type: ignore[union-attr]
         try:
-            with self._updater.lock:
-                return self._updater.apply(changed)
+            self._updater.lock.acquire()
+            try:
+                staged = self._updater.stage(changed, step)
+            except BaseException:
+                self._updater.lock.release()
+                raise
+            return staged._commit_entered()
+        finally:
+            gate.exit()  # type: ignore[union-attr]
+
+    def stage(self, weights: Mapping[int | str, np.ndarray], *, step: int | None = None,
+              timeout: float | None = None) -> StagedUpdate:
+        """Phase 1 of an update: validate and copy to the device while inference goes on.
+
+        Returns a :class:`StagedUpdate`; its ``commit()`` makes the weights live, its
+        ``abort()`` (or leaving ``with``, or garbage collection) drops them.  One stage is
+        open per model at a time: this waits for an open one to end, at most ``timeout``
+        seconds (None: no limit), then raises ``TimeoutError``.
+        """
+        gate = self._gate
+        if gate.closed:  # type: ignore[union-attr]
+            raise ModelClosedError(f"BundleModel({self._source!r}) is closed")
+        changed = self._desc.check_weights(weights)
+        _check_step(step)
+        if timeout is not None and (not isinstance(timeout, (int, float)) or isinstance(timeout, bool) or timeout < 0):
+            raise ValueError(f"timeout must be a number of seconds >= 0 or None, got {timeout!r}")
+        gate.enter()  # type: ignore[union-attr]
+        try:
+            lock = self._updater.lock
+            if not lock.acquire(timeout=-1 if timeout is None else timeout):
+                raise TimeoutError(f"{self!r}: another update is staged or committing; waited {timeout} s")
+            try:
+                return self._updater.stage(changed, step)  # the StagedUpdate owns the lock now
+            except BaseException:
+                lock.release()
+                raise
         finally:
             gate.exit()  # type: ignore[union-attr]
 
@@ -341,6 +379,11 @@ class BundleModel:
     def version(self) -> int:
         """Number of committed updates since load."""
         return self._updater.version
+
+    @property
+    def step(self) -> int | None:
+        """The ``step`` given with the update that produced the served weights (None: not given, or none yet)."""
+        return self._updater.current.step
 
     @property
     def closed(self) -> bool:
@@ -355,7 +398,9 @@ class BundleModel:
     def stats(self) -> dict[str, Any]:
         """Counters: version, infers, updates, failed updates, bytes and stage/commit seconds."""
         st = self._updater.stats
-        st["version"] = self._updater.version
+        current = self._updater.current
+        st["version"] = int(current)
+        st["step"] = current.step
         st["infers"] = self._gate.reads  # type: ignore[union-attr]
         return st
 
@@ -384,6 +429,11 @@ class BundleModel:
         updater = getattr(self, "_updater", None)
         state = "closed" if self.closed or updater is None else f"version={updater.version}"
         return f"<BundleModel {getattr(self, '_source', '?')!r} device={getattr(self, '_device_id', '?')} {state}>"
+
+
+def _check_step(step: Any) -> None:
+    if step is not None and (not isinstance(step, (int, np.integer)) or isinstance(step, bool) or step < 0):
+        raise ValueError(f"step must be a non-negative int or None, got {step!r}")
 
 
 def _release_quietly(gate: Gate, ledger: Ledger) -> list[str]:
