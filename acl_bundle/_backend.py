@@ -103,11 +103,26 @@ def release(acl: Any, device_id: int) -> list[AclError]:
 
 
 def _finish(proc: _Process) -> list[AclError]:
+    """The last model of the process is gone: give back our ``acl.init``.
+
+    Where the runtime has ``acl.finalize_reference``, every ``acl.init`` (including one
+    that answered 100002, already initialised) counts a reference and only the last
+    ``finalize_reference`` tears ACL down (hicann/runtime ``src/acl/aclrt_impl/acl.cpp``,
+    ``aclInitImpl``: ``aclInitRefCount++`` before returning ACL_ERROR_REPEAT_INITIALIZE;
+    ``aclFinalizeReferenceImpl``: decrement, finalize at 1), so we always give ours back
+    and never finalize under another component.  Without it, ``acl.finalize`` is called
+    only if we were the ones who initialised.
+    """
     del _processes[id(proc.acl)]
+    acl = proc.acl
+    finalize_reference = getattr(acl, "finalize_reference", None)
+    if finalize_reference is not None:
+        _count, ret = finalize_reference()
+        return [] if ret == 0 else [AclError("acl.finalize_reference", ret, recent_error(acl))]
     if not proc.owns_init:
         return []
-    ret = proc.acl.finalize()
-    return [] if ret == 0 else [AclError("acl.finalize", ret, recent_error(proc.acl))]
+    ret = acl.finalize()
+    return [] if ret == 0 else [AclError("acl.finalize", ret, recent_error(acl))]
 
 
 def forget_after_fork() -> None:

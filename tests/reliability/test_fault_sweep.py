@@ -49,7 +49,7 @@ CODE = 500000  # ACL_ERROR_INTERNAL_ERROR: not a code any call returns on its ow
 NULL_HANDLE = 200000
 
 BARE_HANDLE = re.compile(r"\.create_(dataset|desc|data_buffer|tensor_desc)$")
-RELEASE = re.compile(r"\.(destroy_\w+|free|free_host|unload|bundle_unload|reset_device|finalize)$")
+RELEASE = re.compile(r"\.(destroy_\w+|free|free_host|unload|bundle_unload|reset_device|finalize(_reference)?)$")
 SILENT_RELEASE = {"acl.destroy_tensor_desc"}  # returns None in pyACL: failure is invisible
 BARE_VALUE = re.compile(
     r"\.(get_num_(in|out)puts|get_(input|output)_(size_by_index|data_type|format|name_by_index)"
