@@ -121,7 +121,7 @@ class Ledger:
 class Slot:
     """Pre-built infer I/O for one batch size: device buffers, data buffers, datasets, output shapes."""
 
-    __slots__ = ("batch", "in_ds", "out_ds", "inputs", "outputs")
+    __slots__ = ("batch", "in_ds", "out_ds", "inputs", "outputs", "batched_in", "batched_out")
 
     def __init__(self, batch: int) -> None:
         self.batch = batch
@@ -129,6 +129,8 @@ class Slot:
         self.out_ds = 0
         self.inputs: list[tuple[int, int]] = []  # (device ptr, size) per data input
         self.outputs: list[tuple[int, int, tuple[int, ...], np.dtype]] = []
+        self.batched_in: list[bool] = []  # dim 0 is the dynamic batch (padding applies)
+        self.batched_out: list[bool] = []
 
     def run(self, ctx: ModelContext, model_id: int, arrays: list[np.ndarray]) -> list[np.ndarray]:
         """Copy ``arrays`` in, execute ``model_id``, copy the outputs out into new arrays (context current)."""
@@ -150,6 +152,37 @@ class Slot:
             n = out.nbytes
             if n:
                 ret = memcpy(host_ptr(out), n, ptr, n, kind)
+                if ret:
+                    raise AclError("acl.rt.memcpy", ret, recent_error(acl))
+            outs.append(out)
+        return outs
+
+
+    def run_padded(self, ctx: ModelContext, model_id: int, arrays: list[np.ndarray], rows: int) -> list[np.ndarray]:
+        """Run ``rows`` (< ``self.batch``) rows: the batch's remaining input rows are zeroed on the
+        device, and only the first ``rows`` rows of each batch-major output are copied back."""
+        acl = ctx.acl
+        memcpy, host_ptr = acl.rt.memcpy, ctx.host_ptr
+        for a, (ptr, size), batched in zip(arrays, self.inputs, self.batched_in):
+            if a.nbytes:
+                ret = memcpy(ptr, size, host_ptr(a), a.nbytes, ctx.h2d)
+                if ret:
+                    raise AclError("acl.rt.memcpy", ret, recent_error(acl))
+            if batched:
+                pad = a.nbytes // rows * (self.batch - rows)
+                if pad:
+                    ret = acl.rt.memset(ptr + a.nbytes, size - a.nbytes, 0, pad)
+                    if ret:
+                        raise AclError("acl.rt.memset", ret, recent_error(acl))
+        ret = acl.mdl.execute(model_id, self.in_ds, self.out_ds)
+        if ret:
+            raise AclError("acl.mdl.execute", ret, recent_error(acl))
+        outs = []
+        for (ptr, _size, shape, dtype), batched in zip(self.outputs, self.batched_out):
+            out = np.empty((rows,) + shape[1:] if batched else shape, dtype)
+            n = out.nbytes
+            if n:
+                ret = memcpy(host_ptr(out), n, ptr, n, ctx.d2h)
                 if ret:
                     raise AclError("acl.rt.memcpy", ret, recent_error(acl))
             outs.append(out)
@@ -187,6 +220,8 @@ def build_slot(acl: Any, ledger: Ledger, d: Description, model_id: int, batch: i
     """Allocate one batch size's I/O on a temporary ledger; merge it into ``ledger`` once complete."""
     tmp = Ledger(acl)
     slot = Slot(batch)
+    slot.batched_in = [bool(t.shape) and t.shape[0] == -1 for t in d.inputs]
+    slot.batched_out = [bool(t.shape) and t.shape[0] == -1 for t in d.outputs]
     try:
         # Buffers take the size the model reports (its largest batch), as ACL's samples
         # do; only the batch's own bytes are copied in and out.

@@ -75,8 +75,9 @@ def check_array(a: Any, t: TensorInfo, what: str, batches: Sequence[int] = ()) -
     if t.shape and t.shape[0] == -1:
         ok = a.ndim == len(t.shape) and a.shape[1:] == t.shape[1:] and a.shape[0] in batches
         if not ok:
-            raise ValueError(f"{what} must have shape (batch, {', '.join(map(str, t.shape[1:]))}) with batch in "
-                             f"{list(batches)}, got {a.shape}")
+            allowed = f"1..{batches[-1]}" if isinstance(batches, range) else f"in {list(batches)}"
+            raise ValueError(f"{what} must have shape (batch, {', '.join(map(str, t.shape[1:]))}) with batch "
+                             f"{allowed}, got {a.shape}")
     elif a.shape != t.shape:
         raise ValueError(f"{what} must have shape {t.shape}, got {a.shape}")
     return c_contiguous(a)
@@ -149,13 +150,19 @@ class Description:
     in_sizes: list[int]  # reported byte sizes (the largest batch's) of inputs and outputs
     out_sizes: list[int]
 
+    profile_of: dict[int, int]  # rows an infer call gives -> batch size that runs them (0: static batch)
+
     @classmethod
     def read(cls, acl: Any, descs: list[int], roles: Mapping[str, int] | None,
-             manifest_vars: list[ManifestVariable] | None) -> Description:
+             manifest_vars: list[ManifestVariable] | None, pad_batch: bool = True) -> Description:
         self = cls()
         self.infer, self.init, self.update = _roles(acl, descs, roles)
         self._read_infer(acl, descs[self.infer])
         self._read_variables(acl, descs[self.update], manifest_vars)
+        b = self.batch_sizes
+        # With padding, any row count up to the largest batch runs on the next batch size up.
+        self._batches: Sequence[int] = range(1, b[-1] + 1) if (b and pad_batch) else b
+        self.profile_of = {r: min(x for x in b if x >= r) for r in self._batches} if b else {0: 0}
         return self
 
     def _read_infer(self, acl: Any, desc: int) -> None:
@@ -233,7 +240,7 @@ class Description:
 
     # -------------------------------------------------------------- checks
     def check_inputs(self, inputs: tuple[Any, ...]) -> tuple[list[np.ndarray], int]:
-        """``infer``'s arguments as arrays in input order, and the batch size they imply."""
+        """``infer``'s arguments as arrays in input order, and their row count (0: static batch)."""
         if len(inputs) == len(self._accept):  # fast path: exact arrays as the model wants them
             batch = 0
             for a, (dtype, shapes) in zip(inputs, self._accept):
@@ -258,7 +265,7 @@ class Description:
             raise TypeError(
                 f"infer takes {len(specs)} input(s) {[t.name for t in specs]} (positionally or as one mapping), got {len(inputs)}"
             )
-        arrays = [check_array(a, t, f"input {t.name!r}", self.batch_sizes) for a, t in zip(inputs, specs)]
+        arrays = [check_array(a, t, f"input {t.name!r}", self._batches) for a, t in zip(inputs, specs)]
         batch = 0
         if self.batch_sizes:
             batches = {a.shape[0] for a, t in zip(arrays, specs) if t.shape and t.shape[0] == -1}

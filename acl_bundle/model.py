@@ -138,6 +138,9 @@ class BundleModel:
         graph order is not the standard [infer, init, update].
     max_concurrency: infer calls that may run at once per batch size (each has its own
         device buffers).
+    pad_batch: for a dynamic-batch model, accept any row count up to the largest batch
+        size: the rows run on the next batch size up (the padding rows are zeros on the
+        device and are dropped from the outputs). False: only the model's batch sizes.
     """
 
     def __init__(
@@ -151,6 +154,7 @@ class BundleModel:
         manifest: ManifestArg = None,
         roles: Mapping[str, int] | None = None,
         max_concurrency: int = 2,
+        pad_batch: bool = True,
     ) -> None:
         self._gate: Gate | None = None  # read by close(); set before anything can fail
         path = os.fspath(path)
@@ -161,7 +165,7 @@ class BundleModel:
             manifest = auto if auto.is_file() else False
         self._open(
             lambda acl: unwrap(acl, "acl.mdl.bundle_load_from_file", acl.mdl.bundle_load_from_file(path)),
-            path, device_id, acl, run_init, init_inputs, manifest, roles, max_concurrency,
+            path, device_id, acl, run_init, init_inputs, manifest, roles, max_concurrency, pad_batch,
         )
 
     @classmethod
@@ -176,6 +180,7 @@ class BundleModel:
         manifest: ManifestArg = None,
         roles: Mapping[str, int] | None = None,
         max_concurrency: int = 2,
+        pad_batch: bool = True,
     ) -> BundleModel:
         """Load a bundle from bytes in host memory (``acl.mdl.bundle_load_from_mem``)."""
         if not isinstance(data, bytes):
@@ -189,7 +194,8 @@ class BundleModel:
             ptr = acl.util.bytes_to_ptr(data)
             return unwrap(acl, "acl.mdl.bundle_load_from_mem", acl.mdl.bundle_load_from_mem(ptr, len(data)))
 
-        self._open(load, "<bytes>", device_id, acl, run_init, init_inputs, manifest or False, roles, max_concurrency)
+        self._open(load, "<bytes>", device_id, acl, run_init, init_inputs, manifest or False, roles, max_concurrency,
+                   pad_batch)
         return self
 
     # ------------------------------------------------------------------ load
@@ -204,7 +210,10 @@ class BundleModel:
         manifest: ManifestArg,
         roles: Mapping[str, int] | None,
         max_concurrency: int,
+        pad_batch: bool,
     ) -> None:
+        if not isinstance(pad_batch, bool):
+            raise TypeError(f"pad_batch must be True or False, got {pad_batch!r}")
         if not isinstance(device_id, int) or isinstance(device_id, bool) or device_id < 0:
             raise ValueError(f"device_id must be a non-negative int, got {device_id!r}")
         if not isinstance(max_concurrency, int) or max_concurrency < 1:
@@ -220,7 +229,7 @@ class BundleModel:
             self._ledger = ledger = Ledger(acl)
             self._gate = gate = Gate(max_concurrency, f"BundleModel({source!r})")
             try:
-                self._load(load, run_init, init_inputs, manifest_vars, roles)
+                self._load(load, run_init, init_inputs, manifest_vars, roles, pad_batch)
             except BaseException as e:
                 gate.shutdown(0)
                 for p in ledger.release(restore=prev):
@@ -245,6 +254,7 @@ class BundleModel:
         init_inputs: Sequence[np.ndarray] | None,
         manifest_vars: list[ManifestVariable] | None,
         roles: Mapping[str, int] | None,
+        pad_batch: bool,
     ) -> None:
         acl, ledger = self._acl, self._ledger
         self._ctx = ctx = ModelContext(acl, self._device_id, ledger)
@@ -258,7 +268,8 @@ class BundleModel:
         descs = [ledger.create("acl.mdl.create_desc", acl.mdl.create_desc, acl.mdl.destroy_desc) for _ in ids]
         for desc, mid in zip(descs, ids):
             check(acl, "acl.mdl.get_desc", acl.mdl.get_desc(desc, mid))
-        self._desc = d = Description.read(acl, descs, roles, manifest_vars)
+        self._desc = d = Description.read(acl, descs, roles, manifest_vars, pad_batch)
+        self._profile_of = d.profile_of
         self.model_ids: dict[str, int] = {"infer": ids[d.infer], "update": ids[d.update]}
         if d.init is not None:
             self.model_ids["init"] = ids[d.init]
@@ -289,14 +300,18 @@ class BundleModel:
         gate = self._gate
         if gate.closed:  # type: ignore[union-attr]
             raise ModelClosedError(f"BundleModel({self._source!r}) is closed")
-        arrays, batch = self._desc.check_inputs(inputs)
+        arrays, rows = self._desc.check_inputs(inputs)
+        batch = self._profile_of[rows]  # the batch size that runs these rows (itself when it is one)
         slot = gate.begin_read(batch)  # type: ignore[union-attr]
         ctx, restore = self._ctx, 0
         try:
             restore = ctx.enter()
             if slot is None:
                 slot = self._new_slot(batch)
-            outs = slot.run(ctx, self._infer_id, arrays)
+            if rows == batch:
+                outs = slot.run(ctx, self._infer_id, arrays)
+            else:
+                outs = slot.run_padded(ctx, self._infer_id, arrays, rows)
             version = self._updater.current  # inside the reader section: no commit can run
         finally:
             if restore:

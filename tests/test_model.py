@@ -67,8 +67,31 @@ def test_dynamic_batch_two_sizes(make_bundle):
         for b in (4, 1):
             x = _x(rng, batch=b)
             np.testing.assert_allclose(m.infer(x), reference(x, new), rtol=1e-5, atol=1e-5)
+        with pytest.raises(ValueError, match=r"batch 1\.\.4, got \(5, 8\)"):
+            m.infer(_x(rng, batch=5))
+    with BundleModel(om, acl=ACL, pad_batch=False) as m:
         with pytest.raises(ValueError, match=r"batch in \[1, 4\], got \(3, 8\)"):
             m.infer(_x(rng, batch=3))
+
+
+def test_rows_between_batch_sizes_are_padded_up_and_the_padding_dropped(make_bundle):
+    om, w0 = make_bundle(batch_sizes=[1, 4, 8])
+    rng = np.random.default_rng(5)
+    with BundleModel(om, acl=ACL) as m:
+        for rows in (3, 2, 5, 7, 3):
+            x = _x(rng, batch=rows)
+            y = m.infer(x)
+            assert y.shape == (rows, 4)
+            np.testing.assert_allclose(y, reference(x, w0), rtol=1e-5, atol=1e-5)
+        x4 = _x(rng, batch=4)  # the slot that ran 3 rows still gives exact results for 4
+        np.testing.assert_allclose(m.infer(x4), reference(x4, w0), rtol=1e-5, atol=1e-5)
+        m.infer(_x(rng, batch=1))  # now every batch size has its slot
+        before = m.device_bytes
+        for rows in (1, 2, 3, 4, 5, 6, 7, 8):
+            m.infer(_x(rng, batch=rows))
+        assert m.device_bytes == before  # 2..3 run on 4, 5..7 on 8: no slot per row count
+    with pytest.raises(TypeError, match="pad_batch must be True or False"):
+        BundleModel(om, acl=ACL, pad_batch="yes")
 
 
 def test_infer_by_name_and_return_version(make_bundle):

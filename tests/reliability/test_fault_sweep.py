@@ -128,6 +128,8 @@ SCENARIOS = [
                  lambda b, bs=bs: _open(b, warm=(1,) if bs != 1 else ()))
         for bs in (1, 2, 4)
     ],
+    Scenario("padded infer: 3 rows on batch 4", "dynamic", "op", lambda st: st.model.infer(_x(3)),
+             lambda b: _open(b, warm=(1, 4))),
     Scenario("steady infer", "init", "op", lambda st: st.model.infer(_x(1)), lambda b: _open(b, warm=(1,))),
     Scenario("update by index: all variables", "init", "op",
              lambda st: st.model.update({i: st.new[v.name] for i, v in enumerate(st.model.variables)}),
