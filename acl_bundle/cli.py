@@ -389,9 +389,83 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     return 0
 
 
+# --- serve -------------------------------------------------------------------
+
+_SERVE_EPILOG = """\
+Speaks the Open Inference Protocol (KServe v2, as Triton does) over REST and gRPC;
+weight updates (model-repository load with file: parameters, or PUT
+/v2/models/NAME/weights) need --update-token-file and 'Authorization: Bearer TOKEN'.
+Needs the serve extra: pip install 'acl-bundle[serve]'.  SIGTERM drains and exits 0.
+
+examples:
+  acl-bundle serve mlp.om
+  acl-bundle serve mlp.om --update-token-file token --watch ckpts/ --max-queue-delay-us 500
+"""
+
+
+def _add_serve(sub: Any) -> None:
+    p = sub.add_parser(
+        "serve",
+        help="serve a bundle over REST and gRPC (KServe v2 / Triton protocol) with live weight updates",
+        description="Serve a bundle: health, metadata, infer (JSON and binary tensors), weight updates\n"
+                    "without reload, dynamic batching, Prometheus metrics at /metrics.",
+        epilog=_SERVE_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("bundle", help="bundle .om file")
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this host only)")
+    p.add_argument("--http-port", type=int, default=8000, metavar="N", help="REST port (default 8000; 0 = any free)")
+    p.add_argument("--grpc-port", type=int, default=8001, metavar="N", help="gRPC port (default 8001; 0 = any free)")
+    p.add_argument("--no-grpc", action="store_true", help="serve REST only")
+    p.add_argument("--model-name", metavar="NAME", help="name to serve the model under (default: the file name without .om)")
+    p.add_argument("--watch", metavar="DIR", help="apply each new checkpoint committed in DIR (CheckpointWatcher)")
+    p.add_argument("--poll-interval", type=float, default=0.5, metavar="S", help="--watch poll interval (default 0.5 s)")
+    p.add_argument("--update-token-file", metavar="FILE", help="file holding the bearer token that enables weight updates (default: updates off)")
+    p.add_argument("--require-weights", action="store_true", help="not ready until the first update or checkpoint is applied")
+    p.add_argument("--no-dynamic-batching", action="store_true", help="run every request as its own infer call")
+    p.add_argument("--max-queue-delay-us", type=int, default=0, metavar="US", help="how long a request may wait for others to batch with (default 0: batch what is queued)")
+    p.add_argument("--instances", type=int, default=2, metavar="N", help="infer calls (batches) running at once (default 2)")
+    p.add_argument("--max-request-bytes", type=int, default=64 << 20, metavar="N", help="largest infer request body (default 64 MiB)")
+    p.add_argument("--max-update-bytes", type=int, default=1 << 30, metavar="N", help="largest weight update body (default 1 GiB)")
+    p.add_argument("--drain-timeout", type=float, default=10.0, metavar="S", help="on SIGTERM, wait this long for in-flight requests (default 10 s)")
+    p.add_argument("--device", type=int, default=0, metavar="ID", help="device id (default 0)")
+    p.add_argument("--sim", action="store_true", help="run on the simulator even if pyACL is installed")
+    p.add_argument("--log-format", choices=("text", "json"), default="text", help="log lines as text or one JSON object each")
+    p.add_argument("--no-access-log", dest="access_log", action="store_false", help="no log line per request")
+    p.set_defaults(func=_cmd_serve)
+
+
+def _cmd_serve(args: argparse.Namespace) -> int:
+    from .serve.cli import serve_command
+
+    if args.max_queue_delay_us < 0:
+        raise UsageError(f"--max-queue-delay-us must be >= 0, got {args.max_queue_delay_us}")
+    return serve_command(args)
+
+
+def _add_serve_bench(sub: Any) -> None:
+    p = sub.add_parser(
+        "serve-bench",
+        help="benchmark the server on loopback: REST and gRPC round trips vs in-process infer, batching on vs off",
+        description="Start acl-bundle serve processes on loopback (simulator) and measure, interleaved:\n"
+                    "HTTP and gRPC round trip vs in-process infer (added latency), and dynamic batching\n"
+                    "on vs off at 16 concurrent single-row clients.",
+    )
+    p.add_argument("--quick", action="store_true", help="few requests (smoke test)")
+    p.add_argument("--json", metavar="FILE", help="write the results as JSON")
+    p.add_argument("--no-progress", action="store_true", help="no progress lines on stderr")
+    p.set_defaults(func=_cmd_serve_bench)
+
+
+def _cmd_serve_bench(args: argparse.Namespace) -> int:
+    from .serve.cli import bench_command
+
+    return bench_command(args)
+
+
 # --- main --------------------------------------------------------------------
 
-_COMMANDS: list[Callable[[Any], None]] = [_add_build, _add_inspect, _add_demo, _add_bench]
+_COMMANDS: list[Callable[[Any], None]] = [_add_build, _add_inspect, _add_demo, _add_bench, _add_serve, _add_serve_bench]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -1,0 +1,221 @@
+"""The gRPC front end: Triton's ``inference.GRPCInferenceService`` (the KServe v2 gRPC protocol).
+
+The message and service stubs are the ones ``tritonclient`` ships
+(``tritonclient.grpc.service_pb2`` / ``service_pb2_grpc``, generated from Triton's
+``grpc_service.proto``, a superset of KServe's ``grpc_predict_v2.proto``), so the
+server speaks exactly what ``tritonclient.grpc`` speaks.  Implemented: ServerLive,
+ServerReady, ModelReady, ServerMetadata, ModelMetadata, ModelConfig, ModelInfer
+(``raw_input_contents`` or typed ``contents``; outputs as ``raw_output_contents``),
+RepositoryIndex, RepositoryModelLoad (``file:`` parameters with ``bytes_param``, one
+atomic update; token in the ``authorization`` metadata) and RepositoryModelUnload
+(refused).  Others answer UNIMPLEMENTED.  Runs on grpc.aio in the server's event loop.
+"""
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import grpc
+import numpy as np
+from tritonclient.grpc import model_config_pb2, service_pb2, service_pb2_grpc
+
+from .http_app import EXTENSIONS, SERVER_NAME
+from .protocol import InputTensor, ServeError, response_parameters
+from .service import ModelService
+
+log = logging.getLogger("acl_bundle.serve")
+access_log = logging.getLogger("acl_bundle.serve.access")
+
+__all__ = ["create_grpc_server"]
+
+# InferTensorContents field per datatype (typed, non-raw inputs).
+_CONTENTS = {"BOOL": "bool_contents", "INT8": "int_contents", "INT16": "int_contents", "INT32": "int_contents",
+             "INT64": "int64_contents", "UINT8": "uint_contents", "UINT16": "uint_contents", "UINT32": "uint_contents",
+             "UINT64": "uint64_contents", "FP32": "fp32_contents", "FP64": "fp64_contents"}
+
+
+def _metadata(context: grpc.aio.ServicerContext, key: str) -> str | None:
+    for k, v in context.invocation_metadata() or ():
+        if k == key:
+            return v if isinstance(v, str) else v.decode("latin-1")
+    return None
+
+
+class _Servicer(service_pb2_grpc.GRPCInferenceServiceServicer):
+    def __init__(self, service: ModelService, server_version: str, live: Callable[[], bool], max_request_bytes: int) -> None:
+        self.s = service
+        self.version = server_version
+        self.live = live
+        self.max_request_bytes = max_request_bytes
+
+    async def _call(self, name: str, context: grpc.aio.ServicerContext, fn: Callable[[], Awaitable[Any]]) -> Any:
+        m = self.s.metrics
+        t0 = time.perf_counter()
+        code = 200
+        try:
+            return await fn()
+        except ServeError as e:
+            code = e.status
+            await context.abort(getattr(grpc.StatusCode, e.grpc_code), e.message)
+        except Exception as e:
+            if isinstance(e, grpc.aio.AbortError):
+                raise
+            code = 500
+            log.exception("gRPC %s failed", name)
+            await context.abort(grpc.StatusCode.INTERNAL, f"internal error: {type(e).__name__}")
+        finally:
+            dt = time.perf_counter() - t0
+            m.request_seconds.labels("grpc", name).observe(dt)
+            m.requests.labels("grpc", name, str(code)).inc()
+            if access_log.isEnabledFor(logging.INFO):
+                access_log.info("grpc %s %d %.3fms client=%s", name, code, dt * 1e3, context.peer(),
+                                extra={"protocol": "grpc", "method": name, "path": name, "status": code,
+                                       "duration_ms": round(dt * 1e3, 3), "client": context.peer(), "endpoint": name})
+
+    async def ServerLive(self, request: Any, context: Any) -> Any:
+        return await self._call("live", context, self._live)
+
+    async def _live(self) -> Any:
+        return service_pb2.ServerLiveResponse(live=self.live())
+
+    async def ServerReady(self, request: Any, context: Any) -> Any:
+        async def fn() -> Any:
+            return service_pb2.ServerReadyResponse(ready=self.live() and self.s.model_ready)
+        return await self._call("ready", context, fn)
+
+    async def ModelReady(self, request: Any, context: Any) -> Any:
+        async def fn() -> Any:
+            self.s.check_model(request.name, request.version)
+            return service_pb2.ModelReadyResponse(ready=self.s.model_ready)
+        return await self._call("model_ready", context, fn)
+
+    async def ServerMetadata(self, request: Any, context: Any) -> Any:
+        async def fn() -> Any:
+            return service_pb2.ServerMetadataResponse(name=SERVER_NAME, version=self.version, extensions=EXTENSIONS)
+        return await self._call("server_metadata", context, fn)
+
+    async def ModelMetadata(self, request: Any, context: Any) -> Any:
+        async def fn() -> Any:
+            md = self.s.check_model(request.name, request.version).metadata()
+            t = service_pb2.ModelMetadataResponse.TensorMetadata
+            return service_pb2.ModelMetadataResponse(
+                name=md["name"], versions=md["versions"], platform=md["platform"],
+                inputs=[t(name=i["name"], datatype=i["datatype"], shape=i["shape"]) for i in md["inputs"]],
+                outputs=[t(name=o["name"], datatype=o["datatype"], shape=o["shape"]) for o in md["outputs"]])
+        return await self._call("model_metadata", context, fn)
+
+    async def ModelConfig(self, request: Any, context: Any) -> Any:
+        async def fn() -> Any:
+            spec = self.s.check_model(request.name, request.version)
+            b = self.s.batcher
+            cfg = spec.config(int(self.s.max_queue_delay * 1e6), b is not None and b.enabled)
+            mc = model_config_pb2.ModelConfig(name=cfg["name"], platform=cfg["platform"], backend=cfg["backend"],
+                                              max_batch_size=cfg["max_batch_size"])
+            for key, target in (("input", mc.input), ("output", mc.output)):
+                for t in cfg[key]:
+                    e = target.add()
+                    e.name = t["name"]
+                    e.data_type = model_config_pb2.DataType.Value(t["data_type"])
+                    e.dims.extend(t["dims"])
+            if "dynamic_batching" in cfg:
+                mc.dynamic_batching.preferred_batch_size.extend(cfg["dynamic_batching"]["preferred_batch_size"])
+                mc.dynamic_batching.max_queue_delay_microseconds = cfg["dynamic_batching"]["max_queue_delay_microseconds"]
+            return service_pb2.ModelConfigResponse(config=mc)
+        return await self._call("model_config", context, fn)
+
+    async def ModelInfer(self, request: Any, context: Any) -> Any:
+        async def fn() -> Any:
+            if request.ByteSize() > self.max_request_bytes:
+                raise ServeError(413, f"infer request of {request.ByteSize()} bytes is over the limit of "
+                                      f"{self.max_request_bytes} bytes")
+            raw = request.raw_input_contents
+            if raw and len(raw) != len(request.inputs):
+                raise ServeError(400, f"{len(raw)} raw_input_contents for {len(request.inputs)} inputs; give one per "
+                                      "input, in input order, or none")
+            tensors = []
+            for i, t in enumerate(request.inputs):
+                if raw:
+                    if t.HasField("contents"):
+                        raise ServeError(400, f"input {t.name!r} has both contents and raw_input_contents")
+                    tensors.append(InputTensor(t.name, t.datatype, list(t.shape), raw[i], True))
+                    continue
+                field = _CONTENTS.get(t.datatype)
+                if field is None:
+                    raise ServeError(400, f"input {t.name!r}: datatype {t.datatype!r} has no typed contents field; "
+                                          "send it in raw_input_contents")
+                tensors.append(InputTensor(t.name, t.datatype, list(t.shape), list(getattr(t.contents, field)), False))
+            names = [o.name for o in request.outputs] or None
+            for o in request.outputs:
+                if "classification" in o.parameters:
+                    raise ServeError(400, f"output {o.name!r}: the classification extension is not supported")
+            out = await self.s.infer(request.model_name, request.model_version, tensors, names)
+            resp = service_pb2.ModelInferResponse(model_name=self.s.name, model_version="1", id=request.id)
+            for key, value in response_parameters(out.version, out.step).items():
+                resp.parameters[key].int64_param = value
+            for spec, a in out.outputs:
+                o = resp.outputs.add()
+                o.name, o.datatype = spec.name, spec.datatype
+                o.shape.extend(a.shape)
+                resp.raw_output_contents.append(np.ascontiguousarray(a, a.dtype.newbyteorder("<")).tobytes())
+            return resp
+        return await self._call("infer", context, fn)
+
+    async def RepositoryIndex(self, request: Any, context: Any) -> Any:
+        async def fn() -> Any:
+            state = "READY" if self.s.model_ready else "UNAVAILABLE"
+            idx = service_pb2.RepositoryIndexResponse.ModelIndex
+            return service_pb2.RepositoryIndexResponse(models=[idx(name=self.s.name, version="1", state=state)])
+        return await self._call("repository_index", context, fn)
+
+    async def RepositoryModelLoad(self, request: Any, context: Any) -> Any:
+        async def fn() -> Any:
+            self.s.authorize(_metadata(context, "authorization"), "grpc")
+            self.s.check_model(request.model_name)
+            files: dict[str, bytes] = {}
+            for key, p in request.parameters.items():
+                if key == "config":
+                    continue
+                if not key.startswith("file:"):
+                    raise ServeError(400, f"load parameter {key!r} is not supported; give weight files as "
+                                          "'file:<name>.npz' or 'file:<name>.safetensors' (bytes_param)")
+                if p.WhichOneof("parameter_choice") != "bytes_param":
+                    raise ServeError(400, f"load parameter {key!r} must carry the file in bytes_param")
+                files[key[5:]] = p.bytes_param
+            if files:
+                result = await self.s.update_files(request.model_name, files, source="grpc")
+                version = result["weight_version"]
+            else:
+                version = int(self.s.model.version)
+            await context.send_initial_metadata((("weight_version", str(version)),))
+            return service_pb2.RepositoryModelLoadResponse()
+        return await self._call("load", context, fn)
+
+    async def RepositoryModelUnload(self, request: Any, context: Any) -> Any:
+        async def fn() -> Any:
+            self.s.authorize(_metadata(context, "authorization"), "grpc")
+            self.s.check_model(request.model_name)
+            raise ServeError(400, "unload is not supported: the server keeps its bundle loaded (stop the server instead)")
+        return await self._call("unload", context, fn)
+
+
+def create_grpc_server(service: ModelService, address: str, *, server_version: str, live: Callable[[], bool],
+                       max_request_bytes: int) -> tuple[grpc.aio.Server, int]:
+    """A grpc.aio server bound to ``address`` (not started); returns (server, bound port).
+
+    The receive limit is the larger of the infer and update limits (gRPC has one per
+    server); ModelInfer then enforces the infer limit itself.
+    """
+    limit = max(max_request_bytes, service.max_update_bytes)
+    server = grpc.aio.server(options=[
+        ("grpc.max_receive_message_length", min(limit, 2**31 - 1)),
+        ("grpc.max_send_message_length", -1),
+        ("grpc.so_reuseport", 0),
+    ])
+    service_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(
+        _Servicer(service, server_version, live, max_request_bytes), server)
+    port = server.add_insecure_port(address)
+    if not port:
+        raise OSError(f"cannot bind the gRPC server to {address}")
+    return server, port

@@ -1,0 +1,323 @@
+"""The REST front end (KServe v2 / Triton HTTP protocol) as a Starlette app.
+
+Routes (``{v}`` = ``/versions/<version>``, optional)::
+
+    GET  /v2/health/live  /v2/health/ready            200 when live / ready, else 503
+    GET  /v2                                          server metadata (name, version, extensions)
+    GET  /v2/models/{name}[{v}]                       model metadata
+    GET  /v2/models/{name}[{v}]/ready                 model ready
+    GET  /v2/models/{name}[{v}]/config                Triton-style model configuration
+    POST /v2/models/{name}[{v}]/infer                 infer: JSON tensors and/or binary tensor data
+    POST /v2/repository/index                         the one model, READY or UNAVAILABLE
+    POST /v2/repository/models/{name}/load            apply "file:<path>" parameters as one update  [token]
+    POST /v2/repository/models/{name}/unload          refused (the bundle stays loaded)            [token]
+    PUT  /v2/models/{name}/weights                    body = one .npz/.safetensors: one update      [token]
+    GET  /metrics                                     Prometheus text format
+
+Bodies are bounded: a declared ``Content-Length`` over the limit is answered 413 before
+any of the body is read, a streamed body is cut off at the limit.  Update routes check
+the token before reading the body.  Errors are ``{"error": "<what was wrong>"}``.
+"""
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import numpy as np
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from .metrics import CONTENT_TYPE_LATEST
+from .protocol import InputTensor, ServeError, check_parameters, response_parameters
+from .service import InferOutcome, ModelService
+
+log = logging.getLogger("acl_bundle.serve")
+access_log = logging.getLogger("acl_bundle.serve.access")
+
+__all__ = ["create_app", "EXTENSIONS", "SERVER_NAME"]
+
+SERVER_NAME = "acl_bundle"
+EXTENSIONS = ["binary_tensor_data", "model_repository", "model_configuration", "parameters"]
+HEADER_LENGTH = "inference-header-content-length"
+
+Handler = Callable[[Request], Awaitable[Response]]
+
+
+def _json(obj: Any, status: int = 200) -> Response:
+    return Response(json.dumps(obj, separators=(",", ":")), status_code=status, media_type="application/json")
+
+
+def _error(e: ServeError) -> Response:
+    headers = {"WWW-Authenticate": "Bearer"} if e.status == 401 else None
+    r = _json({"error": e.message}, e.status)
+    if headers:
+        r.headers.update(headers)
+    return r
+
+
+async def read_body(request: Request, limit: int) -> bytes:
+    """The request body, refused with 413 past ``limit`` bytes (declared or streamed)."""
+    if request.headers.get("content-encoding", "identity").lower() != "identity":
+        raise ServeError(415, "compressed request bodies (Content-Encoding) are not accepted; send them uncompressed")
+    declared = request.headers.get("content-length")
+    if declared is not None:
+        try:
+            n = int(declared)
+        except ValueError:
+            raise ServeError(400, f"Content-Length {declared!r} is not a number") from None
+        if n > limit:
+            raise ServeError(413, f"request body of {n} bytes is over the limit of {limit} bytes")
+    chunks = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise ServeError(413, f"request body is over the limit of {limit} bytes")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def _parse_json(raw: bytes, what: str) -> dict[str, Any]:
+    try:
+        obj = json.loads(raw)
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ServeError(400, f"{what} is not valid JSON: {e}") from None
+    except RecursionError:
+        raise ServeError(400, f"{what} is nested too deeply") from None
+    if not isinstance(obj, dict):
+        raise ServeError(400, f"{what} must be a JSON object, got {type(obj).__name__}")
+    return obj
+
+
+def _infer_request(body: bytes, header_length: str | None) -> tuple[dict[str, Any], list[InputTensor], list[str] | None, set[str], bool]:
+    """Split and check an infer request: (json, inputs, requested outputs, binary outputs, all binary)."""
+    if header_length is None:
+        head, rest = body, b""
+    else:
+        try:
+            n = int(header_length)
+        except ValueError:
+            raise ServeError(400, f"Inference-Header-Content-Length {header_length!r} is not a number") from None
+        if not 0 < n <= len(body):
+            raise ServeError(400, f"Inference-Header-Content-Length {n} is outside the body of {len(body)} bytes")
+        head, rest = body[:n], body[n:]
+    req = _parse_json(head, "the inference request header" if header_length is not None else "the inference request")
+    params = check_parameters(req.get("parameters"), "request")
+    inputs = req.get("inputs")
+    if not isinstance(inputs, list) or not inputs:
+        raise ServeError(400, "the inference request needs a non-empty 'inputs' list")
+    tensors = []
+    offset = 0
+    for i, t in enumerate(inputs):
+        if not isinstance(t, dict):
+            raise ServeError(400, f"inputs[{i}] must be an object with 'name', 'shape', 'datatype' and 'data'")
+        name = t.get("name")
+        for key in ("name", "shape", "datatype"):
+            if key not in t:
+                raise ServeError(400, f"inputs[{i}] ({name!r}) has no {key!r}")
+        tparams = check_parameters(t.get("parameters"), f"input {name!r}")
+        size = tparams.get("binary_data_size")
+        if size is not None:
+            if isinstance(size, bool) or not isinstance(size, int) or size < 0:
+                raise ServeError(400, f"input {name!r}: 'binary_data_size' must be a non-negative integer, got {size!r}")
+            if "data" in t:
+                raise ServeError(400, f"input {name!r} has both 'data' and 'binary_data_size'")
+            if offset + size > len(rest):
+                raise ServeError(400, f"input {name!r}: binary_data_size {size} runs past the end of the body "
+                                      f"({len(rest) - offset} bytes left)")
+            tensors.append(InputTensor(name, t["datatype"], t["shape"], rest[offset:offset + size], True))
+            offset += size
+        else:
+            tensors.append(InputTensor(name, t["datatype"], t["shape"], t.get("data"), False))
+    if offset != len(rest):
+        raise ServeError(400, f"the body has {len(rest) - offset} bytes of binary data that no input claims "
+                              "(check Inference-Header-Content-Length and binary_data_size)")
+    all_binary = params.get("binary_data_output") is True
+    outputs = req.get("outputs")
+    names: list[str] | None = None
+    binary: set[str] = set()
+    if outputs is not None:
+        if not isinstance(outputs, list):
+            raise ServeError(400, "'outputs' must be a list")
+        names = []
+        for i, o in enumerate(outputs):
+            if not isinstance(o, dict) or not isinstance(o.get("name"), str):
+                raise ServeError(400, f"outputs[{i}] must be an object with a 'name'")
+            oparams = check_parameters(o.get("parameters"), f"output {o['name']!r}")
+            if "classification" in oparams:
+                raise ServeError(400, f"output {o['name']!r}: the classification extension is not supported")
+            if oparams.get("binary_data", all_binary) is True:
+                binary.add(o["name"])
+            names.append(o["name"])
+    return req, tensors, names, binary, all_binary
+
+
+def _infer_response(service: ModelService, req: dict[str, Any], out: InferOutcome, binary: set[str],
+                    all_binary: bool) -> Response:
+    outputs = []
+    blobs = []
+    for spec, a in out.outputs:
+        entry: dict[str, Any] = {"name": spec.name, "datatype": spec.datatype, "shape": list(a.shape)}
+        if all_binary or spec.name in binary:
+            raw = np.ascontiguousarray(a, a.dtype.newbyteorder("<")).tobytes()
+            entry["parameters"] = {"binary_data_size": len(raw)}
+            blobs.append(raw)
+        else:
+            entry["data"] = a.reshape(-1).tolist()
+        outputs.append(entry)
+    resp: dict[str, Any] = {"model_name": service.name, "model_version": "1",
+                            "parameters": response_parameters(out.version, out.step), "outputs": outputs}
+    if "id" in req:
+        resp["id"] = req["id"]
+    head = json.dumps(resp, separators=(",", ":")).encode()
+    if not blobs:
+        return Response(head, media_type="application/json")
+    return Response(head + b"".join(blobs), media_type="application/octet-stream",
+                    headers={"Inference-Header-Content-Length": str(len(head))})
+
+
+def create_app(service: ModelService, *, max_request_bytes: int, server_version: str,
+               live: Callable[[], bool]) -> Starlette:
+    """The Starlette app serving ``service``."""
+    metrics = service.metrics
+
+    def endpoint(name: str, fn: Handler) -> Handler:
+        """Wrap a handler: ServeError -> JSON error, metrics, one access-log record per request."""
+        hist = metrics.request_seconds.labels("http", name)
+
+        async def wrapped(request: Request) -> Response:
+            t0 = time.perf_counter()
+            try:
+                response = await fn(request)
+            except ServeError as e:
+                response = _error(e)
+            except Exception as e:  # a bug: say so without a traceback to the client
+                log.exception("%s %s failed", request.method, request.url.path)
+                response = _error(ServeError(500, f"internal error: {type(e).__name__}"))
+            dt = time.perf_counter() - t0
+            hist.observe(dt)
+            metrics.requests.labels("http", name, str(response.status_code)).inc()
+            if access_log.isEnabledFor(logging.INFO):
+                client = request.client
+                peer = f"{client.host}:{client.port}" if client else "-"
+                access_log.info("http %s %s %d %.3fms client=%s", request.method, request.url.path,
+                                response.status_code, dt * 1e3, peer,
+                                extra={"protocol": "http", "method": request.method, "path": request.url.path,
+                                       "status": response.status_code, "duration_ms": round(dt * 1e3, 3),
+                                       "client": peer, "endpoint": name})
+            return response
+
+        return wrapped
+
+    async def health_live(request: Request) -> Response:
+        return Response(status_code=200 if live() else 503)
+
+    async def health_ready(request: Request) -> Response:
+        return Response(status_code=200 if live() and service.model_ready else 503)
+
+    async def server_metadata(request: Request) -> Response:
+        return _json({"name": SERVER_NAME, "version": server_version, "extensions": EXTENSIONS})
+
+    def model_of(request: Request) -> Any:
+        return service.check_model(request.path_params["name"], request.path_params.get("version"))
+
+    async def model_metadata(request: Request) -> Response:
+        return _json(model_of(request).metadata())
+
+    async def model_ready(request: Request) -> Response:
+        model_of(request)
+        return Response(status_code=200 if service.model_ready else 503)
+
+    async def model_config(request: Request) -> Response:
+        spec = model_of(request)
+        return _json(spec.config(int(service.max_queue_delay * 1e6), service.batcher is not None and service.batcher.enabled))
+
+    async def infer(request: Request) -> Response:
+        name, version = request.path_params["name"], request.path_params.get("version")
+        service.check_model(name, version)  # 404 before reading the body
+        body = await read_body(request, max_request_bytes)
+        req, tensors, outputs, binary, all_binary = _infer_request(body, request.headers.get(HEADER_LENGTH))
+        out = await service.infer(name, version, tensors, outputs)
+        return _infer_response(service, req, out, binary, all_binary)
+
+    async def repository_index(request: Request) -> Response:
+        await read_body(request, 1 << 16)
+        state = "READY" if service.model_ready else "UNAVAILABLE"
+        return _json([{"name": service.name, "version": "1", "state": state}])
+
+    async def repository_load(request: Request) -> Response:
+        service.authorize(request.headers.get("authorization"), "http")
+        service.check_model(request.path_params["name"])
+        body = await read_body(request, service.max_update_bytes)
+        req = _parse_json(body, "the load request") if body.strip() else {}
+        params = check_parameters(req.get("parameters"), "load request")
+        files: dict[str, bytes] = {}
+        for key, value in params.items():
+            if key == "config":  # Triton's override config: the bundle describes itself, nothing to apply
+                continue
+            if not key.startswith("file:"):
+                raise ServeError(400, f"load parameter {key!r} is not supported; give weight files as "
+                                      "'file:<name>.npz' or 'file:<name>.safetensors' (base64)")
+            if not isinstance(value, str):
+                raise ServeError(400, f"load parameter {key!r} must be a base64 string")
+            try:
+                files[key[5:]] = base64.b64decode(value, validate=True)
+            except (binascii.Error, ValueError):
+                raise ServeError(400, f"load parameter {key!r} is not valid base64") from None
+        if not files:
+            return _json({"model_name": service.name, "weight_version": int(service.model.version)})
+        return _json(await service.update_files(request.path_params["name"], files, source="http"))
+
+    async def repository_unload(request: Request) -> Response:
+        service.authorize(request.headers.get("authorization"), "http")
+        service.check_model(request.path_params["name"])
+        raise ServeError(400, "unload is not supported: the server keeps its bundle loaded (stop the server instead)")
+
+    async def put_weights(request: Request) -> Response:
+        service.authorize(request.headers.get("authorization"), "http")
+        service.check_model(request.path_params["name"])
+        body = await read_body(request, service.max_update_bytes)
+        if not body:
+            raise ServeError(400, "the body is empty; send one .npz or .safetensors file")
+        ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
+        fname = {"application/x-npz": "body.npz", "application/x-safetensors": "body.safetensors"}.get(ctype, "")
+        return _json(await service.update_files(request.path_params["name"], {fname: body}, source="http"))
+
+    async def prometheus(request: Request) -> Response:
+        return Response(metrics.render(), media_type=CONTENT_TYPE_LATEST)
+
+    routes = [
+        Route("/v2/health/live", endpoint("live", health_live), methods=["GET"]),
+        Route("/v2/health/ready", endpoint("ready", health_ready), methods=["GET"]),
+        Route("/v2", endpoint("server_metadata", server_metadata), methods=["GET"]),
+        Route("/v2/repository/index", endpoint("repository_index", repository_index), methods=["POST"]),
+        Route("/v2/repository/models/{name}/load", endpoint("load", repository_load), methods=["POST"]),
+        Route("/v2/repository/models/{name}/unload", endpoint("unload", repository_unload), methods=["POST"]),
+        Route("/v2/models/{name}/weights", endpoint("weights", put_weights), methods=["PUT", "POST"]),
+        Route("/metrics", endpoint("metrics", prometheus), methods=["GET"]),
+    ]
+    for prefix in ("/v2/models/{name}", "/v2/models/{name}/versions/{version}"):
+        routes += [
+            Route(prefix, endpoint("model_metadata", model_metadata), methods=["GET"]),
+            Route(prefix + "/ready", endpoint("model_ready", model_ready), methods=["GET"]),
+            Route(prefix + "/config", endpoint("model_config", model_config), methods=["GET"]),
+            Route(prefix + "/infer", endpoint("infer", infer), methods=["POST"]),
+        ]
+    app = Starlette(routes=routes)
+
+    async def not_found(request: Request, exc: Exception) -> Response:
+        return _json({"error": f"no route {request.method} {request.url.path}; see the KServe v2 routes under /v2"}, 404)
+
+    async def method_not_allowed(request: Request, exc: Exception) -> Response:
+        return _json({"error": f"{request.method} is not allowed on {request.url.path}"}, 405)
+
+    app.add_exception_handler(404, not_found)
+    app.add_exception_handler(405, method_not_allowed)
+    return app

@@ -1,0 +1,268 @@
+"""Run the REST and gRPC front ends on one event loop around one served bundle.
+
+::
+
+    from acl_bundle.serve import ServeConfig, Server
+    Server(ServeConfig("bundle.om", update_token_file="token")).run()   # until SIGTERM / SIGINT
+
+    with Server(ServeConfig("bundle.om", http_port=0, grpc_port=0)) as s:   # in a background thread
+        print(s.http_port, s.grpc_port)
+
+Lifecycle: the listeners open first (live = true, ready = false); the bundle loads in
+a worker thread; the watcher (``watch``) starts; then ready = true (with
+``require_weights``, only after the first update or checkpoint).  SIGTERM / SIGINT /
+:meth:`Server.stop`: ready = false, the listeners stop taking new connections and
+calls, in-flight requests finish (at most ``drain_timeout`` seconds), the watcher
+stops, the model closes, :meth:`run` returns 0.
+"""
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import uvicorn
+
+from .auth import UpdateAuth
+from .grpc_service import create_grpc_server
+from .http_app import create_app
+from .metrics import Metrics
+from .service import ModelService
+
+log = logging.getLogger("acl_bundle.serve")
+
+__all__ = ["ServeConfig", "Server"]
+
+
+@dataclass
+class ServeConfig:
+    """Everything ``acl-bundle serve`` takes (see ``acl-bundle serve --help``).
+
+    ``model`` may be a path to a bundle ``.om`` or an open :class:`~acl_bundle.BundleModel`
+    (which the server then serves but does not close).  ``grpc_port=None`` disables gRPC.
+    """
+
+    model: Any
+    host: str = "127.0.0.1"
+    http_port: int = 8000
+    grpc_port: int | None = 8001
+    model_name: str | None = None
+    watch: str | None = None
+    poll_interval: float = 0.5
+    update_token_file: str | None = None
+    require_weights: bool = False
+    dynamic_batching: bool = True
+    max_queue_delay: float = 0.0  # seconds
+    instances: int = 2
+    max_request_bytes: int = 64 << 20
+    max_update_bytes: int = 1 << 30
+    drain_timeout: float = 10.0
+    device_id: int = 0
+    acl: Any = None
+
+    def validate(self) -> None:
+        problems = []
+        for name in ("http_port",) + (("grpc_port",) if self.grpc_port is not None else ()):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int) or not 0 <= v <= 65535:
+                problems.append(f"{name} must be 0..65535, got {v!r}")
+        if self.grpc_port is not None and self.grpc_port == self.http_port != 0:
+            problems.append(f"http_port and grpc_port are both {self.http_port}")
+        for name in ("max_request_bytes", "max_update_bytes", "instances"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+                problems.append(f"{name} must be a positive integer, got {v!r}")
+        for name in ("max_queue_delay", "drain_timeout", "poll_interval"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or v < 0 or (name == "poll_interval" and v == 0):
+                problems.append(f"{name} must be a non-negative number of seconds, got {v!r}")
+        if self.model_name is not None and (not self.model_name or "/" in self.model_name):
+            problems.append(f"model_name must be non-empty without '/', got {self.model_name!r}")
+        if isinstance(self.model, (str, os.PathLike)) and not os.path.isfile(self.model):
+            problems.append(f"no such bundle file: {os.fspath(self.model)}")
+        if self.watch is not None and not os.path.isdir(self.watch):
+            problems.append(f"--watch directory {self.watch!r} does not exist")
+        if problems:
+            raise ValueError("; ".join(problems))
+
+    @property
+    def name(self) -> str:
+        if self.model_name:
+            return self.model_name
+        if isinstance(self.model, (str, os.PathLike)):
+            return os.path.splitext(os.path.basename(os.fspath(self.model)))[0]
+        return "model"
+
+
+class _Uvicorn(uvicorn.Server):
+    """uvicorn without its own signal handling: the Server owns SIGTERM / SIGINT."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield
+
+
+def _version() -> str:
+    from .. import __version__
+
+    return __version__
+
+
+class Server:
+    """One served bundle behind REST (uvicorn + Starlette) and gRPC (grpc.aio)."""
+
+    def __init__(self, config: ServeConfig) -> None:
+        config.validate()
+        self.config = config
+        self.auth = UpdateAuth.from_file(config.update_token_file)
+        self.metrics = Metrics()
+        self.service = ModelService(
+            config.name, self.metrics, self.auth, dynamic_batching=config.dynamic_batching,
+            max_queue_delay=config.max_queue_delay, instances=config.instances,
+            require_weights=config.require_weights, max_update_bytes=config.max_update_bytes)
+        self.http_port: int | None = None
+        self.grpc_port: int | None = None
+        self.exit_code: int | None = None
+        self._live = False
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._stop: asyncio.Event | None = None
+        self._started = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._owns_model = isinstance(config.model, (str, os.PathLike))
+
+    # ------------------------------------------------------------------ public
+    def run(self) -> int:
+        """Serve until SIGTERM / SIGINT (main thread) or :meth:`stop`; return the exit code (0 = clean)."""
+        return asyncio.run(self._main(signals=threading.current_thread() is threading.main_thread()))
+
+    def start(self, timeout: float = 60.0) -> Server:
+        """Serve in a background thread; return once the model is loaded (or raise if it failed to start)."""
+        def target() -> None:
+            try:
+                self.exit_code = asyncio.run(self._main(signals=False))
+            except BaseException:
+                self.exit_code = 1
+                log.exception("server thread failed")
+            finally:
+                self._started.set()
+
+        self._thread = threading.Thread(target=target, name="acl_bundle-serve", daemon=True)
+        self._thread.start()
+        if not self._started.wait(timeout) or self.exit_code is not None:
+            raise RuntimeError(f"the server did not start (exit code {self.exit_code})")
+        return self
+
+    def stop(self, timeout: float | None = None) -> None:
+        """Drain and stop (any thread); waits for a background server started with :meth:`start`."""
+        loop, ev = self._loop, self._stop
+        if loop is not None and ev is not None and not loop.is_closed():
+            loop.call_soon_threadsafe(ev.set)
+        if self._thread is not None and self._thread is not threading.current_thread():
+            self._thread.join(timeout)
+
+    def __enter__(self) -> Server:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    # ------------------------------------------------------------------ the loop
+    async def _main(self, signals: bool) -> int:
+        cfg = self.config
+        loop = asyncio.get_running_loop()
+        self._loop = loop
+        self._stop = asyncio.Event()
+        if signals:
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                loop.add_signal_handler(sig, self._on_signal, sig)
+        version = _version()
+        app = create_app(self.service, max_request_bytes=cfg.max_request_bytes, server_version=version,
+                         live=lambda: self._live)
+        uv = _Uvicorn(uvicorn.Config(app, host=cfg.host, port=cfg.http_port, log_config=None, access_log=False,
+                                     lifespan="off", timeout_graceful_shutdown=cfg.drain_timeout,
+                                     server_header=False, h11_max_incomplete_event_size=64 * 1024))
+        grpc_server = None
+        uv_task: asyncio.Task[None] | None = None
+        code = 0
+        try:
+            if cfg.grpc_port is not None:
+                host = f"[{cfg.host}]" if ":" in cfg.host else cfg.host
+                grpc_server, self.grpc_port = create_grpc_server(
+                    self.service, f"{host}:{cfg.grpc_port}", server_version=version, live=lambda: self._live,
+                    max_request_bytes=cfg.max_request_bytes)
+                await grpc_server.start()
+            uv_task = loop.create_task(uv.serve())
+            while not uv.started:
+                if uv_task.done():
+                    uv_task.result()
+                    raise OSError(f"cannot serve HTTP on {cfg.host}:{cfg.http_port}")
+                await asyncio.sleep(0.01)
+            self.http_port = uv.servers[0].sockets[0].getsockname()[1]
+            self._live = True
+            log.info("serving %r: HTTP on %s:%s, gRPC on %s; updates %s", self.service.name, cfg.host, self.http_port,
+                     f"{cfg.host}:{self.grpc_port}" if grpc_server else "off",
+                     "enabled (bearer token)" if self.auth.enabled else "disabled")
+            model = await self._load()
+            self.service.attach(model)
+            if cfg.watch is not None:
+                await loop.run_in_executor(None, self.service.start_watcher, cfg.watch, cfg.poll_interval)
+            log.info("model %r %s (batch sizes %s, dynamic batching %s)", self.service.name,
+                     "ready" if self.service.model_ready else "loaded, waiting for weights",
+                     list(model.batch_sizes) or "static", "on" if self.service.batcher.enabled else "off")  # type: ignore[union-attr]
+            self._started.set()
+            await self._stop.wait()
+        except Exception as e:
+            log.error("serve failed: %s: %s", type(e).__name__, e)
+            code = 1
+        finally:
+            await self._shutdown(uv, uv_task, grpc_server)
+            if signals:
+                for sig in (signal.SIGTERM, signal.SIGINT):
+                    loop.remove_signal_handler(sig)
+        return code
+
+    def _on_signal(self, sig: int) -> None:
+        assert self._stop is not None
+        if self._stop.is_set():
+            log.warning("second %s: exiting now", signal.Signals(sig).name)
+            os._exit(1)
+        log.info("%s: draining", signal.Signals(sig).name)
+        self._stop.set()
+
+    async def _load(self) -> Any:
+        cfg = self.config
+        if not self._owns_model:
+            return cfg.model
+        from ..model import BundleModel
+
+        log.info("loading %s", cfg.model)
+        return await asyncio.get_running_loop().run_in_executor(
+            None, lambda: BundleModel(cfg.model, device_id=cfg.device_id, acl=cfg.acl, max_concurrency=cfg.instances))
+
+    async def _shutdown(self, uv: _Uvicorn, uv_task: asyncio.Task[None] | None, grpc_server: Any) -> None:
+        cfg = self.config
+        self.service.shutting_down = True
+        self.service._refresh_ready()
+        uv.should_exit = True
+        waits = []
+        if grpc_server is not None:
+            waits.append(grpc_server.stop(cfg.drain_timeout))
+        if uv_task is not None:
+            waits.append(uv_task)
+        if waits:
+            try:
+                await asyncio.wait_for(asyncio.gather(*waits, return_exceptions=True), cfg.drain_timeout + 5)
+            except asyncio.TimeoutError:
+                log.warning("listeners did not stop within %.1f s", cfg.drain_timeout + 5)
+        self._live = False
+        await self.service.drain()
+        model = self.service.model
+        if model is not None and self._owns_model:
+            await asyncio.get_running_loop().run_in_executor(None, model.close)
+        log.info("stopped")

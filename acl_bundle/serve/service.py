@@ -1,0 +1,235 @@
+"""The served model behind both front ends: readiness, infer through the batcher, weight updates.
+
+The REST and gRPC front ends only translate their transport into calls on
+:class:`ModelService` and its :class:`~acl_bundle.serve.protocol.ServeError` back into
+status codes.  Every blocking model call (``infer``, ``update``, parsing weight
+files) runs in a worker thread; the event loop only moves bytes.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+from collections.abc import Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import numpy as np
+
+from .auth import UpdateAuth
+from .batcher import Batcher, BatchResult
+from .metrics import Metrics
+from .protocol import InputTensor, ModelSpec, ServeError, decode_inputs, requested_outputs
+from .updates import describe, merge_weight_files, update_error
+
+log = logging.getLogger("acl_bundle.serve")
+
+__all__ = ["ModelService", "InferOutcome"]
+
+
+class InferOutcome:
+    """What a front end needs to answer an infer request."""
+
+    __slots__ = ("outputs", "version", "step")
+
+    def __init__(self, outputs: list[tuple[Any, np.ndarray]], version: int, step: int | None) -> None:
+        self.outputs = outputs  # (TensorSpec, array) for each requested output
+        self.version = version
+        self.step = step
+
+
+class _WatchedModel:
+    """What the CheckpointWatcher sees: the model, with updates going through the service."""
+
+    def __init__(self, service: ModelService) -> None:
+        self._service = service
+
+    @property
+    def variables(self) -> Any:
+        return self._service.model.variables
+
+    def update(self, weights: Mapping[str, np.ndarray]) -> int:
+        return self._service.apply_update(weights, source="watch")
+
+
+class ModelService:
+    """One bundle served under one name."""
+
+    def __init__(
+        self,
+        name: str,
+        metrics: Metrics,
+        auth: UpdateAuth,
+        *,
+        dynamic_batching: bool = True,
+        max_queue_delay: float = 0.0,
+        instances: int = 2,
+        require_weights: bool = False,
+        max_update_bytes: int = 1 << 30,
+    ) -> None:
+        self.name = name
+        self.metrics = metrics
+        self.auth = auth
+        self.dynamic_batching = dynamic_batching
+        self.max_queue_delay = max_queue_delay
+        self.instances = instances
+        self.require_weights = require_weights
+        self.max_update_bytes = max_update_bytes
+        self.model: Any = None
+        self.spec: ModelSpec | None = None
+        self.batcher: Batcher | None = None
+        self.watcher: Any = None
+        self.shutting_down = False
+        self._steps: dict[int, int] = {}  # weight version -> checkpoint step (watcher updates only)
+        self._update_lock = threading.Lock()
+        self._infer_pool = ThreadPoolExecutor(max_workers=instances, thread_name_prefix="acl_bundle-infer")
+        self._update_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="acl_bundle-update")
+
+    # ------------------------------------------------------------------ state
+    def attach(self, model: Any) -> None:
+        """Serve ``model`` (called on the loop once it is loaded)."""
+        self.model = model
+        self.spec = ModelSpec.from_model(self.name, model)
+        self.batcher = Batcher(self._infer, self._infer_pool, batch_sizes=self.spec.batch_sizes,
+                               enabled=self.dynamic_batching and self.spec.can_batch,
+                               max_queue_delay=self.max_queue_delay, slots=self.instances, on_batch=self._on_batch)
+        self.batcher.start()
+        self.metrics.weight_version.set(int(model.version))
+        self._refresh_ready()
+
+    @property
+    def model_ready(self) -> bool:
+        if self.model is None or self.shutting_down or self.model.closed:
+            return False
+        return not self.require_weights or int(self.model.version) > 0
+
+    def _refresh_ready(self) -> None:
+        self.metrics.ready.set(1 if self.model_ready else 0)
+
+    def check_model(self, name: str, version: str | None = None) -> ModelSpec:
+        """The spec of model ``name`` (404 listing the names there are)."""
+        if name != self.name:
+            raise ServeError(404, f"unknown model {name!r}; this server serves {[self.name]}")
+        if self.spec is None:
+            raise ServeError(503, f"model {self.name!r} is still loading")
+        self.spec.check_version(version)
+        return self.spec
+
+    def step_of(self, version: int) -> int | None:
+        return self._steps.get(int(version))
+
+    # ------------------------------------------------------------------ infer
+    def _infer(self, *arrays: np.ndarray) -> tuple[list[np.ndarray], int]:
+        out, version = self.model.infer(*arrays, return_version=True)
+        return (list(out) if isinstance(out, tuple) else [out]), int(version)
+
+    def _on_batch(self, rows: int, size: int, seconds: float) -> None:
+        m = self.metrics
+        m.compute_seconds.observe(seconds)
+        if size:
+            m.batch_size.observe(size)
+            m.batch_rows.observe(rows)
+
+    async def infer(self, name: str, version: str | None, tensors: Sequence[InputTensor],
+                    outputs: Sequence[str] | None) -> InferOutcome:
+        spec = self.check_model(name, version)
+        which = requested_outputs(spec, outputs)
+        if not self.model_ready:
+            why = "shutting down" if self.shutting_down else "waiting for its first weight update (--require-weights)"
+            raise ServeError(503, f"model {self.name!r} is not ready: {why}")
+        arrays, rows = decode_inputs(spec, tensors)
+        assert self.batcher is not None
+        try:
+            res: BatchResult = await self.batcher.submit(arrays, rows)
+        except ServeError:
+            raise
+        except Exception as e:
+            log.exception("infer failed")
+            raise ServeError(500, f"infer failed: {type(e).__name__}: {e}") from None
+        self.metrics.queue_seconds.observe(res.queue_seconds)
+        return InferOutcome([(spec.outputs[i], res.outputs[i]) for i in which], res.version, self.step_of(res.version))
+
+    # ------------------------------------------------------------------ updates
+    def authorize(self, authorization: str | None, source: str) -> None:
+        try:
+            self.auth.check(authorization)
+        except ServeError:
+            self.metrics.updates.labels(source, "unauthorized").inc()
+            raise
+
+    def apply_update(self, weights: Mapping[str, np.ndarray], *, source: str) -> int:
+        """Apply one validated-or-refused update (worker thread); record its metrics; return the version."""
+        model = self.model
+        with self._update_lock:  # serialise with the watcher so last_update is this update's
+            try:
+                version = int(model.update(weights))
+            except (KeyError, TypeError, ValueError) as e:
+                self.metrics.updates.labels(source, "rejected").inc()
+                raise update_error(e) from None
+            except Exception:
+                self.metrics.updates.labels(source, "failed").inc()
+                raise
+            last = model.stats.get("last_update") or {}
+        m = self.metrics
+        m.updates.labels(source, "ok").inc()
+        m.update_bytes.inc(last.get("bytes", 0))
+        m.stage_seconds.observe(last.get("stage_seconds", 0.0))
+        m.commit_seconds.observe(last.get("commit_seconds", 0.0))
+        m.weight_version.set(version)
+        self._refresh_ready()
+        names, nbytes = describe(weights)
+        log.info("applied %s update as version %d: %d variables, %d bytes", source, version, len(names), nbytes)
+        return version
+
+    async def update_files(self, name: str, files: Mapping[str, bytes], *, source: str) -> dict[str, Any]:
+        """Parse ``files`` and apply them as one update (the caller has authorised it)."""
+        self.check_model(name)
+        if self.shutting_down:
+            raise ServeError(503, "the server is shutting down")
+        loop = asyncio.get_running_loop()
+
+        def work() -> dict[str, Any]:
+            try:
+                weights = merge_weight_files(files, max_bytes=self.max_update_bytes)
+            except ServeError:
+                self.metrics.updates.labels(source, "rejected").inc()
+                raise
+            version = self.apply_update(weights, source=source)
+            names, nbytes = describe(weights)
+            return {"model_name": self.name, "weight_version": version, "variables": names, "bytes": nbytes}
+
+        try:
+            return await loop.run_in_executor(self._update_pool, work)
+        except ServeError:
+            raise
+        except Exception as e:
+            log.exception("update failed")
+            raise ServeError(500, f"update failed: {type(e).__name__}: {e}") from None
+
+    def on_checkpoint(self, applied: Any) -> None:
+        """CheckpointWatcher on_apply: remember which step produced which version."""
+        self._steps[int(applied.version)] = int(applied.step)
+        self.metrics.checkpoint_step.set(int(applied.step))
+
+    def start_watcher(self, directory: str, poll_interval: float) -> None:
+        from ..watcher import CheckpointWatcher
+
+        self.watcher = CheckpointWatcher(_WatchedModel(self), directory, poll_interval=poll_interval,
+                                         on_apply=self.on_checkpoint)
+        self.watcher.start()
+
+    # ------------------------------------------------------------------ shutdown
+    async def drain(self) -> None:
+        """Stop updates from the watcher, finish queued infer requests, stop the worker threads."""
+        self.shutting_down = True
+        self._refresh_ready()
+        loop = asyncio.get_running_loop()
+        if self.watcher is not None:
+            await loop.run_in_executor(None, self.watcher.stop, 10.0)
+        if self.batcher is not None:
+            await self.batcher.drain()
+        await loop.run_in_executor(None, self._shutdown_pools)
+
+    def _shutdown_pools(self) -> None:
+        self._update_pool.shutdown(wait=True)
+        self._infer_pool.shutdown(wait=True)
