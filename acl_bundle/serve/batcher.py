@@ -169,8 +169,8 @@ class Batcher:
         split = []
         n = 0
         for p in parts:
-            r = p[0].shape[0] if p else 0
-            split.append([o[n:n + r] if (len(parts) > 1 or r != size) else o for o in outs])
+            r = p[0].shape[0]
+            split.append([o[n:n + r] for o in outs])  # padding rows dropped
             n += r
         return split, version, seconds
 

@@ -13,7 +13,7 @@ _UPDATE = (0.0001, 0.0005, 0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 30.0)
 class Metrics:
     """Every metric the server exports; names start with ``acl_bundle_``."""
 
-    def __init__(self, batch_sizes: tuple[int, ...] = ()) -> None:
+    def __init__(self) -> None:
         r = self.registry = CollectorRegistry(auto_describe=True)
         self.requests = Counter("acl_bundle_requests", "Requests by protocol, endpoint and outcome (HTTP status code)",
                                 ["protocol", "endpoint", "code"], registry=r)
@@ -23,7 +23,7 @@ class Metrics:
                                        buckets=_LATENCY, registry=r)
         self.compute_seconds = Histogram("acl_bundle_compute_seconds", "Time of one BundleModel.infer call (one batch)",
                                          buckets=_LATENCY, registry=r)
-        sizes = tuple(float(b) for b in batch_sizes) or (1.0,)
+        sizes = tuple(float(2 ** i) for i in range(11))  # 1 .. 1024
         self.batch_size = Histogram("acl_bundle_batch_size", "Batch size of each infer call (padding included)",
                                     buckets=sizes, registry=r)
         self.batch_rows = Histogram("acl_bundle_batch_rows", "Request rows in each infer call (padding excluded)",
