@@ -9,7 +9,8 @@ one weight version that produced them.  While a batch runs, requests queue up, s
 busy server forms large batches without waiting for the delay at all.
 
 With batching off (or a model whose tensors cannot be stacked) each request is one
-``infer``, still padded to the next batch size.  Model calls never run on the event
+``infer``, still padded to the next batch size; so is a request that finds, with no
+queue delay configured, an empty queue and a free slot (nothing to batch it with).  Model calls never run on the event
 loop: they go to ``executor``.
 """
 from __future__ import annotations
@@ -141,8 +142,9 @@ class Batcher:
     async def submit(self, arrays: list[np.ndarray], rows: int) -> BatchResult:
         """Run one request (``rows`` = its batch, 0 for a static model) and return its result."""
         loop = asyncio.get_running_loop()
-        if not self.enabled:
-            assert self._free is not None
+        assert self._free is not None
+        # Batching off, or nothing to wait for (no delay, nothing queued, a slot free): run it alone at once.
+        if not self.enabled or (self._delay == 0 and not self._queue and not self._free.locked()):
             t0 = time.perf_counter()
             async with self._free:
                 t1 = time.perf_counter()

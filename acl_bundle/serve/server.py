@@ -108,6 +108,15 @@ class _Uvicorn(uvicorn.Server):
         yield
 
 
+def _run_loop(main: Any) -> Any:
+    """Run ``main`` on uvloop when it is installed (faster loop iterations and thread wake-ups), else asyncio."""
+    try:
+        import uvloop
+    except ImportError:
+        return asyncio.run(main)
+    return uvloop.run(main)
+
+
 def _version() -> str:
     from .. import __version__
 
@@ -139,13 +148,13 @@ class Server:
     # ------------------------------------------------------------------ public
     def run(self) -> int:
         """Serve until SIGTERM / SIGINT (main thread) or :meth:`stop`; return the exit code (0 = clean)."""
-        return asyncio.run(self._main(signals=threading.current_thread() is threading.main_thread()))
+        return _run_loop(self._main(signals=threading.current_thread() is threading.main_thread()))
 
     def start(self, timeout: float = 60.0) -> Server:
         """Serve in a background thread; return once the model is loaded (or raise if it failed to start)."""
         def target() -> None:
             try:
-                self.exit_code = asyncio.run(self._main(signals=False))
+                self.exit_code = _run_loop(self._main(signals=False))
             except BaseException:
                 self.exit_code = 1
                 log.exception("server thread failed")

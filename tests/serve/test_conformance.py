@@ -194,3 +194,22 @@ def test_metrics_count_what_happened(server, http):
     assert 'acl_bundle_requests_total{code="200",endpoint="infer",protocol="http"}' in text
     assert 'acl_bundle_updates_total{outcome="ok",source="http"}' in text
     assert "acl_bundle_batch_size_bucket" in text and "acl_bundle_update_commit_seconds_count" in text
+
+
+def test_grpc_load_reports_the_new_version_in_metadata(server, grpc):
+    import grpc as grpclib
+    from tritonclient.grpc import service_pb2, service_pb2_grpc
+
+    x = _x(1, seed=8)
+    _, before, _ = _grpc_infer(grpc, server.name, x)
+    w = new_weights(server.weights, seed=404)
+    req = service_pb2.RepositoryModelLoadRequest(model_name=server.name)
+    req.parameters["file:w.npz"].bytes_param = npz_bytes(w)
+    with grpclib.insecure_channel(server.grpc_url) as ch:
+        _, call = service_pb2_grpc.GRPCInferenceServiceStub(ch).RepositoryModelLoad.with_call(
+            req, metadata=(("authorization", f"Bearer {TOKEN}"),))
+    assert dict(call.initial_metadata())["weight_version"] == str(before + 1)
+    PUSHED[before + 1] = w
+    y, version, _ = _grpc_infer(grpc, server.name, x)
+    assert version == before + 1
+    _check(y, version, x)
