@@ -36,9 +36,9 @@ def _setup_logging(args: argparse.Namespace) -> None:
     root.addHandler(handler)
     root.setLevel(logging.INFO)
     logging.getLogger("acl_bundle.serve.access").setLevel(logging.INFO if args.access_log else logging.WARNING)
-    for name in ("uvicorn", "uvicorn.error"):
-        logging.getLogger(name).addHandler(handler)
-        logging.getLogger(name).setLevel(logging.WARNING)
+    uv = logging.getLogger("uvicorn")
+    uv.addHandler(handler)
+    uv.setLevel(logging.WARNING)
 
 
 def serve_command(args: argparse.Namespace) -> int:

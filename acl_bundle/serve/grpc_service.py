@@ -215,7 +215,10 @@ def create_grpc_server(service: ModelService, address: str, *, server_version: s
     ])
     service_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(
         _Servicer(service, server_version, live, max_request_bytes), server)
-    port = server.add_insecure_port(address)
+    try:
+        port = server.add_insecure_port(address)
+    except RuntimeError:
+        port = 0
     if not port:
         raise OSError(f"cannot bind the gRPC server to {address}")
     return server, port

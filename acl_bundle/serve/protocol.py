@@ -222,7 +222,7 @@ def _to_array(t: InputTensor, ts: TensorSpec, shape: tuple[int, ...]) -> np.ndar
     kind = ts.dtype.kind
     if count:
         ok = {"b": "b", "i": "iu", "u": "iu", "f": "iuf"}.get(kind, "")
-        if a.dtype.kind not in ok or a.dtype == np.bool_ and kind != "b":
+        if a.dtype.kind not in ok:
             raise ServeError(400, f"{what}: 'data' holds {_kind_name(a.dtype)}, {ts.datatype} needs "
                                   f"{'booleans' if kind == 'b' else 'integers' if kind in 'iu' else 'numbers'}")
         if kind in "iu":

@@ -22,6 +22,7 @@ import contextlib
 import logging
 import os
 import signal
+import socket
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -81,7 +82,7 @@ class ServeConfig:
         for name in ("max_queue_delay", "drain_timeout", "poll_interval"):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, (int, float)) or v < 0 or (name == "poll_interval" and v == 0):
-                problems.append(f"{name} must be a non-negative number of seconds, got {v!r}")
+                problems.append(f"{name} must be a {'positive' if name == 'poll_interval' else 'non-negative'} number of seconds, got {v!r}")
         if self.model_name is not None and (not self.model_name or "/" in self.model_name):
             problems.append(f"model_name must be non-empty without '/', got {self.model_name!r}")
         if isinstance(self.model, (str, os.PathLike)) and not os.path.isfile(self.model):
@@ -106,6 +107,14 @@ class _Uvicorn(uvicorn.Server):
     @contextlib.contextmanager
     def capture_signals(self) -> Iterator[None]:
         yield
+
+
+def _listen(host: str, port: int) -> socket.socket:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    try:
+        return socket.create_server((host, port), family=family, reuse_port=False)
+    except OSError as e:
+        raise OSError(f"cannot listen for HTTP on {host}:{port}: {e.strerror or e}") from None
 
 
 def _run_loop(main: Any) -> Any:
@@ -206,13 +215,14 @@ class Server:
                     self.service, f"{host}:{cfg.grpc_port}", server_version=version, live=lambda: self._live,
                     max_request_bytes=cfg.max_request_bytes)
                 await grpc_server.start()
-            uv_task = loop.create_task(uv.serve())
+            sock = _listen(cfg.host, cfg.http_port)  # bound here so a busy port is a clear error, not uvicorn's exit
+            self.http_port = sock.getsockname()[1]
+            uv_task = loop.create_task(uv.serve(sockets=[sock]))
             while not uv.started:
                 if uv_task.done():
                     uv_task.result()
                     raise OSError(f"cannot serve HTTP on {cfg.host}:{cfg.http_port}")
                 await asyncio.sleep(0.01)
-            self.http_port = uv.servers[0].sockets[0].getsockname()[1]
             self._live = True
             log.info("serving %r: HTTP on %s:%s, gRPC on %s; updates %s", self.service.name, cfg.host, self.http_port,
                      f"{cfg.host}:{self.grpc_port}" if grpc_server else "off",

@@ -14,7 +14,7 @@ import pytest
 import tritonclient.http as httpclient
 
 from acl_bundle import BundleModel, write_checkpoint
-from conftest import TOKEN, build_bundle, new_weights, npz_bytes, serve_process, wait_ready
+from conftest import TOKEN, build_bundle, free_port, new_weights, npz_bytes, serve_process, wait_ready
 from helpers import reference
 
 
@@ -120,6 +120,23 @@ def test_a_bundle_that_does_not_load_exits_1_with_the_reason(tmp_path):
                         "--grpc-port", "0"], capture_output=True, text=True, timeout=60)
     assert r.returncode == 1
     assert "serve failed" in r.stderr and "bundle_load_from_file" in r.stderr
+
+
+@pytest.mark.parametrize("busy", ["http", "grpc"])
+def test_a_busy_port_exits_1_naming_it(tmp_path, busy):
+    import socket
+
+    om, _ = build_bundle(tmp_path)
+    with socket.socket() as blocker:
+        blocker.bind(("127.0.0.1", 0))
+        blocker.listen()
+        port = blocker.getsockname()[1]
+        other = free_port()
+        ports = (port, other) if busy == "http" else (other, port)
+        r = subprocess.run([sys.executable, "-m", "acl_bundle", "serve", str(om), "--sim", "--http-port", str(ports[0]),
+                            "--grpc-port", str(ports[1])], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 1, r.stderr
+    assert f"127.0.0.1:{port}" in r.stderr and "serve failed" in r.stderr
 
 
 @pytest.mark.parametrize("args, expect", [
