@@ -83,7 +83,7 @@ class CheckpointWatcher:
 
     Parameters
     ----------
-    model: anything with ``.variables`` and ``.update(mapping) -> version``
+    model: anything with ``.variables`` and ``.update(mapping, step=) -> version``
         (a :class:`~acl_bundle.BundleModel`).
     directory: the checkpoint directory (must exist).
     poll_interval: seconds between directory scans (also the fallback when watchdog
@@ -341,7 +341,7 @@ class CheckpointWatcher:
             return None
         t1 = time.perf_counter()
         try:
-            version = int(self._model.update(weights))
+            version = int(self._model.update(weights, step=info.step))
         except ModelClosedError:
             raise
         except Exception as e:  # a mismatched checkpoint, or the device refused: keep the last good weights
