@@ -463,9 +463,40 @@ def _cmd_serve_bench(args: argparse.Namespace) -> int:
     return bench_command(args)
 
 
+# --- fleet-bench -------------------------------------------------------------
+
+def _add_fleet_bench(sub: Any) -> None:
+    p = sub.add_parser(
+        "fleet-bench",
+        help="benchmark a Ray fleet's publish against one replica's update, and commit skew (needs ray)",
+        description="Start a local Ray cluster (unless one is running), a fleet on the simulator, and time\n"
+                    "publish vs a single replica's update of the same bytes, interleaved.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--replicas", type=int, default=4)
+    p.add_argument("--sizes", default="4,64", metavar="MIB,MIB", help="full-update sizes in MiB (default 4,64)")
+    p.add_argument("--rounds", type=int, default=20)
+    p.set_defaults(func=_cmd_fleet_bench)
+
+
+def _cmd_fleet_bench(args: argparse.Namespace) -> int:
+    try:
+        import ray  # noqa: F401
+    except ImportError:
+        raise UsageError("fleet-bench needs Ray: pip install 'acl-bundle[ray,sim]'") from None
+    from . import fleet_bench
+
+    if args.replicas < 1 or args.rounds < 1:
+        raise UsageError("--replicas and --rounds must be >= 1")
+    rows = fleet_bench.run_fleet_bench(replicas=args.replicas, sizes_mib=tuple(_int_list(args.sizes, "--sizes")),
+                                       rounds=args.rounds)
+    print(fleet_bench.format_fleet_table(rows))
+    return 0
+
+
 # --- main --------------------------------------------------------------------
 
-_COMMANDS: list[Callable[[Any], None]] = [_add_build, _add_inspect, _add_demo, _add_bench, _add_serve, _add_serve_bench]
+_COMMANDS: list[Callable[[Any], None]] = [_add_build, _add_inspect, _add_demo, _add_bench, _add_serve, _add_serve_bench, _add_fleet_bench]
 
 
 def build_parser() -> argparse.ArgumentParser:
