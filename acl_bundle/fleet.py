@@ -13,7 +13,7 @@ one has staged asks all to *commit*.  If any replica fails or times out while st
 all abort and the fleet keeps the previous step.
 
 Failure policy (README "Fleet"): a replica that dies, fails, or does not answer within
-the timeout of any fleet call is *evicted*: reported by name in the error, killed
+the timeout of a publish phase, a catch-up or ``replica_steps`` is *evicted*: reported by name in the error, killed
 (``ray.kill``, so a slow one cannot come back serving a stale step), and left out of
 routing and of every later publish.  ``add_replica`` starts a new one (same name or a
 new one), which is not routed until it has applied the fleet's latest weights from
