@@ -25,6 +25,7 @@ installed; polling every ``poll_interval`` seconds always runs as the fallback.
 """
 from __future__ import annotations
 
+import inspect
 import logging
 import os
 import threading
@@ -61,6 +62,14 @@ class AppliedCheckpoint:
     lag_seconds: float
 
 
+def _takes_step(update: Callable[..., Any]) -> bool:
+    try:
+        params = inspect.signature(update).parameters
+    except (TypeError, ValueError):
+        return False
+    return "step" in params or any(p.kind is p.VAR_KEYWORD for p in params.values())
+
+
 def _stat_key(*paths: Path) -> _StatKey:
     key: list[Any] = []
     for p in paths:
@@ -83,7 +92,8 @@ class CheckpointWatcher:
 
     Parameters
     ----------
-    model: anything with ``.variables`` and ``.update(mapping, step=) -> version``
+    model: anything with ``.variables`` and ``.update(mapping) -> version``; when its ``update``
+        takes ``step=`` (BundleModel, a fleet) it is given the checkpoint's step
         (a :class:`~acl_bundle.BundleModel`).
     directory: the checkpoint directory (must exist).
     poll_interval: seconds between directory scans (also the fallback when watchdog
@@ -119,6 +129,7 @@ class CheckpointWatcher:
         if start_after is not None and (isinstance(start_after, bool) or not isinstance(start_after, int)):
             raise TypeError(f"start_after must be an int step or None, got {start_after!r}")
         self._model = model
+        self._pass_step = _takes_step(model.update)
         self._dir = d
         self._interval = float(poll_interval)
         self._names = dict(rename=rename, strip_prefix=strip_prefix,
@@ -341,7 +352,7 @@ class CheckpointWatcher:
             return None
         t1 = time.perf_counter()
         try:
-            version = int(self._model.update(weights, step=info.step))
+            version = int(self._model.update(weights, step=info.step) if self._pass_step else self._model.update(weights))
         except ModelClosedError:
             raise
         except Exception as e:  # a mismatched checkpoint, or the device refused: keep the last good weights
