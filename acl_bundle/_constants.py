@@ -1,8 +1,13 @@
-"""pyACL constants and tables, from ../shared/reference/pyacl-api.md section 6.
+"""pyACL constants and tables (the values of the CANN headers ``acl_base_rt.h``, ``acl_rt.h``,
+``rt_error_codes.h`` and ``ge_error_codes.h``).
 
 Shared knowledge about the public ACL contract (numbers and names), used by the
 wrapper to build error messages and map dtypes, and by the simulator to answer
 with the same numbers.  Nothing here is simulator-specific.
+
+Real pyACL does not export these names as ``acl.ACL_*`` attributes: its documentation
+lists them as values only and Ascend's own Python samples define them in a local
+``constants.py``.  Import them from here (or define them) rather than from ``acl``.
 """
 from __future__ import annotations
 
@@ -26,6 +31,31 @@ ACL_STRING = 13
 ACL_COMPLEX64 = 16
 ACL_COMPLEX128 = 17
 ACL_BF16 = 27
+ACL_INT4 = 29
+ACL_UINT1 = 30
+ACL_COMPLEX32 = 33
+ACL_HIFLOAT8 = 34
+ACL_FLOAT8_E5M2 = 35
+ACL_FLOAT8_E4M3FN = 36
+ACL_FLOAT8_E8M0 = 37
+ACL_FLOAT6_E3M2 = 38
+ACL_FLOAT6_E2M3 = 39
+ACL_FLOAT4_E2M1 = 40
+ACL_FLOAT4_E1M2 = 41
+
+#: aclDataTypeSize(): bytes per element; every type not listed (including the 6- and 4-bit
+#: floats and unknown values) answers 8, as the runtime's ``default:`` branch does
+#: (hicann/runtime src/acl/aclrt_impl/data_buffer.cpp:22-58).
+DATA_TYPE_SIZES: dict[int, int] = {
+    ACL_STRING: 0, ACL_DT_UNDEFINED: 0,
+    ACL_UINT1: 1, ACL_INT4: 1,
+    ACL_BOOL: 1, ACL_INT8: 1, ACL_UINT8: 1, ACL_HIFLOAT8: 1, ACL_FLOAT8_E5M2: 1, ACL_FLOAT8_E4M3FN: 1,
+    ACL_FLOAT8_E8M0: 1,
+    ACL_FLOAT16: 2, ACL_INT16: 2, ACL_UINT16: 2, ACL_BF16: 2,
+    ACL_FLOAT: 4, ACL_INT32: 4, ACL_UINT32: 4, ACL_COMPLEX32: 4,
+    ACL_COMPLEX128: 16,
+}
+DATA_TYPE_SIZE_DEFAULT = 8
 
 # aclFormat
 ACL_FORMAT_UNDEFINED = -1
@@ -39,6 +69,7 @@ ACL_MEMCPY_HOST_TO_DEVICE = 1
 ACL_MEMCPY_DEVICE_TO_HOST = 2
 ACL_MEMCPY_DEVICE_TO_DEVICE = 3
 ACL_MEMCPY_DEFAULT = 4
+ACL_MEMCPY_HOST_TO_BUF_TO_DEVICE = 5
 
 # aclrtMemMallocPolicy
 ACL_MEM_MALLOC_HUGE_FIRST = 0
@@ -49,9 +80,23 @@ ACL_MEM_MALLOC_NORMAL_ONLY = 2
 ACL_DEVICE = 0
 ACL_HOST = 1
 
+# aclrtEventStatus (acl.rt.query_event)
+ACL_EVENT_STATUS_COMPLETE = 0
+ACL_EVENT_STATUS_NOT_READY = 1
+
+# aclrtCallbackBlockType (acl.rt.launch_callback)
+ACL_CALLBACK_NO_BLOCK = 0
+ACL_CALLBACK_BLOCK = 1
+
+# aclrtMemAttr (acl.rt.get_mem_info): ACL_DDR_MEM .. ACL_MEM_P2P_HUGE1G
+ACL_DDR_MEM = 0
+ACL_MEM_P2P_HUGE1G = 17
+
 ACL_DYNAMIC_TENSOR_NAME = "ascend_mbatch_shape_data"
 ACL_MAX_DIM_CNT = 128
 ACL_MAX_TENSOR_NAME_LEN = 128
+ACL_MAX_BATCH_NUM = 128
+ACL_MAX_HW_NUM = 128
 
 #: aclDataType -> numpy dtype, for the types this project moves between host and device.
 ACL_TO_NUMPY: dict[int, np.dtype] = {
@@ -123,6 +168,8 @@ ERROR_NAMES: dict[int, str] = {
     145003: "ACL_ERROR_GE_EXEC_MODEL_ID_INVALID",
     145006: "ACL_ERROR_GE_EXEC_MODEL_DATA_SIZE_INVALID",
     145009: "ACL_ERROR_GE_EXEC_LOAD_MODEL_REPEATED",
+    145011: "ACL_ERROR_GE_DYNAMIC_INPUT_ADDR_INVALID",
+    145012: "ACL_ERROR_GE_DYNAMIC_INPUT_LENGTH_INVALID",
     145013: "ACL_ERROR_GE_DYNAMIC_BATCH_SIZE_INVALID",
     145020: "ACL_ERROR_GE_FORMAT_INVALID",
     145021: "ACL_ERROR_GE_SHAPE_INVALID",
@@ -133,12 +180,19 @@ ERROR_NAMES: dict[int, str] = {
     107000: "ACL_ERROR_RT_PARAM_INVALID",
     107001: "ACL_ERROR_RT_INVALID_DEVICEID",
     107002: "ACL_ERROR_RT_CONTEXT_NULL",
+    107003: "ACL_ERROR_RT_STREAM_CONTEXT",
+    107004: "ACL_ERROR_RT_MODEL_CONTEXT",
+    107011: "ACL_ERROR_RT_STREAM_SUBSCRIBE",
+    107012: "ACL_ERROR_RT_THREAD_SUBSCRIBE",
+    107015: "ACL_ERROR_RT_STREAM_NO_CB_REG",
+    107016: "ACL_ERROR_RT_INVALID_MEMORY_TYPE",
     207000: "ACL_ERROR_RT_FEATURE_NOT_SUPPORT",
     207001: "ACL_ERROR_RT_MEMORY_ALLOCATION",
     207004: "ACL_ERROR_RT_NO_DEVICE",
     207018: "ACL_ERROR_RT_DEVICE_OOM",
     507000: "ACL_ERROR_RT_INTERNAL_ERROR",
     507011: "ACL_ERROR_RT_MODEL_EXECUTE",
+    507012: "ACL_ERROR_RT_REPORT_TIMEOUT",
     507015: "ACL_ERROR_RT_AICORE_EXCEPTION",
     507046: "ACL_ERROR_RT_STREAM_SYNC_TIMEOUT",
 }

@@ -61,6 +61,9 @@ examples:
   acl-bundle build mlp.onnx -o mlp.om
   acl-bundle build mlp.onnx -o mlp.om --variables fc0.weight,fc0.bias --batch-sizes 1,8,32
   acl-bundle build mlp.onnx -o mlp_plain.om --plain
+  acl-bundle build cnn.onnx -o cnn.om --plain --dynamic-image-size "224,224;448,448"
+  acl-bundle build seq.onnx -o seq.om --plain --dynamic-dims "1,16;4,32"
+  acl-bundle build add.onnx mul.onnx -o two.om       (a bundle of plain graphs, no variables)
 """
 
 
@@ -72,17 +75,21 @@ def _add_build(sub: Any) -> None:
             "Build a bundle model file (infer/init/update graphs sharing updatable\n"
             "variables) from an ONNX model, plus <name>.manifest.json describing the\n"
             "variables.  By default every float16/32/64 initializer becomes a variable.\n"
-            "Data inputs need static shapes unless --batch-sizes is given."
+            "Data inputs need static shapes unless one of --batch-sizes, --dynamic-image-size\n"
+            "or --dynamic-dims is given (ATC's three dynamic-shape options, same value syntax).\n"
+            "Several MODELs make a bundle of those plain graphs, without variables."
         ),
         epilog=_BUILD_EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("model", help="input ONNX model file")
+    p.add_argument("model", nargs="+", help="input ONNX model file (several: a bundle of plain graphs)")
     p.add_argument("-o", "--output", metavar="OM", help="output .om path (default: MODEL with suffix .om)")
     p.add_argument("--variables", metavar="A,B,...", help="initializers to make variables, in update-input order (default: all floating-point ones)")
     p.add_argument("--no-init", action="store_true", help="omit the init graph and initial values (every variable must be updated before inference)")
     p.add_argument("--plain", action="store_true", help="build a plain single-graph model (no variables, no manifest), as ATC would")
-    p.add_argument("--batch-sizes", metavar="N,N,...", help="dynamic batch sizes (like ATC --dynamic_batch_size); dim 0 of every input and output becomes the batch")
+    p.add_argument("--batch-sizes", "--dynamic_batch_size", metavar="N,N,...", help="dynamic batch sizes (like ATC --dynamic_batch_size); dim 0 of every input and output becomes the batch")
+    p.add_argument("--dynamic-image-size", "--dynamic_image_size", metavar="H,W;H,W", help="image size gears (like ATC --dynamic_image_size); the two non-static dims of each image input are height and width")
+    p.add_argument("--dynamic-dims", "--dynamic_dims", metavar="V,..;V,..", help="dims gears (like ATC --dynamic_dims): one value per non-static dim of all data inputs, in input order")
     p.set_defaults(func=_cmd_build)
 
 
@@ -91,22 +98,31 @@ def _cmd_build(args: argparse.Namespace) -> int:
 
     from .sim import builder
 
-    src = Path(args.model)
-    if not src.is_file():
-        raise UsageError(f"no such ONNX file: {src}")
+    srcs = [Path(m) for m in args.model]
+    for src in srcs:
+        if not src.is_file():
+            raise UsageError(f"no such ONNX file: {src}")
+    src = srcs[0]
     out = Path(args.output) if args.output else src.with_suffix(".om")
-    if out.resolve() == src.resolve():
+    if any(out.resolve() == s.resolve() for s in srcs):
         raise UsageError(f"output {out} would overwrite the input model")
     if out.is_dir():
         raise UsageError(f"output {out} is a directory")
     batch_sizes = _int_list(args.batch_sizes, "--batch-sizes") if args.batch_sizes is not None else None
-    if args.plain:
+    hw = builder.parse_gears(args.dynamic_image_size, "--dynamic-image-size", width=2) if args.dynamic_image_size is not None else None
+    dims = builder.parse_gears(args.dynamic_dims, "--dynamic-dims") if args.dynamic_dims is not None else None
+    dynamic = {"batch_sizes": batch_sizes, "dynamic_image_size": hw, "dynamic_dims": dims}
+    if len(srcs) > 1:
+        if args.plain or args.variables is not None or args.no_init or any(v is not None for v in dynamic.values()):
+            raise UsageError("several models make a bundle of plain static graphs: no --plain, --variables, --no-init or dynamic shapes")
+        mf = builder.build_plain_bundle(srcs)
+    elif args.plain:
         if args.variables is not None or args.no_init:
             raise UsageError("--plain takes no --variables or --no-init (a plain model has no variables)")
-        mf = builder.build_plain(src, batch_sizes=batch_sizes)
+        mf = builder.build_plain(src, **dynamic)
     else:
         variables = _name_list(args.variables, "--variables") if args.variables is not None else None
-        mf = builder.build_bundle(src, variables=variables, init=not args.no_init, batch_sizes=batch_sizes)
+        mf = builder.build_bundle(src, variables=variables, init=not args.no_init, **dynamic)
     om_path, man_path = builder.save(mf, out)
     size = om_path.stat().st_size
     graphs = "/".join(g.role for g in mf.graphs)
@@ -116,6 +132,9 @@ def _cmd_build(args: argparse.Namespace) -> int:
         print(f"  {len(mf.variables)} variables, {var_bytes:,} bytes" + ("" if mf.initial_values else " (no initial values)"))
     if mf.batch_sizes:
         print(f"  batch sizes {','.join(map(str, mf.batch_sizes))}")
+    if mf.dynamic_hw or mf.dynamic_dims:
+        label = "image sizes" if mf.dynamic_hw else "dims gears"
+        print(f"  {label} {';'.join(','.join(map(str, g)) for g in mf.gears)}")
     if man_path is not None:
         print(f"wrote {man_path}")
     return 0

@@ -107,7 +107,7 @@ def test_layout_is_as_documented() -> None:
     mf = _bundle()
     data = dumps(mf)
     magic, major, minor, count = HEADER.unpack_from(data, 0)
-    assert (magic, major, minor, count) == (F.MAGIC, 1, 0, 1 + 1 + 2)
+    assert (magic, major, minor, count) == (F.MAGIC, 1, F.FORMAT_MINOR, 1 + 1 + 2)
     pos = HEADER.size
     tags = []
     for _ in range(count):

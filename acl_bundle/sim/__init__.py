@@ -1,11 +1,11 @@
 """A faithful pyACL simulator: ``from acl_bundle.sim import acl`` or ``sim.install()`` then ``import acl``.
 
 Models run on onnxruntime (optional extra ``acl-bundle[sim]``, imported lazily at load).
-See :mod:`acl_bundle.sim._runtime` for the table of error codes and choices.
+See :mod:`acl_bundle.sim._module` for the table of error codes, their sources and our choices.
 """
 from __future__ import annotations
 
-from ._runtime import (
+from ._module import (
     acl,
     configure,
     fault,

@@ -4,13 +4,12 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from .._constants import ACL_TO_NUMPY
+from .._constants import DATA_TYPE_SIZE_DEFAULT, DATA_TYPE_SIZES, NUMPY_TO_ACL
 from . import _state as S
 from ._state import LOCK, WORLD, SimulatorMisuse, api, ints, new_handle, set_err
 
-# aclDataType sizes beyond the numpy table (0 = unknown / sub-byte)
-_EXTRA_SIZES = {13: 0, 16: 8, 17: 16, 27: 2}
-KNOWN_DTYPES = set(ACL_TO_NUMPY) | set(_EXTRA_SIZES)
+#: aclDataType values a tensor desc may carry: the numpy-movable ones and the named others.
+KNOWN_DTYPES = set(NUMPY_TO_ACL.values()) | (set(DATA_TYPE_SIZES) - {-1})
 
 
 @dataclass(eq=False)
@@ -45,15 +44,32 @@ class Dataset:
 
 
 def dtype_size(dtype: int) -> int:
-    dt = ACL_TO_NUMPY.get(dtype)
-    return dt.itemsize if dt is not None else _EXTRA_SIZES.get(dtype, 0)
+    """aclDataTypeSize (hicann/runtime src/acl/aclrt_impl/data_buffer.cpp:22-58): unknown types answer 8."""
+    return DATA_TYPE_SIZES.get(dtype, DATA_TYPE_SIZE_DEFAULT)
+
+
+# ---- getters of one handle (data buffers and tensor descs) -------------------------------
+def _getter(name: str, form: str, default: Any, lookup: Any, what: str, fn: Any) -> Any:
+    """``acl.<name>(handle)``: ``fn(object)``, or ``default`` (and a recorded error) for a dead handle."""
+
+    @api(f"acl.{name}", form, pre=ints(what.replace(" ", "_")))
+    def getter(handle: int) -> Any:
+        with LOCK:
+            obj = lookup(handle)
+            if obj is None:
+                set_err(S.E_PARAM, f"{name}: {handle:#x} is not a live {what}")
+                return default
+            return fn(obj)
+
+    getter.__name__ = name
+    return getter
 
 
 # ---- data buffers ------------------------------------------------------------------------
 @api("acl.create_data_buffer", "handle", pre=ints("data", "size"))
 def create_data_buffer(data: int, size: int) -> int:
-    """(0, 0) is allowed (runtime-allocated output)."""
-    if data < 0 or size < 0 or (data == 0 and size != 0):
+    """Any (pointer, size) is recorded, (0, 0) and (0, n) included (data_buffer.cpp:60-66 checks nothing)."""
+    if data < 0 or size < 0:
         set_err(S.E_PARAM, f"create_data_buffer: invalid (ptr {data:#x}, size {size})")
         return 0
     with LOCK:
@@ -74,34 +90,9 @@ def destroy_data_buffer(data_buffer: int) -> int:
     return 0
 
 
-@api("acl.get_data_buffer_addr", "int0", pre=ints("data_buffer"))
-def get_data_buffer_addr(data_buffer: int) -> int:
-    with LOCK:
-        db = get_db(data_buffer)
-        if db is None:
-            set_err(S.E_PARAM, f"get_data_buffer_addr: {data_buffer:#x} is not a live data buffer")
-            return 0
-        return db.addr
-
-
-@api("acl.get_data_buffer_size", "int0", pre=ints("data_buffer"))
-def get_data_buffer_size(data_buffer: int) -> int:
-    with LOCK:
-        db = get_db(data_buffer)
-        if db is None:
-            set_err(S.E_PARAM, f"get_data_buffer_size: {data_buffer:#x} is not a live data buffer")
-            return 0
-        return db.size
-
-
-@api("acl.get_data_buffer_size_v2", "int0", pre=ints("data_buffer"))
-def get_data_buffer_size_v2(data_buffer: int) -> int:
-    with LOCK:
-        db = get_db(data_buffer)
-        if db is None:
-            set_err(S.E_PARAM, f"get_data_buffer_size_v2: {data_buffer:#x} is not a live data buffer")
-            return 0
-        return db.size
+get_data_buffer_addr = _getter("get_data_buffer_addr", "int0", 0, get_db, "data buffer", lambda d: d.addr)
+get_data_buffer_size = _getter("get_data_buffer_size", "int0", 0, get_db, "data buffer", lambda d: d.size)
+get_data_buffer_size_v2 = _getter("get_data_buffer_size_v2", "int0", 0, get_db, "data buffer", lambda d: d.size)
 
 
 @api("acl.update_data_buffer", "ret", pre=ints("data_buffer", "data", "size"))
@@ -160,26 +151,14 @@ def destroy_tensor_desc(desc: int) -> None:
         del WORLD.tensor_descs[desc]
 
 
-def _td_getter(name: str, form: str, default: Any, fn: Any) -> Any:
-    @api(f"acl.{name}", form, pre=ints("desc"))
-    def getter(desc: int) -> Any:
-        with LOCK:
-            td = get_td(desc)
-            if td is None:
-                set_err(S.E_PARAM, f"{name}: {desc:#x} is not a live tensor desc")
-                return default
-            return fn(td)
-
-    getter.__name__ = name
-    return getter
-
-
-get_tensor_desc_num_dims = _td_getter("get_tensor_desc_num_dims", "int0", 0, lambda t: len(t.dims))
-get_tensor_desc_type = _td_getter("get_tensor_desc_type", "intm1", -1, lambda t: t.dtype)
-get_tensor_desc_format = _td_getter("get_tensor_desc_format", "intm1", -1, lambda t: t.fmt)
-get_tensor_desc_element_count = _td_getter("get_tensor_desc_element_count", "int0", 0, lambda t: t.element_count())
-get_tensor_desc_size = _td_getter(
-    "get_tensor_desc_size", "int0", 0, lambda t: t.element_count() * dtype_size(t.dtype)
+get_tensor_desc_num_dims = _getter("get_tensor_desc_num_dims", "int0", 0, get_td, "tensor desc", lambda t: len(t.dims))
+get_tensor_desc_type = _getter("get_tensor_desc_type", "intm1", -1, get_td, "tensor desc", lambda t: t.dtype)
+get_tensor_desc_format = _getter("get_tensor_desc_format", "intm1", -1, get_td, "tensor desc", lambda t: t.fmt)
+get_tensor_desc_element_count = _getter(
+    "get_tensor_desc_element_count", "int0", 0, get_td, "tensor desc", lambda t: t.element_count()
+)
+get_tensor_desc_size = _getter(
+    "get_tensor_desc_size", "int0", 0, get_td, "tensor desc", lambda t: t.element_count() * dtype_size(t.dtype)
 )
 
 

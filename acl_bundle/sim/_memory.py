@@ -1,4 +1,9 @@
-"""Simulated device/host memory (real numpy-backed buffers at real addresses) and ``acl.util``."""
+"""Simulated device and host memory at real addresses, memcpy/memset, and ``acl.util``.
+
+Device memory comes from the arena (:mod:`._arena`, an address space of its own), host
+memory from numpy; foreign host addresses are checked against the process map
+(:mod:`._procmaps`).
+"""
 from __future__ import annotations
 
 import collections
@@ -12,14 +17,19 @@ import numpy as np
 
 from .._constants import (
     ACL_DEVICE,
+    ACL_DDR_MEM,
+    ACL_MEM_P2P_HUGE1G,
     ACL_MEMCPY_DEFAULT,
     ACL_MEMCPY_DEVICE_TO_DEVICE,
     ACL_MEMCPY_DEVICE_TO_HOST,
+    ACL_MEMCPY_HOST_TO_BUF_TO_DEVICE,
     ACL_MEMCPY_HOST_TO_DEVICE,
     ACL_MEMCPY_HOST_TO_HOST,
     NPY_TYPE_TO_NUMPY,
 )
+from . import _procmaps
 from . import _state as S
+from ._arena import ARENA
 from ._state import LOCK, WORLD, SimulatorMisuse, api, bump, ints, set_err
 
 KIND_NAMES = {
@@ -35,30 +45,31 @@ _SIDES = {
     ("device", "device"): ACL_MEMCPY_DEVICE_TO_DEVICE,
 }
 BIG_FILL = 64 << 20  # blocks up to this size are filled with 0xCD ("uninitialised")
+_U64 = 1 << 64  # pyACL passes sizes as size_t: a negative int arrives as a huge count
 
 
 @dataclass(eq=False)
 class Block:
-    """A live allocation or registered host region; [ptr, ptr+size) is the legal range."""
+    """A live allocation, registered host region or checked foreign range; [ptr, ptr+size) is legal."""
 
     ptr: int
     size: int
-    kind: str  # "device" | "host" | "bytes" | "numpy" | "var"
+    kind: str  # "device" | "host" | "bytes" | "numpy" | "foreign"
     buf: Any = None  # strong owner of the memory (numpy array / bytes), None for numpy regions
     ref: Any = None  # weakref to a registered numpy array
     device: int = -1
     accounted: int = 0
 
     def owner(self) -> Any:
-        """A strong reference keeping the memory alive, or None if it died."""
+        """A strong reference keeping the memory alive (None if it died, or is not ours to keep)."""
         if self.ref is not None:
             return self.ref()
         return self.buf
 
 
 def alloc_aligned(size: int, *, fill: int | None = 0xCD) -> tuple[np.ndarray, int, int]:
-    """numpy-backed memory of ``size`` bytes rounded up to 32 B + 32 B, 64-B aligned: (view, ptr, rounded)."""
-    rounded = (size + 31) // 32 * 32 + 32
+    """Host memory (numpy) of ``size`` bytes rounded up to 32 B + 32 B, 64-B aligned: (view, ptr, rounded)."""
+    rounded = device_rounding(size)
     raw = np.empty(rounded + 64, dtype=np.uint8)
     base = raw.ctypes.data
     off = (-base) % 64
@@ -68,6 +79,11 @@ def alloc_aligned(size: int, *, fill: int | None = 0xCD) -> tuple[np.ndarray, in
     elif fill == 0:
         view.fill(0)
     return view, base + off, rounded
+
+
+def device_rounding(size: int) -> int:
+    """The bytes a device allocation of ``size`` occupies: rounded up to 32 B plus 32 B (pyACL malloc docs)."""
+    return (size + 31) // 32 * 32 + 32
 
 
 def account(device: int, nbytes: int) -> bool:
@@ -83,37 +99,89 @@ def unaccount(device: int, nbytes: int) -> None:
     WORLD.device_used[device] = WORLD.device_used.get(device, 0) - nbytes
 
 
-def new_device_block(device: int, size: int) -> Block | None:
-    """Allocate a device block (LOCK held); None when device memory is exhausted."""
-    view, ptr, rounded = alloc_aligned(size)
+def device_alloc(device: int, size: int, *, fill: int | None = 0xCD) -> tuple[np.ndarray, int, int] | None:
+    """Device memory from the arena, accounted on ``device`` (LOCK held): (view, ptr, accounted) or None."""
+    rounded = device_rounding(size)
     if not account(device, rounded):
         return None
+    ptr = ARENA.alloc(rounded)
+    if ptr is None:
+        unaccount(device, rounded)
+        return None
+    view = ARENA.view(ptr, rounded)
+    if fill is not None and (rounded <= BIG_FILL or fill == 0):
+        view.fill(fill)
+    return view, ptr, rounded
+
+
+def device_release(device: int, ptr: int, accounted: int) -> None:
+    """Undo :func:`device_alloc` (LOCK held)."""
+    unaccount(device, accounted)
+    ARENA.free(ptr, accounted)
+
+
+def new_device_block(device: int, size: int) -> Block | None:
+    """Allocate a device block (LOCK held); None when device memory is exhausted."""
+    got = device_alloc(device, size)
+    if got is None:
+        return None
+    view, ptr, rounded = got
     blk = Block(ptr, size, "device", buf=view, device=device, accounted=rounded)
     WORLD.device_blocks.add(ptr, blk)
     bump("mallocs")
     return blk
 
 
+def free_device_block(blk: Block) -> None:
+    """Remove a live device block and give its memory back (LOCK held)."""
+    WORLD.device_blocks.remove(blk.ptr, blk)
+    device_release(blk.device, blk.ptr, blk.accounted)
+
+
 def side_of(blk: Block) -> str:
     """'host' or 'device' as the runtime sees it (in ACL_DEVICE run mode app memory is device memory)."""
-    if blk.kind in ("device", "var"):
+    if blk.kind == "device":
         return "device"
     return "device" if S.CONFIG.run_mode == ACL_DEVICE else "host"
 
 
-def locate(addr: int, n: int) -> Block | None:
-    """The live block/region containing [addr, addr+n) (LOCK held)."""
+def resolve(addr: Any, n: int, *, write: bool = False) -> tuple[Block | None, str]:
+    """Where ``[addr, addr+n)`` lives (LOCK held): (block, "") or (None, why it is not valid memory).
+
+    Device-side addresses (the arena) must lie in ONE live device allocation.  Host-side
+    addresses are accepted inside a malloc_host block or a registered region, and
+    otherwise when the process map says they are mapped readable (writable for a
+    destination) memory: real ACL copies from any host address (arr.ctypes.data ...).
+    """
     if not isinstance(addr, int) or addr <= 0 or n < 0:
-        return None
-    for iv in (WORLD.device_blocks, WORLD.host_blocks):
-        b = iv.find(addr, n)
+        return None, f"{addr!r} is not a valid address"
+    span = max(n, 1)
+    if ARENA.overlaps(addr, span):
+        b = WORLD.device_blocks.find(addr, span)
         if b is not None:
-            return b
-    return WORLD.regions.find(addr, n, alive=lambda b: b.owner() is not None)
+            return b, ""
+        whole = WORLD.device_blocks.find(addr, 1)
+        if whole is not None:
+            return None, f"[{addr:#x}, +{n}) runs past the end of its device block {whole.ptr:#x}+{whole.size}"
+        return None, f"{addr:#x} is device address space but not inside any live device allocation (freed?)"
+    b = WORLD.host_blocks.find(addr, span)
+    if b is None:
+        b = WORLD.regions.find(addr, span, alive=lambda r: r.owner() is not None)
+    if b is not None:
+        return b, ""
+    if _procmaps.mapped(addr, span, write=write):
+        return Block(addr, span, "foreign"), ""
+    need = "readable and writable" if write else "readable"
+    return None, f"[{addr:#x}, +{n}) is not inside any live allocation, registered region or {need} host memory of this process"
+
+
+def locate(addr: int, n: int) -> Block | None:
+    """The valid memory holding [addr, addr+n), or None (LOCK held)."""
+    return resolve(addr, n)[0]
 
 
 def device_range(addr: int, n: int) -> Block | None:
-    """The block containing [addr, addr+max(n,1)) if the runtime sees it as device memory (LOCK held)."""
+    """The memory holding [addr, addr+max(n,1)) if the runtime sees it as device memory (LOCK held)."""
     b = locate(addr, max(n, 1))
     if b is None or side_of(b) != "device":
         return None
@@ -122,20 +190,16 @@ def device_range(addr: int, n: int) -> Block | None:
 
 def describe(addr: int) -> str:
     """Human description of an address for error messages (LOCK held)."""
-    b = locate(addr, 1) if isinstance(addr, int) and addr > 0 else None
+    if not isinstance(addr, int):
+        return repr(addr)
+    if addr <= 0:
+        return f"{addr:#x}" if addr else "NULL"
+    b = locate(addr, 1)
     if b is None:
-        return f"{addr:#x} (not in any live allocation)" if isinstance(addr, int) else repr(addr)
+        return f"{addr:#x} (not in any live allocation)"
+    if b.kind == "foreign":
+        return f"{addr:#x} (host memory the simulator did not allocate)"
     return f"{addr:#x} (in {b.kind} block {b.ptr:#x}+{b.size})"
-
-
-def check_range(what: str, addr: int, n: int) -> tuple[Block | None, str]:
-    b = locate(addr, n)
-    if b is not None:
-        return b, ""
-    whole = locate(addr, 1) if addr > 0 else None
-    if whole is not None:
-        return None, f"{what} range [{addr:#x}, +{n}) runs past the end of its {whole.kind} block {whole.ptr:#x}+{whole.size}"
-    return None, f"{what} {addr:#x} is not inside any live allocation or registered host region"
 
 
 # ---- acl.rt memory -------------------------------------------------------------------
@@ -160,8 +224,7 @@ def free(dev_ptr: int) -> int:
         blk = WORLD.device_blocks.get(dev_ptr)
         if blk is None:
             return set_err(S.E_RT_PARAM, f"free: {describe(dev_ptr)} is not the start of a live device block (double free?)")
-        WORLD.device_blocks.remove(dev_ptr, blk)
-        unaccount(blk.device, blk.accounted)
+        free_device_block(blk)
     return 0
 
 
@@ -186,32 +249,36 @@ def free_host(host_ptr: int) -> int:
     return 0
 
 
-def _prepare_copy(name: str, dst: int, dest_max: int, src: int, count: int, kind: int) -> tuple[int, Callable[[], None] | None]:
-    """Validate a memcpy (LOCK held); return (ret, do_copy)."""
-    if count < 0 or dest_max < 0:
-        return set_err(S.E_PARAM, f"{name}: negative count {count} / dest_max {dest_max}"), None
-    if count > dest_max:
-        return set_err(S.E_PARAM, f"{name}: count {count} exceeds dest_max {dest_max}"), None
-    if kind not in (0, 1, 2, 3, ACL_MEMCPY_DEFAULT):
-        return set_err(S.E_PARAM, f"{name}: invalid memcpy kind {kind}"), None
+def _check_copy_args(name: str, dst: int, dest_max: int, src: int, count: int, kind: int) -> int | None:
+    """The checks ACL and the runtime make before looking at memory: a code, 0 for "nothing to do", or None.
+
+    Order as in hicann/runtime: count 0 succeeds first (memory.cpp:653, :689), NULL pointers
+    and kinds other than 0..5 are ACL_ERROR_INVALID_PARAM (memory.cpp:657, MemcpyKindTranslate
+    :162-198), then dest_max 0 or count > dest_max is 107000 (api_error.cc:2135-2139, MemcpyAsync
+    likewise).  ``kind`` only has to be valid: since CANN 8.0 it is documented as reserved and
+    the direction follows from the addresses, so it is not checked against them.
+    """
     if count == 0:
-        return 0, None
-    db, msg = check_range("dst", dst, count)
+        return 0
+    if dst == 0 or src == 0:
+        return set_err(S.E_PARAM, f"{name}: {'dst' if dst == 0 else 'src'} is NULL")
+    if kind not in (*KIND_NAMES, ACL_MEMCPY_DEFAULT, ACL_MEMCPY_HOST_TO_BUF_TO_DEVICE):
+        return set_err(S.E_PARAM, f"{name}: invalid memcpy kind {kind} (expected 0..5)")
+    if dest_max % _U64 == 0 or count % _U64 > dest_max % _U64:
+        return set_err(S.E_RT_PARAM, f"{name}: count {count} exceeds dest_max {dest_max}")
+    return None
+
+
+def _prepare_copy(name: str, dst: int, src: int, count: int) -> tuple[int, Callable[[], None] | None]:
+    """Validate both ranges (LOCK held); return (ret, do_copy) copying in the real direction."""
+    db, msg = resolve(dst, count, write=True)
     if db is None:
-        return set_err(S.E_RT_PARAM, f"{name}: {msg}"), None
-    sb, msg = check_range("src", src, count)
+        return set_err(S.E_RT_PARAM, f"{name}: dst {msg}"), None
+    sb, msg = resolve(src, count)
     if sb is None:
-        return set_err(S.E_RT_PARAM, f"{name}: {msg}"), None
-    real = _SIDES[(side_of(sb), side_of(db))]
-    if kind != ACL_MEMCPY_DEFAULT and kind != real:
-        mode = "ACL_DEVICE" if S.CONFIG.run_mode == ACL_DEVICE else "ACL_HOST"
-        return set_err(
-            S.E_RT_PARAM,
-            f"{name}: kind {KIND_NAMES[kind]} but src is {side_of(sb)} and dst is {side_of(db)} memory "
-            f"(the real direction is {KIND_NAMES[real]} in run mode {mode})",
-        ), None
+        return set_err(S.E_RT_PARAM, f"{name}: src {msg}"), None
+    direction = KIND_NAMES[_SIDES[(side_of(sb), side_of(db))]]
     keep = (db.owner(), sb.owner())
-    direction = KIND_NAMES[real]
 
     def do() -> None:
         _ = keep
@@ -222,27 +289,40 @@ def _prepare_copy(name: str, dst: int, dest_max: int, src: int, count: int, kind
     return 0, do
 
 
-@api("acl.rt.memcpy", "ret", ctx=True, pre=ints("dst", "dest_max", "src", "count", "kind"))
+@api("acl.rt.memcpy", "ret", pre=ints("dst", "dest_max", "src", "count", "kind"))
 def memcpy(dst: int, dest_max: int, src: int, count: int, kind: int) -> int:
-    """Synchronous copy; both ranges must each lie in one live allocation/region; kind must match."""
+    """Synchronous copy in the direction the addresses give (``kind`` need only be 0..5)."""
+    ret = _check_copy_args("memcpy", dst, dest_max, src, count, kind)
+    if ret is not None:
+        return ret
+    if dst == src:  # api_error.cc:2144: same address, nothing to copy
+        return 0
     with LOCK:
-        ret, do = _prepare_copy("memcpy", dst, dest_max, src, count, kind)
+        if S.current_context() is None:  # api_impl.cc:2750
+            return set_err(S.E_CTX_NULL, "memcpy: no current context in this thread (call acl.rt.set_device or set_context)")
+        ret, do = _prepare_copy("memcpy", dst, src, count)
     if do is not None:
         do()
     return ret
 
 
-@api("acl.rt.memcpy_async", "ret", ctx=True, pre=ints("dst", "dest_max", "src", "count", "kind", "stream"))
+@api("acl.rt.memcpy_async", "ret", pre=ints("dst", "dest_max", "src", "count", "kind", "stream"))
 def memcpy_async(dst: int, dest_max: int, src: int, count: int, kind: int, stream: int) -> int:
     """Validated now; the copy runs at synchronize_stream (stream 0: immediately)."""
-    from ._rt import enqueue
+    from ._rt import check_stream, enqueue
 
+    ret = _check_copy_args("memcpy_async", dst, dest_max, src, count, kind)
+    if ret is not None:
+        return ret
     with LOCK:
-        ret, do = _prepare_copy("memcpy_async", dst, dest_max, src, count, kind)
+        ret = check_stream("memcpy_async", stream)
+        if ret:
+            return ret
+        ret, do = _prepare_copy("memcpy_async", dst, src, count)
         if ret:
             return ret
         if stream != 0:
-            return enqueue("memcpy_async", stream, do)
+            return enqueue(stream, do)
     if do is not None:  # default stream: synchronous
         do()
     return 0
@@ -250,14 +330,14 @@ def memcpy_async(dst: int, dest_max: int, src: int, count: int, kind: int, strea
 
 @api("acl.rt.memset", "ret", ctx=True, pre=ints("dev_ptr", "max_count", "value", "count"))
 def memset(dev_ptr: int, max_count: int, value: int, count: int) -> int:
+    if count == 0:  # api_c.cc:974
+        return 0
     if count < 0 or max_count < 0 or count > max_count:
         return set_err(S.E_PARAM, f"memset: count {count} exceeds max_count {max_count}")
-    if count == 0:
-        return 0
     with LOCK:
-        blk, msg = check_range("dev_ptr", dev_ptr, count)
+        blk, msg = resolve(dev_ptr, count, write=True)
         if blk is None:
-            return set_err(S.E_RT_PARAM, f"memset: {msg}")
+            return set_err(S.E_RT_PARAM, f"memset: dev_ptr {msg}")
         keep = blk.owner()
     ctypes.memset(dev_ptr, value & 0xFF, count)
     del keep
@@ -266,8 +346,9 @@ def memset(dev_ptr: int, max_count: int, value: int, count: int) -> int:
 
 @api("acl.rt.get_mem_info", "t2", ctx=True, pre=ints("attr"))
 def get_mem_info(attr: int) -> tuple[int, int, int]:
-    if not 0 <= attr <= 7:
-        return 0, 0, set_err(S.E_PARAM, f"get_mem_info: invalid attr {attr}")
+    """Free and total device memory; every aclrtMemAttr (0..17) reports the same simulated pool."""
+    if not ACL_DDR_MEM <= attr <= ACL_MEM_P2P_HUGE1G:  # api_error.cc:3185-3188
+        return 0, 0, set_err(S.E_MEM_TYPE, f"get_mem_info: invalid attr {attr} (expected {ACL_DDR_MEM}..{ACL_MEM_P2P_HUGE1G})")
     with LOCK:
         dev = S.current_context().device
         total = S.CONFIG.device_memory
@@ -318,7 +399,7 @@ def clear_regions() -> None:
     _DEAD.clear()
 
 
-@api("acl.util.bytes_to_ptr", "int0", init=False)
+@api("acl.util.bytes_to_ptr", "int0")
 def bytes_to_ptr(data: bytes) -> int:
     """Address of the bytes object's own buffer (no copy); memcpy into it mutates it in place."""
     if not isinstance(data, bytes):
@@ -336,7 +417,7 @@ def _np_region(arr: np.ndarray) -> Block:
     return blk
 
 
-@api("acl.util.numpy_to_ptr", "int0", init=False)
+@api("acl.util.numpy_to_ptr", "int0")
 def numpy_to_ptr(ndarray: np.ndarray) -> int:
     if not isinstance(ndarray, np.ndarray):
         raise TypeError(f"numpy_to_ptr: expected numpy.ndarray, not {type(ndarray).__name__}")
@@ -346,7 +427,7 @@ def numpy_to_ptr(ndarray: np.ndarray) -> int:
     return int(ndarray.ctypes.data)
 
 
-@api("acl.util.numpy_contiguous_to_ptr", "t1", init=False)
+@api("acl.util.numpy_contiguous_to_ptr", "t1")
 def numpy_contiguous_to_ptr(ndarray: np.ndarray) -> tuple[int, np.ndarray]:
     if not isinstance(ndarray, np.ndarray):
         raise TypeError(f"numpy_contiguous_to_ptr: expected numpy.ndarray, not {type(ndarray).__name__}")
@@ -357,15 +438,15 @@ def numpy_contiguous_to_ptr(ndarray: np.ndarray) -> tuple[int, np.ndarray]:
 
 def _host_view(name: str, ptr: int, nbytes: int) -> tuple[Block, Any]:
     with LOCK:
-        blk = locate(ptr, nbytes)
+        blk, msg = resolve(ptr, nbytes)
         if blk is None:
-            raise SimulatorMisuse(f"{name}: {describe(ptr)} +{nbytes} is not inside known memory (a real process would crash)")
+            raise SimulatorMisuse(f"{name}: {msg} (a real process would crash)")
         if blk.kind == "device" and S.CONFIG.run_mode != ACL_DEVICE:
             raise SimulatorMisuse(f"{name}: {ptr:#x} is device memory; the host cannot dereference it in ACL_HOST run mode")
         return blk, blk.owner()
 
 
-@api("acl.util.ptr_to_bytes", "str", init=False, pre=ints("ptr", "size"))
+@api("acl.util.ptr_to_bytes", "str", pre=ints("ptr", "size"))
 def ptr_to_bytes(ptr: int, size: int) -> bytes:
     if size < 0:
         raise ValueError(f"ptr_to_bytes: negative size {size}")
@@ -377,7 +458,7 @@ def ptr_to_bytes(ptr: int, size: int) -> bytes:
     return out
 
 
-@api("acl.util.ptr_to_numpy", "none", init=False)
+@api("acl.util.ptr_to_numpy", "none")
 def ptr_to_numpy(ptr: int, shape: tuple, npy_type: int) -> np.ndarray:
     """A writable view (no copy) onto known host memory."""
     S.check_int(("ptr", ptr), ("npy_type", npy_type))

@@ -1,4 +1,9 @@
-"""Process, device, context and stream calls."""
+"""Process, device, context and stream calls.
+
+Sources (hicann/runtime): ``src/acl/aclrt_impl/acl.cpp`` (init/finalize and their
+reference count), ``src/acl/aclrt_impl/context.cpp`` and ``src/runtime/api/impl/api_impl.cc``
++ ``api_error.cc`` (contexts, streams and which context a stream belongs to).
+"""
 from __future__ import annotations
 
 import os
@@ -23,49 +28,85 @@ class Stream:
 
 
 # ---- process ---------------------------------------------------------------------------
-@api("acl.init", "ret", init=False)
+@api("acl.init", "ret")
 def init(config_path: str | None = None) -> int:
+    """aclInit: a repeat call adds a reference and answers 100002 (acl.cpp:388-391)."""
     if config_path is not None and not isinstance(config_path, str):
         raise TypeError(f"init: config_path must be str, not {type(config_path).__name__}")
+    with LOCK:
+        if WORLD.init_refcount > 0:
+            WORLD.init_refcount += 1
+            return set_err(S.E_REPEAT_INIT, f"init: acl is already initialised (reference count now {WORLD.init_refcount})")
     if config_path is not None and config_path != "" and not os.path.isfile(config_path):
         return set_err(S.E_FILE, f"init: config file {config_path!r} does not exist")
     with LOCK:
-        if WORLD.initialized:
-            return set_err(S.E_REPEAT_INIT, "init: acl is already initialised")
         WORLD.initialized = True
-        WORLD.ever_initialized = True
+        WORLD.init_refcount = 1
         WORLD.finalized = False
     return 0
 
 
-@api("acl.finalize", "ret", init=False)
-def finalize() -> int:
+def _finalize_internal() -> None:
+    """aclFinalizeInternal: tear the ACL layer down whatever the reference count (acl.cpp:547-627)."""
     with LOCK:
-        if not WORLD.initialized:
-            if WORLD.finalized:
-                return set_err(S.E_REPEAT_FINAL, "finalize: acl is already finalised")
-            return set_err(S.E_UNINIT, "finalize: acl.init has never been called")
         pending = [s for s in WORLD.streams.values() if s.pending]
         WORLD.initialized = False
+        WORLD.init_refcount = 0
         WORLD.finalized = True
     for s in pending:
         _drain(s)
+
+
+@api("acl.finalize", "ret")
+def finalize() -> int:
+    """aclFinalize checks only that it did not run already (acl.cpp:634): without an init it succeeds."""
+    with LOCK:
+        if WORLD.finalized:
+            return set_err(S.E_REPEAT_FINAL, "finalize: acl is already finalised")
+    _finalize_internal()
     return 0
 
 
-@api("acl.get_version", "t3", init=False)
+@api("acl.finalize_reference", "t1")
+def finalize_reference() -> tuple[int, int]:
+    """aclFinalizeReference: drop one init reference; the last one finalises (acl.cpp:648-683)."""
+    with LOCK:
+        n = WORLD.init_refcount
+        if n > 1:
+            WORLD.init_refcount = n - 1
+            return n - 1, 0
+        if n < 1:
+            return 0, set_err(S.E_REPEAT_FINAL, "finalize_reference: no acl.init reference is left (finalised already or never initialised)")
+    _finalize_internal()
+    return 0, 0
+
+
+@api("acl.get_version", "t3")
 def get_version() -> tuple[int, int, int, int]:
     """The simulator simulates the CANN 8.0 API level."""
     return 8, 0, 0, 0
 
 
-@api("acl.get_recent_err_msg", "str", init=False)
-def get_recent_err_msg() -> str:
-    """The calling thread's most recent error message (not cleared by reading)."""
-    return TLS.err
+@api("acl.get_soc_name", "none")
+def get_soc_name() -> str | None:
+    """aclrtGetSocName (pyACL spells it ``acl.get_soc_name``): needs no init, no device (acl_rt_impl_base.cpp:189)."""
+    return S.CONFIG.soc_name
 
 
-@api("acl.app_log", "none", init=False)
+@api("acl.get_recent_err_msg", "none")
+def get_recent_err_msg() -> str | None:
+    """The calling thread's error messages, newest first; reading clears them; None when there are none.
+
+    pyACL documents "obtains and clears"; the runtime returns nullptr (None) when empty (acl.cpp:1311-1313).
+    """
+    msgs = TLS.errs
+    if not msgs:
+        return None
+    TLS.errs = []
+    return "\n".join(reversed(msgs))
+
+
+@api("acl.app_log", "none")
 def app_log(log_level: int, message: str) -> None:
     """pyACL's ``acl.app_log(log_level, message)`` (aclAppLog; levels 0 DEBUG .. 3 ERROR): no return value.
 
@@ -109,16 +150,29 @@ def set_device(device_id: int) -> int:
 
 @api("acl.rt.reset_device", "ret", pre=ints("device_id"))
 def reset_device(device_id: int) -> int:
+    """The last reset releases the device's default context and every stream created in it."""
     with LOCK:
         n = WORLD.devices.get(device_id, 0)
         if n <= 0:
             return set_err(S.E_DEVICE, f"reset_device: device {device_id} is not set")
-        if n == 1:
-            del WORLD.devices[device_id]
-            WORLD.default_ctx.pop(device_id, None)  # implicit context dies with the device
-        else:
+        if n > 1:
             WORLD.devices[device_id] = n - 1
+            return 0
+        del WORLD.devices[device_id]
+        cid = WORLD.default_ctx.pop(device_id, None)  # implicit context dies with the device
+        doomed = _streams_of(cid) if cid is not None else []
+    _tear_down(doomed)
     return 0
+
+
+@api("acl.rt.get_device", "t1")
+def get_device() -> tuple[int, int]:
+    """The device of the calling thread's current context; none -> 107002 (api_impl.cc:3490)."""
+    with LOCK:
+        ctx = S.current_context()
+        if ctx is None:
+            return 0, set_err(S.E_CTX_NULL, "get_device: no current context in this thread")
+        return ctx.device, 0
 
 
 @api("acl.rt.get_device_count", "t1")
@@ -128,6 +182,7 @@ def get_device_count() -> tuple[int, int]:
 
 @api("acl.rt.get_run_mode", "t1")
 def get_run_mode() -> tuple[int, int]:
+    """Needs neither init nor a context ("the api do not need context", api_impl.cc ApiImpl::GetRunMode)."""
     return S.CONFIG.run_mode, 0
 
 
@@ -144,14 +199,24 @@ def create_context(device_id: int) -> tuple[int, int]:
 
 @api("acl.rt.destroy_context", "ret", pre=ints("context"))
 def destroy_context(context: int) -> int:
+    """Destroys the context and every stream created in it (Context::TearDown, api_impl.cc:4131-4172)."""
+    if context == 0:  # context.cpp:55
+        return set_err(S.E_PARAM, "destroy_context: context is NULL")
     with LOCK:
-        if WORLD.contexts.pop(context, None) is None:
-            return set_err(S.E_RT_PARAM, f"destroy_context: {context:#x} is not a live context")
+        if context in WORLD.default_ctx.values():  # api_impl.cc:4141
+            return set_err(S.E_CTX_NULL, f"destroy_context: {context:#x} is a device's default (primary) context; reset_device releases it")
+        if WORLD.contexts.pop(context, None) is None:  # api_impl.cc:4134-4137
+            return set_err(S.E_CTX_NULL, f"destroy_context: {context:#x} is not a live context (destroyed already?)")
+        doomed = _streams_of(context)
+    _tear_down(doomed)
     return 0
 
 
 @api("acl.rt.set_context", "ret", pre=ints("context"))
 def set_context(context: int) -> int:
+    """NULL -> 100000 (context.cpp:67); dead or unknown -> 107000 (api_error.cc:3646)."""
+    if context == 0:
+        return set_err(S.E_PARAM, "set_context: context is NULL")
     with LOCK:
         if context in WORLD.contexts or context in WORLD.default_ctx.values():
             _make_current(context)
@@ -177,6 +242,26 @@ def create_stream() -> tuple[int, int]:
         return st.id, 0
 
 
+def check_stream(name: str, stream: int) -> int:
+    """A stream used for new work must belong to the current context (LOCK held).
+
+    No context -> 107002; 0 is the current context's default stream; a stream of another
+    context -> 107003 (COND_RETURN_AND_MSG_INVALID_CONTEXT_STREAM_WITH_FUNC_DESC, e.g.
+    api_impl.cc:2882 memcpy async, :2153 event record, :1584 stream destroy).
+    """
+    ctx = S.current_context()
+    if ctx is None:
+        return set_err(S.E_CTX_NULL, f"{name}: no current context in this thread (call acl.rt.set_device or set_context)")
+    if stream == 0:
+        return 0
+    st = WORLD.streams.get(stream)
+    if st is None:
+        return set_err(S.E_RT_PARAM, f"{name}: {stream:#x} is not a live stream")
+    if st.ctx != ctx.id:
+        return set_err(S.E_STREAM_CTX, f"{name}: stream {stream:#x} belongs to context {st.ctx:#x}, but the current context is {ctx.id:#x}")
+    return 0
+
+
 def _drain(st: Stream) -> int:
     """Run queued work outside the lock, in order; return the first error code of the work."""
     first = 0
@@ -190,18 +275,45 @@ def _drain(st: Stream) -> int:
             first = ret
 
 
-def enqueue(name: str, stream: int, work: Callable[[], object] | None) -> int:
-    """Queue ``work`` on ``stream`` (LOCK held); callers run stream-0 work themselves, synchronously."""
-    st = WORLD.streams.get(stream)
-    if st is None:
-        return set_err(S.E_RT_PARAM, f"{name}: {stream:#x} is not a live stream")
+def drain_until(st: Stream, done: Callable[[], bool]) -> int:
+    """Run queued work in order until ``done()`` (an event's marker ran) or the queue is empty."""
+    first = 0
+    while True:
+        with LOCK:
+            if done() or not st.pending:
+                return first
+            work = st.pending.pop(0)
+        ret = work()
+        if ret and not first:
+            first = ret
+
+
+def enqueue(stream: int, work: Callable[[], object] | None) -> int:
+    """Queue ``work`` on a stream that :func:`check_stream` accepted (LOCK held)."""
     if work is not None:
-        st.pending.append(work)
+        WORLD.streams[stream].pending.append(work)
     return 0
+
+
+def _streams_of(cid: int) -> list[Stream]:
+    """Remove and return the streams created in context ``cid`` (LOCK held)."""
+    doomed = [s for s in WORLD.streams.values() if s.ctx == cid]
+    for s in doomed:
+        del WORLD.streams[s.id]
+        WORLD.subscriptions.pop(s.id, None)
+    WORLD.subscriptions.pop(-cid, None)  # its default stream
+    return doomed
+
+
+def _tear_down(streams: list[Stream]) -> None:
+    """Run what the removed streams still had queued (as destroy_stream does)."""
+    for s in streams:
+        _drain(s)
 
 
 @api("acl.rt.synchronize_stream", "ret", ctx=True, pre=ints("stream"))
 def synchronize_stream(stream: int) -> int:
+    """Any live stream may be synchronised: the runtime switches to its context and back (api_impl.cc:1719)."""
     with LOCK:
         st = WORLD.streams.get(stream)
         if st is None and stream != 0:
@@ -209,14 +321,18 @@ def synchronize_stream(stream: int) -> int:
     return _drain(st) if st is not None else 0
 
 
-@api("acl.rt.destroy_stream", "ret", ctx=True, pre=ints("stream"))
+@api("acl.rt.destroy_stream", "ret", pre=ints("stream"))
 def destroy_stream(stream: int) -> int:
-    """Pending work on the stream is run first (our choice)."""
+    """Pending work on the stream is run first (our choice); another context's stream -> 107003."""
     with LOCK:
-        st = WORLD.streams.get(stream)
-        if st is None:
-            return set_err(S.E_RT_PARAM, f"destroy_stream: {stream:#x} is not a live stream")
+        if stream == 0:
+            return set_err(S.E_PARAM, "destroy_stream: stream is NULL")
+        ret = check_stream("destroy_stream", stream)
+        if ret:
+            return ret
+        st = WORLD.streams[stream]
     _drain(st)
     with LOCK:
         WORLD.streams.pop(stream, None)
+        WORLD.subscriptions.pop(stream, None)
     return 0

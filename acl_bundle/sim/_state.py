@@ -35,8 +35,10 @@ E_NOT_DYNAMIC = CODES["ACL_ERROR_MODEL_NOT_DYNAMIC"]  # 100019
 E_REPEAT_FINAL = CODES["ACL_ERROR_REPEAT_FINALIZE"]  # 100037
 E_BUNDLE_ID = CODES["ACL_ERROR_INVALID_BUNDLE_MODEL_ID"]  # 148053
 E_GE_PARAM = CODES["ACL_ERROR_GE_PARAM_INVALID"]  # 145000
+E_GE_NOT_INIT = CODES["ACL_ERROR_GE_EXEC_NOT_INIT"]  # 145001
 E_GE_PATH = CODES["ACL_ERROR_GE_EXEC_MODEL_PATH_INVALID"]  # 145002
 E_MODEL_ID = CODES["ACL_ERROR_GE_EXEC_MODEL_ID_INVALID"]  # 145003
+E_DYN_LENGTH = CODES["ACL_ERROR_GE_DYNAMIC_INPUT_LENGTH_INVALID"]  # 145012
 E_BATCH = CODES["ACL_ERROR_GE_DYNAMIC_BATCH_SIZE_INVALID"]  # 145013
 E_SHAPE = CODES["ACL_ERROR_GE_SHAPE_INVALID"]  # 145021
 E_DTYPE = CODES["ACL_ERROR_GE_DATATYPE_INVALID"]  # 145022
@@ -44,8 +46,15 @@ E_LOAD = CODES["ACL_ERROR_GE_LOAD_MODEL"]  # 545001
 E_RT_PARAM = CODES["ACL_ERROR_RT_PARAM_INVALID"]  # 107000
 E_DEVICE = CODES["ACL_ERROR_RT_INVALID_DEVICEID"]  # 107001
 E_CTX_NULL = CODES["ACL_ERROR_RT_CONTEXT_NULL"]  # 107002
+E_STREAM_CTX = CODES["ACL_ERROR_RT_STREAM_CONTEXT"]  # 107003
+E_MODEL_CTX = CODES["ACL_ERROR_RT_MODEL_CONTEXT"]  # 107004
+E_STREAM_SUB = CODES["ACL_ERROR_RT_STREAM_SUBSCRIBE"]  # 107011
+E_THREAD_SUB = CODES["ACL_ERROR_RT_THREAD_SUBSCRIBE"]  # 107012
+E_NO_CB_REG = CODES["ACL_ERROR_RT_STREAM_NO_CB_REG"]  # 107015
+E_MEM_TYPE = CODES["ACL_ERROR_RT_INVALID_MEMORY_TYPE"]  # 107016
 E_ALLOC = CODES["ACL_ERROR_RT_MEMORY_ALLOCATION"]  # 207001
 E_EXEC = CODES["ACL_ERROR_RT_MODEL_EXECUTE"]  # 507011
+E_REPORT_TIMEOUT = CODES["ACL_ERROR_RT_REPORT_TIMEOUT"]  # 507012
 
 
 # ---- configuration (survives reset) -----------------------------------------------
@@ -54,6 +63,7 @@ class Config:
     device_count: int = 2
     run_mode: int = ACL_HOST
     device_memory: int = 8 * GiB
+    soc_name: str = "Ascend310P3"
 
 
 CONFIG = Config()
@@ -134,8 +144,8 @@ class World:
     def __init__(self, gen: int) -> None:
         self.gen = gen
         self.initialized = False
-        self.ever_initialized = False
-        self.finalized = False
+        self.init_refcount = 0  # aclInit reference count (acl.cpp: repeat init +1, finalize_reference -1)
+        self.finalized = False  # aclFinalizeFlag: set by finalize, cleared by init
         self.devices: dict[int, int] = {}
         self.default_ctx: dict[int, int] = {}  # device -> implicit context id (alive while set)
         self.contexts: dict[int, Any] = {}  # explicit contexts
@@ -146,6 +156,10 @@ class World:
         self.model_descs: dict[int, Any] = {}
         self.models: dict[int, Any] = {}  # plain and bundle-inner models
         self.bundles: dict[int, Any] = {}
+        self.events: dict[int, Any] = {}
+        self.threads: dict[int, Any] = {}  # acl.util.start_thread threads not yet stopped, by thread id
+        self.subscriptions: dict[int, int] = {}  # stream id (-context: its default stream) -> thread id
+        self.reports: dict[int, Any] = {}  # thread id -> deque of queued callbacks (launch_callback)
         self.device_blocks = Intervals()  # acl.rt.malloc (and runtime-allocated outputs)
         self.host_blocks = Intervals()  # acl.rt.malloc_host
         self.regions = Intervals(multi=True)  # bytes_to_ptr / numpy_to_ptr registrations
@@ -161,15 +175,19 @@ class _TLS(threading.local):
     def __init__(self) -> None:
         self.gen = 0
         self.ctx = 0
-        self.err = ""
+        self.errs: list[str] = []  # oldest first; acl.get_recent_err_msg returns and clears them
 
 
 TLS = _TLS()
+MAX_ERRS = 32  # unread messages kept per thread (the runtime's pile-up is unbounded)
 
 
 def set_err(code: int, msg: str) -> int:
-    """Record ``msg`` as the calling thread's recent error message and return ``code``."""
-    TLS.err = f"{msg} ({code} {error_name(code)})" if code else msg
+    """Add ``msg`` to the calling thread's unread error messages and return ``code``."""
+    errs = TLS.errs
+    errs.append(f"{msg} ({code} {error_name(code)})" if code else msg)
+    if len(errs) > MAX_ERRS:
+        del errs[: len(errs) - MAX_ERRS]
     log.debug("acl error %s: %s", code, msg)
     return code
 
@@ -315,11 +333,19 @@ def api(
     name: str,
     form: str,
     *,
-    init: bool = True,
+    ge_init: bool = False,
     ctx: bool = False,
     pre: Callable[..., None] | None = None,
 ) -> Callable[[Callable], Callable]:
-    """Wrap an implementation: stats, record, faults, argument types, init and context checks."""
+    """Wrap an implementation: stats, record, faults, argument types, init and context checks.
+
+    No ACL-layer call checks ``acl.init``: the runtime's only init-checked paths are the
+    dump APIs (hicann/runtime src/acl/aclrt_impl/toolchain/dump.cpp:106). ``ge_init`` marks
+    the calls that reach the GE executor, which answers 145001 until ``acl.init`` initialised
+    it (hicann/ge runtime/v1/executor/ge_executor.cc:988 LoadDataFromFile, :1028
+    LoadModelFromData, :1173 ExecModel, :760 GetModelDescInfo). ``ctx`` answers 107002
+    without a current context in the calling thread (api_impl.cc CHECK_CONTEXT_VALID).
+    """
     err = FORMS[form]
     short = name.split(".")[-1]
 
@@ -340,10 +366,10 @@ def api(
                 return err(hit.code)
             if pre is not None:
                 pre(*args, **kwargs)
-            if init or ctx:
+            if ge_init or ctx:
                 with LOCK:
-                    if init and not WORLD.initialized:
-                        return err(set_err(E_UNINIT, f"{short}: acl.init has not been called (or acl.finalize was)"))
+                    if ge_init and not WORLD.initialized:
+                        return err(set_err(E_GE_NOT_INIT, f"{short}: the GE executor is not initialised (call acl.init first; acl.finalize ends it)"))
                     if ctx and current_context() is None:
                         return err(set_err(E_CTX_NULL, f"{short}: no current context in this thread (call acl.rt.set_device or set_context)"))
             return fn(*args, **kwargs)

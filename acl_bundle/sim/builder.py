@@ -11,14 +11,20 @@ chosen initializer ("const") turned into a variable, i.e. removed from the
 initializers and added as a graph input of the same name, dtype and shape; the
 simulated runtime binds that input to the shared variable memory by name.  The
 init and update graphs are executed natively by the simulator (Assign semantics),
-so they carry no ONNX.  As with ATC, data inputs need static shapes unless
-``batch_sizes`` (ATC ``--dynamic_batch_size``) makes dim 0 the batch dim.
+so they carry no ONNX.  As with ATC, data inputs need static shapes unless one
+dynamic-shape kind is given: ``batch_sizes`` (ATC ``--dynamic_batch_size``) makes dim 0
+the batch dim; ``dynamic_image_size`` (``--dynamic_image_size``, (height, width) gears)
+is for inputs whose two non-static dims are the image height and width;
+``dynamic_dims`` (``--dynamic_dims``) gives one value per non-static input dim, all
+inputs in order.  The runtime then adds the ``ascend_mbatch_shape_data`` input.
+:func:`build_plain_bundle` bundles plain graphs without variables, as GE's
+``aclgrphBundleBuildModel`` does for any list of graphs.
 
 Manifest (``<name>.manifest.json`` beside ``<name>.om``)
 --------------------------------------------------------
 A real bundle does not report variable shapes (its update inputs are unknown-rank),
 so the wrapper reads them from a JSON manifest.  :func:`save` writes one for every
-bundle; for a bundle built by GE, write it by hand.  Schema (version 1)::
+bundle with variables; for a bundle built by GE, write it by hand.  Schema (version 1)::
 
     {
       "format": "acl-bundle-manifest",        # required, exactly this
@@ -31,9 +37,11 @@ bundle; for a bundle built by GE, write it by hand.  Schema (version 1)::
          "sha256": "..." | null}              # optional: sha256 of the initial value
       ],
       "kind": "bundle", "graphs": ["infer", "init", "update"], "model_count": 3,
-      "inputs":  [{"name", "dtype", "shape"}],   # optional, infer data inputs (-1 = batch)
+      "inputs":  [{"name", "dtype", "shape"}],   # optional, infer data inputs (-1 = dynamic)
       "outputs": [{"name", "dtype", "shape"}],   # optional
-      "batch_sizes": [1, 8], "has_init": true    # optional
+      "batch_sizes": [1, 8], "has_init": true,   # optional
+      "dynamic_image_size": [[224, 224]],        # optional, (height, width) gears
+      "dynamic_dims": [[1, 224]]                 # optional, one value per -1 input dim
     }
 
 Readers rely only on ``variables[].name/dtype/shape``; :func:`load_manifest`
@@ -45,6 +53,7 @@ import hashlib
 import json
 import logging
 import os
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence, Union
 
@@ -60,6 +69,8 @@ __all__ = [
     "MANIFEST_VERSION",
     "build_bundle",
     "build_plain",
+    "build_plain_bundle",
+    "parse_gears",
     "manifest",
     "manifest_path",
     "save",
@@ -73,6 +84,7 @@ ModelSource = Union["onnx.ModelProto", str, os.PathLike, bytes]  # noqa: F821
 
 BATCH_DIM = "batch"
 MAX_BATCH_GEARS = 100  # ATC accepts at most 100 --dynamic_batch_size gears
+MAX_GEARS = MAX_BATCH_GEARS  # likewise --dynamic_image_size and --dynamic_dims
 
 # ONNX TensorProto.DataType -> numpy dtype name, for the types the runtime can move.
 _ONNX_TO_NP: dict[int, str] = {
@@ -154,6 +166,48 @@ def _check_batch_sizes(batch_sizes: Sequence[int] | None) -> list[int]:
     return out
 
 
+def parse_gears(text: str, option: str = "gears", *, width: int | None = None) -> list[tuple[int, ...]]:
+    """Parse ATC's gear syntax, ``"224,224;448,448"``: gears split by ``;``, values by ``,``."""
+    gears = []
+    for part in str(text).split(";"):
+        part = part.strip()
+        if not part:
+            continue
+        try:
+            gear = tuple(int(v) for v in part.split(","))
+        except ValueError:
+            raise ValueError(f"{option}: {part!r} is not comma-separated integers (ATC syntax: \"224,224;448,448\")") from None
+        gears.append(gear)
+    return _check_gears(gears, option, width=width)
+
+
+def _check_gears(gears: Sequence[Sequence[int]] | None, option: str, *, width: int | None = None) -> list[tuple[int, ...]]:
+    if gears is None:
+        return []
+    if isinstance(gears, (str, bytes)):
+        raise ValueError(f"{option} must be a sequence of gears (sequences of ints), got {gears!r}; parse_gears reads ATC's string form")
+    out: list[tuple[int, ...]] = []
+    for g in gears:
+        try:
+            vals = tuple(g)
+        except TypeError:
+            raise ValueError(f"{option}: each gear must be a sequence of ints, got {g!r}") from None
+        if not vals or any(isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v <= 0 for v in vals):
+            raise ValueError(f"{option}: gear values must be positive ints, got {list(vals)}")
+        out.append(tuple(int(v) for v in vals))
+    if not out:
+        raise ValueError(f"{option} is empty; give at least one gear or None for static shapes")
+    if width is not None and any(len(g) != width for g in out):
+        raise ValueError(f"{option}: every gear needs {width} values, got {[list(g) for g in out]}")
+    if len({len(g) for g in out}) != 1:
+        raise ValueError(f"{option}: gears must all have the same number of values, got {[list(g) for g in out]}")
+    if len(set(out)) != len(out):
+        raise ValueError(f"{option}: gears must be distinct, got {[list(g) for g in out]}")
+    if len(out) > MAX_GEARS:
+        raise ValueError(f"{option}: at most {MAX_GEARS} gears are allowed, got {len(out)}")
+    return out
+
+
 def _static_dims(vi: Any, what: str, batch: bool) -> tuple[int, ...]:
     """Return the shape of a data input (-1 for the batch dim); rewrite dim 0 in batch mode."""
     tt = vi.type.tensor_type
@@ -215,7 +269,24 @@ def _prepare(proto: Any, variables: list[str]) -> tuple[list[TensorSpec], list[b
     return specs, values
 
 
-def _data_inputs(proto: Any, var_names: set[str], batch: bool) -> list[TensorSpec]:
+def _dynamic_dims(vi: Any, what: str, mode: str) -> tuple[int, ...]:
+    """Shape of a data input for dynamic image sizes / dims: every non-static dim becomes -1."""
+    tt = vi.type.tensor_type
+    if not tt.HasField("shape"):
+        raise ValueError(f"{what} has unknown rank; give it a fixed rank")
+    dims = tt.shape.dim
+    if len(dims) > ACL_MAX_DIM_CNT:
+        raise ValueError(f"{what} has {len(dims)} dims, more than ACL's {ACL_MAX_DIM_CNT}")
+    shape = tuple(int(d.dim_value) if d.HasField("dim_value") and d.dim_value >= 0 else -1 for d in dims)
+    if mode == "hw" and shape.count(-1) not in (0, 2):
+        raise ValueError(
+            f"{what} has {shape.count(-1)} dynamic dims {list(shape)}; dynamic_image_size needs exactly two "
+            "(height and width, in that order) or none"
+        )
+    return shape
+
+
+def _data_inputs(proto: Any, var_names: set[str], batch: bool, mode: str = "") -> list[TensorSpec]:
     specs = []
     for vi in proto.graph.input:
         if vi.name in var_names:
@@ -224,10 +295,65 @@ def _data_inputs(proto: Any, var_names: set[str], batch: bool) -> list[TensorSpe
         if not vi.type.HasField("tensor_type"):
             raise ValueError(f"{what} is not a tensor")
         dtype = _np_dtype_name(vi.type.tensor_type.elem_type, what)
-        specs.append(TensorSpec(vi.name, dtype, _static_dims(vi, what, batch)))
+        dims = _dynamic_dims(vi, what, mode) if mode in ("hw", "dims") else _static_dims(vi, what, batch)
+        specs.append(TensorSpec(vi.name, dtype, dims))
     if batch and not specs:
         raise ValueError("batch_sizes given but the graph has no data input to carry the batch dim")
     return specs
+
+
+def _gear_shapes(inputs: list[TensorSpec], gear: tuple[int, ...]) -> list[tuple[int, ...]]:
+    """Concrete input shapes at ``gear``: the -1 dims take the gear's values in input order."""
+    it = iter(gear)
+    return [tuple(next(it) if d == -1 else d for d in t.shape) for t in inputs]
+
+
+def _gear_outputs(
+    proto: Any, inputs: list[TensorSpec], variables: list[TensorSpec], values: list[bytes], gears: list[tuple[int, ...]], mode: str
+) -> tuple[list[TensorSpec], list[list[tuple[int, ...]]]]:
+    """Output specs (-1 where a dim changes between gears) and each gear's output shapes, by running every gear."""
+    n_dyn = sum(t.shape.count(-1) for t in inputs)
+    option = "dynamic_image_size" if mode == "hw" else "dynamic_dims"
+    if n_dyn == 0:
+        raise ValueError(f"{option} given but no data input has a dynamic dim")
+    if mode == "hw":
+        gears_in = [tuple(v for _ in range(n_dyn // 2) for v in g) for g in gears]  # every image input takes (h, w)
+    else:
+        if any(len(g) != n_dyn for g in gears):
+            raise ValueError(f"{option}: every gear needs {n_dyn} values (one per dynamic input dim), got {[list(g) for g in gears]}")
+        gears_in = gears
+    _forget_all_output_shapes(proto)
+    sess = _session(proto.SerializeToString())
+    names = [o.name for o in sess.get_outputs()]
+    dtypes = [_np_dtype_name(et, f"output {name!r}") for name, et, _ in _inferred_outputs(proto)[1]]
+    per_gear: list[list[tuple[int, ...]]] = []
+    for g, gin in zip(gears, gears_in):
+        feed = {t.name: np.zeros(shape, t.dtype) for t, shape in zip(inputs, _gear_shapes(inputs, gin))}
+        for v, raw in zip(variables, values):
+            feed[v.name] = np.frombuffer(raw, v.dtype).reshape(v.shape)
+        try:
+            outs = sess.run(None, feed)
+        except Exception as e:  # noqa: BLE001 - ORT raises its own types
+            raise ValueError(f"onnxruntime failed to run the graph at gear {list(g)}: {e}") from None
+        per_gear.append([tuple(int(d) for d in np.shape(o)) for o in outs])
+    specs = []
+    for i, (name, dt) in enumerate(zip(names, dtypes)):
+        shapes = [pg[i] for pg in per_gear]
+        if len({len(sh) for sh in shapes}) != 1:
+            raise ValueError(f"output {name!r} changes rank between gears: {shapes}")
+        dims = tuple(-1 if len({sh[k] for sh in shapes}) > 1 else shapes[0][k] for k in range(len(shapes[0])))
+        specs.append(TensorSpec(name, dt, dims))
+    order = [o.name for o in proto.graph.output]
+    idx = [names.index(n) for n in order]
+    return [specs[i] for i in idx], [[pg[i] for i in idx] for pg in per_gear]
+
+
+def _forget_all_output_shapes(proto: Any) -> None:
+    """Drop declared output and intermediate shapes: with dynamic dims only running the graph tells them."""
+    for vo in proto.graph.output:
+        if vo.type.tensor_type.HasField("shape"):
+            vo.type.tensor_type.ClearField("shape")
+    del proto.graph.value_info[:]
 
 
 def _forget_output_shapes(proto: Any) -> None:
@@ -349,13 +475,15 @@ def _output_specs(
     return out
 
 
-def _set_output_types(proto: Any, outputs: list[TensorSpec]) -> None:
+def _set_output_types(proto: Any, outputs: list[TensorSpec], dynamic_name: str = BATCH_DIM) -> None:
     """Declare the determined output dtypes and shapes in the graph (onnx.checker requires them)."""
     onnx = _onnx()
     by_name = {t.name: t for t in outputs}
     for vo in proto.graph.output:
         t = by_name[vo.name]
-        dims: list[int | str] = [BATCH_DIM if d == -1 else d for d in t.shape]
+        dims: list[int | str] = [
+            (BATCH_DIM if dynamic_name == BATCH_DIM else f"{dynamic_name}{k}") if d == -1 else d for k, d in enumerate(t.shape)
+        ]
         vo.type.CopyFrom(onnx.helper.make_tensor_type_proto(onnx.helper.np_dtype_to_tensor_dtype(t.np_dtype), dims))
 
 
@@ -369,10 +497,32 @@ def _validate(proto: Any) -> tuple[bytes, Any]:
     return data, _session(data)
 
 
+@dataclass
+class _Built:
+    graph: GraphSpec
+    variables: list[TensorSpec]
+    values: list[bytes]
+    batch_sizes: list[int]
+    hw: list[tuple[int, int]]
+    dims: list[tuple[int, ...]]
+    gear_outputs: list[list[tuple[int, ...]]]
+
+
 def _build(
-    model: ModelSource, variables: Sequence[str] | None, batch_sizes: Sequence[int] | None, bundle: bool
-) -> tuple[GraphSpec, list[TensorSpec], list[bytes], list[int]]:
+    model: ModelSource,
+    variables: Sequence[str] | None,
+    batch_sizes: Sequence[int] | None,
+    bundle: bool,
+    dynamic_image_size: Sequence[Sequence[int]] | None = None,
+    dynamic_dims: Sequence[Sequence[int]] | None = None,
+    role: str | None = None,
+) -> _Built:
     sizes = _check_batch_sizes(batch_sizes)
+    hw = _check_gears(dynamic_image_size, "dynamic_image_size", width=2)
+    dyn_dims = _check_gears(dynamic_dims, "dynamic_dims")
+    if sum(map(bool, (sizes, hw, dyn_dims))) > 1:
+        raise ValueError("give at most one of batch_sizes, dynamic_image_size and dynamic_dims (ATC accepts one dynamic-shape option)")
+    mode = "batch" if sizes else "hw" if hw else "dims" if dyn_dims else ""
     proto = _load(model)
     graph = proto.graph
     var_names: list[str] = []
@@ -404,17 +554,22 @@ def _build(
         raise ValueError(f"graph input name {ACL_DYNAMIC_TENSOR_NAME!r} is reserved for the dynamic batch input")
     if len(names) != len(graph.input):
         raise ValueError("graph input names must be distinct")
-    inputs = _data_inputs(proto, set(var_names), bool(sizes))
+    inputs = _data_inputs(proto, set(var_names), bool(sizes), mode)
     if not graph.output:
         raise ValueError("the graph has no outputs")
-    if sizes:
-        _forget_output_shapes(proto)
-    outputs = _output_specs(proto, inputs, var_specs, values, sizes)
-    _set_output_types(proto, outputs)
+    gear_outputs: list[list[tuple[int, ...]]] = []
+    if mode in ("hw", "dims"):
+        outputs, gear_outputs = _gear_outputs(proto, inputs, var_specs, values, hw or dyn_dims, mode)
+        _set_output_types(proto, outputs, dynamic_name="dyn")
+    else:
+        if sizes:
+            _forget_output_shapes(proto)
+        outputs = _output_specs(proto, inputs, var_specs, values, sizes)
+        _set_output_types(proto, outputs)
     data, _sess = _validate(proto)
-    role = "infer" if bundle else "model"
+    role = role or ("infer" if bundle else "model")
     log.debug("built %s graph: %d inputs, %d outputs, %d variables", role, len(inputs), len(outputs), len(var_specs))
-    return GraphSpec(role, tuple(inputs), tuple(outputs), data), var_specs, values, sizes
+    return _Built(GraphSpec(role, tuple(inputs), tuple(outputs), data), var_specs, values, sizes, hw, dyn_dims, gear_outputs)  # type: ignore[arg-type]
 
 
 def build_bundle(
@@ -423,6 +578,8 @@ def build_bundle(
     variables: Sequence[str] | None = None,
     init: bool = True,
     batch_sizes: Sequence[int] | None = None,
+    dynamic_image_size: Sequence[Sequence[int]] | None = None,
+    dynamic_dims: Sequence[Sequence[int]] | None = None,
 ) -> ModelFile:
     """Build a bundle (infer, [init], update) whose variables are the chosen initializers.
 
@@ -430,22 +587,45 @@ def build_bundle(
     ``variables`` defaults to every float16/float32/float64 initializer in order.
     ``init=False`` omits the init graph and the initial values (GE: saves device
     memory; the caller must then update every variable before inferring).
-    ``batch_sizes`` makes dim 0 of every data input and output the dynamic batch dim.
+    ``batch_sizes`` makes dim 0 of every data input and output the dynamic batch dim;
+    ``dynamic_image_size`` [(h, w), ...] and ``dynamic_dims`` [(v, ...), ...] are ATC's
+    other dynamic-shape options (at most one of the three; see the module docstring).
     Raises ValueError (TypeError for a wrong ``model`` type, FileNotFoundError for a
     missing path) with what is wrong.
     """
-    infer, var_specs, values, sizes = _build(model, variables, batch_sizes, bundle=True)
-    graphs = [infer]
+    b = _build(model, variables, batch_sizes, True, dynamic_image_size, dynamic_dims)
+    graphs = [b.graph]
     if init:
         graphs.append(GraphSpec("init", (), ()))
     graphs.append(GraphSpec("update", (), ()))
-    return ModelFile("bundle", graphs, var_specs, values if init else [], sizes)
+    return ModelFile("bundle", graphs, b.variables, b.values if init else [], b.batch_sizes, b.hw, b.dims, b.gear_outputs)
 
 
-def build_plain(model: ModelSource, *, batch_sizes: Sequence[int] | None = None) -> ModelFile:
+def build_plain(
+    model: ModelSource,
+    *,
+    batch_sizes: Sequence[int] | None = None,
+    dynamic_image_size: Sequence[Sequence[int]] | None = None,
+    dynamic_dims: Sequence[Sequence[int]] | None = None,
+) -> ModelFile:
     """Build a plain single-graph model file (what ATC makes): every initializer stays a constant."""
-    graph, _, _, sizes = _build(model, None, batch_sizes, bundle=False)
-    return ModelFile("plain", [graph], [], [], sizes)
+    b = _build(model, None, batch_sizes, False, dynamic_image_size, dynamic_dims)
+    return ModelFile("plain", [b.graph], [], [], b.batch_sizes, b.hw, b.dims, b.gear_outputs)
+
+
+def build_plain_bundle(models: Sequence[ModelSource]) -> ModelFile:
+    """Bundle two or more plain graphs without variables (GE's ``aclgrphBundleBuildModel`` of any graphs).
+
+    Each graph keeps its constants; ``bundle_get_model_id(bundle, i)`` is graph ``i``.  Such a
+    bundle has no update graph, so :class:`~acl_bundle.BundleModel` does not load it; drive it
+    with the raw ``acl.mdl`` calls.  Shapes must be static.
+    """
+    if isinstance(models, (str, bytes, os.PathLike)) or not isinstance(models, Sequence):
+        raise TypeError("models must be a sequence of ONNX models (ModelProto, paths or bytes)")
+    if len(models) < 2:
+        raise ValueError(f"a bundle needs at least 2 graphs (GE rejects fewer), got {len(models)}")
+    graphs = [_build(m, None, None, False).graph for m in models]
+    return ModelFile("bundle", graphs)
 
 
 def manifest(mf: ModelFile) -> dict[str, Any]:
@@ -465,6 +645,8 @@ def manifest(mf: ModelFile) -> dict[str, Any]:
         "outputs": [t.to_json() for t in main.outputs],
         "variables": variables,
         "batch_sizes": list(mf.batch_sizes),
+        "dynamic_image_size": [list(g) for g in mf.dynamic_hw],
+        "dynamic_dims": [list(g) for g in mf.dynamic_dims],
         "has_init": mf.has_init,
     }
 
@@ -476,10 +658,10 @@ def save(mf: ModelFile, path: str | os.PathLike) -> tuple[Path, Path | None]:
     """
     om = Path(path)
     write_atomic(om, lambda f: f.write(dumps(mf)))
-    if mf.kind != "bundle":
+    if mf.kind != "bundle" or not mf.variables:
         stale = manifest_path(om)
         if stale.exists():
-            log.warning("%s is a plain model but %s exists beside it; the manifest is ignored for plain models", om, stale)
+            log.warning("%s has no variables but %s exists beside it; the manifest is ignored", om, stale)
         return om, None
     mp = manifest_path(om)
     write_atomic(mp, lambda f: f.write((json.dumps(manifest(mf), indent=2) + "\n").encode()))

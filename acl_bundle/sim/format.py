@@ -21,8 +21,13 @@ reference lists per-cause load codes as unconfirmed):
 * 545001 ACL_ERROR_GE_LOAD_MODEL: CRC mismatch, malformed metadata, sections that
   disagree with the metadata.  Metadata is checked for consistency too: dtypes from
   ``DTYPES`` only, integer shapes, graph roles in order with ONNX exactly for
-  "model"/"infer", unique static-shape variables (>= 1 in a bundle, none in a plain
-  file), initial values iff an init graph, -1 dims iff batch sizes.
+  "model"/"infer", unique static-shape variables (>= 1 in a weight-update bundle, none
+  in a plain file or a bundle of plain graphs), initial values iff an init graph, -1
+  dims iff one dynamic-shape kind (batch sizes, image sizes or dims gears) is given.
+
+Version 1.1 adds ``dynamic_hw`` / ``dynamic_dims`` (ATC ``--dynamic_image_size`` /
+``--dynamic_dims``) with the output shapes of every gear, and bundles of plain graphs
+(GE's ``aclgrphBundleBuildModel`` of arbitrary graphs); 1.0 files read unchanged.
 """
 from __future__ import annotations
 
@@ -33,22 +38,22 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from .._constants import CODES, NUMPY_TO_ACL
+
 MAGIC = b"ACLBSIM\x00"
 FORMAT_MAJOR = 1
-FORMAT_MINOR = 0
+FORMAT_MINOR = 1
 _HEADER = struct.Struct("<8sHHI")
 _SECTION = struct.Struct("<4sQI")
 MAX_SECTIONS = 1 << 16
 #: numpy dtype names a TensorSpec may carry (the types ACL moves between host and device).
-DTYPES = frozenset(
-    ["float32", "float16", "float64", "int8", "int16", "int32", "int64",
-     "uint8", "uint16", "uint32", "uint64", "bool"]
-)
+DTYPES = frozenset(d.name for d in NUMPY_TO_ACL)
 _ROLE_HAS_ONNX = {"model": True, "infer": True, "init": False, "update": False}
+MAX_GEARS = 100  # ATC accepts at most 100 gears of --dynamic_batch_size/_image_size/_dims
 
-ERR_SIZE = 145006
-ERR_FOREIGN = 145000
-ERR_CORRUPT = 545001
+ERR_SIZE = CODES["ACL_ERROR_GE_EXEC_MODEL_DATA_SIZE_INVALID"]  # 145006
+ERR_FOREIGN = CODES["ACL_ERROR_GE_PARAM_INVALID"]  # 145000
+ERR_CORRUPT = CODES["ACL_ERROR_GE_LOAD_MODEL"]  # 545001
 
 
 class FormatError(Exception):
@@ -61,7 +66,7 @@ class FormatError(Exception):
 
 @dataclass(frozen=True)
 class TensorSpec:
-    """One graph input/output or variable: name, numpy dtype name, shape (-1 = dynamic batch dim)."""
+    """One graph input/output or variable: name, numpy dtype name, shape (-1 = dynamic dim)."""
 
     name: str
     dtype: str
@@ -76,6 +81,13 @@ class TensorSpec:
         n = 1
         for d in self.shape:
             n *= batch if d == -1 else d
+        return n * self.np_dtype.itemsize
+
+    def nbytes_of(self, shape: tuple[int, ...]) -> int:
+        """Byte size of this tensor at a concrete ``shape``."""
+        n = 1
+        for d in shape:
+            n *= d
         return n * self.np_dtype.itemsize
 
     def to_json(self) -> dict:
@@ -113,17 +125,38 @@ class GraphSpec:
 
 @dataclass
 class ModelFile:
-    """Everything a simulator model file holds."""
+    """Everything a simulator model file holds.
+
+    At most one dynamic-shape kind is set, as with ATC: ``batch_sizes`` (dim 0 of every data
+    input and output), ``dynamic_hw`` ((height, width) gears for the two -1 dims of the
+    image inputs) or ``dynamic_dims`` (one value per -1 dim of all data inputs, in input
+    order).  For the last two, ``gear_outputs[g][i]`` is the shape of output ``i`` at gear ``g``.
+    """
 
     kind: str  # "plain" or "bundle"
-    graphs: list[GraphSpec]  # bundle order: infer, [init], update
+    graphs: list[GraphSpec]  # bundle order: infer, [init], update; or >= 2 "model" graphs
     variables: list[TensorSpec] = field(default_factory=list)
     initial_values: list[bytes] = field(default_factory=list)  # one per variable when an init graph exists
     batch_sizes: list[int] = field(default_factory=list)  # [] = static shapes
+    dynamic_hw: list[tuple[int, int]] = field(default_factory=list)
+    dynamic_dims: list[tuple[int, ...]] = field(default_factory=list)
+    gear_outputs: list[list[tuple[int, ...]]] = field(default_factory=list)
 
     @property
     def has_init(self) -> bool:
         return any(g.role == "init" for g in self.graphs)
+
+    @property
+    def dynamic(self) -> str:
+        """"batch", "hw", "dims" or "" (static)."""
+        return "batch" if self.batch_sizes else "hw" if self.dynamic_hw else "dims" if self.dynamic_dims else ""
+
+    @property
+    def gears(self) -> list[tuple[int, ...]]:
+        """The gear values of the dynamic kind: (batch,), (h, w) or the dims values."""
+        if self.batch_sizes:
+            return [(b,) for b in self.batch_sizes]
+        return [tuple(g) for g in (self.dynamic_hw or self.dynamic_dims)]
 
 
 def dumps(model: ModelFile) -> bytes:
@@ -144,6 +177,10 @@ def dumps(model: ModelFile) -> bytes:
         "has_initial_values": bool(model.initial_values),
         "batch_sizes": list(model.batch_sizes),
     }
+    if model.dynamic_hw or model.dynamic_dims or model.gear_outputs:
+        meta["dynamic_hw"] = [list(g) for g in model.dynamic_hw]
+        meta["dynamic_dims"] = [list(g) for g in model.dynamic_dims]
+        meta["gear_outputs"] = [[list(s) for s in gear] for gear in model.gear_outputs]
     sections = [(b"META", json.dumps(meta, sort_keys=True).encode())]
     sections += [(b"ONNX", g.onnx) for g in onnx_graphs]
     sections += [(b"VARV", v) for v in model.initial_values]
@@ -224,18 +261,19 @@ def _from_sections(sections: list[tuple[bytes, memoryview]]) -> ModelFile:
     if next(it, None) is not None:
         raise FormatError(ERR_CORRUPT, "more ONNX sections than graphs")
     roles = [g.role for g in graphs]
+    plain_bundle = kind == "bundle" and len(roles) >= 2 and all(r == "model" for r in roles)
     if kind == "plain" and roles != ["model"]:
         raise ValueError(f"plain file with graphs {roles}")
-    if kind == "bundle" and roles not in (["infer", "init", "update"], ["infer", "update"]):
+    if kind == "bundle" and roles not in (["infer", "init", "update"], ["infer", "update"]) and not plain_bundle:
         raise ValueError(f"bundle with graphs {roles}")
     variables = [TensorSpec.from_json(v) for v in meta["variables"]]
     if len({v.name for v in variables}) != len(variables):
         raise FormatError(ERR_CORRUPT, "duplicate variable names")
     if any(-1 in v.shape for v in variables):
         raise FormatError(ERR_CORRUPT, "variables must have static shapes")
-    if kind == "plain" and (variables or meta["has_initial_values"]):
-        raise FormatError(ERR_CORRUPT, "plain file with variables")
-    if kind == "bundle" and not variables:
+    if (kind == "plain" or plain_bundle) and (variables or meta["has_initial_values"]):
+        raise FormatError(ERR_CORRUPT, f"{'plain file' if kind == 'plain' else 'bundle of plain graphs'} with variables")
+    if kind == "bundle" and not plain_bundle and not variables:
         raise FormatError(ERR_CORRUPT, "bundle without variables")
     has_init = "init" in roles
     if meta["has_initial_values"] is not has_init:
@@ -251,7 +289,53 @@ def _from_sections(sections: list[tuple[bytes, memoryview]]) -> ModelFile:
     batch_sizes = meta["batch_sizes"]
     if not isinstance(batch_sizes, list) or any(type(b) is not int or b <= 0 for b in batch_sizes):
         raise ValueError("batch sizes must be positive ints")
-    dynamic = any(-1 in t.shape for g in graphs for t in (*g.inputs, *g.outputs))
-    if dynamic != bool(batch_sizes):
-        raise FormatError(ERR_CORRUPT, "dynamic (-1) dims present iff batch sizes are given")
-    return ModelFile(kind, graphs, variables, var_payloads, batch_sizes)
+    hw = _gears(meta.get("dynamic_hw", []), "dynamic_hw")
+    dims = _gears(meta.get("dynamic_dims", []), "dynamic_dims")
+    mf = ModelFile(kind, graphs, variables, var_payloads, batch_sizes, [tuple(g) for g in hw], [tuple(g) for g in dims])  # type: ignore[misc]
+    if sum(map(bool, (batch_sizes, hw, dims))) > 1:
+        raise FormatError(ERR_CORRUPT, "more than one dynamic-shape kind (batch sizes, image sizes, dims)")
+    for g in graphs:
+        _check_dynamic(mf, g, meta.get("gear_outputs", []))
+    mf.gear_outputs = [[tuple(s) for s in gear] for gear in meta.get("gear_outputs", [])]
+    return mf
+
+
+def _gears(raw: object, what: str) -> list[list[int]]:
+    if not isinstance(raw, list) or len(raw) > MAX_GEARS or any(
+        not isinstance(g, list) or not g or any(type(v) is not int or v <= 0 for v in g) for g in raw
+    ):
+        raise ValueError(f"{what} must be a list of at most {MAX_GEARS} lists of positive ints")
+    return raw
+
+
+def _check_dynamic(mf: ModelFile, g: GraphSpec, gear_outputs: object) -> None:
+    """The -1 dims of ``g`` must be exactly what the dynamic-shape kind describes."""
+    if g.role not in ("model", "infer"):
+        return
+    dyn_in = [t.shape.count(-1) for t in g.inputs]
+    dyn_out = any(-1 in t.shape for t in g.outputs)
+    kind = mf.dynamic
+    if not kind:
+        if any(dyn_in) or dyn_out:
+            raise FormatError(ERR_CORRUPT, "dynamic (-1) dims present without a dynamic-shape kind")
+        if gear_outputs:
+            raise FormatError(ERR_CORRUPT, "gear outputs in a static model")
+        return
+    if kind == "batch":
+        if not any(dyn_in) or any(-1 in t.shape[1:] for t in (*g.inputs, *g.outputs)):
+            raise FormatError(ERR_CORRUPT, "batch sizes need -1 in dim 0 (only) of the inputs")
+        return
+    if kind == "hw":
+        if not any(dyn_in) or any(n not in (0, 2) for n in dyn_in) or any(len(v) != 2 for v in mf.dynamic_hw):
+            raise FormatError(ERR_CORRUPT, "image sizes need (height, width) gears and exactly two -1 dims per image input")
+    elif kind == "dims" and (not any(dyn_in) or any(len(v) != sum(dyn_in) for v in mf.dynamic_dims)):
+        raise FormatError(ERR_CORRUPT, f"every dims gear needs one value per -1 input dim ({sum(dyn_in)})")
+    if not isinstance(gear_outputs, list) or len(gear_outputs) != len(mf.gears):
+        raise FormatError(ERR_CORRUPT, "gear outputs must list the output shapes of every gear")
+    for shapes in gear_outputs:
+        if not isinstance(shapes, list) or len(shapes) != len(g.outputs):
+            raise FormatError(ERR_CORRUPT, "gear outputs must give one shape per output")
+        for spec, shape in zip(g.outputs, shapes):
+            if (not isinstance(shape, list) or len(shape) != len(spec.shape)
+                    or any(type(d) is not int or d < 0 or (s != -1 and s != d) for s, d in zip(spec.shape, shape))):
+                raise FormatError(ERR_CORRUPT, f"gear output shape {shape!r} does not fit output {spec.name!r} {list(spec.shape)}")

@@ -6,6 +6,7 @@ from typing import Any
 
 import numpy as np
 
+from acl_bundle import _constants as C
 from acl_bundle import sim
 
 acl = sim.acl
@@ -48,7 +49,7 @@ class Rig:
         return ds, ptrs
 
     def tensor_desc(self, dtype: int, dims: list[int]) -> int:
-        td = acl.create_tensor_desc(dtype, dims, acl.ACL_FORMAT_ND)
+        td = acl.create_tensor_desc(dtype, dims, C.ACL_FORMAT_ND)
         assert td
         self.tds.append(td)
         return td
@@ -74,11 +75,11 @@ class Rig:
 
     def h2d(self, dst: int, arr: np.ndarray) -> None:
         arr = np.ascontiguousarray(arr)
-        assert acl.rt.memcpy(dst, arr.nbytes, acl.util.numpy_to_ptr(arr), arr.nbytes, acl.ACL_MEMCPY_HOST_TO_DEVICE) == 0, acl.get_recent_err_msg()
+        assert acl.rt.memcpy(dst, arr.nbytes, acl.util.numpy_to_ptr(arr), arr.nbytes, C.ACL_MEMCPY_HOST_TO_DEVICE) == 0, acl.get_recent_err_msg()
 
     def d2h(self, src: int, dtype: Any, shape: tuple) -> np.ndarray:
         out = np.empty(shape, dtype)
-        assert acl.rt.memcpy(acl.util.numpy_to_ptr(out), out.nbytes, src, out.nbytes, acl.ACL_MEMCPY_DEVICE_TO_HOST) == 0, acl.get_recent_err_msg()
+        assert acl.rt.memcpy(acl.util.numpy_to_ptr(out), out.nbytes, src, out.nbytes, C.ACL_MEMCPY_DEVICE_TO_HOST) == 0, acl.get_recent_err_msg()
         return out
 
     def close(self) -> None:

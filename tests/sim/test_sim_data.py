@@ -3,10 +3,11 @@ from __future__ import annotations
 
 import pytest
 
+from acl_bundle import _constants as C
 from acl_bundle import sim
 
 acl = sim.acl
-F, ND = acl.ACL_FLOAT, acl.ACL_FORMAT_ND
+F, ND = C.ACL_FLOAT, C.ACL_FORMAT_ND
 
 
 def test_data_buffer_lifecycle(dev):
@@ -21,7 +22,10 @@ def test_data_buffer_lifecycle(dev):
     assert acl.update_data_buffer(db, 0, 0) == 100000
     assert acl.get_data_buffer_addr(db) == 0
     assert acl.get_data_buffer_size(db) == 0
-    assert acl.create_data_buffer(0, 8) == 0
+    # (0, n) is a valid data buffer: ACL stores any pointer/size (data_buffer.cpp:60-66)
+    db = acl.create_data_buffer(0, 8)
+    assert db and acl.get_data_buffer_addr(db) == 0 and acl.get_data_buffer_size(db) == 8
+    assert acl.destroy_data_buffer(db) == 0
 
 
 def test_dataset_buffers_and_descs(dev):
@@ -81,8 +85,12 @@ def test_tensor_desc(dev):
         acl.destroy_tensor_desc(td)
     assert acl.get_tensor_desc_num_dims(td) == 0
     assert acl.get_tensor_desc_type(td) == -1
-    assert acl.data_type_size(F) == 4 and acl.data_type_size(acl.ACL_FLOAT16) == 2
-    assert acl.data_type_size(12345) == 0
+    assert acl.data_type_size(F) == 4 and acl.data_type_size(C.ACL_FLOAT16) == 2
+    # aclDataTypeSize (data_buffer.cpp:22-58): the newer types, and 8 for anything unknown
+    assert acl.data_type_size(C.ACL_BF16) == 2 and acl.data_type_size(C.ACL_COMPLEX128) == 16
+    assert acl.data_type_size(C.ACL_HIFLOAT8) == 1 and acl.data_type_size(C.ACL_INT4) == 1
+    assert acl.data_type_size(C.ACL_COMPLEX32) == 4 and acl.data_type_size(C.ACL_STRING) == 0
+    assert acl.data_type_size(C.ACL_FLOAT4_E2M1) == 8 and acl.data_type_size(12345) == 8
 
 
 def test_dead_handles_everywhere(dev):

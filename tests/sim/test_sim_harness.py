@@ -8,6 +8,7 @@ import threading
 import numpy as np
 import pytest
 
+from acl_bundle import _constants as C
 from acl_bundle import sim
 
 acl = sim.acl
@@ -166,9 +167,13 @@ def test_not_implemented_names():
         acl.rt.foo  # noqa: B018
     assert not hasattr(acl, "media")
     assert isinstance(sim.NotImplementedInSimulator("x"), AttributeError)
-    assert sorted(dir(acl.util)) == ["bytes_to_ptr", "numpy_contiguous_to_ptr", "numpy_to_ptr", "ptr_to_bytes", "ptr_to_numpy"]
+    assert sorted(dir(acl.util)) == ["bytes_to_ptr", "numpy_contiguous_to_ptr", "numpy_to_ptr", "ptr_to_bytes",
+                                     "ptr_to_numpy", "start_thread", "stop_thread"]
     assert "execute" in dir(acl.mdl) and "malloc" in dir(acl.rt)
-    assert acl.ACL_FLOAT == 0 and acl.ACL_MEMCPY_HOST_TO_DEVICE == 1
+    # real pyACL has no acl.ACL_* attributes (its samples define their own): neither has the simulator
+    with pytest.raises(AttributeError, match="does not export its constants"):
+        acl.ACL_FLOAT  # noqa: B018
+    assert not [n for n in dir(acl) if n.startswith("ACL_")]
 
 
 def test_import_does_not_need_onnxruntime():
@@ -212,7 +217,7 @@ def test_recent_err_msg_is_per_thread(dev):
     t = threading.Thread(target=lambda: other.setdefault("m", acl.get_recent_err_msg()))
     t.start()
     t.join()
-    assert other["m"] == ""
+    assert other["m"] is None  # nothing failed in that thread
 
 
 def test_stats_counts_calls(dev):

@@ -7,11 +7,12 @@ import warnings
 import numpy as np
 import pytest
 
+from acl_bundle import _constants as C
 from acl_bundle import sim
 
 acl = sim.acl
-H2D, D2H, D2D, H2H = (acl.ACL_MEMCPY_HOST_TO_DEVICE, acl.ACL_MEMCPY_DEVICE_TO_HOST,
-                      acl.ACL_MEMCPY_DEVICE_TO_DEVICE, acl.ACL_MEMCPY_HOST_TO_HOST)
+H2D, D2H, D2D, H2H = (C.ACL_MEMCPY_HOST_TO_DEVICE, C.ACL_MEMCPY_DEVICE_TO_HOST,
+                      C.ACL_MEMCPY_DEVICE_TO_DEVICE, C.ACL_MEMCPY_HOST_TO_HOST)
 
 
 def test_malloc_alignment_and_accounting(dev):
@@ -63,7 +64,7 @@ def test_memcpy_round_trip_and_stats(dev):
     assert acl.rt.memcpy(acl.util.bytes_to_ptr(out), 64, q, 64, D2H) == 0
     assert np.array_equal(np.frombuffer(out, np.float32), a)  # bytes mutated in place
     b = np.zeros(16, np.float32)
-    assert acl.rt.memcpy(acl.util.numpy_to_ptr(b), 64, q, 64, acl.ACL_MEMCPY_DEFAULT) == 0
+    assert acl.rt.memcpy(acl.util.numpy_to_ptr(b), 64, q, 64, C.ACL_MEMCPY_DEFAULT) == 0
     assert np.array_equal(a, b)
     s = sim.stats()
     assert s["bytes_copied"] == {"HOST_TO_DEVICE": 64, "DEVICE_TO_HOST": 128, "DEVICE_TO_DEVICE": 64, "HOST_TO_HOST": 0}
@@ -73,15 +74,27 @@ def test_memcpy_round_trip_and_stats(dev):
 
 
 def test_memcpy_count_checks(dev):
+    """count 0 first, then NULL/kind (100000), then count > dest_max (107000): memory.cpp:653-663, api_error.cc:2135-2139."""
     p, _ = acl.rt.malloc(256, 2)
     src = np.zeros(400, np.uint8)
-    assert acl.rt.memcpy(p, 256, acl.util.numpy_to_ptr(src), 400, H2D) == 100000
+    sp = acl.util.numpy_to_ptr(src)
+    assert acl.rt.memcpy(p, 256, sp, 400, H2D) == 107000
     assert acl.get_recent_err_msg().startswith("memcpy: count 400 exceeds dest_max 256")
-    assert acl.rt.memcpy(p, 256, acl.util.numpy_to_ptr(src), -1, H2D) == 100000
-    assert acl.rt.memcpy(p, 256, acl.util.numpy_to_ptr(src), 0, H2D) == 0
-    assert acl.rt.memcpy(p, 256, acl.util.numpy_to_ptr(src), 16, 9) == 100000
+    assert acl.rt.memcpy(p, 256, sp, -1, H2D) == 107000  # size_t: -1 is a huge count
+    assert acl.rt.memcpy(p, 0, sp, 16, H2D) == 107000  # dest_max 0
+    assert acl.rt.memcpy(p, 256, sp, 16, 9) == 100000  # not an aclrtMemcpyKind
+    assert acl.rt.memcpy(0, 256, sp, 16, H2D) == 100000 and acl.rt.memcpy(p, 256, 0, 16, H2D) == 100000
+    # count 0 succeeds before anything is looked at: bad kind, NULL, bad address, no context
+    assert acl.rt.memcpy(p, 256, sp, 0, 9) == 0
+    assert acl.rt.memcpy(0, 0, 12345, 0, H2D) == 0
+    assert acl.rt.memcpy_async(0, 0, 0, 0, 77, 999) == 0
     assert sim.stats()["bytes_copied"]["HOST_TO_DEVICE"] == 0
     acl.rt.free(p)
+
+
+def test_memcpy_count_zero_before_the_context_check():
+    assert acl.rt.memcpy(12345, 8, 12345, 0, H2D) == 0  # no context in this thread, not even set_device
+    assert acl.rt.memcpy(12345, 8, 54321, 8, H2D) == 107002
 
 
 def test_memcpy_ranges_must_be_in_one_allocation(dev):
@@ -96,40 +109,93 @@ def test_memcpy_ranges_must_be_in_one_allocation(dev):
     assert acl.rt.memcpy(a, n, hp, n, H2D) == 107000  # straddles two blocks
     assert "dst" in acl.get_recent_err_msg()
     assert acl.rt.memcpy(hp, 256, a, 128, D2H) == 107000  # src past the end
-    assert acl.rt.memcpy(a, 64, hp + 250, 16, H2D) == 107000  # host range past its region
-    assert acl.rt.memcpy(12345, 64, hp, 16, H2D) == 107000  # unknown address
+    assert acl.rt.memcpy(12345, 64, hp, 16, H2D) == 107000  # unmapped address
+    assert "not inside any live allocation" in acl.get_recent_err_msg()
     for p in blocks:
         acl.rt.free(p)
-    assert acl.rt.memcpy(a, 64, hp, 16, H2D) == 107000  # freed block
-    assert "not inside any live allocation" in acl.get_recent_err_msg()
+    assert acl.rt.memcpy(a, 64, hp, 16, H2D) == 107000  # freed block: still device address space
+    assert "not inside any live device allocation" in acl.get_recent_err_msg()
+    assert acl.rt.memcpy(hp, 64, a, 16, D2H) == 107000
+    assert not host.any()
 
 
-def test_memcpy_wrong_kind(dev):
+def test_memcpy_kind_is_ignored_the_addresses_give_the_direction(dev):
+    """pyACL 8.0+: kind is reserved, the direction comes from the addresses; 0..5 are accepted."""
     p, _ = acl.rt.malloc(64, 2)
-    host = np.zeros(64, np.uint8)
-    hp = acl.util.numpy_to_ptr(host)
-    assert acl.rt.memcpy(p, 64, hp, 64, D2H) == 107000
-    assert "HOST_TO_DEVICE" in acl.get_recent_err_msg()
-    assert acl.rt.memcpy(hp, 64, p, 64, H2D) == 107000
-    assert acl.rt.memcpy(p, 64, hp, 64, D2D) == 107000
-    assert acl.rt.memcpy(hp, 64, hp, 64, H2H) == 0
+    host = np.arange(64, dtype=np.uint8)
+    back = np.zeros(64, np.uint8)
+    hp, bp = acl.util.numpy_to_ptr(host), acl.util.numpy_to_ptr(back)
+    assert acl.rt.memcpy(p, 64, hp, 64, D2H) == 0  # "wrong" kind: copies host -> device anyway
+    assert acl.rt.memcpy(bp, 64, p, 64, C.ACL_MEMCPY_HOST_TO_BUF_TO_DEVICE) == 0  # kind 5: device -> host
+    assert np.array_equal(back, host)
+    assert acl.rt.memcpy(bp, 64, hp, 64, D2D) == 0
+    s = sim.stats()
+    assert s["bytes_copied"] == {"HOST_TO_DEVICE": 64, "DEVICE_TO_HOST": 64, "DEVICE_TO_DEVICE": 0, "HOST_TO_HOST": 64}
+    assert acl.rt.memcpy(hp, 64, hp, 64, D2D) == 0 and sim.stats()["memcpy_calls"]["HOST_TO_HOST"] == 1  # dst == src
+    acl.rt.free(p)
+
+
+def test_memcpy_from_foreign_host_memory(dev):
+    """arr.ctypes.data (never registered) is accepted, being mapped read-write memory of the process."""
+    p, _ = acl.rt.malloc(64, 2)
+    a = np.arange(16, dtype=np.float32)
+    out = np.zeros(16, np.float32)
+    assert acl.rt.memcpy(p, 64, a.ctypes.data, 64, H2D) == 0
+    assert acl.rt.memcpy(out.ctypes.data, 64, p, 64, D2H) == 0
+    assert np.array_equal(out, a)
+    assert sim.stats()["bytes_copied"]["DEVICE_TO_HOST"] == 64
+    acl.rt.free(p)
+
+
+def test_foreign_destination_must_be_writable(dev):
+    """A read-only mapping is a valid source but not a destination: checked in /proc/self/maps."""
+    import mmap
+
+    p, _ = acl.rt.malloc(64, 2)
+    ro = mmap.mmap(-1, mmap.PAGESIZE, prot=mmap.PROT_READ)
+    try:
+        addr = np.frombuffer(ro, np.uint8).ctypes.data
+        assert acl.rt.memcpy(p, 64, addr, 64, H2D) == 0  # readable
+        assert acl.rt.memcpy(addr, 64, p, 64, D2H) == 107000  # not writable: no crash, an error
+        assert "writable" in acl.get_recent_err_msg()
+        assert acl.rt.memcpy(addr + mmap.PAGESIZE - 8, 64, p, 16, D2H) == 107000
+    finally:
+        ro.close()
+    acl.rt.free(p)
+
+
+def test_foreign_range_must_be_mapped_to_its_end(dev):
+    import mmap
+
+    p, _ = acl.rt.malloc(2 * mmap.PAGESIZE, 2)
+    m = mmap.mmap(-1, 3 * mmap.PAGESIZE)
+    base = np.frombuffer(m, np.uint8).ctypes.data
+    m.close()  # now unmapped
+    m2 = mmap.mmap(-1, mmap.PAGESIZE)
+    try:
+        assert acl.rt.memcpy(p, 2 * mmap.PAGESIZE, base, 64, H2D) == 107000  # unmapped
+        a2 = np.frombuffer(m2, np.uint8).ctypes.data
+        assert acl.rt.memcpy(p, 2 * mmap.PAGESIZE, a2, mmap.PAGESIZE, H2D) == 0
+    finally:
+        m2.close()
     acl.rt.free(p)
 
 
 def test_device_run_mode_app_memory_is_device(dev):
-    sim.configure(run_mode=acl.ACL_DEVICE)
+    sim.configure(run_mode=C.ACL_DEVICE)
     try:
-        assert acl.rt.get_run_mode() == (acl.ACL_DEVICE, 0)
+        assert acl.rt.get_run_mode() == (C.ACL_DEVICE, 0)
         p, _ = acl.rt.malloc(64, 2)
         a = np.arange(64, dtype=np.uint8)
         ap = acl.util.numpy_to_ptr(a)
-        assert acl.rt.memcpy(p, 64, ap, 64, H2D) == 107000
+        assert acl.rt.memcpy(p, 64, ap, 64, H2D) == 0  # the kind is not checked ...
         assert acl.rt.memcpy(p, 64, ap, 64, D2D) == 0
+        assert sim.stats()["bytes_copied"]["DEVICE_TO_DEVICE"] == 128  # ... app memory is device memory
         view = acl.util.ptr_to_numpy(p, (64,), 2)  # fine on device memory in device mode
         assert np.array_equal(view, a)
         acl.rt.free(p)
     finally:
-        sim.configure(run_mode=acl.ACL_HOST)
+        sim.configure(run_mode=C.ACL_HOST)
 
 
 def test_memset(dev):
@@ -140,6 +206,7 @@ def test_memset(dev):
     assert (out == 7).all()
     assert acl.rt.memset(p, 16, 0, 32) == 100000
     assert acl.rt.memset(p, 64, 0, 64) == 107000
+    assert acl.rt.memset(0, 0, 0, 0) == 0  # count 0 first (api_c.cc:974)
     acl.rt.free(p)
 
 
@@ -153,7 +220,7 @@ def test_memcpy_async_runs_at_sync(dev):
     assert not out.any()
     assert acl.rt.synchronize_stream(st) == 0
     assert np.array_equal(out, a)
-    assert acl.rt.memcpy_async(p, 8, acl.util.numpy_to_ptr(a), 16, H2D, st) == 100000
+    assert acl.rt.memcpy_async(p, 8, acl.util.numpy_to_ptr(a), 16, H2D, st) == 107000
     assert acl.rt.memcpy_async(p, 16, acl.util.numpy_to_ptr(a), 16, H2D, 999) == 107000
     out[:] = 0
     assert acl.rt.memcpy_async(acl.util.numpy_to_ptr(out), 16, p, 16, D2H, st) == 0
@@ -189,15 +256,18 @@ def test_numpy_helpers_round_trip():
 
 
 def test_numpy_region_dropped_on_gc(dev):
-    p, _ = acl.rt.malloc(64, 2)
+    """The registration of a numpy_to_ptr array ends with the array (white box: the region table)."""
+    from acl_bundle.sim import _memory, _state
+
     a = np.zeros(64, np.uint8)
     ap = acl.util.numpy_to_ptr(a)
+    assert _state.WORLD.regions.find(ap, 64, alive=lambda r: r.owner() is not None) is not None
     del a
     gc.collect()
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        assert acl.rt.memcpy(ap, 64, p, 64, D2H) == 107000
-    acl.rt.free(p)
+    assert _state.WORLD.regions.find(ap, 64, alive=lambda r: r.owner() is not None) is None
+    keep = np.zeros(8, np.uint8)
+    acl.util.numpy_to_ptr(keep)  # the next registration purges the dead one
+    assert all(blk.ptr != ap for blk in _memory._DEAD) and ap not in _state.WORLD.regions.by_start
 
 
 def test_ptr_to_numpy_on_device_memory_is_misuse(dev):
@@ -207,8 +277,13 @@ def test_ptr_to_numpy_on_device_memory_is_misuse(dev):
     with pytest.raises(sim.SimulatorMisuse):
         acl.util.ptr_to_bytes(p, 4)
     with pytest.raises(sim.SimulatorMisuse):
-        acl.util.ptr_to_bytes(123, 4)
+        acl.util.ptr_to_bytes(123, 4)  # unmapped
     acl.rt.free(p)
+    with pytest.raises(sim.SimulatorMisuse):
+        acl.util.ptr_to_bytes(p, 4)  # a freed device address is still no host memory
+    a = np.arange(4, dtype=np.float32)
+    assert acl.util.ptr_to_bytes(a.ctypes.data, 16) == a.tobytes()  # mapped host memory
+    assert np.array_equal(acl.util.ptr_to_numpy(a.ctypes.data, (4,), 11), a)
 
 
 def test_malloc_host_usable_with_ptr_to_numpy(dev):
@@ -231,3 +306,14 @@ def test_malloc_host_size_and_free_of_interior_pointer(dev):
     h, _ = acl.rt.malloc_host(64)
     assert acl.rt.free_host(h + 32) == 107000
     assert acl.rt.free(p) == 0 and acl.rt.free_host(h) == 0
+
+
+def test_get_mem_info_takes_every_mem_attr(dev):
+    """aclrtMemAttr has 18 values (ACL_DDR_MEM .. ACL_MEM_P2P_HUGE1G); others are 107016 (api_error.cc:3185)."""
+    p, _ = acl.rt.malloc(100, 2)
+    for attr in range(18):
+        free, total, ret = acl.rt.get_mem_info(attr)
+        assert ret == 0 and total == 8 << 30 and total - free == 160, attr
+    assert acl.rt.get_mem_info(18) == (0, 0, 107016)
+    assert acl.rt.get_mem_info(-1) == (0, 0, 107016)
+    acl.rt.free(p)

@@ -1,6 +1,7 @@
 """Model/bundle load, descs, execute (infer/init/update), dynamic batch."""
 from __future__ import annotations
 
+import ctypes
 import sys
 import threading
 
@@ -9,11 +10,12 @@ import pytest
 from helpers import reference as ref
 from simhelp import Rig
 
+from acl_bundle import _constants as C
 from acl_bundle import sim
 from acl_bundle.sim import _state, format
 
 acl = sim.acl
-F, ND = acl.ACL_FLOAT, acl.ACL_FORMAT_ND
+F, ND = C.ACL_FLOAT, C.ACL_FORMAT_ND
 
 
 class BundleRun:
@@ -115,7 +117,7 @@ def test_update_is_all_or_nothing(rig, mlp_bundle):
         np.testing.assert_array_equal(v, w[k])  # nothing changed
     assert sim.stats()["update_bytes_applied"] == 0
     # wrong dtype -> 145022
-    acl.mdl.set_dataset_tensor_desc(b.upd_in, rig.tensor_desc(acl.ACL_FLOAT16, [4]), 3)
+    acl.mdl.set_dataset_tensor_desc(b.upd_in, rig.tensor_desc(C.ACL_FLOAT16, [4]), 3)
     assert b.run_update() == 145022
     # input without desc -> 100000
     acl.mdl.set_dataset_tensor_desc(b.upd_in, 0, 3)
@@ -276,8 +278,11 @@ def test_load_from_mem(rig, mlp_plain, mlp_bundle):
     assert ret == 0
     assert acl.mdl.unload(mid) == 0
     assert acl.mdl.unload(mid) == 145003
-    assert acl.mdl.load_from_mem(acl.util.bytes_to_ptr(data), len(data) + 100) == (0, 107000)
-    assert acl.mdl.load_from_mem(4096, 100) == (0, 107000)
+    freed = rig.malloc(len(data))
+    acl.rt.free(freed)
+    rig.ptrs.remove(freed)
+    assert acl.mdl.load_from_mem(freed, len(data)) == (0, 107000)  # a freed device address
+    assert acl.mdl.load_from_mem(4096, 100) == (0, 107000)  # unmapped memory
     bpath, _ = mlp_bundle()
     bdata = bpath.read_bytes()
     bid, ret = acl.mdl.bundle_load_from_mem(acl.util.bytes_to_ptr(bdata), len(bdata))
@@ -310,7 +315,7 @@ def test_dynamic_batch_plain(rig, mlp_plain):
     assert acl.mdl.get_input_dims(d, 1) == ({"name": "ascend_mbatch_shape_data", "dimCount": 1, "dims": [1]}, 0)
     assert acl.mdl.get_input_size_by_index(d, 0) == 4 * 8 * 4  # max batch
     assert acl.mdl.get_input_size_by_index(d, 1) == 8
-    assert acl.mdl.get_input_data_type(d, 1) == acl.ACL_INT64
+    assert acl.mdl.get_input_data_type(d, 1) == C.ACL_INT64
     assert acl.mdl.get_cur_output_dims(d, 0)[0]["dims"] == [4, 4]
     # Documented: get_output_dims reports the largest batch profile (get_input_dims keeps -1).
     assert acl.mdl.get_output_dims(d, 0) == ({"name": "y", "dimCount": 2, "dims": [4, 4]}, 0)
@@ -330,7 +335,8 @@ def test_dynamic_batch_plain(rig, mlp_plain):
     assert acl.mdl.set_dynamic_batch_size(mid, ins, 1, 3) == 145013
     assert acl.mdl.set_dynamic_batch_size(mid, ins, 0, 1) == 100000
     assert acl.mdl.set_dynamic_batch_size(999, ins, 1, 1) == 145003
-    assert acl.mdl.set_dynamic_hw_size(mid, ins, 1, 2, 2) == 100019
+    # an image size is no gear of a dynamic-batch model (GE matches it against the batch gears)
+    assert acl.mdl.set_dynamic_hw_size(mid, ins, 1, 2, 2) == 145013
 
 
 def test_dynamic_batch_on_static_model(rig, mlp_plain):
@@ -524,8 +530,15 @@ def test_dynamic_batch_buffer_checks(rig, mlp_plain):
     assert host[0] == 0
     assert acl.mdl.set_dynamic_batch_size(mid, ins, 1, 1) == 0
     mb = acl.mdl.get_dataset_buffer(ins, 1)
-    assert acl.update_data_buffer(mb, inp[1], 4) == 0
-    assert acl.mdl.execute(mid, ins, outs) == 100000  # batch buffer shorter than int64
+    assert acl.update_data_buffer(mb, inp[1], 2) == 0
+    assert acl.mdl.execute(mid, ins, outs) == 100000  # shorter than one uint32
+    assert acl.mdl.set_dynamic_batch_size(mid, ins, 1, 1) == 145012  # ge_executor.cc:385-395
+    assert acl.update_data_buffer(mb, inp[1], 4) == 0  # GE writes and reads a uint32 then
+    assert acl.mdl.set_dynamic_batch_size(mid, ins, 1, 4) == 0
+    assert ctypes.c_uint64.from_address(inp[1]).value == 4  # only the low 4 bytes written (were 1)
+    d = rig.desc(mid)
+    assert acl.mdl.execute(mid, ins, outs) == 0
+    assert acl.mdl.get_cur_output_dims(d, 0)[0]["dims"] == [4, 4]  # the uint32 selected batch 4
     assert acl.update_data_buffer(mb, inp[1], 8) == 0
     assert acl.mdl.execute(mid, ins, outs) == 0
     assert acl.mdl.set_dynamic_hw_size(999, ins, 1, 2, 2) == 145003

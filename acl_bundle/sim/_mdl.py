@@ -1,4 +1,11 @@
-"""Model and bundle loading, model descriptions, execution (onnxruntime IOBinding, zero copy)."""
+"""``acl.mdl``: model and bundle loading, model descriptions, dynamic shapes, execution
+(onnxruntime IOBinding, zero copy).
+
+Sources: hicann/ge ``api/acl/acl_model/model/model.cpp`` (load, execute, set_dynamic_*),
+``model_om2.cpp`` (descs, dynamic gear queries) and ``runtime/v1/executor/ge_executor.cc``
+(init check, gear checks); hicann/runtime ``src/runtime/api/impl/api_impl.cc`` (a model runs
+only in the context it was loaded in, ModelExecute :4413 -> 107004).
+"""
 from __future__ import annotations
 
 import ctypes
@@ -11,7 +18,8 @@ import numpy as np
 from .._constants import ACL_DYNAMIC_TENSOR_NAME, ACL_FORMAT_ND, NUMPY_TO_ACL
 from . import _state as S
 from ._data import get_db, get_ds, get_td
-from ._memory import account, alloc_aligned, describe, device_range, locate, new_device_block, unaccount
+from ._dynamic import Dynamic, read_values, write_values
+from ._memory import describe, device_alloc, device_range, device_release, free_device_block, new_device_block, resolve
 from ._state import LOCK, WORLD, api, bump, ints, new_bundle_id, new_handle, new_model_id, set_err
 from .format import FormatError, GraphSpec, ModelFile, TensorSpec, loads
 
@@ -54,12 +62,13 @@ class Model:
     role: str  # "model" | "infer" | "init" | "update"
     graph: GraphSpec
     device: int
-    batch_sizes: list[int]
+    ctx: int  # the context it was loaded in: it executes only there (107004)
+    dyn: Dynamic | None
     inputs: list[IOInfo]
     outputs: list[IOInfo]
     session: Any = None
     bundle: Bundle | None = None
-    last_batch: int | None = None
+    last_gear: int | None = None  # index into dyn.gears of the gear last set or executed
 
 
 @dataclass(eq=False)
@@ -68,27 +77,23 @@ class ModelDesc:
     model: Model | None = None  # snapshot source (kept alive even after unload)
     inputs: list[IOInfo] = field(default_factory=list)
     outputs: list[IOInfo] = field(default_factory=list)
-    batch_sizes: list[int] = field(default_factory=list)
+    dyn: Dynamic | None = None
 
 
-def _max_batch(m: ModelFile | Model) -> int | None:
-    return max(m.batch_sizes) if m.batch_sizes else None
-
-
-def _io(spec: TensorSpec, batch: int | None) -> IOInfo:
-    return IOInfo(spec.name, spec.np_dtype, tuple(spec.shape), spec.nbytes(batch if batch is not None else 1))
-
-
-def _describe(mf: ModelFile, g: GraphSpec) -> tuple[list[IOInfo], list[IOInfo]]:
-    mb = _max_batch(mf)
+def _describe(mf: ModelFile, g: GraphSpec) -> tuple[list[IOInfo], list[IOInfo], Dynamic | None]:
     if g.role in ("model", "infer"):
-        ins = [_io(t, mb) for t in g.inputs]
-        if mf.batch_sizes:
-            ins.append(IOInfo(ACL_DYNAMIC_TENSOR_NAME, np.dtype(np.int64), (1,), 8))
-        return ins, [_io(t, mb) for t in g.outputs]
+        dyn = Dynamic.of(mf, g.inputs, g.outputs)
+        if dyn is None:
+            ins = [IOInfo(t.name, t.np_dtype, tuple(t.shape), t.nbytes()) for t in g.inputs]
+            outs = [IOInfo(t.name, t.np_dtype, tuple(t.shape), t.nbytes()) for t in g.outputs]
+            return ins, outs, None
+        ins = [IOInfo(t.name, t.np_dtype, tuple(t.shape), dyn.max_input_bytes(i)) for i, t in enumerate(g.inputs)]
+        ins.append(IOInfo(ACL_DYNAMIC_TENSOR_NAME, np.dtype(np.int64), (dyn.width,), 8 * dyn.width))
+        outs = [IOInfo(t.name, t.np_dtype, tuple(t.shape), dyn.max_output_bytes(i)) for i, t in enumerate(g.outputs)]
+        return ins, outs, dyn
     if g.role == "update":
-        return [IOInfo(f"{v.name}_var_data", v.np_dtype, (-2,), v.nbytes()) for v in mf.variables], []
-    return [], []  # init
+        return [IOInfo(f"{v.name}_var_data", v.np_dtype, (-2,), v.nbytes()) for v in mf.variables], [], None
+    return [], [], None  # init
 
 
 # ---- loading -----------------------------------------------------------------------------
@@ -136,9 +141,9 @@ def _read_mem(name: str, ptr: int, size: int) -> tuple[bytes | None, int]:
     if size <= 0:
         return None, set_err(S.E_PARAM, f"{name}: size {size} must be > 0")
     with LOCK:
-        blk = locate(ptr, size)
+        blk, msg = resolve(ptr, size)
         if blk is None:
-            return None, set_err(S.E_RT_PARAM, f"{name}: [{ptr:#x}, +{size}) is not inside known memory ({describe(ptr)})")
+            return None, set_err(S.E_RT_PARAM, f"{name}: model memory {msg}")
         keep = blk.owner()
     data = ctypes.string_at(ptr, size)
     del keep
@@ -190,12 +195,12 @@ def _load_plain(name: str, data: bytes | None, ret: int) -> tuple[int, int]:
     if mf is None:
         return 0, ret
     g = mf.graphs[0]
-    ins, outs = _describe(mf, g)
+    ins, outs, dyn = _describe(mf, g)
     with LOCK:
         ctx = S.current_context()
         if ctx is None:
             return 0, set_err(S.E_CTX_NULL, f"{name}: no current context in this thread")
-        m = Model(new_model_id(), "model", g, ctx.device, list(mf.batch_sizes), ins, outs, session=sessions[0])
+        m = Model(new_model_id(), "model", g, ctx.device, ctx.id, dyn, ins, outs, session=sessions[0])
         WORLD.models[m.id] = m
         return m.id, 0
 
@@ -211,39 +216,39 @@ def _load_bundle(name: str, data: bytes | None, ret: int) -> tuple[int, int]:
         dev = ctx.device
         vars_: list[Var] = []
         for v in mf.variables:
-            view, ptr, rounded = alloc_aligned(max(v.nbytes(), 1), fill=0)
-            if not account(dev, rounded):
+            got = device_alloc(dev, max(v.nbytes(), 1), fill=0)
+            if got is None:
                 for done in vars_:
-                    unaccount(dev, done.accounted)
+                    device_release(dev, done.ptr, done.accounted)
                 return 0, set_err(S.E_ALLOC, f"{name}: no device memory for variable {v.name!r} ({v.nbytes()} bytes)")
+            view, ptr, rounded = got
             vars_.append(Var(v, view, ptr, rounded))
         b = Bundle(new_bundle_id(), dev, [], vars_, list(mf.initial_values))
         for i, g in enumerate(mf.graphs):
-            ins, outs = _describe(mf, g)
-            bs = list(mf.batch_sizes) if g.role == "infer" else []
-            m = Model(new_model_id(), g.role, g, dev, bs, ins, outs, session=sessions.get(i), bundle=b)
+            ins, outs, dyn = _describe(mf, g)
+            m = Model(new_model_id(), g.role, g, dev, ctx.id, dyn, ins, outs, session=sessions.get(i), bundle=b)
             WORLD.models[m.id] = m
             b.model_ids.append(m.id)
         WORLD.bundles[b.id] = b
         return b.id, 0
 
 
-@api("acl.mdl.load_from_file", "t1", ctx=True, pre=lambda path: _check_path("load_from_file", path))
+@api("acl.mdl.load_from_file", "t1", ge_init=True, pre=lambda path: _check_path("load_from_file", path))
 def load_from_file(path: str) -> tuple[int, int]:
     return _load_plain("load_from_file", *_read_file("load_from_file", path))
 
 
-@api("acl.mdl.load_from_mem", "t1", ctx=True, pre=ints("model", "model_size"))
+@api("acl.mdl.load_from_mem", "t1", ge_init=True, pre=ints("model", "model_size"))
 def load_from_mem(model: int, model_size: int) -> tuple[int, int]:
     return _load_plain("load_from_mem", *_read_mem("load_from_mem", model, model_size))
 
 
-@api("acl.mdl.bundle_load_from_file", "t1", ctx=True, pre=lambda path: _check_path("bundle_load_from_file", path))
+@api("acl.mdl.bundle_load_from_file", "t1", ge_init=True, pre=lambda path: _check_path("bundle_load_from_file", path))
 def bundle_load_from_file(path: str) -> tuple[int, int]:
     return _load_bundle("bundle_load_from_file", *_read_file("bundle_load_from_file", path))
 
 
-@api("acl.mdl.bundle_load_from_mem", "t1", ctx=True, pre=ints("model", "model_size"))
+@api("acl.mdl.bundle_load_from_mem", "t1", ge_init=True, pre=ints("model", "model_size"))
 def bundle_load_from_mem(model: int, model_size: int) -> tuple[int, int]:
     return _load_bundle("bundle_load_from_mem", *_read_mem("bundle_load_from_mem", model, model_size))
 
@@ -282,7 +287,7 @@ def bundle_unload(bundle_id: int) -> int:
         for mid in b.model_ids:
             WORLD.models.pop(mid, None)
         for v in b.vars:
-            unaccount(b.device, v.accounted)
+            device_release(b.device, v.ptr, v.accounted)
         del WORLD.bundles[bundle_id]
     return 0
 
@@ -338,7 +343,7 @@ def destroy_desc(model_desc: int) -> int:
     return 0
 
 
-@api("acl.mdl.get_desc", "ret", pre=ints("model_desc", "model_id"))
+@api("acl.mdl.get_desc", "ret", ge_init=True, pre=ints("model_desc", "model_id"))
 def get_desc(model_desc: int, model_id: int) -> int:
     """Fills a snapshot that stays valid after the model is unloaded."""
     with LOCK:
@@ -348,7 +353,7 @@ def get_desc(model_desc: int, model_id: int) -> int:
         m = WORLD.models.get(model_id)
         if m is None:
             return set_err(S.E_MODEL_ID, f"get_desc: model id {model_id} is not loaded")
-        d.model, d.inputs, d.outputs, d.batch_sizes = m, list(m.inputs), list(m.outputs), list(m.batch_sizes)
+        d.model, d.inputs, d.outputs, d.dyn = m, list(m.inputs), list(m.outputs), m.dyn
     return 0
 
 
@@ -388,25 +393,31 @@ get_input_dims_v2 = _getter("get_input_dims_v2", "dims", ({}, S.E_PARAM), "in", 
 
 @api("acl.mdl.get_output_dims", "dims", pre=ints("model_desc", "index"))
 def get_output_dims(model_desc: int, index: int) -> tuple[dict, int]:
-    """Output dims; a dynamic-batch model reports those of its largest batch ("the maximum profile", CANN docs)."""
+    """Output dims; a dynamic model reports those of its largest gear ("the maximum profile", CANN docs)."""
     with LOCK:
         d = _desc(model_desc)
         if d is None or not 0 <= index < len(d.outputs):
             return {}, set_err(S.E_PARAM, f"get_output_dims: bad desc {model_desc:#x} or index {index}")
-        return _dims(d.outputs[index], max(d.batch_sizes) if d.batch_sizes else None)
+        io = d.outputs[index]
+        dims = d.dyn.max_output_dims(index) if d.dyn is not None else list(io.dims)
+        return {"name": io.name, "dimCount": len(dims), "dims": dims}, 0
 
 
 @api("acl.mdl.get_cur_output_dims", "dims", pre=ints("model_desc", "index"))
 def get_cur_output_dims(model_desc: int, index: int) -> tuple[dict, int]:
-    """Output dims at the batch last set by set_dynamic_batch_size or executed (the largest before any), as documented."""
+    """Output dims at the gear last set (set_dynamic_*) or executed; before any, the largest (model.cpp:1978)."""
     with LOCK:
         d = _desc(model_desc)
         if d is None or not 0 <= index < len(d.outputs):
             return {}, set_err(S.E_PARAM, f"get_cur_output_dims: bad desc {model_desc:#x} or index {index}")
-        batch = None
-        if d.batch_sizes:
-            batch = d.model.last_batch if d.model is not None and d.model.last_batch else max(d.batch_sizes)
-        return _dims(d.outputs[index], batch)
+        io = d.outputs[index]
+        if d.dyn is None:
+            dims = list(io.dims)
+        elif d.model is not None and d.model.last_gear is not None:
+            dims = list(d.dyn.output_shapes(d.model.last_gear)[index])
+        else:
+            dims = d.dyn.max_output_dims(index)
+        return {"name": io.name, "dimCount": len(dims), "dims": dims}, 0
 
 
 def _num(name: str, side: str) -> Callable:
@@ -448,50 +459,128 @@ get_input_index_by_name = _index_by_name("get_input_index_by_name", "in")
 get_output_index_by_name = _index_by_name("get_output_index_by_name", "out")
 
 
+def _kind(d: ModelDesc, kind: str) -> Dynamic | None:
+    return d.dyn if d.dyn is not None and d.dyn.kind == kind else None
+
+
 @api("acl.mdl.get_dynamic_batch", "dims", pre=ints("model_desc"))
 def get_dynamic_batch(model_desc: int) -> tuple[dict, int]:
     with LOCK:
         d = _desc(model_desc)
         if d is None:
             return {}, set_err(S.E_PARAM, f"get_dynamic_batch: {model_desc:#x} is not a live model desc")
-        return {"batchCount": len(d.batch_sizes), "batch": list(d.batch_sizes)}, 0
+        dyn = _kind(d, "batch")
+        batches = [g[0] for g in dyn.gears] if dyn is not None else []
+        return {"batchCount": len(batches), "batch": batches}, 0
+
+
+@api("acl.mdl.get_dynamic_hw", "dims", pre=ints("model_desc", "index"))
+def get_dynamic_hw(model_desc: int, index: int) -> tuple[dict, int]:
+    """``{"hwCount": n, "hw": [[h, w], ...]}``; ``index`` is reserved (-1) and ignored (model_om2.cpp:1817)."""
+    with LOCK:
+        d = _desc(model_desc)
+        if d is None:
+            return {}, set_err(S.E_PARAM, f"get_dynamic_hw: {model_desc:#x} is not a live model desc")
+        dyn = _kind(d, "hw")
+        hw = [list(g) for g in dyn.gears] if dyn is not None else []
+        return {"hwCount": len(hw), "hw": hw}, 0
+
+
+@api("acl.mdl.get_input_dynamic_gear_count", "t1", pre=ints("model_desc", "index"))
+def get_input_dynamic_gear_count(model_desc: int, index: int) -> tuple[int, int]:
+    """Gears of a ``--dynamic_dims`` model (0 for others); ``index`` must be -1 (model_om2.cpp:1851)."""
+    with LOCK:
+        d = _desc(model_desc)
+        if d is None:
+            return 0, set_err(S.E_PARAM, f"get_input_dynamic_gear_count: {model_desc:#x} is not a live model desc")
+        if index != -1:
+            return 0, set_err(S.E_PARAM, f"get_input_dynamic_gear_count: index must be -1, not {index}")
+        dyn = _kind(d, "dims")
+        return (len(dyn.gears) if dyn is not None else 0), 0
+
+
+@api("acl.mdl.get_input_dynamic_dims", "dims", pre=ints("model_desc", "index", "gear_count"))
+def get_input_dynamic_dims(model_desc: int, index: int, gear_count: int) -> tuple[list, int]:
+    """One aclmdlIODims dict per gear: all input dims with the gear's values in the -1 places (model_om2.cpp:1876)."""
+    with LOCK:
+        d = _desc(model_desc)
+        if d is None:
+            return [], set_err(S.E_PARAM, f"get_input_dynamic_dims: {model_desc:#x} is not a live model desc")
+        if index != -1:
+            return [], set_err(S.E_PARAM, f"get_input_dynamic_dims: index must be -1, not {index}")
+        dyn = _kind(d, "dims")
+        n = len(dyn.gears) if dyn is not None else 0
+        if gear_count < n:
+            return [], set_err(S.E_PARAM, f"get_input_dynamic_dims: gear_count {gear_count} is less than the model's {n} gears")
+        out = []
+        for g in range(n):
+            dims = dyn.all_dims(g)  # type: ignore[union-attr]
+            out.append({"name": "", "dimCount": len(dims), "dims": dims})
+        return out, 0
+
+
+def _set_gear(name: str, kind: str, model_id: int, dataset: int, index: int, values: tuple[int, ...] | None, *, dims: list[int] | None = None) -> int:
+    """Common part of set_dynamic_batch_size / set_dynamic_hw_size / set_input_dynamic_dims (LOCK held)."""
+    m = WORLD.models.get(model_id)
+    if m is None:
+        return set_err(S.E_MODEL_ID, f"{name}: model id {model_id} is not loaded")
+    ds = get_ds(dataset)
+    if ds is None:
+        return set_err(S.E_PARAM, f"{name}: {dataset:#x} is not a live dataset")
+    if (values is not None and any(v <= 0 for v in values)) or (dims is not None and not dims):
+        return set_err(S.E_PARAM, f"{name}: values must be > 0 (model.cpp:1845, :1885, :1924)")
+    db = get_db(ds.buffers[index]) if 0 <= index < len(ds.buffers) else None
+    if db is None or db.addr == 0:
+        return set_err(S.E_PARAM, f"{name}: the dataset has no buffer (or a NULL one) at index {index}")
+    dyn = m.dyn
+    if dyn is None:
+        return set_err(S.E_NOT_DYNAMIC, f"{name}: model {model_id} has no dynamic shapes")
+    want = len(m.inputs) - 1
+    if index != want:
+        return set_err(S.E_PARAM, f"{name}: index {index} is not the {ACL_DYNAMIC_TENSOR_NAME} input ({want})")
+    if dyn.kind != kind:
+        return set_err(S.E_BATCH, f"{name}: model {model_id} has dynamic {dyn.kind} gears, not {kind}")
+    if dims is not None:
+        values, why = dyn.dims_values(dims)
+        if values is None:
+            return set_err(S.E_DYN_LENGTH, f"{name}: {why}")
+    assert values is not None
+    if db.size < 4 * len(values):
+        return set_err(S.E_DYN_LENGTH, f"{name}: the {ACL_DYNAMIC_TENSOR_NAME} buffer has {db.size} bytes, needs >= {4 * len(values)}")
+    g = dyn.find(values)
+    if g is None:
+        return set_err(S.E_BATCH, f"{name}: {list(values)} is not one of the model's gears {[list(x) for x in dyn.gears]}")
+    if device_range(db.addr, db.size) is None:
+        return set_err(S.E_PARAM, f"{name}: buffer {index} {describe(db.addr)} is not device memory")
+    write_values(db.addr, db.size, values)
+    m.last_gear = g
+    return 0
 
 
 @api("acl.mdl.set_dynamic_batch_size", "ret", pre=ints("model_id", "dataset", "index", "batch_size"))
 def set_dynamic_batch_size(model_id: int, dataset: int, index: int, batch_size: int) -> int:
-    """Writes the batch as int64 into the ``ascend_mbatch_shape_data`` input's device buffer."""
+    """Writes the batch into the ``ascend_mbatch_shape_data`` input's device buffer (ge_executor.cc:375)."""
     with LOCK:
-        m = WORLD.models.get(model_id)
-        if m is None:
-            return set_err(S.E_MODEL_ID, f"set_dynamic_batch_size: model id {model_id} is not loaded")
-        if not m.batch_sizes:
-            return set_err(S.E_NOT_DYNAMIC, f"set_dynamic_batch_size: model {model_id} has no dynamic batch")
-        ds = get_ds(dataset)
-        if ds is None:
-            return set_err(S.E_PARAM, f"set_dynamic_batch_size: {dataset:#x} is not a live dataset")
-        want = len(m.inputs) - 1
-        if index != want:
-            return set_err(S.E_PARAM, f"set_dynamic_batch_size: index {index} is not the {ACL_DYNAMIC_TENSOR_NAME} input ({want})")
-        if batch_size not in m.batch_sizes:
-            return set_err(S.E_BATCH, f"set_dynamic_batch_size: batch {batch_size} not in {m.batch_sizes}")
-        if index >= len(ds.buffers) or get_db(ds.buffers[index]) is None:
-            return set_err(S.E_PARAM, f"set_dynamic_batch_size: dataset has no buffer at index {index}")
-        db = get_db(ds.buffers[index])
-        blk = device_range(db.addr, 8) if db.size >= 8 else None
-        if blk is None:
-            return set_err(S.E_PARAM, f"set_dynamic_batch_size: buffer {index} is not >= 8 bytes of device memory")
-        ctypes.c_int64.from_address(db.addr).value = batch_size
-        m.last_batch = batch_size
-    return 0
+        return _set_gear("set_dynamic_batch_size", "batch", model_id, dataset, index, (batch_size,))
 
 
 @api("acl.mdl.set_dynamic_hw_size", "ret", pre=ints("model_id", "dataset", "index", "height", "width"))
 def set_dynamic_hw_size(model_id: int, dataset: int, index: int, height: int, width: int) -> int:
-    """Simulated models never have dynamic image sizes."""
+    """Writes height then width into the ``ascend_mbatch_shape_data`` buffer (ge_executor.cc:434)."""
     with LOCK:
-        if model_id not in WORLD.models:
-            return set_err(S.E_MODEL_ID, f"set_dynamic_hw_size: model id {model_id} is not loaded")
-    return set_err(S.E_NOT_DYNAMIC, f"set_dynamic_hw_size: model {model_id} has no dynamic image size")
+        return _set_gear("set_dynamic_hw_size", "hw", model_id, dataset, index, (height, width))
+
+
+@api("acl.mdl.set_input_dynamic_dims", "ret")
+def set_input_dynamic_dims(model_id: int, dataset: int, index: int, dims: dict) -> int:
+    """``dims = {"dimCount": n, "name": "", "dims": [...]}``: all input dims of one gear (ge_executor.cc:515, :585)."""
+    S.check_int(("model_id", model_id), ("dataset", dataset), ("index", index))
+    if not isinstance(dims, dict) or not isinstance(dims.get("dims"), list) or not isinstance(dims.get("dimCount"), int):
+        raise TypeError("set_input_dynamic_dims: dims must be a dict with an int 'dimCount' and a list 'dims'")
+    values = dims["dims"][: dims["dimCount"]]
+    S.check_int(*((f"dims[{k}]", v) for k, v in enumerate(values)))
+    with LOCK:
+        return _set_gear("set_input_dynamic_dims", "dims", model_id, dataset, index, None, dims=[int(v) for v in values])
 
 
 # ---- execute -----------------------------------------------------------------------------
@@ -499,10 +588,13 @@ Work = Callable[[], int]
 
 
 def _prepare(name: str, model_id: int, in_ds: int, out_ds: int) -> tuple[int, Work | None]:
-    """Validate an execute (LOCK held); return (ret, work). Work runs outside the lock."""
+    """Validate an execute (LOCK held, current context checked); return (ret, work). Work runs outside the lock."""
     m = WORLD.models.get(model_id)
     if m is None:
         return set_err(S.E_MODEL_ID, f"{name}: model id {model_id} is not loaded (or was unloaded)"), None
+    cur = S.current_context()
+    if cur is not None and cur.id != m.ctx:  # api_impl.cc:4419 (ModelExecute), :4441 (ModelExecuteAsync)
+        return set_err(S.E_MODEL_CTX, f"{name}: model {model_id} was loaded in context {m.ctx:#x}, but the current context is {cur.id:#x}"), None
     ids, ods = get_ds(in_ds), get_ds(out_ds)
     if ids is None:
         return set_err(S.E_PARAM, f"{name}: input dataset {in_ds!r} is not a live dataset"), None
@@ -525,6 +617,20 @@ def _prepare(name: str, model_id: int, in_ds: int, out_ds: int) -> tuple[int, Wo
     return _prepare_infer(name, m, ids, in_dbs, out_dbs)
 
 
+def _gear_of(name: str, m: Model, mb: Any) -> tuple[int | None, int]:
+    """The gear the ascend_mbatch_shape_data buffer selects: (index, 0) or (None, code)."""
+    dyn = m.dyn
+    assert dyn is not None
+    values = read_values(mb.addr, mb.size, dyn.width)
+    if values is None:
+        return None, set_err(S.E_PARAM, f"{name}: {ACL_DYNAMIC_TENSOR_NAME} buffer has {mb.size} bytes, needs >= {4 * dyn.width}")
+    g = dyn.find(values)
+    if g is None:
+        how = {"batch": "set_dynamic_batch_size", "hw": "set_dynamic_hw_size", "dims": "set_input_dynamic_dims"}[dyn.kind]
+        return None, set_err(S.E_BATCH, f"{name}: dynamic {dyn.kind} not set or invalid ({list(values)}); call {how} with one of {[list(x) for x in dyn.gears]}")
+    return g, 0
+
+
 def _prepare_infer(name: str, m: Model, ids: Any, in_dbs: list, out_dbs: list) -> tuple[int, Work | None]:
     keep: list[Any] = []
     for i, db in enumerate(in_dbs):
@@ -532,27 +638,26 @@ def _prepare_infer(name: str, m: Model, ids: Any, in_dbs: list, out_dbs: list) -
         if blk is None:
             return set_err(S.E_PARAM, f"{name}: input {i} ({m.inputs[i].name}) buffer {describe(db.addr) if db.addr else 'NULL'} +{db.size} is not device memory"), None
         keep.append(blk.owner())
-    batch: int | None = None
-    if m.batch_sizes:
-        mb = in_dbs[-1]
-        if mb.size < 8:
-            return set_err(S.E_PARAM, f"{name}: {ACL_DYNAMIC_TENSOR_NAME} buffer has {mb.size} bytes, needs 8"), None
-        batch = ctypes.c_int64.from_address(mb.addr).value
-        if batch not in m.batch_sizes:
-            return set_err(S.E_BATCH, f"{name}: dynamic batch not set or invalid ({batch}); call set_dynamic_batch_size with one of {m.batch_sizes}"), None
-    specs_in = m.graph.inputs
-    for i, spec in enumerate(specs_in):
-        need = spec.nbytes(batch if batch is not None else 1)
+    specs_in, specs_out = m.graph.inputs, m.graph.outputs
+    gear: int | None = None
+    if m.dyn is not None:
+        gear, ret = _gear_of(name, m, in_dbs[-1])
+        if gear is None:
+            return ret, None
+        shapes_in, shapes_out = m.dyn.input_shapes(gear), m.dyn.output_shapes(gear)
+    else:
+        shapes_in, shapes_out = [tuple(t.shape) for t in specs_in], [tuple(t.shape) for t in specs_out]
+    for i, (spec, shape) in enumerate(zip(specs_in, shapes_in)):
+        need = spec.nbytes_of(shape)
         if in_dbs[i].size < need:
             return set_err(S.E_PARAM, f"{name}: input {i} ({spec.name}) buffer has {in_dbs[i].size} bytes, needs {need}"), None
         td = get_td(ids.descs[i]) if ids.descs[i] else None
-        shape = [batch if d == -1 else d for d in spec.shape]
-        if td is not None and td.dims != shape:
-            return set_err(S.E_PARAM, f"{name}: input {i} ({spec.name}) tensor desc dims {td.dims} differ from the model's {shape}"), None
+        if td is not None and td.dims != list(shape):
+            return set_err(S.E_PARAM, f"{name}: input {i} ({spec.name}) tensor desc dims {td.dims} differ from the model's {list(shape)}"), None
     to_alloc: list[int] = []
-    for i, spec in enumerate(m.graph.outputs):
+    for i, (spec, shape) in enumerate(zip(specs_out, shapes_out)):
         db = out_dbs[i]
-        need = spec.nbytes(batch if batch is not None else 1)
+        need = spec.nbytes_of(shape)
         if db.addr == 0 and db.size == 0:
             to_alloc.append(i)
             continue
@@ -564,22 +669,21 @@ def _prepare_infer(name: str, m: Model, ids: Any, in_dbs: list, out_dbs: list) -
         keep.append(blk.owner())
     made = []
     for i in to_alloc:
-        need = m.graph.outputs[i].nbytes(batch if batch is not None else 1)
+        need = specs_out[i].nbytes_of(shapes_out[i])
         blk = new_device_block(m.device, max(need, 1))
         if blk is None:
             for b in made:
-                WORLD.device_blocks.remove(b.ptr, b)
-                unaccount(b.device, b.accounted)
+                free_device_block(b)
             return set_err(S.E_ALLOC, f"{name}: no device memory for output {i} ({need} bytes)"), None
         made.append(blk)
         keep.append(blk.owner())
         out_dbs[i].addr, out_dbs[i].size = blk.ptr, need
-    bind_in = [(s.name, s.np_dtype, [batch if d == -1 else d for d in s.shape], in_dbs[i].addr) for i, s in enumerate(specs_in)]
+    bind_in = [(s.name, s.np_dtype, list(shape), in_dbs[i].addr) for i, (s, shape) in enumerate(zip(specs_in, shapes_in))]
     if m.bundle is not None:
         for v in m.bundle.vars:
             bind_in.append((v.spec.name, v.spec.np_dtype, list(v.spec.shape), v.ptr))
             keep.append(v.buf)
-    bind_out = [(s.name, s.np_dtype, [batch if d == -1 else d for d in s.shape], out_dbs[i].addr) for i, s in enumerate(m.graph.outputs)]
+    bind_out = [(s.name, s.np_dtype, list(shape), out_dbs[i].addr) for i, (s, shape) in enumerate(zip(specs_out, shapes_out))]
     sess = m.session
 
     def work() -> int:
@@ -597,7 +701,8 @@ def _prepare_infer(name: str, m: Model, ids: Any, in_dbs: list, out_dbs: list) -
                     ctypes.memmove(ptr, arr.ctypes.data, arr.nbytes)
         except Exception as e:  # onnxruntime error types vary
             return set_err(S.E_EXEC, f"{name}: model {m.id} failed in onnxruntime: {e}")
-        m.last_batch = batch
+        if gear is not None:
+            m.last_gear = gear
         bump("executions", 1, m.id)
         return 0
 
@@ -650,7 +755,7 @@ def _prepare_update(name: str, m: Model, ids: Any, in_dbs: list) -> tuple[int, W
     return 0, work
 
 
-@api("acl.mdl.execute", "ret", ctx=True, pre=ints("model_id", "input", "output"))
+@api("acl.mdl.execute", "ret", ge_init=True, ctx=True, pre=ints("model_id", "input", "output"))
 def execute(model_id: int, input: int, output: int) -> int:
     with LOCK:
         ret, work = _prepare("execute", model_id, input, output)
@@ -659,17 +764,18 @@ def execute(model_id: int, input: int, output: int) -> int:
     return work()
 
 
-@api("acl.mdl.execute_async", "ret", ctx=True, pre=ints("model_id", "input", "output", "stream"))
+@api("acl.mdl.execute_async", "ret", ge_init=True, ctx=True, pre=ints("model_id", "input", "output", "stream"))
 def execute_async(model_id: int, input: int, output: int, stream: int) -> int:
-    """Validated now; runs at synchronize_stream (stream 0: immediately)."""
-    from ._rt import enqueue
+    """Validated now; runs at synchronize_stream (stream 0: immediately). Another context's stream -> 107003."""
+    from ._rt import check_stream, enqueue
 
     with LOCK:
-        if stream != 0 and stream not in WORLD.streams:
-            return set_err(S.E_RT_PARAM, f"execute_async: {stream:#x} is not a live stream")
+        ret = check_stream("execute_async", stream)
+        if ret:
+            return ret
         ret, work = _prepare("execute_async", model_id, input, output)
         if work is None:
             return ret
         if stream != 0:
-            return enqueue("execute_async", stream, work)
+            return enqueue(stream, work)
     return work()
