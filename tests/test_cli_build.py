@@ -151,3 +151,43 @@ def test_python_dash_m_subprocess(mlp_file, tmp_path: Path) -> None:  # type: ig
     assert r.returncode == 2
     assert r.stderr.count("\n") == 1 and r.stderr.startswith("acl-bundle: error: variable 'zz'")
     assert "Traceback" not in r.stderr
+
+
+def test_build_dynamic_image_size_and_dims(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """ATC's value syntax ("224,224;448,448"); the files carry the gears the runtime reports."""
+    img, _ = models.image_model()
+    seq, _ = models.sequence_model()
+    onnx.save(img, tmp_path / "img.onnx")
+    onnx.save(seq, tmp_path / "seq.onnx")
+    assert main(["build", str(tmp_path / "img.onnx"), "-o", str(tmp_path / "img.om"), "--plain",
+                 "--dynamic-image-size", "4,6;8,8"]) == 0
+    assert "image sizes 4,6;8,8" in capsys.readouterr().out
+    mf = loads((tmp_path / "img.om").read_bytes())
+    assert mf.dynamic_hw == [(4, 6), (8, 8)] and mf.graphs[0].inputs[0].shape == (1, 3, -1, -1)
+    # ATC's own spelling works too, for a bundle
+    assert main(["build", str(tmp_path / "seq.onnx"), "-o", str(tmp_path / "seq.om"),
+                 "--dynamic_dims", "1,5,1,5;2,8,2,8"]) == 0
+    assert "dims gears 1,5,1,5;2,8,2,8" in capsys.readouterr().out
+    mf = loads((tmp_path / "seq.om").read_bytes())
+    assert mf.kind == "bundle" and mf.dynamic_dims == [(1, 5, 1, 5), (2, 8, 2, 8)]
+    man = json.loads((tmp_path / "seq.manifest.json").read_text())
+    assert man["dynamic_dims"] == [[1, 5, 1, 5], [2, 8, 2, 8]]
+    assert main(["build", str(tmp_path / "img.onnx"), "-o", str(tmp_path / "x.om"), "--plain",
+                 "--dynamic-image-size", "4,6,1"]) == 2
+    _one_error_line(capsys, "every gear needs 2 values")
+    assert main(["build", str(tmp_path / "img.onnx"), "-o", str(tmp_path / "x.om"), "--plain",
+                 "--dynamic-image-size", "4,6", "--batch-sizes", "1,2"]) == 2
+    _one_error_line(capsys, "at most one of")
+    assert not (tmp_path / "x.om").exists()
+
+
+def test_build_a_bundle_of_plain_graphs(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    onnx.save(models.elementwise("Add"), tmp_path / "add.onnx")
+    onnx.save(models.elementwise("Mul"), tmp_path / "mul.onnx")
+    out = tmp_path / "two.om"
+    assert main(["build", str(tmp_path / "add.onnx"), str(tmp_path / "mul.onnx"), "-o", str(out)]) == 0
+    assert "bundle model, graphs model/model" in capsys.readouterr().out
+    assert not (tmp_path / "two.manifest.json").exists()
+    assert [g.role for g in loads(out.read_bytes()).graphs] == ["model", "model"]
+    assert main(["build", str(tmp_path / "add.onnx"), str(tmp_path / "mul.onnx"), "-o", str(out), "--plain"]) == 2
+    _one_error_line(capsys, "several models make a bundle of plain static graphs")

@@ -23,6 +23,11 @@ __all__ = [
     "many_variables_reference",
     "classifier",
     "classifier_reference",
+    "image_model",
+    "image_model_reference",
+    "sequence_model",
+    "sequence_model_reference",
+    "elementwise",
 ]
 
 OPSET = 17
@@ -233,3 +238,94 @@ def classifier_reference(x: np.ndarray, weights: Mapping[str, np.ndarray]) -> di
     e = np.exp(h - h.max(axis=-1, keepdims=True))
     dt = np.asarray(x).dtype
     return {"logits": h.astype(dt), "probs": (e / e.sum(axis=-1, keepdims=True)).astype(dt)}
+
+
+def image_model(channels: int = 3, *, seed: int = 0) -> tuple[onnx.ModelProto, dict[str, np.ndarray]]:
+    """An image graph with free height and width, for ``dynamic_image_size`` (ATC ``--dynamic_image_size``).
+
+    Input ``"img"`` ``[1, channels, H, W]`` (H and W symbolic).  Outputs ``"scaled"`` =
+    ``img * scale + shift`` (per channel, ``[1, C, H, W]``) and ``"pooled"`` = the mean of
+    ``scaled`` over H and W (``[1, C]``).
+    """
+    if channels <= 0:
+        raise ValueError(f"channels must be positive, got {channels}")
+    rng = np.random.default_rng(seed)
+    weights = {
+        "scale": rng.uniform(0.5, 1.5, (1, channels, 1, 1)).astype(np.float32),
+        "shift": rng.uniform(-0.5, 0.5, (1, channels, 1, 1)).astype(np.float32),
+    }
+    nodes = [
+        helper.make_node("Mul", ["img", "scale"], ["mul"], name="scale"),
+        helper.make_node("Add", ["mul", "shift"], ["scaled"], name="shift"),
+        helper.make_node("ReduceMean", ["scaled"], ["pooled"], axes=[2, 3], keepdims=0, name="pool"),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "image_model",
+        [helper.make_tensor_value_info("img", TensorProto.FLOAT, [1, channels, "H", "W"])],
+        [helper.make_tensor_value_info("scaled", TensorProto.FLOAT, [1, channels, "H", "W"]),
+         helper.make_tensor_value_info("pooled", TensorProto.FLOAT, [1, channels])],
+        initializer=_initializers(weights),
+    )
+    return _make_model(graph), weights
+
+
+def image_model_reference(img: np.ndarray, weights: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Numpy reference of :func:`image_model` (float64, cast to float32)."""
+    scaled = np.asarray(img, np.float64) * weights["scale"].astype(np.float64) + weights["shift"].astype(np.float64)
+    return {"scaled": scaled.astype(np.float32), "pooled": scaled.mean(axis=(2, 3)).astype(np.float32)}
+
+
+def sequence_model(features: int = 4, out: int = 3, *, seed: int = 0) -> tuple[onnx.ModelProto, dict[str, np.ndarray]]:
+    """A sequence graph with free batch and length, for ``dynamic_dims`` (ATC ``--dynamic_dims``).
+
+    Inputs ``"seq"`` ``[B, T, features]`` and ``"mask"`` ``[B, T]`` (B, T symbolic; one
+    dims gear gives B, T, B, T in input order).  Outputs ``"proj"`` = ``seq @ W + b``
+    ``[B, T, out]`` and ``"summed"`` = the mask-weighted sum of ``proj`` over T ``[B, out]``.
+    """
+    rng = np.random.default_rng(seed)
+    weights = {
+        "W": rng.standard_normal((features, out)).astype(np.float32),
+        "b": rng.uniform(-0.5, 0.5, out).astype(np.float32),
+        "axes": np.array([1], np.int64),
+    }
+    nodes = [
+        helper.make_node("MatMul", ["seq", "W"], ["mm"], name="proj/MatMul"),
+        helper.make_node("Add", ["mm", "b"], ["proj"], name="proj/Add"),
+        helper.make_node("Unsqueeze", ["mask", "axes_m"], ["mask3"], name="mask/Unsqueeze"),
+        helper.make_node("Mul", ["proj", "mask3"], ["masked"], name="mask/Mul"),
+        helper.make_node("ReduceSum", ["masked", "axes"], ["summed"], keepdims=0, name="sum"),
+    ]
+    inits = _initializers(weights) + [numpy_helper.from_array(np.array([2], np.int64), name="axes_m")]
+    graph = helper.make_graph(
+        nodes,
+        "sequence_model",
+        [helper.make_tensor_value_info("seq", TensorProto.FLOAT, ["B", "T", features]),
+         helper.make_tensor_value_info("mask", TensorProto.FLOAT, ["B", "T"])],
+        [helper.make_tensor_value_info("proj", TensorProto.FLOAT, ["B", "T", out]),
+         helper.make_tensor_value_info("summed", TensorProto.FLOAT, ["B", out])],
+        initializer=inits,
+    )
+    return _make_model(graph), weights
+
+
+def sequence_model_reference(seq: np.ndarray, mask: np.ndarray, weights: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Numpy reference of :func:`sequence_model` (float64, cast to float32)."""
+    proj = np.asarray(seq, np.float64) @ weights["W"].astype(np.float64) + weights["b"].astype(np.float64)
+    summed = (proj * np.asarray(mask, np.float64)[..., None]).sum(axis=1)
+    return {"proj": proj.astype(np.float32), "summed": summed.astype(np.float32)}
+
+
+def elementwise(op: str, shape: Sequence[int] = (2, 3)) -> onnx.ModelProto:
+    """``z = x <op> y`` for two float32 inputs of ``shape`` ("Add", "Mul", "Sub", "Div"): GE's bundle sample graphs."""
+    if op not in ("Add", "Mul", "Sub", "Div"):
+        raise ValueError(f"op must be Add, Mul, Sub or Div, got {op!r}")
+    dims = [int(d) for d in shape]
+    graph = helper.make_graph(
+        [helper.make_node(op, ["input_x", "input_y"], ["z"], name=op.lower())],
+        f"elementwise_{op.lower()}",
+        [helper.make_tensor_value_info("input_x", TensorProto.FLOAT, dims),
+         helper.make_tensor_value_info("input_y", TensorProto.FLOAT, dims)],
+        [helper.make_tensor_value_info("z", TensorProto.FLOAT, dims)],
+    )
+    return _make_model(graph)

@@ -4,6 +4,8 @@ Opt-in: third-party code is not committed here, so point ``ACLLITE_DIR`` at a ch
 that folder (acllite_model.py, acllite_resource.py, acllite_utils.py, acllite_image.py,
 acllite_logger.py, constants.py); without it these tests skip.
 
+acllite is imported before ``acl.init`` as in its samples, so its import-time
+``acl.rt.get_run_mode()`` (``AclLiteImage._run_mode``) must already answer.
 acllite is used exactly as its samples use it: ``AclLiteResource().init()``,
 ``AclLiteModel(path)``, ``model.execute([x])``, then ``del`` of the model and the resource
 (acllite releases everything in ``__del__``: ``resource_list.destroy()``, destroy stream and
@@ -40,6 +42,7 @@ ACLLITE_MODULES = ("constants", "acllite_logger", "acllite_utils", "acllite_reso
 @pytest.fixture
 def acllite(monkeypatch):
     """Install the simulator as ``acl`` and import acllite fresh against it; undo both after."""
+    pytest.importorskip("PIL", reason="acllite_image imports Pillow")
     sim.install()
     monkeypatch.syspath_prepend(str(ACLLITE_DIR))
     saved = {n: sys.modules.pop(n) for n in ACLLITE_MODULES if n in sys.modules}
@@ -167,3 +170,33 @@ def test_acllite_dynamic_batch(acllite, tmp_path):
     del model
     del acl_resource
     _finish(leftover)
+
+
+def test_acllite_image_copies_between_host_and_device(acllite):
+    """AclLiteImage: numpy image -> device (copy_data_host_to_device of image.data()), device image ->
+    host (copy_to_host: malloc_host + D2H), host -> host, and byte_data_to_np_array of each."""
+    const = acllite["constants"]
+    utils = acllite["acllite_utils"]
+    AclLiteImage = acllite["acllite_image"].AclLiteImage
+    # read at import, before acl.init: ACL answers the run mode without init
+    assert AclLiteImage._run_mode == const.ACL_HOST
+    acl_resource = acllite["acllite_resource"].AclLiteResource()
+    acl_resource.init()
+    pixels = np.random.default_rng(7).integers(0, 256, (4, 6, 3), dtype=np.uint8)
+    expect = pixels.reshape(-1).view(np.int8)  # byte_data_to_np_array gives np.byte
+    np_img = AclLiteImage(pixels, 6, 4)
+    dev_ptr = utils.copy_data_host_to_device(np_img.data(), np_img.size)
+    assert dev_ptr is not None, sim.acl.get_recent_err_msg()
+    dev_img = AclLiteImage(dev_ptr, 6, 4, 0, 0, np_img.size, const.MEMORY_DEVICE)
+    assert not dev_img.is_local()
+    host_img = dev_img.copy_to_host()
+    assert host_img is not None and host_img._memory_type == const.MEMORY_HOST and host_img.is_local()
+    host_copy = host_img.copy_to_host()  # a local image: host -> host
+    for img in (dev_img, host_img, host_copy):
+        np.testing.assert_array_equal(img.byte_data_to_np_array(), expect)
+    assert len(sim.live_resources()["device_blocks"]) == 1 and len(sim.live_resources()["host_blocks"]) == 2
+    del img, host_copy, host_img, dev_img, np_img  # AclLiteImage.__del__ frees device and host memory
+    gc.collect()
+    assert sim.live_resources()["device_blocks"] == {} and sim.live_resources()["host_blocks"] == {}
+    del acl_resource
+    _finish([])
