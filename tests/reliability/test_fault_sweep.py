@@ -98,8 +98,20 @@ def _x(b: int, seed: int = 0) -> np.ndarray:
     return np.random.default_rng(100 + b + seed).standard_normal((b, 8)).astype(np.float32)
 
 
-def _open(bundle: Bundle, warm: tuple = (), full_update: bool = False) -> State:
-    m = BundleModel(bundle.path)
+class _PyaclWithoutFinalizeReference:
+    """An older pyACL (no ``acl.finalize_reference``): the wrapper's last close then calls ``acl.finalize``."""
+
+    def __getattr__(self, name: str) -> Any:
+        if name == "finalize_reference":
+            raise AttributeError(name)
+        return getattr(sim.acl, name)
+
+
+OLD_PYACL = _PyaclWithoutFinalizeReference()
+
+
+def _open(bundle: Bundle, warm: tuple = (), full_update: bool = False, acl: Any = None) -> State:
+    m = BundleModel(bundle.path, acl=acl)
     st = State(m, bundle, bundle.initial(), bundle.batch_sizes or (1,))
     if not bundle.init or full_update:
         st.current = weight_sets(bundle.weights, 1, seed=7)[0]
@@ -147,6 +159,8 @@ SCENARIOS = [
              lambda b: _open(b, warm=(1,), full_update=True)),
     Scenario("close: dynamic batch, 3 batch slots", "dynamic", "close", lambda st: st.model.close(),
              lambda b: _open(b, warm=(1, 2, 4), full_update=True)),
+    Scenario("close: a pyACL without finalize_reference", "init", "close", lambda st: st.model.close(),
+             lambda b: _open(b, warm=(1,), acl=OLD_PYACL)),
 ]
 
 
