@@ -279,7 +279,10 @@ class RawInfer:
         ret = acl.init()
         if ret not in (0, _backend.REPEAT_INITIALIZE):
             ok(ret, "acl.init")
-        if ret == 0:
+        finalize_reference = getattr(acl, "finalize_reference", None)
+        if finalize_reference is not None:  # every acl.init, 100002 included, holds a reference
+            undo.append(finalize_reference)
+        elif ret == 0:
             self._owns_init = True
             undo.append(acl.finalize)
         ok(acl.rt.set_device(dev), "acl.rt.set_device")

@@ -2,7 +2,7 @@
 
 Sources: hicann/runtime ``src/acl/aclrt_impl/event.cpp`` and ``src/runtime/api/impl/api_impl.cc``
 (EventCreate :2041 needs a current context; EventRecord :2134 checks that the stream belongs
-to it, :2153; EventSynchronize/Query :2250/:2274 and EventDestroy :2093 need no context).
+to it, :2152; EventSynchronize/Query :2250/:2274 and EventDestroy :2093 need no context).
 
 An event records a marker in its stream's queue.  Stream work runs when something waits
 for it, so ``synchronize_event`` runs the stream up to the marker, and ``query_event`` does

@@ -528,7 +528,7 @@ def _set_gear(name: str, kind: str, model_id: int, dataset: int, index: int, val
     if ds is None:
         return set_err(S.E_PARAM, f"{name}: {dataset:#x} is not a live dataset")
     if (values is not None and any(v <= 0 for v in values)) or (dims is not None and not dims):
-        return set_err(S.E_PARAM, f"{name}: values must be > 0 (model.cpp:1845, :1885, :1924)")
+        return set_err(S.E_PARAM, f"{name}: values must be > 0 (model.cpp:1845, :1886, :1925)")
     db = get_db(ds.buffers[index]) if 0 <= index < len(ds.buffers) else None
     if db is None or db.addr == 0:
         return set_err(S.E_PARAM, f"{name}: the dataset has no buffer (or a NULL one) at index {index}")

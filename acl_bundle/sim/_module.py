@@ -29,7 +29,7 @@ destroy_context of a dead/unknown or a default (primary)    107002  RT: api_impl
   context
 set_context(0) / destroy_context(0)                         100000  RT: aclrt_impl/context.cpp:67, :55
 set_context of a dead/unknown context                       107000  RT: api_error.cc:3646
-a stream of another context in memcpy_async, execute_async, 107003  RT: api_impl.cc:2882, :1584, :2153, :5362
+a stream of another context in memcpy_async, execute_async, 107003  RT: api_impl.cc:2882, :1584, :2152, :5364
   destroy_stream, record_event, launch_callback,                    (COND_RETURN_AND_MSG_INVALID_CONTEXT_STREAM)
   subscribe_report (synchronize_stream switches context)            sync: api_impl.cc:1719
 execute/execute_async of a model loaded in another context  107004  RT: api_impl.cc:4419, :4441
@@ -61,14 +61,14 @@ bundle_get_model_id index >= num                            100000  GE: model.cp
 execute: dataset/buffer count/size/desc mismatch,           100000  U
   non-device buffer, update input without desc,
   empty update input on a non-device address
-dynamic gear missing/invalid at execute, not one of the     145013  GE: ge_executor.cc:411-415, :459-465, :542-546
+dynamic gear missing/invalid at execute, not one of the     145013  GE: ge_executor.cc:411, :470, :542
   model's gears, or a gear of another kind (set_dynamic_*)
-set_dynamic_*: value 0, no buffer at index, index not the   100000  GE: model.cpp:1845, :1851-1861, :1885, :1924;
+set_dynamic_*: value 0, no buffer at index, index not the   100000  GE: model.cpp:1845, :1851-1861, :1886, :1925;
   ascend_mbatch_shape_data input (ours)                             index check: U
-set_dynamic_* buffer < 4 B per value; set_input_dynamic_    145012  GE: ge_executor.cc:385-395, :446-457, :560-569,
-  dims count != all input dims or a static dim differs              :618-636
+set_dynamic_* buffer < 4 B per value; set_input_dynamic_    145012  GE: ge_executor.cc:385, :444, :557 (length),
+  dims count != all input dims or a static dim differs              :618-626 (GetCurDynamicDims)
 set_dynamic_* on a static model                             100019  U
-get_input_dynamic_gear_count/_dims index != -1 or           100000  GE: model_om2.cpp:1851, :1880-1887
+get_input_dynamic_gear_count/_dims index != -1 or           100000  GE: model_om2.cpp:1851, :1880, :1885
   gear_count < the model's
 update input with dims != variable shape, or buffer         145021  U
   not covering the variable's bytes
@@ -76,7 +76,7 @@ update input desc dtype != variable dtype                   145022  U
 onnxruntime fails while running                             507011  U
 launch_callback block_type not 0/1; process_report timeout  100000  RT: aclrt_impl/callback.cpp:163-166, :189-192
   < -1 or 0
-launch_callback on a stream no thread is subscribed to      107015  RT: api_impl.cc:5364-5370
+launch_callback on a stream no thread is subscribed to      107015  RT: api_impl.cc:5366-5367
 subscribe_report of a subscribed stream; unsubscribe of a   107011  RT: core/src/utils/subscribe.cc:76, :194
   stream with no thread
 process_report in a thread without subscription;            107012  RT: subscribe.cc:416, :202

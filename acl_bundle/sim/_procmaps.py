@@ -5,8 +5,10 @@ Real ACL copies from and to any host address (``arr.ctypes.data``, a tensor's
 kernel's own record of the process's mappings (``/proc/self/maps``), that the whole range
 is mapped with the needed permissions: a pointer is never trusted, so a bad one is an
 error code, not a crash of the simulated process.  The map is read afresh on every check
-(mappings come and go with every large allocation), which costs a fraction of a
-millisecond and happens only for addresses the simulator did not hand out itself.
+(mappings come and go with every large allocation), and only for addresses the simulator
+did not hand out itself (registered ``numpy_to_ptr``/``bytes_to_ptr`` memory is found
+without it); reading it is the cost of such a copy (about 0.7-1 ms with ~200 mappings on
+this project's loaded 2-core machine, against 36 us for a registered pointer).
 """
 from __future__ import annotations
 

@@ -247,7 +247,7 @@ def check_stream(name: str, stream: int) -> int:
 
     No context -> 107002; 0 is the current context's default stream; a stream of another
     context -> 107003 (COND_RETURN_AND_MSG_INVALID_CONTEXT_STREAM_WITH_FUNC_DESC, e.g.
-    api_impl.cc:2882 memcpy async, :2153 event record, :1584 stream destroy).
+    api_impl.cc:2882 memcpy async, :2152 event record, :1584 stream destroy).
     """
     ctx = S.current_context()
     if ctx is None:

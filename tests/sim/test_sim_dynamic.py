@@ -67,7 +67,7 @@ def test_dynamic_image_size_rejections(rig, tmp_path):
     ins, inp = _io(rig, d, "in")
     outs, _ = _io(rig, d, "out")
     assert acl.mdl.set_dynamic_hw_size(mid, ins, 1, 5, 5) == 145013  # no such gear
-    assert acl.mdl.set_dynamic_hw_size(mid, ins, 1, 0, 8) == 100000  # model.cpp:1885
+    assert acl.mdl.set_dynamic_hw_size(mid, ins, 1, 0, 8) == 100000  # model.cpp:1886
     assert acl.mdl.set_dynamic_batch_size(mid, ins, 1, 4) == 145013  # a batch is no gear of an HW model
     assert acl.mdl.set_dynamic_hw_size(mid, ins, 0, 4, 6) == 100000  # not the ascend_mbatch_shape_data input
     acl.rt.memset(inp[1], 16, 0, 16)
@@ -77,7 +77,7 @@ def test_dynamic_image_size_rejections(rig, tmp_path):
     rig.dss.append(ds)
     acl.mdl.add_dataset_buffer(ds, acl.mdl.get_dataset_buffer(ins, 0))
     acl.mdl.add_dataset_buffer(ds, small)
-    assert acl.mdl.set_dynamic_hw_size(mid, ds, 1, 4, 6) == 145012  # < 4 bytes per value (ge_executor.cc:446)
+    assert acl.mdl.set_dynamic_hw_size(mid, ds, 1, 4, 6) == 145012  # < 4 bytes per value (ge_executor.cc:444)
     assert acl.mdl.set_dynamic_hw_size(mid, ins, 1, 4, 6) == 0
     assert acl.mdl.execute(mid, ins, outs) == 0
     # a tensor desc must give the gear's shape
@@ -133,7 +133,7 @@ def test_dynamic_dims_rejections(rig, tmp_path):
     assert set_dims(mid, ins, 2, {"dimCount": 5, "name": "", "dims": [1, 5, 3, 1, 5]}) == 145012  # static dim differs
     assert set_dims(mid, ins, 2, {"dimCount": 4, "name": "", "dims": [1, 5, 4, 1]}) == 145012  # not all dims
     assert set_dims(mid, ins, 2, {"dimCount": 5, "name": "", "dims": [3, 5, 4, 3, 5]}) == 145013  # no such gear
-    assert set_dims(mid, ins, 2, {"dimCount": 0, "name": "", "dims": []}) == 100000  # model.cpp:1924
+    assert set_dims(mid, ins, 2, {"dimCount": 0, "name": "", "dims": []}) == 100000  # model.cpp:1925
     with pytest.raises(TypeError):
         set_dims(mid, ins, 2, [1, 5, 4, 1, 5])
     assert acl.mdl.set_dynamic_hw_size(mid, ins, 2, 4, 6) == 145013  # no HW gears here

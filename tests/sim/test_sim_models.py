@@ -532,7 +532,7 @@ def test_dynamic_batch_buffer_checks(rig, mlp_plain):
     mb = acl.mdl.get_dataset_buffer(ins, 1)
     assert acl.update_data_buffer(mb, inp[1], 2) == 0
     assert acl.mdl.execute(mid, ins, outs) == 100000  # shorter than one uint32
-    assert acl.mdl.set_dynamic_batch_size(mid, ins, 1, 1) == 145012  # ge_executor.cc:385-395
+    assert acl.mdl.set_dynamic_batch_size(mid, ins, 1, 1) == 145012  # ge_executor.cc:385
     assert acl.update_data_buffer(mb, inp[1], 4) == 0  # GE writes and reads a uint32 then
     assert acl.mdl.set_dynamic_batch_size(mid, ins, 1, 4) == 0
     assert ctypes.c_uint64.from_address(inp[1]).value == 4  # only the low 4 bytes written (were 1)
