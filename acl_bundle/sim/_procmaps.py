@@ -7,8 +7,8 @@ is mapped with the needed permissions: a pointer is never trusted, so a bad one 
 error code, not a crash of the simulated process.  The map is read afresh on every check
 (mappings come and go with every large allocation), and only for addresses the simulator
 did not hand out itself (registered ``numpy_to_ptr``/``bytes_to_ptr`` memory is found
-without it); reading it is the cost of such a copy (about 0.7-1 ms with ~200 mappings on
-this project's loaded 2-core machine, against 36 us for a registered pointer).
+without it); reading the map costs far more than that lookup, so hot loops should keep
+registering their arrays.
 """
 from __future__ import annotations
 
