@@ -6,7 +6,9 @@ Reading::
     model.update(weights)
 
 ``.npz`` files are read with ``allow_pickle=False`` (object arrays are refused);
-``.safetensors`` files need the optional extra ``acl-bundle[safetensors]``.
+``.safetensors`` files need the optional extra ``acl-bundle[safetensors]``; TensorFlow
+checkpoints (a prefix with ``.index`` + ``.data-*`` files) are read by TensorFlow's own
+reader through :mod:`acl_bundle.tf_checkpoint` (``acl-bundle[tf]``), with TF's naming.
 Checkpoint names map to the bundle's variable names exactly by default; pass
 ``strip_prefix`` (e.g. PyTorch's ``"module."``) and/or ``rename`` (a mapping or a
 callable, applied after the prefix strip) for other naming schemes.
@@ -131,6 +133,11 @@ def read_checkpoint(path: str | os.PathLike[str]) -> dict[str, np.ndarray]:
     safetensors is needed but not installed.
     """
     p = Path(path)
+    prefix = _tf_prefix(p)
+    if prefix is not None:
+        from .tf_checkpoint import read_tf_checkpoint
+
+        return read_tf_checkpoint(prefix)
     if not p.is_file():
         raise FileNotFoundError(f"checkpoint {str(p)!r} does not exist or is not a file")
     suffix = p.suffix.lower()
@@ -139,6 +146,13 @@ def read_checkpoint(path: str | os.PathLike[str]) -> dict[str, np.ndarray]:
     if suffix == ".safetensors":
         return _read_safetensors(p)
     raise CheckpointError(f"checkpoint {str(p)!r} has suffix {p.suffix!r}; expected one of {list(SUFFIXES)}")
+
+
+def _tf_prefix(p: Path) -> Path | None:
+    """The TF checkpoint ``p`` names (prefix, .index, .data-*, or a directory with TF's state file), else None."""
+    from .tf_checkpoint import tf_prefix  # no TensorFlow import for other formats
+
+    return tf_prefix(p)
 
 
 def _read_npz(p: Path) -> dict[str, np.ndarray]:
@@ -338,8 +352,14 @@ def load_checkpoint(
     names that match no variable and the variables the checkpoint lacks, unless
     ``allow_unmatched`` / ``allow_partial`` say those are fine (then a warning is
     logged), and :class:`CheckpointError` when a matched array has the wrong dtype or
-    shape (when the variables carry them).
+    shape (when the variables carry them).  A TensorFlow checkpoint maps names by
+    TF's default (:func:`acl_bundle.tf_checkpoint.load_tf_checkpoint`).
     """
+    prefix = _tf_prefix(Path(path))
+    if prefix is not None:
+        from .tf_checkpoint import load_tf_checkpoint
+
+        return load_tf_checkpoint(prefix, variables, rename=rename, strip_prefix=strip_prefix, allow_partial=allow_partial)
     arrays = read_checkpoint(path)
     return select_weights(arrays, variables, rename=rename, strip_prefix=strip_prefix,
                           allow_partial=allow_partial, allow_unmatched=allow_unmatched,

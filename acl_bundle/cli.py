@@ -64,44 +64,95 @@ examples:
   acl-bundle build cnn.onnx -o cnn.om --plain --dynamic-image-size "224,224;448,448"
   acl-bundle build seq.onnx -o seq.om --plain --dynamic-dims "1,16;4,32"
   acl-bundle build add.onnx mul.onnx -o two.om       (a bundle of plain graphs, no variables)
+  acl-bundle build frozen.pb --inputs x:0 --outputs y:0 --batch-sizes 1,8     (TensorFlow: pip install 'acl-bundle[tf,sim]')
+  acl-bundle build saved_model_dir/ -o model.om --variables dense/kernel:0,dense/bias:0
 """
 
 
 def _add_build(sub: Any) -> None:
     p = sub.add_parser(
         "build",
-        help="build a simulator bundle (or plain) .om from an ONNX model",
+        help="build a simulator bundle (or plain) .om from an ONNX or TensorFlow model",
         description=(
             "Build a bundle model file (infer/init/update graphs sharing updatable\n"
             "variables) from an ONNX model, plus <name>.manifest.json describing the\n"
             "variables.  By default every float16/32/64 initializer becomes a variable.\n"
             "Data inputs need static shapes unless one of --batch-sizes, --dynamic-image-size\n"
             "or --dynamic-dims is given (ATC's three dynamic-shape options, same value syntax).\n"
-            "Several MODELs make a bundle of those plain graphs, without variables."
+            "Several MODELs make a bundle of those plain graphs, without variables.\n"
+            "A TensorFlow frozen GraphDef (.pb) or SavedModel directory is converted with\n"
+            "tf2onnx first; names are TF's (x:0, dense/kernel:0), see acl_bundle.sim.tf_builder."
         ),
         epilog=_BUILD_EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("model", nargs="+", help="input ONNX model file (several: a bundle of plain graphs)")
+    p.add_argument("model", nargs="+", help="input ONNX model file (several: a bundle of plain graphs), or a TensorFlow "
+                   "frozen GraphDef (.pb) or SavedModel directory")
     p.add_argument("-o", "--output", metavar="OM", help="output .om path (default: MODEL with suffix .om)")
-    p.add_argument("--variables", metavar="A,B,...", help="initializers to make variables, in update-input order (default: all floating-point ones)")
+    p.add_argument("--variables", metavar="A,B,...", help="initializers (TensorFlow: variable names, dense/kernel:0) to make variables, in update-input order (default: all floating-point ones; TF: every variable)")
     p.add_argument("--no-init", action="store_true", help="omit the init graph and initial values (every variable must be updated before inference)")
     p.add_argument("--plain", action="store_true", help="build a plain single-graph model (no variables, no manifest), as ATC would")
     p.add_argument("--batch-sizes", "--dynamic_batch_size", metavar="N,N,...", help="dynamic batch sizes (like ATC --dynamic_batch_size); dim 0 of every input and output becomes the batch")
     p.add_argument("--dynamic-image-size", "--dynamic_image_size", metavar="H,W;H,W", help="image size gears (like ATC --dynamic_image_size); the two non-static dims of each image input are height and width")
     p.add_argument("--dynamic-dims", "--dynamic_dims", metavar="V,..;V,..", help="dims gears (like ATC --dynamic_dims): one value per non-static dim of all data inputs, in input order")
+    p.add_argument("--inputs", metavar="X:0[,..]", help="TensorFlow only: input tensors, optionally with a static shape x:0[1,8] (default: every placeholder / the signature's)")
+    p.add_argument("--outputs", metavar="Y:0[,..]", help="TensorFlow only: output tensors (required for a .pb; default: the signature's)")
+    p.add_argument("--signature", metavar="KEY", help="TensorFlow SavedModel only: signature to build (default serving_default)")
     p.set_defaults(func=_cmd_build)
+
+
+def _tensor_list(text: str, option: str) -> list[str]:
+    """Comma-separated names whose optional [shape] may itself hold commas."""
+    parts, depth, cur = [], 0, ""
+    for ch in text:
+        depth += (ch == "[") - (ch == "]")
+        if ch == "," and depth == 0:
+            parts.append(cur.strip())
+            cur = ""
+        else:
+            cur += ch
+    parts.append(cur.strip())
+    if depth != 0 or any(not p for p in parts):
+        raise UsageError(f"{option} must be comma-separated tensor names like x:0 or x:0[1,8], got {text!r}")
+    return parts
+
+
+def _build_tf(args: argparse.Namespace, src: Any, batch_sizes: list[int] | None) -> Any:
+    import os
+
+    import logging
+
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TF's C++ start-up chatter
+    logging.getLogger("tensorflow").setLevel(logging.ERROR)  # deprecation notices from inside tf2onnx
+    if args.plain:
+        raise UsageError("--plain applies to ONNX models; a TensorFlow model is built as a bundle")
+    try:
+        from .sim import tf_builder
+
+        return tf_builder.build_bundle_from_tf(
+            src,
+            inputs=_tensor_list(args.inputs, "--inputs") if args.inputs else None,
+            outputs=_tensor_list(args.outputs, "--outputs") if args.outputs else None,
+            variables=_name_list(args.variables, "--variables") if args.variables is not None else None,
+            signature=args.signature, init=not args.no_init, batch_sizes=batch_sizes,
+        )
+    except ImportError as e:
+        raise UsageError(str(e)) from None
 
 
 def _cmd_build(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from .sim import builder
+    from .sim.tf_builder import is_tf_source as tf_builder_source
 
     srcs = [Path(m) for m in args.model]
+    tf_model = len(srcs) == 1 and tf_builder_source(srcs[0])
     for src in srcs:
-        if not src.is_file():
-            raise UsageError(f"no such ONNX file: {src}")
+        if not tf_model and not src.is_file():
+            raise UsageError(f"no such ONNX file: {src}" + (" (a directory must be a TensorFlow SavedModel)" if src.is_dir() else ""))
+    if not tf_model and (args.inputs or args.outputs or args.signature):
+        raise UsageError("--inputs, --outputs and --signature apply to TensorFlow models (.pb, SavedModel directory)")
     src = srcs[0]
     out = Path(args.output) if args.output else src.with_suffix(".om")
     if any(out.resolve() == s.resolve() for s in srcs):
@@ -112,7 +163,12 @@ def _cmd_build(args: argparse.Namespace) -> int:
     hw = builder.parse_gears(args.dynamic_image_size, "--dynamic-image-size", width=2) if args.dynamic_image_size is not None else None
     dims = builder.parse_gears(args.dynamic_dims, "--dynamic-dims") if args.dynamic_dims is not None else None
     dynamic = {"batch_sizes": batch_sizes, "dynamic_image_size": hw, "dynamic_dims": dims}
-    if len(srcs) > 1:
+    if tf_model:
+        if hw is not None or dims is not None:
+            raise UsageError("--dynamic-image-size and --dynamic-dims apply to ONNX models; give a TensorFlow model "
+                             "--batch-sizes or static shapes (--inputs x:0[1,8])")
+        mf = _build_tf(args, src, batch_sizes)
+    elif len(srcs) > 1:
         if args.plain or args.variables is not None or args.no_init or any(v is not None for v in dynamic.values()):
             raise UsageError("several models make a bundle of plain static graphs: no --plain, --variables, --no-init or dynamic shapes")
         mf = builder.build_plain_bundle(srcs)

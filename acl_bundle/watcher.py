@@ -20,6 +20,14 @@ being written has no marker yet and is invisible.  Rules the watcher keeps:
 * ``stop()`` wakes the thread at once and returns when it has ended (after an update
   in progress, if any).
 
+A directory written by an unchanged TensorFlow trainer (``tf.compat.v1.train.Saver``,
+``tf.train.CheckpointManager``) is watched the same way under TensorFlow's protocol:
+the commit point is TF's ``checkpoint`` state file (:mod:`acl_bundle.tf_checkpoint`),
+the step is the number in the checkpoint's name, and a checkpoint failing TF's CRC32C
+checks is skipped like a corrupt one of ours.  ``protocol="auto"`` (the default) picks
+the protocol by what the directory holds (a ``checkpoint`` state file: TF; ``*.ckpt.json``
+markers: ours; both: an error, choose one).
+
 Change notification uses watchdog (optional extra ``acl-bundle[watch]``) when it is
 installed; polling every ``poll_interval`` seconds always runs as the fallback.
 """
@@ -37,6 +45,8 @@ from typing import Any
 
 from ._errors import ModelClosedError
 from .checkpoint import MARKER_SUFFIX, CheckpointError, CheckpointInfo, Rename, read_marker, select_weights, verify_checkpoint
+
+PROTOCOLS = ("auto", "acl_bundle", "tf")
 
 log = logging.getLogger("acl_bundle")
 
@@ -103,6 +113,8 @@ class CheckpointWatcher:
     start_after: only apply steps above this one (None: apply the newest present at start).
     use_watchdog: True = require watchdog, False = poll only, None = use it if installed.
     on_apply: called in the watcher thread with each :class:`AppliedCheckpoint`.
+    protocol: "auto" (by what the directory holds), "acl_bundle" (``*.ckpt.json`` markers)
+        or "tf" (TensorFlow's ``checkpoint`` state file; needs ``acl-bundle[tf]``).
     """
 
     def __init__(
@@ -118,6 +130,7 @@ class CheckpointWatcher:
         start_after: int | None = None,
         use_watchdog: bool | None = None,
         on_apply: Callable[[AppliedCheckpoint], None] | None = None,
+        protocol: str = "auto",
     ) -> None:
         if not hasattr(model, "update") or not hasattr(model, "variables"):
             raise TypeError(f"model must have .update() and .variables (a BundleModel), got {type(model).__name__}")
@@ -128,6 +141,9 @@ class CheckpointWatcher:
             raise ValueError(f"poll_interval must be a positive number of seconds, got {poll_interval!r}")
         if start_after is not None and (isinstance(start_after, bool) or not isinstance(start_after, int)):
             raise TypeError(f"start_after must be an int step or None, got {start_after!r}")
+        if protocol not in PROTOCOLS:
+            raise ValueError(f"protocol must be one of {list(PROTOCOLS)}, got {protocol!r}")
+        self._protocol = self._detect(d) if protocol == "auto" else protocol
         self._model = model
         self._pass_step = _takes_step(model.update)
         self._dir = d
@@ -151,6 +167,23 @@ class CheckpointWatcher:
         self._wake = threading.Event()
         self._thread: threading.Thread | None = None
         self._observer: Any = None
+
+    @staticmethod
+    def _detect(d: Path) -> str | None:
+        """The directory's protocol (None: nothing committed yet); ValueError if it holds both."""
+        from .tf_checkpoint import detect_protocol
+
+        protocol = detect_protocol(d)
+        if protocol == "tf":
+            from .tf_checkpoint import _tf
+
+            _tf()  # ImportError naming the extra, now rather than in the thread
+        return protocol
+
+    @property
+    def protocol(self) -> str | None:
+        """The protocol in use: "acl_bundle", "tf", or None while an "auto" directory is still empty."""
+        return self._protocol
 
     @staticmethod
     def _want_watchdog(use: bool | None) -> bool:
@@ -293,6 +326,14 @@ class CheckpointWatcher:
 
     def _candidates(self) -> list[CheckpointInfo]:
         """Committed, not-known-bad checkpoints above the applied step, newest first."""
+        if self._protocol is None:
+            try:
+                self._protocol = self._detect(self._dir)
+            except (CheckpointError, ImportError) as e:
+                log.warning("checkpoint watcher on %s: %s", self._dir, e)
+                return []
+        if self._protocol == "tf":
+            return self._tf_candidates()
         found = []
         try:
             markers = [p for p in self._dir.iterdir() if p.name.endswith(MARKER_SUFFIX) and not p.name.startswith(".")]
@@ -334,6 +375,21 @@ class CheckpointWatcher:
         found.sort(key=lambda c: (c.step, c.marker.name), reverse=True)
         return found
 
+    def _tf_candidates(self) -> list[CheckpointInfo]:
+        """The checkpoints TF's state file names (complete on disk), above the applied step, not known bad."""
+        from .tf_checkpoint import list_tf_checkpoints
+
+        try:
+            infos = list_tf_checkpoints(self._dir)
+        except CheckpointError as e:  # a malformed state file: keep serving, look again next time
+            log.warning("checkpoint watcher on %s: %s; keeping the weights of step %s", self._dir, e, self._applied_step)
+            return []
+        live = {i.marker.name for i in infos}
+        for name in [n for n in self._bad if n not in live]:
+            del self._bad[name]
+        return [i for i in infos if (self._applied_step is None or i.step > self._applied_step)
+                and self._bad.get(i.marker.name) != _stat_key(i.marker, i.path)]
+
     def _mark_bad(self, name: str, key: _StatKey, why: str) -> None:
         self._bad[name] = key
         self._skipped += 1
@@ -344,10 +400,15 @@ class CheckpointWatcher:
         key = _stat_key(info.marker, info.path)
         t0 = time.perf_counter()
         try:
-            arrays = verify_checkpoint(info)
-            weights = select_weights(arrays, self._model.variables, source=f"checkpoint step {info.step} ({info.path.name})",
-                                     **self._names)  # type: ignore[arg-type]
-        except CheckpointError as e:
+            if self._protocol == "tf":
+                from .tf_checkpoint import load_tf_checkpoint
+
+                weights = load_tf_checkpoint(info.path, self._model.variables, **self._names)  # type: ignore[arg-type]
+            else:
+                arrays = verify_checkpoint(info)
+                weights = select_weights(arrays, self._model.variables, source=f"checkpoint step {info.step} ({info.path.name})",
+                                         **self._names)  # type: ignore[arg-type]
+        except (CheckpointError, FileNotFoundError) as e:
             self._mark_bad(info.marker.name, key, str(e))
             return None
         t1 = time.perf_counter()
