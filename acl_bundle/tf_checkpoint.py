@@ -64,6 +64,7 @@ __all__ = [
     "load_tf_checkpoint",
     "read_tf_checkpoint",
     "read_tf_state",
+    "require_tensorflow",
     "tf_checkpoint_names",
     "tf_prefix",
 ]
@@ -76,7 +77,8 @@ _DATA_RE = re.compile(r"\.data-(\d{5})-of-(\d{5})$")
 _STEP_RE = re.compile(r"-(\d+)$")
 
 
-def _tf() -> Any:
+def require_tensorflow() -> Any:
+    """Return the tensorflow module; ImportError naming the ``tf`` extra if it is not installed."""
     try:
         import tensorflow as tf
     except ImportError:
@@ -142,7 +144,7 @@ class _Reader:
         if not prefix.with_name(prefix.name + ".index").is_file():
             raise FileNotFoundError(f"{self.where}: no index file {prefix.name}.index")
         self.data_bytes = sum(f.stat().st_size for f in _data_files(prefix))
-        tf = _tf()
+        tf = require_tensorflow()
         try:
             self._r = tf.train.load_checkpoint(str(prefix))
             self.shapes = {k: tuple(int(d) for d in s) for k, s in self._r.get_variable_to_shape_map().items()}
@@ -320,8 +322,6 @@ def load_tf_checkpoint(
         raise CheckpointMismatchError(
             f"{where}: {head}: {missing}; the checkpoint's names{more} are {shown[:20]} "
             f"(use rename= or strip_prefix= to map them{hint})", [], missing)
-    if missing:
-        log.warning("%s: %d of %d variable(s) missing: %s", where, len(missing), len(specs), missing)
     log.debug("%s: %d entries matched, %d ignored (no such variable)", where, len(chosen), len(keys) - len(chosen))
     tensors = _LazyTensors(reader, list(chosen))
     return select_weights(tensors, variables, rename=chosen, allow_partial=True, allow_unmatched=False, source=where)
@@ -354,7 +354,7 @@ def read_tf_state(directory: str | os.PathLike[str]) -> TFCheckpointState:
         raw = f.read(MAX_STATE_BYTES + 1)
     if len(raw) > MAX_STATE_BYTES:
         raise CheckpointError(f"TF checkpoint state file {str(state)!r} is larger than {MAX_STATE_BYTES} bytes")
-    _tf()
+    require_tensorflow()
     from google.protobuf import text_format
     from tensorflow.python.training.checkpoint_state_pb2 import CheckpointState
 

@@ -45,6 +45,7 @@ from typing import Any
 
 from ._errors import ModelClosedError
 from .checkpoint import MARKER_SUFFIX, CheckpointError, CheckpointInfo, Rename, read_marker, select_weights, verify_checkpoint
+from .tf_checkpoint import detect_protocol, list_tf_checkpoints, load_tf_checkpoint, require_tensorflow
 
 PROTOCOLS = ("auto", "acl_bundle", "tf")
 
@@ -60,7 +61,8 @@ class AppliedCheckpoint:
     """One checkpoint the watcher applied.
 
     ``read_seconds``: read + verify + map names; ``update_seconds``: the ``model.update``
-    call; ``lag_seconds``: from the marker's mtime (commit) to the update's end.
+    call; ``lag_seconds``: from the marker's mtime (commit) to the update's end.  For a
+    TensorFlow checkpoint ``path`` is its prefix and the marker its ``.index`` file.
     """
 
     step: int
@@ -143,7 +145,9 @@ class CheckpointWatcher:
             raise TypeError(f"start_after must be an int step or None, got {start_after!r}")
         if protocol not in PROTOCOLS:
             raise ValueError(f"protocol must be one of {list(PROTOCOLS)}, got {protocol!r}")
-        self._protocol = self._detect(d) if protocol == "auto" else protocol
+        self._protocol = detect_protocol(d) if protocol == "auto" else protocol
+        if self._protocol == "tf":
+            require_tensorflow()  # ImportError naming the extra, now rather than in the thread
         self._model = model
         self._pass_step = _takes_step(model.update)
         self._dir = d
@@ -161,24 +165,13 @@ class CheckpointWatcher:
         self._markers: dict[str, tuple[_StatKey, CheckpointInfo | None]] = {}  # parsed marker cache
         self._bad: dict[str, _StatKey] = {}  # marker name -> (marker, data) stat key when it failed
         self._told_old: set[str] = set()
+        self._protocol_problem = ""
         self._poll_lock = threading.Lock()
         self._cond = threading.Condition()
         self._stop = threading.Event()
         self._wake = threading.Event()
         self._thread: threading.Thread | None = None
         self._observer: Any = None
-
-    @staticmethod
-    def _detect(d: Path) -> str | None:
-        """The directory's protocol (None: nothing committed yet); ValueError if it holds both."""
-        from .tf_checkpoint import detect_protocol
-
-        protocol = detect_protocol(d)
-        if protocol == "tf":
-            from .tf_checkpoint import _tf
-
-            _tf()  # ImportError naming the extra, now rather than in the thread
-        return protocol
 
     @property
     def protocol(self) -> str | None:
@@ -328,10 +321,15 @@ class CheckpointWatcher:
         """Committed, not-known-bad checkpoints above the applied step, newest first."""
         if self._protocol is None:
             try:
-                self._protocol = self._detect(self._dir)
+                protocol = detect_protocol(self._dir)
+                if protocol == "tf":
+                    require_tensorflow()
             except (CheckpointError, ImportError) as e:
-                log.warning("checkpoint watcher on %s: %s", self._dir, e)
+                if str(e) != self._protocol_problem:  # once, not every poll
+                    self._protocol_problem = str(e)
+                    log.warning("checkpoint watcher on %s: %s", self._dir, e)
                 return []
+            self._protocol = protocol
         if self._protocol == "tf":
             return self._tf_candidates()
         found = []
@@ -377,8 +375,6 @@ class CheckpointWatcher:
 
     def _tf_candidates(self) -> list[CheckpointInfo]:
         """The checkpoints TF's state file names (complete on disk), above the applied step, not known bad."""
-        from .tf_checkpoint import list_tf_checkpoints
-
         try:
             infos = list_tf_checkpoints(self._dir)
         except CheckpointError as e:  # a malformed state file: keep serving, look again next time
@@ -401,8 +397,6 @@ class CheckpointWatcher:
         t0 = time.perf_counter()
         try:
             if self._protocol == "tf":
-                from .tf_checkpoint import load_tf_checkpoint
-
                 weights = load_tf_checkpoint(info.path, self._model.variables, **self._names)  # type: ignore[arg-type]
             else:
                 arrays = verify_checkpoint(info)

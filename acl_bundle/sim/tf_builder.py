@@ -481,6 +481,9 @@ def tf_to_onnx(
     in_names = [n for n, _ in in_specs] or None
     out_names = [n for n, _ in out_specs] or None
     if not isinstance(source, (str, os.PathLike)):
+        if not isinstance(source, _tf().compat.v1.GraphDef):
+            raise TypeError(f"source must be a frozen GraphDef (.pb) path, a SavedModel directory or a tf GraphDef, "
+                            f"not {type(source).__name__}")
         g = _load_graph_def(source, in_names, out_names, variables)
     else:
         p = Path(source)
