@@ -42,6 +42,7 @@ of ``Saver.save``, ``ckpt-N`` of ``CheckpointManager``).
 """
 from __future__ import annotations
 
+import glob
 import logging
 import os
 import re
@@ -114,7 +115,7 @@ def _data_files(prefix: Path) -> list[Path]:
     """The data shards of ``prefix`` in order; CheckpointError if one of them is missing."""
     shards: dict[int, Path] = {}
     counts = set()
-    for f in prefix.parent.glob(f"{_glob_escape(prefix.name)}.data-?????-of-?????"):
+    for f in prefix.parent.glob(f"{glob.escape(prefix.name)}.data-?????-of-?????"):
         m = _DATA_RE.search(f.name)
         if m and f.name[: m.start()] == prefix.name:
             shards[int(m.group(1))] = f
@@ -128,10 +129,6 @@ def _data_files(prefix: Path) -> list[Path]:
     if missing or n == 0:
         raise CheckpointError(f"TF checkpoint {str(prefix)!r} lacks data shard(s) {missing} of {n}")
     return [shards[i] for i in range(n)]
-
-
-def _glob_escape(name: str) -> str:
-    return re.sub(r"([*?[])", r"[\1]", name)
 
 
 # --------------------------------------------------------------------------- reading

@@ -141,7 +141,7 @@ def _kill_rounds(variant: str, base: Path, first: tfhelp.Trainer, rounds: int, r
     export = base / ("model.pb" if variant == "tf1" else "saved_model")
     seen: list[tuple[int, Path, np.ndarray]] = []
     problems: list[str] = []
-    leftovers = 0
+    leftovers: set[str] = set()
     model = watcher = None
     lock = threading.Lock()
     try:
@@ -174,7 +174,7 @@ def _kill_rounds(variant: str, base: Path, first: tfhelp.Trainer, rounds: int, r
                 t.kill()
             finally:
                 t.close()
-            leftovers += sum(1 for p in d.iterdir() if "temp" in p.name)  # what the kill left half-written
+            leftovers |= {p.name for p in d.iterdir() if "temp" in p.name}  # what a kill left half-written
             state = tf.train.get_checkpoint_state(str(d))  # TF's own reading of its commit point
             newest = int(Path(state.model_checkpoint_path).name.rsplit("-", 1)[1])
             deadline = time.monotonic() + 30
@@ -202,7 +202,7 @@ def _kill_rounds(variant: str, base: Path, first: tfhelp.Trainer, rounds: int, r
             model.close()
     assert not problems, problems
     assert len(seen) >= rounds
-    return {"variant": variant, "applied": len(seen), "steps": [s for s, *_ in seen], "partial_files_left": leftovers}
+    return {"variant": variant, "applied": len(seen), "steps": [s for s, *_ in seen], "half_written_left": sorted(leftovers)}
 
 
 def _kill_test(tmp_path: Path, rounds: int) -> None:
