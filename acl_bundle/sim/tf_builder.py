@@ -24,7 +24,10 @@ Which tensors become variables:
 
 Keeping a variable updatable: before conversion each chosen variable's constant is
 replaced by a graph input, so neither grappler nor tf2onnx can fold it into another
-constant (e.g. BatchNorm into a MatMul, or a layout transpose into a kernel).  The
+constant (tf2onnx fuses a Conv + BatchNormalization of constants,
+``tf2onnx/optimizer/back_to_back_optimizer.py`` ``('Conv', 'BatchNormalization')``, and
+transposes a constant conv kernel to OIHW in place, ``tf2onnx/onnx_opset/nn.py``
+``conv_convert_inputs``; with inputs both stay ops and the variable keeps TF's layout).  The
 build fails, naming the variable and the reason, if a requested variable is not in the
 graph, does not feed the outputs, or must stay a constant for the converter.  After
 conversion the ONNX graph is run beside TensorFlow on a probe input and must agree.
@@ -247,11 +250,6 @@ def _load_saved_model(path: Path, inputs: Sequence[str] | None, outputs: Sequenc
         v = by_handle.get(id(external))
         if v is not None:
             var_of[internal.op.name] = v
-    names = [v.name for v in var_of.values()]
-    dup = sorted({n for n in names if names.count(n) > 1})
-    if dup:
-        raise ValueError(f"{what}: several variables are named {dup} (TF2 does not make names unique); "
-                         "give each tf.Variable a distinct name= before saving")
     frozen = convert_variables_to_constants_v2(fn)
     gd = frozen.graph.as_graph_def()
     consts = {n.name for n in gd.node if n.op == "Const"}
@@ -283,7 +281,9 @@ def _load_saved_model(path: Path, inputs: Sequence[str] | None, outputs: Sequenc
         return out
 
     in_map, out_map = pick(inputs, in_by_key, "input"), pick(outputs, out_by_key, "output")
-    available = {v.name: c for c, v in var_of.items()}
+    available: dict[str, list[str]] = {}
+    for c, v in var_of.items():
+        available.setdefault(v.name, []).append(c)
     if variables is None:
         chosen = list(var_of)
         if not chosen:
@@ -291,13 +291,18 @@ def _load_saved_model(path: Path, inputs: Sequence[str] | None, outputs: Sequenc
     else:
         chosen = []
         for r in variables:
-            c = available.get(tensor_name(r))
-            if c is None:
+            cs = available.get(tensor_name(r))
+            if cs is None:
                 raise ValueError(f"variable {r!r} cannot stay updatable: signature {key!r} of {what} reads no such "
                                  f"variable; it reads {sorted(available)}")
-            if c in chosen:
+            if cs[0] in chosen:
                 raise ValueError(f"variable {r!r} is listed twice")
-            chosen.append(c)
+            chosen.extend(cs)  # several: refused below, by name
+    names = [var_of[c].name for c in chosen]
+    dup = sorted({n for n in names if names.count(n) > 1})
+    if dup:
+        raise ValueError(f"{what}: several variables are named {dup} (TF2 does not make names unique); "
+                         "give each tf.Variable a distinct name= before saving")
     return _Graph(gd, list(in_map), list(out_map), in_map, out_map, {c: var_of[c].name for c in chosen}, what)
 
 

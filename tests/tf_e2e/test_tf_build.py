@@ -213,8 +213,9 @@ def test_saved_model_errors_name_what_exists(tmp_path, tf2_run):
     m.b = tf.Variable(np.ones(2, np.float32), name="w")
     m.f = tf.function(lambda x: {"y": x * m.a + m.b}, input_signature=[tf.TensorSpec([2], tf.float32, name="x")])
     tf.saved_model.save(m, str(tmp_path / "dup"), signatures=m.f)
-    with pytest.raises(ValueError, match=r"several variables are named \['w:0'\]"):
-        tf_builder.tf_to_onnx(tmp_path / "dup")
+    for chosen in (None, ["w"]):
+        with pytest.raises(ValueError, match=r"several variables are named \['w:0'\]"):
+            tf_builder.tf_to_onnx(tmp_path / "dup", variables=chosen)
 
 
 def test_cli_builds_a_frozen_graph_with_tf_names(tf1_run, tmp_path, capsys):
