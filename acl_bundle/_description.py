@@ -275,9 +275,17 @@ class Description:
         return arrays, batch
 
     def variable(self, key: Any) -> Variable | None:
-        """The variable a weight key (index or name) names, or None."""
+        """The variable a weight key (index or name) names, or None.
+
+        A name matches with or without TensorFlow's ``:0`` output suffix, so both
+        ``{var.name: value}`` from a TF session (``dense/kernel:0``) and checkpoint keys
+        (``dense/kernel``) name the same variable, whichever spelling the bundle uses.
+        """
         if isinstance(key, str):
-            return self._var_by_name.get(key)
+            v = self._var_by_name.get(key)
+            if v is None:
+                v = self._var_by_name.get(key[:-2] if key.endswith(":0") else key + ":0")
+            return v
         if isinstance(key, (int, np.integer)) and not isinstance(key, bool) and 0 <= key < len(self.variables):
             return self.variables[int(key)]
         return None

@@ -557,3 +557,15 @@ def test_a_runtime_whose_error_message_getter_raises_does_not_mask_the_error():
     assert str(e).endswith("(ACL_ERROR_GE_EXEC_MODEL_ID_INVALID): model 7 is not loaded")
     with pytest.raises(AclError, match=r"^acl\.mdl\.execute returned 507011 \(ACL_ERROR_RT_MODEL_EXECUTE\)$"):
         check(Runtime(), "acl.mdl.execute", 507011)
+
+
+def test_tf_output_suffix_is_optional_in_variable_names(make_bundle):
+    om, w0 = make_bundle()
+    with BundleModel(om, acl=ACL) as m:
+        new = (w0["fc0.bias"] + 1).astype(np.float32)
+        m.update({"fc0.bias:0": new})  # a TF session's {var.name: value} spelling
+        np.testing.assert_array_equal(device_weights(m)["fc0.bias"], new)
+        with pytest.raises(ValueError, match="named twice"):
+            m.update({"fc0.bias": new, "fc0.bias:0": new})
+        with pytest.raises(KeyError, match="unknown variable 'fc0.bias:1'"):
+            m.update({"fc0.bias:1": new})
