@@ -67,3 +67,32 @@ def test_help_lists_new_commands(capsys):
     assert main(["--help"]) == 0
     out = capsys.readouterr().out
     assert "inspect" in out and "demo" in out
+
+
+_HEAVY = ("numpy", "onnx", "onnxruntime", "acl_bundle.model", "acl_bundle.checkpoint", "acl_bundle.watcher")
+
+
+@pytest.mark.parametrize("argv", [["--help"], ["build", "--help"], ["inspect", "--help"], ["demo", "--help"],
+                                  ["bench", "--help"]])
+def test_help_imports_nothing_heavy(argv):
+    # A fresh interpreter: this process has numpy loaded already.
+    import subprocess
+    import sys
+
+    code = ("import sys\nfrom acl_bundle.cli import main\nrc = main(sys.argv[1:])\n"
+            f"print(sorted(m for m in {_HEAVY!r} if m in sys.modules))\nsys.exit(rc)")
+    out = subprocess.run([sys.executable, "-c", code, *argv], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.rstrip().splitlines()[-1] == "[]"
+
+
+def test_package_is_light_until_a_name_is_used():
+    import subprocess
+    import sys
+
+    code = ("import sys, acl_bundle\nprint('numpy' in sys.modules, 'acl_bundle.model' in sys.modules)\n"
+            "acl_bundle.BundleModel\nprint('acl_bundle.model' in sys.modules, sorted(acl_bundle.__all__) == "
+            "sorted(n for n in acl_bundle.__all__ if hasattr(acl_bundle, n)))\n"
+            "try:\n    acl_bundle.no_such_name\nexcept AttributeError as e:\n    print(type(e).__name__)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert out.stdout.split() == ["False", "False", "True", "True", "AttributeError"], out.stderr
