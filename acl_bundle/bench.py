@@ -443,7 +443,7 @@ def _s1_wrapper_overhead(c: _Ctx) -> dict:
     notes.append("raw = numpy_to_ptr + memcpy H2D + execute + np.empty + numpy_to_ptr + memcpy D2H on a second "
                  "load of the same bundle file, datasets pre-built; both sides return a new array")
     notes.append("overhead_us = wrapper - raw = the wrapper's own cost per call: its Python (validation, slot pool, "
-                 "locks) plus one acl.rt.set_context (about 3 us in the simulator); the simulator's execute of a "
+                 "locks) plus one acl.rt.get_context (and set_context only when another context is current); the simulator's execute of a "
                  "small MLP is far cheaper than a real NPU launch, so the same microseconds weigh more here")
     return {"rows": rows, "notes": notes}
 
