@@ -62,13 +62,15 @@ class Ledger:
         self.push("acl.rt.free", lambda: acl.rt.free(ptr), size)
         return ptr
 
-    def dataset(self, buffers: Sequence[tuple[int, int]]) -> int:
-        """Create a dataset holding one data buffer per ``(ptr, size)``."""
+    def dataset(self, buffers: Sequence[tuple[int, int]], data_buffers: list[int] | None = None) -> int:
+        """Create a dataset holding one data buffer per ``(ptr, size)``; their handles go to ``data_buffers``."""
         acl = self.acl
         ds = self.create("acl.mdl.create_dataset", acl.mdl.create_dataset, acl.mdl.destroy_dataset)
         for ptr, size in buffers:
             db = self.create("acl.create_data_buffer", partial(acl.create_data_buffer, ptr, size), acl.destroy_data_buffer)
             unwrap(acl, "acl.mdl.add_dataset_buffer", acl.mdl.add_dataset_buffer(ds, db))
+            if data_buffers is not None:
+                data_buffers.append(db)
         return ds
 
     def absorb(self, other: Ledger) -> None:

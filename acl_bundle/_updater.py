@@ -1,10 +1,12 @@
 """The update graph's I/O and the two phases of an update; the init graph at load.
 
-*Stage* copies the changed weights host->device into the update graph's own input
-buffers (one staging buffer per variable) and attaches to each input the tensor
+*Stage* copies the changed weights host->device into the staging pool (one device
+block, allocated at load), points each changed update input's data buffer at its
+place in the pool (``acl.update_data_buffer``) and attaches to each input the tensor
 descriptor it needs: the variable's full shape for a changed one, the empty
-descriptor (dims ``[0]``: leave this variable alone) for every other one.  Inference
-keeps running meanwhile.  *Commit* executes the update graph under the writer side
+descriptor (dims ``[0]``: leave this variable alone) for every other one.  Unchanged
+inputs point at one small shared device buffer, so the staging memory is the pool,
+not one buffer per variable.  Inference keeps running meanwhile.  *Commit* executes the update graph under the writer side
 of the gate — the only moment inference waits — and bumps the version.
 """
 from __future__ import annotations
@@ -14,7 +16,7 @@ import threading
 import time
 import warnings
 import weakref
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from functools import partial
 from typing import Any
 
@@ -30,6 +32,32 @@ from ._gate import Gate
 log = logging.getLogger("acl_bundle")
 
 _EMPTY, _FULL, _CUSTOM = 0, 1, 2  # which tensor desc is attached to an update input
+
+# Every unchanged update input points at this one buffer.  What GE requires of an
+# empty-desc input's buffer (GitHub hicann/ge, api/acl/acl_model/model/model.cpp at
+# ffdcbc9f): RuntimeV2ModelExecute (the path of dynamic-shape graphs, which the update
+# graph is: unknown-rank inputs) rejects only a NULL aclDataBuffer (line 592) and hands
+# the buffer's address and length to the tensor unchecked (lines 603-604); the shape is
+# the dims [0] desc, range-checked at line 619; the legacy ModelExecute does the same
+# (lines 737-750).  An empty tensor reads no bytes, so any live device address serves
+# for all of them at once.  64 B: the smallest block acl.rt.malloc hands out aligned.
+EMPTY_INPUT_BYTES = 64
+# Offsets of the variables staged together in the pool: acl.rt.malloc's alignment (64 B),
+# so each staged variable is aligned as its own malloc would have been.
+POOL_ALIGN = 64
+
+
+def _aligned(n: int) -> int:
+    return -(-n // POOL_ALIGN) * POOL_ALIGN
+
+
+def pool_bytes_for(nbytes: Sequence[int]) -> int:
+    """Pool bytes that stage variables of these sizes together."""
+    return sum(_aligned(n) for n in nbytes)
+
+
+class StagingTooSmallError(ValueError):
+    """An update's variables do not fit the staging pool (``staging_bytes``)."""
 
 
 class WeightVersion(int):
@@ -115,12 +143,19 @@ class StagedUpdate:
 class Updater:
     """Update-graph buffers, datasets and descriptors (built once at load), version and update stats."""
 
-    def __init__(self, ctx: ModelContext, ledger: Ledger, d: Description, desc: int, model_id: int, gate: Gate) -> None:
+    def __init__(self, ctx: ModelContext, ledger: Ledger, d: Description, desc: int, model_id: int, gate: Gate,
+                 staging_bytes: int | None = None) -> None:
         acl = ctx.acl
         self._ctx, self._gate, self._model_id = ctx, gate, model_id
         self._variables = d.variables
-        self._staging = [(ledger.malloc(v.nbytes), v.nbytes) for v in d.variables]
-        self._in = ledger.dataset(self._staging)
+        full = pool_bytes_for([v.nbytes for v in d.variables])
+        # None: every update fits (today's contract); smaller pools trade that for memory.
+        self.staging_bytes = full if staging_bytes is None else min(staging_bytes, full)
+        self._pool = ledger.malloc(self.staging_bytes) if self.staging_bytes else 0
+        empty = ledger.malloc(EMPTY_INPUT_BYTES)
+        self._dbufs: list[int] = []  # each update input's data buffer ...
+        self._in = ledger.dataset([(empty, EMPTY_INPUT_BYTES)] * len(d.variables), self._dbufs)
+        self._points = [(empty, EMPTY_INPUT_BYTES)] * len(d.variables)  # ... and where it points now
         size = partial(acl.mdl.get_output_size_by_index, desc)
         self._out = ledger.dataset([(ledger.malloc(size(i)), size(i)) for i in range(acl.mdl.get_num_outputs(desc))])
         make = acl.create_tensor_desc
@@ -158,6 +193,19 @@ class Updater:
     def _failed(self) -> None:
         with self._stats_lock:
             self._stats["failed_updates"] += 1
+
+    def check_fits(self, changed: Mapping[int, np.ndarray]) -> None:
+        """Refuse (before any device copy) an update whose variables do not fit the staging pool."""
+        need = pool_bytes_for([a.nbytes for a in changed.values()])
+        if need > self.staging_bytes:
+            raise StagingTooSmallError(
+                f"update of {len(changed)} variable(s) needs {need} bytes of staging; the pool has "
+                f"{self.staging_bytes} (staging_bytes={self.staging_bytes}); update fewer variables at a time "
+                f"or load with a larger staging_bytes (every update fits with {self._full_pool()})"
+            )
+
+    def _full_pool(self) -> int:
+        return pool_bytes_for([v.nbytes for v in self._variables])
 
     def stage(self, changed: dict[int, np.ndarray], step: int | None) -> StagedUpdate:
         """Phase 1: copy ``changed`` (validated arrays by variable index) to the device. Hold ``self.lock``."""
@@ -203,10 +251,15 @@ class Updater:
         ctx = self._ctx
         acl = ctx.acl
         nbytes = 0
-        for i, a in changed.items():
-            ptr, size = self._staging[i]
-            ctx.memcpy(ptr, size, ctx.host_ptr(a), a.nbytes, ctx.h2d)
-            nbytes += a.nbytes
+        offset = 0
+        for i, a in changed.items():  # laid out in the pool in the caller's order; check_fits bounded it
+            ptr, size = self._pool + offset, a.nbytes
+            offset += _aligned(size)
+            ctx.memcpy(ptr, size, ctx.host_ptr(a), size, ctx.h2d)
+            if self._points[i] != (ptr, size):
+                check(acl, "acl.update_data_buffer", acl.update_data_buffer(self._dbufs[i], ptr, size))
+                self._points[i] = (ptr, size)
+            nbytes += size
         for i in self._not_empty - changed.keys():
             self._attach(i, _EMPTY, self._empty_desc[i])
         for i, a in changed.items():

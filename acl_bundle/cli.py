@@ -399,7 +399,7 @@ over several rounds (medians), on the simulator.  Exit code 0 even when a goal
 is missed: the table says PASS/FAIL per goal.
 
 examples:
-  acl-bundle bench                      # all six scenarios, default sizes (< 2 min)
+  acl-bundle bench                      # all scenarios, default sizes (a few minutes)
   acl-bundle bench --quick              # small sizes, a few seconds (CI smoke test)
   acl-bundle bench --only 1,3 --json bench.json --plot bench.png
 """
@@ -411,14 +411,15 @@ def _add_bench(sub: Any) -> None:
         help="benchmark the wrapper against raw pyACL and the physical limits (simulator)",
         description=(
             "Run the benchmarks: 1 wrapper overhead, 2 update proportional to change,\n"
-            "3 update bandwidth, 4 update vs reload, 5 serving under updates,\n"
-            "6 allocation discipline.  Prints a table with each goal and PASS/FAIL."
+            "3 update bandwidth, 4 update vs physical bound (numpy.copyto), 5 serving\n"
+            "under updates, 6 allocation discipline, 7 staging memory.  Prints a table\n"
+            "with each goal and PASS/FAIL (UNRELIABLE when the rounds disagree)."
         ),
         epilog=_BENCH_EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("--quick", action="store_true", help="small sizes and few rounds (smoke test)")
-    p.add_argument("--only", metavar="N,N,...", help="run only these scenarios (1-6)")
+    p.add_argument("--only", metavar="N,N,...", help="run only these scenarios (1-7)")
     p.add_argument("--json", metavar="FILE", help="write the full results as JSON")
     p.add_argument("--plot", metavar="PNG", help="write a bar chart of ratios vs goals (needs matplotlib)")
     p.add_argument("--no-progress", action="store_true", help="no progress lines on stderr")

@@ -27,11 +27,11 @@ Concurrency model (what runs at the same time and what is serialised):
   everything in reverse order of acquisition.
 
 Device memory the wrapper itself costs (besides the bundle's variables, which ACL
-allocates at load): one staging buffer per variable, the same size as the variable
-(the update graph needs a valid device buffer for every variable on every call), plus
-per batch size and per concurrent infer slot the model's input and output buffers at
-the size the model reports for them (its largest batch's).
-``BundleModel.device_bytes`` reports the total.
+allocates at load): the staging pool (``staging_bytes``; by default the variables'
+total, so that every update fits), one 64-byte buffer every unchanged update input
+points at, the update graph's outputs, plus per batch size and per concurrent infer
+slot the model's input and output buffers at the size the model reports for them (its
+largest batch's).  ``BundleModel.device_bytes`` reports the total.
 """
 from __future__ import annotations
 
@@ -141,6 +141,13 @@ class BundleModel:
     pad_batch: for a dynamic-batch model, accept any row count up to the largest batch
         size: the rows run on the next batch size up (the padding rows are zeros on the
         device and are dropped from the outputs). False: only the model's batch sizes.
+    staging_bytes: device bytes staging an update may use (the variables an update
+        changes are copied there, 64-byte aligned, before the commit).  None (default):
+        the variables' total, so any update fits, as when every weight is pushed at once.
+        A model updated a few variables at a time (e.g. embedding tables) needs only its
+        largest update: ``staging_bytes=max(v.nbytes for v in variables)`` for one at a
+        time.  An update that does not fit raises ``StagingTooSmallError`` (a
+        ``ValueError``) naming the sizes, before anything is copied.
     """
 
     def __init__(
@@ -155,6 +162,7 @@ class BundleModel:
         roles: Mapping[str, int] | None = None,
         max_concurrency: int = 2,
         pad_batch: bool = True,
+        staging_bytes: int | None = None,
     ) -> None:
         self._gate: Gate | None = None  # read by close(); set before anything can fail
         path = os.fspath(path)
@@ -165,7 +173,7 @@ class BundleModel:
             manifest = auto if auto.is_file() else False
         self._open(
             lambda acl: unwrap(acl, "acl.mdl.bundle_load_from_file", acl.mdl.bundle_load_from_file(path)),
-            path, device_id, acl, run_init, init_inputs, manifest, roles, max_concurrency, pad_batch,
+            path, device_id, acl, run_init, init_inputs, manifest, roles, max_concurrency, pad_batch, staging_bytes,
         )
 
     @classmethod
@@ -181,6 +189,7 @@ class BundleModel:
         roles: Mapping[str, int] | None = None,
         max_concurrency: int = 2,
         pad_batch: bool = True,
+        staging_bytes: int | None = None,
     ) -> BundleModel:
         """Load a bundle from bytes in host memory (``acl.mdl.bundle_load_from_mem``)."""
         if not isinstance(data, bytes):
@@ -195,7 +204,7 @@ class BundleModel:
             return unwrap(acl, "acl.mdl.bundle_load_from_mem", acl.mdl.bundle_load_from_mem(ptr, len(data)))
 
         self._open(load, "<bytes>", device_id, acl, run_init, init_inputs, manifest or False, roles, max_concurrency,
-                   pad_batch)
+                   pad_batch, staging_bytes)
         return self
 
     # ------------------------------------------------------------------ load
@@ -211,9 +220,13 @@ class BundleModel:
         roles: Mapping[str, int] | None,
         max_concurrency: int,
         pad_batch: bool,
+        staging_bytes: int | None,
     ) -> None:
         if not isinstance(pad_batch, bool):
             raise TypeError(f"pad_batch must be True or False, got {pad_batch!r}")
+        if staging_bytes is not None and (not isinstance(staging_bytes, int) or isinstance(staging_bytes, bool)
+                                          or staging_bytes < 0):
+            raise ValueError(f"staging_bytes must be an int >= 0 or None (the variables' total), got {staging_bytes!r}")
         if not isinstance(device_id, int) or isinstance(device_id, bool) or device_id < 0:
             raise ValueError(f"device_id must be a non-negative int, got {device_id!r}")
         if not isinstance(max_concurrency, int) or max_concurrency < 1:
@@ -229,7 +242,7 @@ class BundleModel:
             self._ledger = ledger = Ledger(acl)
             self._gate = gate = Gate(max_concurrency, f"BundleModel({source!r})")
             try:
-                self._load(load, run_init, init_inputs, manifest_vars, roles, pad_batch)
+                self._load(load, run_init, init_inputs, manifest_vars, roles, pad_batch, staging_bytes)
             except BaseException as e:
                 gate.shutdown(0)
                 for p in ledger.release(restore=prev):
@@ -255,6 +268,7 @@ class BundleModel:
         manifest_vars: list[ManifestVariable] | None,
         roles: Mapping[str, int] | None,
         pad_batch: bool,
+        staging_bytes: int | None,
     ) -> None:
         acl, ledger = self._acl, self._ledger
         self._ctx = ctx = ModelContext(acl, self._device_id, ledger)
@@ -280,7 +294,8 @@ class BundleModel:
         self.variables: tuple[Variable, ...] = d.variables
         self._infer_id = ids[d.infer]
         self._out_shapes = probe_output_shapes(acl, d, self._infer_id, descs[d.infer])
-        self._updater = Updater(ctx, ledger, d, descs[d.update], ids[d.update], self._gate)  # type: ignore[arg-type]
+        self._updater = Updater(ctx, ledger, d, descs[d.update], ids[d.update], self._gate,  # type: ignore[arg-type]
+                                staging_bytes)
         if d.init is not None and run_init_graph:
             run_init(ctx, descs[d.init], ids[d.init], init_inputs)
         elif init_inputs is not None:
@@ -348,6 +363,7 @@ class BundleModel:
             raise ModelClosedError(f"BundleModel({self._source!r}) is closed")
         changed = self._desc.check_weights(weights)
         _check_step(step)
+        self._updater.check_fits(changed)
         gate.enter()  # type: ignore[union-attr]
         try:
             self._updater.lock.acquire()
@@ -374,6 +390,7 @@ class BundleModel:
             raise ModelClosedError(f"BundleModel({self._source!r}) is closed")
         changed = self._desc.check_weights(weights)
         _check_step(step)
+        self._updater.check_fits(changed)
         if timeout is not None and (not isinstance(timeout, (int, float)) or isinstance(timeout, bool) or timeout < 0):
             raise ValueError(f"timeout must be a number of seconds >= 0 or None, got {timeout!r}")
         gate.enter()  # type: ignore[union-attr]
@@ -401,12 +418,17 @@ class BundleModel:
         return self._updater.current.step
 
     @property
+    def staging_bytes(self) -> int:
+        """Bytes of the staging pool: the most one update may change (see the constructor)."""
+        return self._updater.staging_bytes
+
+    @property
     def closed(self) -> bool:
         return self._gate is None or self._gate.closed
 
     @property
     def device_bytes(self) -> int:
-        """Device memory this wrapper allocated (staging + infer buffers), not counting the variables."""
+        """Device memory this wrapper allocated (staging pool, update and infer buffers), not counting the variables."""
         return self._ledger.device_bytes
 
     @property

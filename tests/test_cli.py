@@ -67,3 +67,37 @@ def test_help_lists_new_commands(capsys):
     assert main(["--help"]) == 0
     out = capsys.readouterr().out
     assert "inspect" in out and "demo" in out
+
+
+_HEAVY = ("numpy", "onnx", "onnxruntime", "acl_bundle.model", "acl_bundle.checkpoint", "acl_bundle.watcher",
+          "uvicorn", "starlette", "grpc", "tritonclient", "tensorflow")
+
+
+def test_help_imports_nothing_heavy():
+    # A fresh interpreter (this one has numpy loaded); every registered command, so new ones are covered.
+    import subprocess
+    import sys
+
+    code = (
+        "import sys\nfrom acl_bundle import cli\n"
+        "names = list(cli.build_parser()._subparsers._group_actions[0].choices)\n"
+        "for argv in [['--help']] + [[n, '--help'] for n in names]:\n"
+        "    assert cli.main(argv) == 0, argv\n"
+        f"print(len(names), sorted(m for m in {_HEAVY!r} if m in sys.modules))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    n, heavy = out.stdout.rstrip().splitlines()[-1].split(" ", 1)
+    assert int(n) >= 4 and heavy == "[]"
+
+
+def test_package_is_light_until_a_name_is_used():
+    import subprocess
+    import sys
+
+    code = ("import sys, acl_bundle\nprint('numpy' in sys.modules, 'acl_bundle.model' in sys.modules)\n"
+            "acl_bundle.BundleModel\nprint('acl_bundle.model' in sys.modules, sorted(acl_bundle.__all__) == "
+            "sorted(n for n in acl_bundle.__all__ if hasattr(acl_bundle, n)))\n"
+            "try:\n    acl_bundle.no_such_name\nexcept AttributeError as e:\n    print(type(e).__name__)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert out.stdout.split() == ["False", "False", "True", "True", "AttributeError"], out.stderr

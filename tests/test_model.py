@@ -246,7 +246,8 @@ def test_no_device_allocation_in_steady_state(make_bundle):
 def test_device_memory_accounting(make_bundle):
     om, w0 = make_bundle()
     with BundleModel(om, acl=ACL) as m:
-        staging = sum(v.nbytes for v in w0.values())
+        # default pool: every variable, each 64-byte aligned; plus the one 64-byte buffer of unchanged inputs
+        staging = sum(-(-v.nbytes // 64) * 64 for v in w0.values()) + 64
         assert m.device_bytes == staging
         m.infer(np.zeros((1, 8), np.float32))
         assert m.device_bytes == staging + 8 * 4 + 4 * 4
@@ -569,3 +570,48 @@ def test_tf_output_suffix_is_optional_in_variable_names(make_bundle):
             m.update({"fc0.bias": new, "fc0.bias:0": new})
         with pytest.raises(KeyError, match="unknown variable 'fc0.bias:1'"):
             m.update({"fc0.bias:1": new})
+
+
+# --------------------------------------------------------------------------- bounded staging
+def test_one_variable_staging_pool_serves_single_variable_updates(make_bundle):
+    om, w0 = make_bundle(sizes=(8, 32, 4))
+    largest = max(v.nbytes for v in w0.values())
+    rng = np.random.default_rng(5)
+    x = _x(rng)
+    with BundleModel(om, acl=ACL, staging_bytes=largest) as m:
+        assert m.staging_bytes == largest
+        # the pool (largest variable, 64-byte aligned) + the one buffer unchanged inputs share; nothing per variable
+        assert m.device_bytes == -(-largest // 64) * 64 + 64
+        current = dict(w0)
+        for _ in range(3):
+            for name, a in _new(w0, rng).items():  # every variable goes through the same pool slot
+                m.update({name: a})
+                current[name] = a
+                np.testing.assert_allclose(m.infer(x), reference(x, current), rtol=1e-5, atol=1e-5)
+        assert {k: v.tobytes() for k, v in device_weights(m).items()} == {k: v.tobytes() for k, v in current.items()}
+
+
+def test_update_that_does_not_fit_the_pool_is_refused_before_any_copy(make_bundle):
+    om, w0 = make_bundle(sizes=(8, 32, 4))
+    largest = max(v.nbytes for v in w0.values())
+    with BundleModel(om, acl=ACL, staging_bytes=largest) as m:
+        before, version, h2d = device_weights(m), m.version, sim.stats()["bytes_copied"]["HOST_TO_DEVICE"]
+        new = _new(w0, np.random.default_rng(6))
+        need = sum(-(-a.nbytes // 64) * 64 for a in (new["fc0.weight"], new["fc1.weight"]))
+        with pytest.raises(ValueError, match=rf"needs {need} bytes of staging; the pool has {largest}") as ei:
+            m.update({"fc0.weight": new["fc0.weight"], "fc1.weight": new["fc1.weight"]})
+        assert type(ei.value).__name__ == "StagingTooSmallError"
+        with pytest.raises(ValueError, match="needs"):
+            m.stage({"fc0.weight": new["fc0.weight"], "fc1.weight": new["fc1.weight"]})
+        assert sim.stats()["bytes_copied"]["HOST_TO_DEVICE"] == h2d  # nothing reached the device
+        assert m.version == version and m.stats["failed_updates"] == 0
+        assert {k: v.tobytes() for k, v in device_weights(m).items()} == {k: v.tobytes() for k, v in before.items()}
+        m.update({"fc0.weight": new["fc0.weight"]})  # one at a time fits
+
+
+@pytest.mark.parametrize("bad", [-1, 1.5, True, "1"])
+def test_staging_bytes_is_checked(make_bundle, bad):
+    om, _ = make_bundle()
+    with pytest.raises(ValueError, match="staging_bytes must be an int >= 0 or None"):
+        BundleModel(om, acl=ACL, staging_bytes=bad)
+    assert sim.leaks() == {}

@@ -39,8 +39,10 @@ class Run:
         return self.infer_ops / self.seconds if self.seconds else 0.0
 
 
-def _hammer(m: BundleModel, sets: list[dict], n_threads: int, ops: int, *, updates: bool, batches=(1,)) -> Run:
-    """``n_threads`` infer threads doing ``ops`` infers each; optionally one updater cycling ``sets``."""
+def _hammer(m: BundleModel, sets: list[dict], n_threads: int, ops: int, *, updates: bool, batches=(1,),
+            only: str | None = None) -> Run:
+    """``n_threads`` infer threads doing ``ops`` infers each; optionally one updater cycling ``sets``
+    (only variable ``only`` of each set, when given: the sets then differ in that variable alone)."""
     run = Run(n_threads, ops)
     rng = np.random.default_rng(42)
     xs = [rng.standard_normal((batches[i % len(batches)], 8)).astype(np.float32) for i in range(n_threads)]
@@ -66,7 +68,7 @@ def _hammer(m: BundleModel, sets: list[dict], n_threads: int, ops: int, *, updat
             start.wait()
             while not done.is_set():
                 k = 1 + run.update_ops % (len(sets) - 1)  # sets 1, 2, ..., n-1, 1, ... (0 is the start)
-                v = m.update(sets[k])
+                v = m.update(sets[k] if only is None else {only: sets[k][only]})
                 log[v] = k
                 run.update_ops += 1
         except BaseException as e:
@@ -107,13 +109,18 @@ def _check(run: Run) -> None:
     assert run.backwards == 0, f"version went backwards {run.backwards} times within a thread"
 
 
-def _stress(bundle, threads: int, ops: int, n_sets: int, batches) -> None:
+def _stress(bundle, threads: int, ops: int, n_sets: int, batches, only: str | None = None) -> None:
     sets = weight_sets(bundle.weights, n_sets, seed=3)
-    with BundleModel(bundle.path, max_concurrency=4) as m:
-        m.update(sets[0])
+    staging = None
+    if only is not None:  # single-variable updates through a pool that holds that one variable only
+        sets = [{**sets[0], only: s[only]} for s in sets]
+        staging = sets[0][only].nbytes
+    with BundleModel(bundle.path, max_concurrency=4, staging_bytes=staging) as m:
+        for part in ([sets[0]] if only is None else [{name: a} for name, a in sets[0].items()]):
+            m.update(part)
         quiet = _hammer(m, sets, threads, ops, updates=False, batches=batches)
         _check(quiet)
-        busy = _hammer(m, sets, threads, ops, updates=True, batches=batches)
+        busy = _hammer(m, sets, threads, ops, updates=True, batches=batches, only=only)
         _check(busy)
         assert busy.update_ops > 0
         assert m.stats["infers"] >= 2 * threads * ops
@@ -127,6 +134,14 @@ def _stress(bundle, threads: int, ops: int, n_sets: int, batches) -> None:
 
 def test_stress_infer_threads_with_update_stream(bundles):
     _stress(bundles["wide_dynamic"], threads=8, ops=1000, n_sets=3, batches=(1, 2, 4))
+
+
+def test_stress_single_variable_updates_through_a_one_variable_pool(bundles):
+    # Torn-output check on the bounded-staging path: every commit re-points the update input into the
+    # pool, which holds exactly the largest variable; a partial copy would match no weight set.
+    bundle = bundles["wide_dynamic"]
+    largest = max(bundle.weights, key=lambda k: bundle.weights[k].nbytes)
+    _stress(bundle, threads=4, ops=500, n_sets=4, batches=(1, 2, 4), only=largest)
 
 
 @pytest.mark.slow
