@@ -191,8 +191,28 @@ class Slot:
         return outs
 
 
-def probe_output_shapes(acl: Any, d: Description, model_id: int, infer_desc: int) -> dict[int, list[tuple[int, ...]]]:
-    """Each batch size's output shapes, read at load for every batch size.
+def select_profile(acl: Any, d: Description, model_id: int, ds: int, key: Any) -> None:
+    """Write the batch size / image size / dims gear ``key`` into ``ds``'s dynamic-shape input."""
+    if d.dynamic == "batch":
+        name, ret = "acl.mdl.set_dynamic_batch_size", acl.mdl.set_dynamic_batch_size(model_id, ds, d.mb_index, key)
+    elif d.dynamic == "hw":
+        name, ret = "acl.mdl.set_dynamic_hw_size", acl.mdl.set_dynamic_hw_size(model_id, ds, d.mb_index, key[0], key[1])
+    else:
+        dims = {"name": "", "dimCount": len(key), "dims": list(key)}
+        name, ret = "acl.mdl.set_input_dynamic_dims", acl.mdl.set_input_dynamic_dims(model_id, ds, d.mb_index, dims)
+    check(acl, name, ret)
+
+
+def _profile_keys(d: Description) -> list[Any]:
+    return list(d.profiles) if d.profiles else list(d.batch_sizes)
+
+
+def _input_shape(d: Description, i: int, key: Any) -> tuple[int, ...]:
+    return d.profiles[key][i] if d.profiles else d.inputs[i].shape_for(key)
+
+
+def probe_output_shapes(acl: Any, d: Description, model_id: int, infer_desc: int) -> dict[Any, list[tuple[int, ...]]]:
+    """Each batch size's (or gear's) output shapes, read at load for every one of them.
 
     ``get_cur_output_dims`` answers for the batch last set *or executed* on the model
     (per model, not per dataset), so reading it while other threads infer would race;
@@ -202,13 +222,13 @@ def probe_output_shapes(acl: Any, d: Description, model_id: int, infer_desc: int
     if d.mb_index is None:
         return {0: [t.shape for t in d.outputs]}
     tmp = Ledger(acl)
-    shapes: dict[int, list[tuple[int, ...]]] = {}
+    shapes: dict[Any, list[tuple[int, ...]]] = {}
     try:
         mb = tmp.malloc(d.mb_size)
         ds = tmp.dataset([(mb, d.mb_size)] * (d.mb_index + 1))
-        for b in d.batch_sizes:
-            check(acl, "acl.mdl.set_dynamic_batch_size", acl.mdl.set_dynamic_batch_size(model_id, ds, d.mb_index, b))
-            shapes[b] = [_cur_output_shape(acl, d, infer_desc, i, b) for i in range(len(d.outputs))]
+        for key in _profile_keys(d):
+            select_profile(acl, d, model_id, ds, key)
+            shapes[key] = [_cur_output_shape(acl, d, infer_desc, i, key) for i in range(len(d.outputs))]
     except BaseException as e:
         tmp.release_into(e)
         raise
@@ -227,15 +247,16 @@ def build_slot(acl: Any, ledger: Ledger, d: Description, model_id: int, batch: i
     try:
         # Buffers take the size the model reports (its largest batch), as ACL's samples
         # do; only the batch's own bytes are copied in and out.
-        for t, reported in zip(d.inputs, d.in_sizes):
-            size = max(reported, int(np.prod(t.shape_for(batch), dtype=np.int64)) * t.dtype.itemsize)
+        for i, (t, reported) in enumerate(zip(d.inputs, d.in_sizes)):
+            shape = _input_shape(d, i, batch) if d.mb_index is not None else t.shape
+            size = max(reported, int(np.prod(shape, dtype=np.int64)) * t.dtype.itemsize)
             slot.inputs.append((tmp.malloc(size), size))
         bufs = list(slot.inputs)
         if d.mb_index is not None:
             bufs.insert(d.mb_index, (tmp.malloc(d.mb_size), d.mb_size))
         slot.in_ds = tmp.dataset(bufs)
-        if d.mb_index is not None:  # writes the batch into this slot's own batch input
-            check(acl, "acl.mdl.set_dynamic_batch_size", acl.mdl.set_dynamic_batch_size(model_id, slot.in_ds, d.mb_index, batch))
+        if d.mb_index is not None:  # writes the batch (or gear) into this slot's own dynamic-shape input
+            select_profile(acl, d, model_id, slot.in_ds, batch)
         for t, reported, shape in zip(d.outputs, d.out_sizes, out_shapes):
             size = max(reported, int(np.prod(shape, dtype=np.int64)) * t.dtype.itemsize)
             slot.outputs.append((tmp.malloc(size), size, shape, t.dtype))
@@ -244,15 +265,19 @@ def build_slot(acl: Any, ledger: Ledger, d: Description, model_id: int, batch: i
         tmp.release_into(e)
         raise
     ledger.absorb(tmp)
-    log.debug("built infer buffers for batch %d", batch)
+    log.debug("built infer buffers for %s", batch)
     return slot
 
 
-def _cur_output_shape(acl: Any, d: Description, infer_desc: int, i: int, batch: int) -> tuple[int, ...]:
-    """Output ``i``'s dims at the batch just set, checked against the description of that output."""
+def _cur_output_shape(acl: Any, d: Description, infer_desc: int, i: int, batch: Any) -> tuple[int, ...]:
+    """Output ``i``'s dims at the batch (gear) just set, checked against the description of that output."""
     dims = unwrap(acl, "acl.mdl.get_cur_output_dims", acl.mdl.get_cur_output_dims(infer_desc, i))
     shape = tuple(int(x) for x in dims["dims"][: dims["dimCount"]])
     t = d.outputs[i]
+    if d.profiles:  # image-size / dims gears: the rank is all the description fixes
+        if len(shape) != len(t.shape) or any(x < 0 for x in shape):
+            raise ValueError(f"output {t.name!r} reports dims {shape} at gear {list(batch)}; its description is {t.shape}")
+        return shape
     if shape != t.shape_for(batch):
         raise ValueError(f"output {t.name!r} reports dims {shape} at batch {batch}; its description {t.shape} "
                          f"implies {t.shape_for(batch)}")

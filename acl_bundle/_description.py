@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 
 from ._constants import ACL_DYNAMIC_TENSOR_NAME, ACL_TO_NUMPY
-from ._errors import UnknownVariableError, unwrap
+from ._errors import AclError, UnknownVariableError, recent_error, unwrap
 from ._manifest import ManifestVariable
 
 VAR_SUFFIX = "_var_data"  # GE names update-graph input i "<const>_var_data" (reference §5.3)
@@ -72,7 +72,13 @@ def check_array(a: Any, t: TensorInfo, what: str, batches: Sequence[int] = ()) -
     if a.dtype != t.dtype:
         raise TypeError(f"{what} must have dtype {t.dtype}, got {a.dtype.str if a.dtype.name == t.dtype.name else a.dtype}; "
                         f"convert it with .astype(numpy.{t.dtype.name})")
-    if t.shape and t.shape[0] == -1:
+    if -1 in t.shape[1:]:  # an image-size / dims input: the gear check follows
+        if a.ndim != len(t.shape) or any(d != -1 and d != n for d, n in zip(t.shape, a.shape)):
+            raise ValueError(f"{what} must have shape {t.shape} (-1: a dynamic dim), got {a.shape}")
+    elif t.shape and t.shape[0] == -1 and not batches:
+        if a.ndim != len(t.shape) or a.shape[1:] != t.shape[1:]:
+            raise ValueError(f"{what} must have shape {t.shape} (-1: a dynamic dim), got {a.shape}")
+    elif t.shape and t.shape[0] == -1:
         ok = a.ndim == len(t.shape) and a.shape[1:] == t.shape[1:] and a.shape[0] in batches
         if not ok:
             allowed = f"1..{batches[-1]}" if isinstance(batches, range) else f"in {list(batches)}"
@@ -150,7 +156,7 @@ class Description:
     in_sizes: list[int]  # reported byte sizes (the largest batch's) of inputs and outputs
     out_sizes: list[int]
 
-    profile_of: dict[int, int]  # rows an infer call gives -> batch size that runs them (0: static batch)
+    profile_of: dict[Any, Any]  # rows an infer call gives -> batch size that runs them (0: static; gears: themselves)
 
     @classmethod
     def read(cls, acl: Any, descs: list[int], roles: Mapping[str, int] | None,
@@ -163,18 +169,35 @@ class Description:
         # With padding, any row count up to the largest batch runs on the next batch size up.
         self._batches: Sequence[int] = range(1, b[-1] + 1) if (b and pad_batch) else b
         self.profile_of = {r: min(x for x in b if x >= r) for r in self._batches} if b else {0: 0}
+        if self.profiles:
+            self.profile_of = {g: g for g in self.profiles}
         return self
 
     def _read_infer(self, acl: Any, desc: int) -> None:
         info = unwrap(acl, "acl.mdl.get_dynamic_batch", acl.mdl.get_dynamic_batch(desc))
         batches = sorted(int(b) for b in info["batch"][: info["batchCount"]])
-        self.mb_index = None
-        self.mb_size = 0
-        if batches:  # ATC adds an input that carries the batch size (reference §3)
-            self.mb_index = unwrap(acl, "acl.mdl.get_input_index_by_name",
-                                   acl.mdl.get_input_index_by_name(desc, ACL_DYNAMIC_TENSOR_NAME))
-            self.mb_size = acl.mdl.get_input_size_by_index(desc, self.mb_index)
+        # ATC adds an input that carries the batch / image size / dims (reference §3); a
+        # model without it answers an error here, which only means "static".
+        idx, ret = acl.mdl.get_input_index_by_name(desc, ACL_DYNAMIC_TENSOR_NAME)
+        self.mb_index = idx if ret == 0 else None
+        if batches and self.mb_index is None:
+            raise AclError("acl.mdl.get_input_index_by_name", ret, recent_error(acl))
+        self.mb_size = acl.mdl.get_input_size_by_index(desc, self.mb_index) if self.mb_index is not None else 0
         self.batch_sizes = tuple(batches)
+        self.dynamic: str | None = "batch" if batches else None
+        gears: list[tuple[int, ...]] = []
+        if self.mb_index is not None and not batches:
+            hw = unwrap(acl, "acl.mdl.get_dynamic_hw", acl.mdl.get_dynamic_hw(desc, -1))
+            if hw["hwCount"]:
+                self.dynamic, gears = "hw", [tuple(int(v) for v in g) for g in hw["hw"][: hw["hwCount"]]]
+            else:
+                n = unwrap(acl, "acl.mdl.get_input_dynamic_gear_count", acl.mdl.get_input_dynamic_gear_count(desc, -1))
+                if n:
+                    dl = unwrap(acl, "acl.mdl.get_input_dynamic_dims", acl.mdl.get_input_dynamic_dims(desc, -1, n))
+                    self.dynamic, gears = "dims", [tuple(int(v) for v in g["dims"][: g["dimCount"]]) for g in dl]
+                else:
+                    raise ValueError(f"the infer graph has an {ACL_DYNAMIC_TENSOR_NAME} input but reports no dynamic "
+                                     "batch sizes, image sizes or dims gears")
         n_in = acl.mdl.get_num_inputs(desc)
         ins = [tensor_info(acl, desc, i, False) for i in range(n_in) if i != self.mb_index]
         outs = [tensor_info(acl, desc, i, True) for i in range(acl.mdl.get_num_outputs(desc))]
@@ -191,16 +214,64 @@ class Description:
         if not self.outputs:  # also catches a runtime whose bare getter failed (it answers 0)
             raise ValueError("the infer graph reports no outputs; is this bundle's graph order [infer, init, update]? pass roles=")
         for t in self.inputs + self.outputs:
-            bad = [d for d in t.shape if d < 0 and not (d == -1 and batches and t.shape[0] == -1)]
-            if bad or any(d == -1 for d in t.shape[1:]):
-                raise ValueError(f"tensor {t.name!r} has dynamic dims {t.shape}; only dynamic batch (dim 0) is supported")
+            if self.dynamic in ("hw", "dims"):
+                bad = [d for d in t.shape if d < -1 or (d == -1 and t in self.outputs)]
+            else:
+                bad = [d for d in t.shape if d < 0 and not (d == -1 and batches and t.shape[0] == -1)]
+                bad += [d for d in t.shape[1:] if d == -1]
+            if bad:
+                raise ValueError(f"tensor {t.name!r} has dims {t.shape} that this model's dynamic shapes "
+                                 f"({self.dynamic or 'none'}) do not explain")
         # Per input: (dtype, {accepted shape: batch it implies, 0 = none}), so the common
         # case of infer() validates with one dict lookup per input.
-        self._accept = [
+        self._accept: Sequence[tuple[np.dtype, dict[tuple[int, ...], int]]] = [
             (t.dtype, {t.shape_for(b): b for b in batches} if t.shape and t.shape[0] == -1 else {t.shape: 0})
             for t in self.inputs
-        ]
+        ] if self.dynamic in (None, "batch") else ()
         self._default_batch = batches[-1] if batches else 0
+        # Image-size and dims gears: each selects one full set of input shapes.
+        self.profiles: dict[Any, list[tuple[int, ...]]] = {}
+        for g in gears:
+            self.profiles[g] = self._gear_shapes(g)
+        self._by_shapes = {tuple(shapes): g for g, shapes in self.profiles.items()}
+
+    def _gear_shapes(self, gear: tuple[int, ...]) -> list[tuple[int, ...]]:
+        """The input shapes a gear selects: ``hw`` fills each image input's two -1 dims with
+        (height, width); ``dims`` lists every data input's dims in order (ATC --dynamic_dims)."""
+        if self.dynamic == "hw":
+            out = []
+            for t in self.inputs:
+                it = iter(gear)
+                out.append(tuple(next(it) if d == -1 else d for d in t.shape))
+            return out
+        shapes, k = [], 0
+        for t in self.inputs:
+            shape = gear[k: k + len(t.shape)]
+            k += len(t.shape)
+            if len(shape) != len(t.shape) or any(d != -1 and d != v for d, v in zip(t.shape, shape)):
+                raise ValueError(f"dims gear {list(gear)} does not fit input {t.name!r} {t.shape}")
+            shapes.append(tuple(shape))
+        if k != len(gear):
+            raise ValueError(f"dims gear {list(gear)} has {len(gear)} dims; the inputs have {k}")
+        return shapes
+
+    def mark_dynamic_outputs(self, shapes: Mapping[Any, list[tuple[int, ...]]]) -> None:
+        """At load, for image-size/dims models: output dims that differ between gears become -1."""
+        if self.dynamic not in ("hw", "dims"):
+            return
+        per = list(shapes.values())
+        self.outputs = tuple(
+            TensorInfo(t.name, tuple(d if all(s[i][k] == d for s in per) else -1 for k, d in enumerate(per[0][i])), t.dtype)
+            for i, t in enumerate(self.outputs)
+        )
+
+    def _check_gear_inputs(self, arrays: list[np.ndarray]) -> Any:
+        key = self._by_shapes.get(tuple(a.shape for a in arrays))
+        if key is None:
+            listing = "; ".join(f"{list(k)}: {[list(s) for s in v]}" for k, v in self.profiles.items())
+            raise ValueError(f"input shapes {[a.shape for a in arrays]} match none of the model's "
+                             f"{'image sizes' if self.dynamic == 'hw' else 'dims gears'} (gear: input shapes): {listing}")
+        return key
 
     def _read_variables(self, acl: Any, desc: int, manifest_vars: list[ManifestVariable] | None) -> None:
         n = acl.mdl.get_num_inputs(desc)
@@ -266,6 +337,8 @@ class Description:
                 f"infer takes {len(specs)} input(s) {[t.name for t in specs]} (positionally or as one mapping), got {len(inputs)}"
             )
         arrays = [check_array(a, t, f"input {t.name!r}", self._batches) for a, t in zip(inputs, specs)]
+        if self.profiles:
+            return arrays, self._check_gear_inputs(arrays)
         batch = 0
         if self.batch_sizes:
             batches = {a.shape[0] for a, t in zip(arrays, specs) if t.shape and t.shape[0] == -1}

@@ -294,6 +294,8 @@ class BundleModel:
         self.variables: tuple[Variable, ...] = d.variables
         self._infer_id = ids[d.infer]
         self._out_shapes = probe_output_shapes(acl, d, self._infer_id, descs[d.infer])
+        d.mark_dynamic_outputs(self._out_shapes)
+        self.outputs = d.outputs  # image-size / dims models: dims that differ between gears are -1
         self._updater = Updater(ctx, ledger, d, descs[d.update], ids[d.update], self._gate,  # type: ignore[arg-type]
                                 staging_bytes)
         if d.init is not None and run_init_graph:

@@ -151,6 +151,39 @@ def test_interrupt_right_after_the_update_graph_returns_keeps_version_and_weight
         assert v == 1 == m.version, "applied weights are labelled with the old version"
 
 
+def test_a_signal_during_the_simulated_update_graph_cannot_tear_it(make_bundle, monkeypatch):
+    """SIGINT lands after the update graph has written its first variable: all or nothing."""
+    import ctypes
+    import signal
+
+    from helpers import device_weights
+
+    om, w0 = make_bundle()
+    with BundleModel(om, acl=ACL) as m:
+        new = {k: (v * 3).astype(v.dtype) for k, v in w0.items()}
+        real = ctypes.memmove
+        sent = []
+
+        def memmove_then_sigint(*args):
+            ret = real(*args)
+            if m._gate._writer and not sent:  # inside the commit: the update graph is copying
+                sent.append(1)
+                os.kill(os.getpid(), signal.SIGINT)
+            return ret
+
+        monkeypatch.setattr(ctypes, "memmove", memmove_then_sigint)
+        with pytest.raises(KeyboardInterrupt):
+            m.update(new)
+        monkeypatch.setattr(ctypes, "memmove", real)
+        assert sent
+        dev = device_weights(m)
+        assert all(np.array_equal(dev[k], new[k]) for k in new), "the update graph was torn by the signal"
+        x = _x(1)
+        y, v = m.infer(x, return_version=True)
+        assert v == 1
+        np.testing.assert_allclose(y, reference(x, new), rtol=1e-5, atol=1e-5)
+
+
 def test_a_failing_update_graph_takes_the_version_back(make_bundle):
     om, w0 = make_bundle()
     with BundleModel(om, acl=ACL) as m:

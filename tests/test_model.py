@@ -390,9 +390,10 @@ def _constructor_trace(om):
 
 # Getters that pyACL defines with no error path (a bare int/str, reference §0): a failure there is
 # indistinguishable from a value, so the sweep cannot expect an exception from them. get_context failing
-# means "no current context" (the wrapper then sets its own and has nothing to restore).
+# means "no current context" (the wrapper then sets its own and has nothing to restore); get_input_index_by_name
+# failing means "no dynamic-shape input" (a static model).
 BARE_GETTERS = re.compile(r"^acl\.mdl\.get_(num_(inputs|outputs)|(input|output)_(size_by_index|data_type|format|name_by_index))$"
-                          r"|^acl\.rt\.get_context$")
+                          r"|^acl\.rt\.get_context$|^acl\.mdl\.get_input_index_by_name$")
 
 
 def test_constructor_failure_at_every_step_leaves_nothing(make_bundle):

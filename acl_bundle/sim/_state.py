@@ -2,10 +2,12 @@
 from __future__ import annotations
 
 import bisect
+import contextlib
 import functools
 import itertools
-import operator
 import logging
+import operator
+import signal
 import threading
 from dataclasses import dataclass
 from typing import Any, Callable, Iterator
@@ -412,3 +414,35 @@ def new_world() -> None:
 
 def iter_live(d: dict) -> Iterator:
     return iter(list(d.values()))
+
+
+_DEFERRABLE = tuple(getattr(signal, n) for n in ("SIGINT", "SIGTERM", "SIGHUP", "SIGQUIT", "SIGUSR1", "SIGUSR2", "SIGALRM")
+                    if hasattr(signal, n))
+
+
+@contextlib.contextmanager
+def signals_deferred() -> Iterator[None]:
+    """Hold back Python-level signal handlers for the duration of the block (main thread only).
+
+    Python runs signal handlers between bytecodes of the main thread, so a Python loop
+    standing in for one C call could be interrupted half-way; here a handler that fires
+    inside the block only records the signal, and the real handler runs when it ends.
+    Other threads never run signal handlers, so nothing is needed there.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    pending: list[tuple[int, Any]] = []
+    saved = {}
+    for sig in _DEFERRABLE:
+        h = signal.getsignal(sig)
+        if callable(h):
+            saved[sig] = h
+            signal.signal(sig, lambda s, f: pending.append((s, f)))
+    try:
+        yield
+    finally:
+        for sig, h in saved.items():
+            signal.signal(sig, h)
+        for sig, frame in pending:
+            saved[sig](sig, frame)

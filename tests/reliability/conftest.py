@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, Callable
 
 import numpy as np
 import pytest
@@ -29,6 +30,7 @@ class Bundle:
     init: bool
     batch_sizes: tuple
     manifest: bool
+    serves: Callable[[Any], None] | None = None  # check a loaded model's outputs (default: the MLP reference)
 
     def initial(self) -> dict:
         """Weights the device holds right after load (zeros when there is no init graph)."""
@@ -57,7 +59,41 @@ def bundles(tmp_path_factory) -> dict[str, Bundle]:
         "nomanifest": _build(d, "nomanifest", manifest=False),
         "wide": _build(d, "wide", sizes=(8, 64, 64, 4)),
         "wide_dynamic": _build(d, "wide_dynamic", sizes=(8, 64, 64, 4), batch_sizes=[1, 2, 4]),
+        "hw": _build_hw(d),
+        "dims": _build_dims(d),
     }
+
+
+def _build_hw(dir_: Path) -> Bundle:
+    """An image model with dynamic image sizes (4, 6) and (8, 8)."""
+    model, weights = models.image_model(seed=3)
+    om, _ = builder.save(builder.build_bundle(model, dynamic_image_size=[(4, 6), (8, 8)]), dir_ / "hw.om")
+
+    def serves(m: Any) -> None:
+        for h, w in ((4, 6), (8, 8)):
+            x = np.random.default_rng(h).standard_normal((1, 3, h, w)).astype(np.float32)
+            ref = models.image_model_reference(x, weights)
+            scaled, pooled = m.infer(x)
+            assert np.allclose(scaled, ref["scaled"], **TOL) and np.allclose(pooled, ref["pooled"], **TOL)
+
+    return Bundle(Path(om), weights, True, (), True, serves)
+
+
+def _build_dims(dir_: Path) -> Bundle:
+    """A sequence model with dynamic dims gears (B, T) = (1, 5) and (2, 8)."""
+    model, weights = models.sequence_model(seed=5)
+    om, _ = builder.save(builder.build_bundle(model, dynamic_dims=[(1, 5, 1, 5), (2, 8, 2, 8)]), dir_ / "dims.om")
+
+    def serves(m: Any) -> None:
+        for b, t in ((1, 5), (2, 8)):
+            rng = np.random.default_rng(b)
+            seq = rng.standard_normal((b, t, 4)).astype(np.float32)
+            mask = (rng.uniform(size=(b, t)) > 0.3).astype(np.float32)
+            ref = models.sequence_model_reference(seq, mask, weights)
+            proj, summed = m.infer(seq, mask)
+            assert np.allclose(proj, ref["proj"], **TOL) and np.allclose(summed, ref["summed"], rtol=1e-4, atol=1e-4)
+
+    return Bundle(Path(om), weights, True, (), True, serves)
 
 
 def weight_sets(base: dict, n: int, seed: int = 1) -> list[dict]:
