@@ -5,10 +5,14 @@ Reading::
     weights = load_checkpoint("step-00000012.npz", model, strip_prefix="module.")
     model.update(weights)
 
-``.npz`` files are read with ``allow_pickle=False`` (object arrays are refused);
-``.safetensors`` files need the optional extra ``acl-bundle[safetensors]``; TensorFlow
+``.npz`` files are read without pickle (object arrays are refused); ``.safetensors``
+files are parsed here (writing them needs the optional extra ``safetensors``); TensorFlow
 checkpoints (a prefix with ``.index`` + ``.data-*`` files) are read by TensorFlow's own
-reader through :mod:`acl_bundle.tf_checkpoint` (``acl-bundle[tf]``), with TF's naming.
+reader through :mod:`acl_bundle.tf_checkpoint` (the ``tf`` extra), with TF's naming.
+Both are read header-first and bounded: an array's dtype, shape and declared size
+are checked (against the model, when one is given, and against the file's own
+sizes) before any data is read, arrays the model does not use are never inflated,
+and stored arrays are views of one buffer (peak memory about one copy of the file).
 Checkpoint names map to the bundle's variable names exactly by default; pass
 ``strip_prefix`` (e.g. PyTorch's ``"module."``) and/or ``rename`` (a mapping or a
 callable, applied after the prefix strip) for other naming schemes.
@@ -16,20 +20,29 @@ callable, applied after the prefix strip) for other naming schemes.
 Checkpoint protocol (what :func:`write_checkpoint` does and what
 :class:`~acl_bundle.watcher.CheckpointWatcher` relies on):
 
-1. The data file (``step-00000012.npz``) is written under a hidden temporary name
-   (``.step-00000012.npz.<random>.tmp``) in the same directory, flushed and fsynced,
-   then atomically renamed to its final name (``os.replace``).
+1. The data file (``step-00000012.npz``; with a run id ``step-<run>-00000012.npz``) is
+   written under a hidden temporary name (``.step-00000012.npz.<hex>.tmp``) in the same
+   directory, flushed and fsynced, then atomically renamed to its final name
+   (``os.replace``).
 2. A small JSON marker (``step-00000012.ckpt.json``) is written the same way::
 
        {"format": "acl_bundle.checkpoint", "version": 1, "step": 12,
         "file": "step-00000012.npz", "bytes": 1234, "sha256": "<hex>",
-        "variables": ["W1", "b1"], "created": 1700000000.0}
+        "variables": ["W1", "b1"], "created": 1700000000.0, "run": "r2"}
 
+   ``step`` is an integer in ``0 .. 2**63-1``; ``run`` (optional, letters, digits,
+   ``_.-``, at most 128) names the trainer's run: a new run id starts a new step
+   sequence (a restarted trainer), ordered by ``created`` (the writer's clock, at most
+   a day ahead of the reader's).
 3. The directory is fsynced (POSIX) so both renames survive a crash.
 
 The marker is the commit point: readers only look at ``*.ckpt.json`` markers, so a
 data file without one (still being written, or orphaned by a crash) is invisible,
 and the SHA-256 catches a data file that was changed or truncated after commit.
+Readers open markers and data files only as regular files named directly in the
+directory: symlinks are never followed, FIFOs and devices never opened, sizes
+checked before reading (markers at most ``MAX_MARKER_BYTES``, JSON at most
+``MAX_JSON_DEPTH`` deep with integers of at most 20 digits).
 A trainer in another language follows the same three steps.
 """
 from __future__ import annotations
@@ -37,10 +50,14 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import math
 import os
 import re
+import stat
+import threading
 import time
 import zipfile
+from collections import OrderedDict
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -48,7 +65,8 @@ from typing import Any, Union
 
 import numpy as np
 
-from ._files import write_atomic
+from ._archive import Archive, CheckpointError, load_json, read_regular
+from ._files import TEMP_SUFFIX, write_atomic
 
 log = logging.getLogger("acl_bundle")
 
@@ -59,11 +77,13 @@ __all__ = [
     "CheckpointInfo",
     "CheckpointMismatchError",
     "NameMatch",
+    "clean_checkpoints",
     "list_checkpoints",
     "load_checkpoint",
     "match_names",
     "read_checkpoint",
     "read_marker",
+    "select_weights",
     "verify_checkpoint",
     "write_checkpoint",
 ]
@@ -72,12 +92,18 @@ CHECKPOINT_FORMAT = "acl_bundle.checkpoint"
 CHECKPOINT_VERSION = 1
 MARKER_SUFFIX = ".ckpt.json"
 SUFFIXES = (".npz", ".safetensors")
+MAX_STEP = 2**63 - 1  # fits every trainer's int64
+MAX_MARKER_BYTES = 4 << 20
+MAX_NAME_CHARS = 1024
+MAX_FUTURE_SECONDS = 86400.0  # a marker's "created" may be this far ahead of the reader's clock
+DEFAULT_MAX_BYTES = 4 << 30  # data file / decoded bytes when no model bounds them
+DEBRIS_GRACE_SECONDS = 3600.0  # crash debris younger than this may belong to a live writer
+_RUN_RE = re.compile(r"^[A-Za-z0-9_-][A-Za-z0-9_.-]{0,127}$")
+_PREFIX_RE = re.compile(r"^[A-Za-z0-9_.-]+$")
+_TEMP_RE = re.compile(r"^\.(?P<final>.+?(?:\.npz|\.safetensors|\.ckpt\.json))\.[A-Za-z0-9_]{6,32}" + re.escape(TEMP_SUFFIX) + "$")
+_SHOWN = 10  # names listed in one message before "... and N more"
 
 Rename = Union[Mapping[str, str], Callable[[str], "str | None"], None]
-
-
-class CheckpointError(ValueError):
-    """A checkpoint file or marker cannot be read, is corrupt, or does not fit the model."""
 
 
 class CheckpointMismatchError(CheckpointError):
@@ -113,7 +139,7 @@ class NameMatch:
 
 @dataclass(frozen=True)
 class CheckpointInfo:
-    """A committed checkpoint as its marker describes it."""
+    """A committed checkpoint as its marker describes it (``run`` is "" when the marker has none)."""
 
     step: int
     path: Path  # the data file
@@ -122,30 +148,51 @@ class CheckpointInfo:
     nbytes: int
     variables: tuple[str, ...]
     created: float
+    run: str = ""
+
+
+def _shown(names: list[str]) -> str:
+    """A bounded rendering of a name list."""
+    if len(names) <= _SHOWN:
+        return repr(names)
+    return f"{names[:_SHOWN]!r} and {len(names) - _SHOWN} more"
 
 
 # --------------------------------------------------------------------------- reading
-def read_checkpoint(path: str | os.PathLike[str]) -> dict[str, np.ndarray]:
+def _limit(max_bytes: int | None, default: int) -> int:
+    if max_bytes is None:
+        return default
+    if isinstance(max_bytes, bool) or not isinstance(max_bytes, int) or max_bytes < 0:
+        raise TypeError(f"max_bytes must be a non-negative int or None, got {max_bytes!r}")
+    return max_bytes
+
+
+def _open_archive(path: str | os.PathLike[str], limit: int) -> Archive:
+    p = Path(path)
+    suffix = p.suffix.lower()
+    if suffix not in SUFFIXES:
+        raise CheckpointError(f"checkpoint {str(p)!r} has suffix {p.suffix!r}; expected one of {list(SUFFIXES)}")
+    what = f"checkpoint {str(p)!r}"
+    try:
+        buf, _ = read_regular(p, what, limit=limit)
+    except FileNotFoundError:
+        raise FileNotFoundError(f"checkpoint {str(p)!r} does not exist or is not a file") from None
+    return Archive(buf, suffix, what, limit=limit)
+
+
+def read_checkpoint(path: str | os.PathLike[str], *, max_bytes: int | None = None) -> dict[str, np.ndarray]:
     """Return every array of a ``.npz`` or ``.safetensors`` file by its name in the file.
 
-    Raises FileNotFoundError for a missing file, CheckpointError for an unreadable,
-    corrupt or pickled one (naming the file and the problem), ImportError when
-    safetensors is needed but not installed.
+    ``max_bytes`` bounds the file and every array decoded from it (default
+    ``DEFAULT_MAX_BYTES``, 4 GiB).  Raises FileNotFoundError for a missing file,
+    CheckpointError for anything else wrong (naming the file and the member).
     """
-    p = Path(path)
-    prefix = _tf_prefix(p)
+    prefix = _tf_prefix(Path(path))
     if prefix is not None:
         from .tf_checkpoint import read_tf_checkpoint
 
         return read_tf_checkpoint(prefix)
-    if not p.is_file():
-        raise FileNotFoundError(f"checkpoint {str(p)!r} does not exist or is not a file")
-    suffix = p.suffix.lower()
-    if suffix == ".npz":
-        return _read_npz(p)
-    if suffix == ".safetensors":
-        return _read_safetensors(p)
-    raise CheckpointError(f"checkpoint {str(p)!r} has suffix {p.suffix!r}; expected one of {list(SUFFIXES)}")
+    return _open_archive(path, _limit(max_bytes, DEFAULT_MAX_BYTES)).arrays()
 
 
 def _tf_prefix(p: Path) -> Path | None:
@@ -155,58 +202,25 @@ def _tf_prefix(p: Path) -> Path | None:
     return tf_prefix(p)
 
 
-def _read_npz(p: Path) -> dict[str, np.ndarray]:
-    try:
-        with open(p, "rb") as f:
-            magic = f.read(4)
-    except OSError as e:
-        raise CheckpointError(f"checkpoint {str(p)!r} cannot be read: {e.strerror or e}") from None
-    if magic[:2] != b"PK":  # numpy would otherwise try to unpickle it
-        raise CheckpointError(f"checkpoint {str(p)!r} is not a valid .npz file: no zip signature")
-    try:
-        z = np.load(p, allow_pickle=False)
-        if not isinstance(z, np.lib.npyio.NpzFile):
-            raise CheckpointError(f"checkpoint {str(p)!r} is a single .npy array, not an .npz archive")
-        with z:
-            return {name: z[name] for name in z.files}
-    except CheckpointError:
-        raise
-    except ValueError as e:
-        if "pickle" in str(e).lower():
-            raise CheckpointError(f"checkpoint {str(p)!r} holds object (pickled) arrays; only plain numeric arrays are read") from None
-        raise CheckpointError(f"checkpoint {str(p)!r} is not a valid .npz file: {e}") from None
-    except (zipfile.BadZipFile, EOFError, OSError, KeyError) as e:
-        raise CheckpointError(f"checkpoint {str(p)!r} is not a valid .npz file: {e or type(e).__name__}") from None
-
-
-def _safetensors_numpy() -> Any:
-    try:
-        from safetensors import numpy as st_numpy
-    except ImportError:
-        raise ImportError(
-            "reading/writing .safetensors checkpoints needs the safetensors package: pip install 'acl-bundle[safetensors]'"
-        ) from None
-    return st_numpy
-
-
-def _read_safetensors(p: Path) -> dict[str, np.ndarray]:
-    st = _safetensors_numpy()
-    try:
-        return dict(st.load_file(str(p)))
-    except Exception as e:  # safetensors raises its own SafetensorError (and others) on bad files
-        raise CheckpointError(f"checkpoint {str(p)!r} is not a valid .safetensors file: {e}") from None
-
-
 # --------------------------------------------------------------------------- name mapping
-def _variable_specs(variables: Any) -> dict[str, tuple[tuple[int, ...] | None, np.dtype | None]]:
+Spec = tuple["tuple[int, ...] | None", "np.dtype | None"]
+
+
+class _Specs(dict):  # type: ignore[type-arg]
+    """{name: (shape, dtype)}, already normalised."""
+
+
+def _variable_specs(variables: Any) -> _Specs:
     """Normalise a model, Variable list or name list to {name: (shape, dtype)}."""
+    if isinstance(variables, _Specs):
+        return variables
     if hasattr(variables, "variables") and not isinstance(variables, (str, bytes)):
         variables = variables.variables
     if isinstance(variables, (str, bytes)) or not isinstance(variables, Iterable):
         raise TypeError(
             f"variables must be a BundleModel, a list of Variable or a list of names, got {type(variables).__name__}"
         )
-    specs: dict[str, tuple[tuple[int, ...] | None, np.dtype | None]] = {}
+    specs = _Specs()
     for v in variables:
         if isinstance(v, str):
             specs[v] = (None, None)
@@ -217,6 +231,20 @@ def _variable_specs(variables: Any) -> dict[str, tuple[tuple[int, ...] | None, n
         else:
             raise TypeError(f"variables must hold names or Variable objects, got {type(v).__name__}")
     return specs
+
+
+def limit_for(variables: Any) -> int:
+    """The default size bound for a checkpoint of ``variables``: twice their bytes + 64 MiB.
+
+    (Room for headers, names and some extra entries; ``DEFAULT_MAX_BYTES`` when a
+    variable's size is unknown.)
+    """
+    total = 0
+    for shape, dtype in _variable_specs(variables).values():
+        if shape is None or dtype is None:
+            return DEFAULT_MAX_BYTES
+        total += math.prod(shape) * dtype.itemsize
+    return 2 * total + (64 << 20)
 
 
 def _renamer(rename: Rename, strip_prefix: str | None) -> Callable[[str], "str | None"]:
@@ -277,13 +305,24 @@ def match_names(
     return NameMatch(mapping, unmatched, missing)
 
 
+def _prefix_hint(unmatched: list[tuple[str, str]], specs: Mapping[str, Any]) -> str:
+    """``strip_prefix='module.'`` when stripping one leading component makes the names match."""
+    for _, renamed in unmatched[:1]:
+        if "." in renamed:
+            prefix = renamed[: renamed.index(".") + 1]
+            hits = sum(1 for _, r in unmatched if r.startswith(prefix) and r[len(prefix):] in specs)
+            if hits and hits >= len(unmatched) // 2:
+                return f"strip_prefix={prefix!r}"
+    return ""
+
+
 def _describe(match: NameMatch, total: int) -> str:
     parts = []
     if match.unmatched:
         shown = [n if n == r else f"{n} (as {r})" for n, r in match.unmatched]
-        parts.append(f"{len(shown)} checkpoint name(s) match no variable: {shown}")
+        parts.append(f"{len(shown)} checkpoint name(s) match no variable: {_shown(shown)}")
     if match.missing:
-        parts.append(f"{len(match.missing)} of {total} variable(s) missing from the checkpoint: {match.missing}")
+        parts.append(f"{len(match.missing)} of {total} variable(s) missing from the checkpoint: {_shown(match.missing)}")
     return "; ".join(parts)
 
 
@@ -297,13 +336,18 @@ def select_weights(
     allow_unmatched: bool = False,
     source: str = "checkpoint",
 ) -> dict[str, np.ndarray]:
-    """Return ``{variable name: array}`` from checkpoint ``arrays`` (see :func:`load_checkpoint`)."""
+    """Return ``{variable name: array}`` from checkpoint ``arrays`` (see :func:`load_checkpoint`).
+
+    With an archive from :func:`verify_checkpoint` (``lazy=True``) the dtypes and
+    shapes are checked from the headers and only the matched arrays are read.
+    """
     specs = _variable_specs(variables)
     match = match_names(arrays, specs, rename=rename, strip_prefix=strip_prefix)
+    hint = _prefix_hint(match.unmatched, specs)
     if not match.mapping:
         raise CheckpointMismatchError(
-            f"{source}: no name matches a variable ({_describe(match, len(specs))}); the variables are {list(specs)} "
-            "(use rename= or strip_prefix= for another naming scheme)",
+            f"{source}: no name matches a variable ({_describe(match, len(specs))}); the variables are {_shown(list(specs))} "
+            f"(use {hint or 'rename= or strip_prefix='} for another naming scheme)",
             [n for n, _ in match.unmatched], match.missing,
         )
     bad = (match.missing and not allow_partial) or (match.unmatched and not allow_unmatched)
@@ -312,27 +356,32 @@ def select_weights(
         if match.missing and not allow_partial:
             hints.append("allow_partial=True to update only the variables present")
         if match.unmatched and not allow_unmatched:
-            hints.append("allow_unmatched=True to ignore extra names, or rename=/strip_prefix=")
+            hints.append(hint or "allow_unmatched=True to ignore extra names, or rename=/strip_prefix=")
         raise CheckpointMismatchError(
             f"{source}: {_describe(match, len(specs))} (pass {' or '.join(hints)})",
             [n for n, _ in match.unmatched], match.missing,
         )
     if match.missing or match.unmatched:
         log.warning("%s: %s", source, _describe(match, len(specs)))
-    out: dict[str, np.ndarray] = {}
     problems = []
+    lazy = isinstance(arrays, Archive)
     for ck_name, var_name in match.mapping.items():
-        a = np.asarray(arrays[ck_name])
+        if lazy:
+            member = arrays.members[ck_name]  # type: ignore[attr-defined]
+            got_shape, got_dtype = member.shape, member.dtype
+        else:
+            a = np.asarray(arrays[ck_name])
+            got_shape, got_dtype = a.shape, a.dtype
         shape, dtype = specs[var_name]
         what = var_name if ck_name == var_name else f"{var_name} (checkpoint name {ck_name!r})"
-        if dtype is not None and a.dtype != dtype:
-            problems.append(f"{what}: dtype {a.dtype}, expected {dtype}")
-        elif shape is not None and a.shape != shape:
-            problems.append(f"{what}: shape {a.shape}, expected {shape}")
-        out[var_name] = a
+        if dtype is not None and got_dtype != dtype:
+            problems.append(f"{what}: dtype {got_dtype}, expected {dtype}")
+        elif shape is not None and got_shape != shape:
+            problems.append(f"{what}: shape {got_shape}, expected {shape}")
     if problems:
-        raise CheckpointError(f"{source} does not fit the model: " + "; ".join(problems))
-    return out
+        more = f" and {len(problems) - _SHOWN} more" if len(problems) > _SHOWN else ""
+        raise CheckpointError(f"{source} does not fit the model: " + "; ".join(problems[:_SHOWN]) + more)
+    return {var_name: np.asarray(arrays[ck_name]) for ck_name, var_name in match.mapping.items()}
 
 
 def load_checkpoint(
@@ -343,6 +392,7 @@ def load_checkpoint(
     strip_prefix: str | None = None,
     allow_partial: bool = False,
     allow_unmatched: bool = False,
+    max_bytes: int | None = None,
 ) -> dict[str, np.ndarray]:
     """Read a checkpoint and return ``{variable name: array}`` ready for ``model.update``.
 
@@ -352,24 +402,24 @@ def load_checkpoint(
     names that match no variable and the variables the checkpoint lacks, unless
     ``allow_unmatched`` / ``allow_partial`` say those are fine (then a warning is
     logged), and :class:`CheckpointError` when a matched array has the wrong dtype or
-    shape (when the variables carry them).  A TensorFlow checkpoint maps names by
-    TF's default (:func:`acl_bundle.tf_checkpoint.load_tf_checkpoint`).
+    shape (when the variables carry them; checked before its data is read).
+    ``max_bytes`` bounds the file (default: :func:`limit_for` the variables).  A
+    TensorFlow checkpoint maps names by TF's default
+    (:func:`acl_bundle.tf_checkpoint.load_tf_checkpoint`).
     """
     prefix = _tf_prefix(Path(path))
     if prefix is not None:
         from .tf_checkpoint import load_tf_checkpoint
 
         return load_tf_checkpoint(prefix, variables, rename=rename, strip_prefix=strip_prefix, allow_partial=allow_partial)
-    arrays = read_checkpoint(path)
-    return select_weights(arrays, variables, rename=rename, strip_prefix=strip_prefix,
+    specs = _variable_specs(variables)
+    archive = _open_archive(path, _limit(max_bytes, limit_for(specs)))
+    return select_weights(archive, specs, rename=rename, strip_prefix=strip_prefix,
                           allow_partial=allow_partial, allow_unmatched=allow_unmatched,
                           source=f"checkpoint {os.fspath(path)!r}")
 
 
 # --------------------------------------------------------------------------- protocol: writer
-_STEP_RE = re.compile(r"^[A-Za-z0-9_.-]+$")
-
-
 def _fsync_dir(directory: Path) -> None:
     if os.name != "posix":  # directories cannot be opened for fsync on Windows
         return
@@ -386,8 +436,8 @@ def _check_weights(weights: Any) -> dict[str, np.ndarray]:
     out = {}
     problems = []
     for k, v in weights.items():
-        if not isinstance(k, str) or not k:
-            problems.append(f"name {k!r} is not a non-empty str")
+        if not isinstance(k, str) or not k or "\0" in k or len(k) > MAX_NAME_CHARS:
+            problems.append(f"name {k!r:.80} is not a non-empty str of at most {MAX_NAME_CHARS} characters without NUL")
             continue
         try:
             a = np.asarray(v)
@@ -397,10 +447,22 @@ def _check_weights(weights: Any) -> dict[str, np.ndarray]:
         if a.dtype.hasobject or a.dtype.kind not in "biufc":
             problems.append(f"{k!r} has dtype {a.dtype}, expected a numeric dtype")
             continue
-        out[k] = np.ascontiguousarray(a)
+        out[k] = a
     if problems:
-        raise TypeError("cannot write checkpoint: " + "; ".join(problems))
+        raise TypeError("cannot write checkpoint: " + "; ".join(problems[:_SHOWN]))
     return out
+
+
+def _write_npz(f: Any, arrays: Mapping[str, np.ndarray]) -> None:
+    """What ``numpy.savez`` writes, without its keyword arguments (names like 'file' or 'allow_pickle' are fine)."""
+    with zipfile.ZipFile(f, "w", zipfile.ZIP_STORED, allowZip64=True) as zf:
+        for name, a in arrays.items():
+            with zf.open(name + ".npy", "w", force_zip64=True) as member:
+                np.lib.format.write_array(member, np.asanyarray(a), allow_pickle=False)
+
+
+def _write_error(e: OSError, step: int, path: Path) -> OSError:
+    return type(e)(e.errno, f"cannot write checkpoint step {step}: {path.name} in {str(path.parent)!r}: {e.strerror or e}")
 
 
 def write_checkpoint(
@@ -411,58 +473,107 @@ def write_checkpoint(
     format: str = "npz",
     prefix: str = "step",
     keep: int | None = None,
+    run: str | None = None,
+    grace: float = DEBRIS_GRACE_SECONDS,
 ) -> CheckpointInfo:
     """Commit ``weights`` as checkpoint ``step`` in ``directory`` (the protocol in the module docstring).
 
-    Writes ``<prefix>-<step:08d>.<format>`` then its marker ``<prefix>-<step:08d>.ckpt.json``,
-    each via temp file + fsync + atomic rename.  ``format`` is "npz" or "safetensors".
-    ``keep``: afterwards delete all but the newest ``keep`` committed checkpoints
-    (marker first, so a reader never sees a marker without its data).  Raises
-    ValueError for a bad step/format/prefix or an already committed step.
+    Writes ``<prefix>-<step:08d>.<format>`` (``<prefix>-<run>-<step:08d>`` with a
+    ``run`` id) then its marker, each via temp file + fsync + atomic rename; files get
+    the mode the umask gives.  ``format`` is "npz" or "safetensors".  ``run``: the
+    trainer's run id (a restarted trainer passes a new one; see the watcher).
+    ``keep``: afterwards delete all but the newest ``keep`` commits of this ``prefix``
+    by commit time (marker first, so a reader never sees a marker without its data;
+    the checkpoint just written is never deleted) and crash debris older than
+    ``grace`` seconds (:func:`clean_checkpoints`).  Raises ValueError for a bad
+    step/format/prefix/run or an already committed step; OSError naming the step and
+    file when writing fails (nothing of this checkpoint is left behind).
     """
-    if isinstance(step, bool) or not isinstance(step, (int, np.integer)) or step < 0:
-        raise ValueError(f"step must be a non-negative int, got {step!r}")
+    if isinstance(step, bool) or not isinstance(step, (int, np.integer)) or not 0 <= step <= MAX_STEP:
+        raise ValueError(f"step must be a non-negative int, got {step!r:.60} (at most 2**63-1)")
     step = int(step)
     if format not in ("npz", "safetensors"):
         raise ValueError(f"format must be 'npz' or 'safetensors', got {format!r}")
-    if not isinstance(prefix, str) or not _STEP_RE.match(prefix) or prefix.startswith("."):
-        raise ValueError(f"prefix must be letters, digits, '_', '-', '.' and not start with '.', got {prefix!r}")
+    if not isinstance(prefix, str) or not _PREFIX_RE.match(prefix) or prefix.startswith(".") or len(prefix) > 128:
+        raise ValueError(f"prefix must be letters, digits, '_', '-', '.' (at most 128) and not start with '.', got {prefix!r}")
     if keep is not None and (isinstance(keep, bool) or not isinstance(keep, int) or keep < 1):
         raise ValueError(f"keep must be None or an int >= 1, got {keep!r}")
+    if run is not None and (not isinstance(run, str) or not _RUN_RE.match(run)):
+        raise ValueError(f"run must be None or 1-128 letters, digits, '_', '-', '.' not starting with '.', got {run!r:.60}")
+    if isinstance(grace, bool) or not isinstance(grace, (int, float)) or not grace >= 0:
+        raise ValueError(f"grace must be a non-negative number of seconds, got {grace!r}")
     arrays = _check_weights(weights)
     d = Path(directory)
     if not d.is_dir():
         raise FileNotFoundError(f"checkpoint directory {str(d)!r} does not exist")
-    base = f"{prefix}-{step:08d}"
+    base = f"{prefix}-{step:08d}" if run is None else f"{prefix}-{run}-{step:08d}"
     data_path = d / f"{base}.{format}"
     marker_path = d / f"{base}{MARKER_SUFFIX}"
     if marker_path.exists():
         raise ValueError(f"checkpoint step {step} is already committed in {str(d)!r} ({marker_path.name}); steps must be new")
 
-    if format == "npz":
-        write_atomic(data_path, lambda f: np.savez(f, **arrays))
-    else:
-        st = _safetensors_numpy()
-        blob = st.save(arrays)
-        write_atomic(data_path, lambda f: f.write(blob))
-    digest, nbytes = _sha256(data_path)
-    info = CheckpointInfo(step, data_path, marker_path, digest, nbytes, tuple(arrays), time.time())
-    marker = {
-        "format": CHECKPOINT_FORMAT, "version": CHECKPOINT_VERSION, "step": step, "file": data_path.name,
-        "bytes": nbytes, "sha256": digest, "variables": list(arrays), "created": info.created,
-    }
-    text = (json.dumps(marker, indent=1) + "\n").encode()
-    write_atomic(marker_path, lambda f: f.write(text))  # the commit point
-    _fsync_dir(d)
+    try:
+        if format == "npz":
+            write_atomic(data_path, lambda f: _write_npz(f, arrays))
+        else:
+            st = _safetensors_numpy()
+            blob = st.save({k: np.ascontiguousarray(a) for k, a in arrays.items()})
+            write_atomic(data_path, lambda f: f.write(blob))
+            del blob
+    except OSError as e:
+        raise _write_error(e, step, data_path) from e
+    try:
+        digest, nbytes = _sha256(data_path)
+        info = CheckpointInfo(step, data_path, marker_path, digest, nbytes, tuple(arrays), time.time(), run or "")
+        marker: dict[str, Any] = {
+            "format": CHECKPOINT_FORMAT, "version": CHECKPOINT_VERSION, "step": step, "file": data_path.name,
+            "bytes": nbytes, "sha256": digest, "variables": list(arrays), "created": info.created,
+        }
+        if run is not None:
+            marker["run"] = run
+        text = (json.dumps(marker, indent=1) + "\n").encode()
+        write_atomic(marker_path, lambda f: f.write(text))  # the commit point
+        _fsync_dir(d)
+    except BaseException as e:
+        try:
+            data_path.unlink()  # leave nothing visible of a checkpoint that did not commit
+        except OSError:
+            pass
+        if isinstance(e, OSError):
+            raise _write_error(e, step, marker_path) from e
+        raise
     log.debug("committed checkpoint step %d: %s (%d bytes)", step, data_path.name, nbytes)
     if keep is not None:
-        for old in list_checkpoints(d)[:-keep]:
-            for p in (old.marker, old.path):
-                try:
-                    p.unlink()
-                except FileNotFoundError:
-                    pass
+        good, _ = _scan(d)
+        others = [c for c in good if c.marker.name != marker_path.name and c.marker.name.startswith(prefix + "-")]
+        others.sort(key=lambda c: (c.created, c.step, c.marker.name), reverse=True)
+        still = {c.path.name for c in others[: keep - 1]} | {data_path.name}
+        for old in others[keep - 1:]:
+            _unlink(old.marker)
+            if old.path.name not in still:
+                _unlink(old.path)
+        clean_checkpoints(d, grace=grace, _markers=good)
     return info
+
+
+def _unlink(p: Path) -> bool:
+    try:
+        p.unlink()
+        return True
+    except FileNotFoundError:
+        return False
+
+
+def _safetensors_numpy() -> Any:
+    try:
+        from safetensors import numpy as st_numpy
+    except ImportError:
+        raise ImportError(
+            "writing .safetensors checkpoints needs the safetensors package: "
+            "pip install 'acl-bundle[safetensors]' from a checkout of this repository "
+            "(or pip install safetensors)"
+        ) from None
+    return st_numpy
 
 
 def _sha256(path: Path) -> tuple[str, int]:
@@ -475,91 +586,190 @@ def _sha256(path: Path) -> tuple[str, int]:
     return h.hexdigest(), n
 
 
+def clean_checkpoints(
+    directory: str | os.PathLike[str],
+    *,
+    grace: float = DEBRIS_GRACE_SECONDS,
+    _markers: list[CheckpointInfo] | None = None,
+) -> list[str]:
+    """Remove crash debris older than ``grace`` seconds; return the names removed.
+
+    Debris: the writer's hidden temp files (``.<name>.<tag>.tmp``) and data files
+    (``*.npz``, ``*.safetensors``) that no marker names.  Anything younger than
+    ``grace`` (by mtime) is left alone: a live writer may still be writing it, and a
+    data file whose marker is being written right now is protected by that marker's
+    temp file.  Only regular files are removed; symlinks and other names are never
+    touched.
+    """
+    if isinstance(grace, bool) or not isinstance(grace, (int, float)) or not grace >= 0:
+        raise ValueError(f"grace must be a non-negative number of seconds, got {grace!r}")
+    d = Path(directory)
+    good = _scan(d)[0] if _markers is None else _markers
+    referenced = {c.path.name for c in good}
+    now = time.time()
+    entries = []
+    with os.scandir(d) as it:
+        for e in it:
+            entries.append(e)
+    names = {e.name for e in entries}
+    committing = set()
+    for e in entries:
+        m = _TEMP_RE.match(e.name)
+        if m and m.group("final").endswith(MARKER_SUFFIX):
+            committing.add(m.group("final")[: -len(MARKER_SUFFIX)])
+    removed = []
+    for e in entries:
+        try:
+            st = e.stat(follow_symlinks=False)
+        except OSError:
+            continue
+        if not stat.S_ISREG(st.st_mode) or now - st.st_mtime <= grace:
+            continue
+        name = e.name
+        if _TEMP_RE.match(name):
+            debris = True
+        elif not name.startswith(".") and name.endswith(SUFFIXES):
+            stem = name[: name.rindex(".")]
+            debris = (f"{stem}{MARKER_SUFFIX}" not in names and name not in referenced and stem not in committing)
+        else:
+            debris = False
+        if debris:
+            try:
+                os.unlink(d / name)
+                removed.append(name)
+            except FileNotFoundError:
+                pass
+            except OSError as err:
+                log.warning("cannot remove checkpoint debris %s in %s: %s", name, d, err.strerror or err)
+    if removed:
+        log.info("removed %d crash debris file(s) older than %.0f s from %s: %s", len(removed), grace, d, _shown(removed))
+    return removed
+
+
 # --------------------------------------------------------------------------- protocol: reader
 def read_marker(marker: str | os.PathLike[str]) -> CheckpointInfo:
-    """Parse a ``*.ckpt.json`` marker; CheckpointError naming the file and the problem if malformed."""
+    """Parse a ``*.ckpt.json`` marker; CheckpointError naming the file and the problem if malformed.
+
+    The marker must be a regular file (not a symlink) of at most ``MAX_MARKER_BYTES``;
+    FileNotFoundError if it is gone.
+    """
     p = Path(marker)
     where = f"checkpoint marker {str(p)!r}"
-    try:
-        data = json.loads(p.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise CheckpointError(f"{where} is not readable JSON: {e}") from None
+    raw, st = read_regular(p, where, limit=MAX_MARKER_BYTES)
+    data = load_json(raw, where)
     if not isinstance(data, dict) or data.get("format") != CHECKPOINT_FORMAT:
         raise CheckpointError(f"{where}: 'format' must be {CHECKPOINT_FORMAT!r}")
     if data.get("version") != CHECKPOINT_VERSION:
-        raise CheckpointError(f"{where}: 'version' must be {CHECKPOINT_VERSION}, got {data.get('version')!r}")
+        raise CheckpointError(f"{where}: 'version' must be {CHECKPOINT_VERSION}, got {data.get('version')!r:.40}")
     step, file, digest, nbytes, names = (data.get(k) for k in ("step", "file", "sha256", "bytes", "variables"))
+    run, created = data.get("run", ""), data.get("created")
     problems = []
-    if isinstance(step, bool) or not isinstance(step, int) or step < 0:
-        problems.append(f"'step' must be a non-negative int, got {step!r}")
-    if not isinstance(file, str) or not file or "/" in file or "\\" in file or file.startswith("."):
-        problems.append(f"'file' must be a plain file name in the same directory, got {file!r}")
+    if isinstance(step, bool) or not isinstance(step, int) or not 0 <= step <= MAX_STEP:
+        problems.append(f"'step' must be a non-negative int, got {step!r:.40} (at most 2**63-1)")
+    if (not isinstance(file, str) or not file or len(file) > 255 or any(c in file for c in "/\\\0")
+            or file.startswith(".") or not file.lower().endswith(SUFFIXES)):
+        problems.append(f"'file' must be a plain file name in the same directory, ending .npz or .safetensors, got {file!r:.80}")
     if not isinstance(digest, str) or not re.fullmatch(r"[0-9a-f]{64}", digest):
         problems.append("'sha256' must be 64 lowercase hex digits")
-    if isinstance(nbytes, bool) or not isinstance(nbytes, int) or nbytes < 0:
-        problems.append(f"'bytes' must be a non-negative int, got {nbytes!r}")
-    if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
-        problems.append("'variables' must be a list of names")
+    if isinstance(nbytes, bool) or not isinstance(nbytes, int) or not 0 <= nbytes <= MAX_STEP:
+        problems.append(f"'bytes' must be a non-negative int, got {nbytes!r:.40}")
+    if (not isinstance(names, list) or not all(isinstance(n, str) and 0 < len(n) <= MAX_NAME_CHARS for n in names)
+            or len(set(names)) != len(names)):
+        problems.append("'variables' must be a list of distinct, non-empty names")
+    if not isinstance(run, str) or (run and not _RUN_RE.match(run)):
+        problems.append(f"'run' must be 1-128 letters, digits, '_', '-', '.', got {run!r:.40}")
+    if created is None:
+        created = st.st_mtime  # hand-written markers: the commit time is the file's
+    elif (isinstance(created, bool) or not isinstance(created, (int, float)) or not math.isfinite(created)
+          or created < 0 or created > time.time() + MAX_FUTURE_SECONDS):
+        problems.append(f"'created' must be a time in seconds no later than a day from now, got {created!r:.40}")
     if problems:
         raise CheckpointError(f"{where}: " + "; ".join(problems))
-    created = data.get("created")
-    return CheckpointInfo(step, p.parent / file, p, digest, nbytes, tuple(names),
-                          float(created) if isinstance(created, (int, float)) else 0.0)
+    return CheckpointInfo(step, p.parent / file, p, digest, nbytes, tuple(names), float(created), run)  # type: ignore[arg-type]
+
+
+def _marker_names(directory: Path) -> list[str]:
+    """Marker names in ``directory``, found by name only (no stat per entry)."""
+    with os.scandir(directory) as it:
+        return [e.name for e in it if e.name.endswith(MARKER_SUFFIX) and not e.name.startswith(".")]
+
+
+def _scan(directory: Path) -> tuple[list[CheckpointInfo], list[tuple[str, str]]]:
+    """(valid markers, [(name, problem)]) without logging."""
+    good, bad = [], []
+    for name in _marker_names(directory):
+        try:
+            good.append(read_marker(directory / name))
+        except FileNotFoundError:
+            continue  # deleted meanwhile
+        except CheckpointError as e:
+            bad.append((name, str(e)))
+    return good, bad
+
+
+_warned: OrderedDict[tuple[str, str], None] = OrderedDict()
+_warned_lock = threading.Lock()
+
+
+def warn_bad_markers(directory: Path, bad: list[tuple[str, str]], *, shown: int = 5, remember: int = 4096) -> None:
+    """Log each bad marker once per process (at most ``shown`` lines per call, then a count)."""
+    new = []
+    with _warned_lock:
+        for name, why in bad:
+            key = (str(directory / name), why)
+            if key in _warned:
+                _warned.move_to_end(key)
+                continue
+            _warned[key] = None
+            if len(_warned) > remember:
+                _warned.popitem(last=False)
+            new.append(why)
+    for why in new[:shown]:
+        log.warning("skipping %s", why)
+    if len(new) > shown:
+        log.warning("skipping %d more malformed checkpoint markers in %s", len(new) - shown, directory)
 
 
 def list_checkpoints(directory: str | os.PathLike[str]) -> list[CheckpointInfo]:
     """Return the committed checkpoints of ``directory`` with a valid marker, oldest step first.
 
-    Malformed markers are skipped with a warning; data files without a marker are not listed.
+    Malformed markers are skipped with one warning each per process; data files
+    without a marker are not listed.
     """
-    out = []
-    for m in Path(directory).glob(f"*{MARKER_SUFFIX}"):
-        if m.name.startswith("."):
-            continue
-        try:
-            out.append(read_marker(m))
-        except FileNotFoundError:
-            continue  # deleted meanwhile
-        except CheckpointError as e:
-            log.warning("%s", e)
-    return sorted(out, key=lambda c: (c.step, c.marker.name))
+    d = Path(directory)
+    good, bad = _scan(d)
+    warn_bad_markers(d, bad)
+    return sorted(good, key=lambda c: (c.step, c.marker.name))
 
 
-def verify_checkpoint(info: CheckpointInfo) -> dict[str, np.ndarray]:
-    """Read ``info``'s data file, check size, SHA-256 and names against the marker; return its arrays."""
-    try:
-        data = info.path.read_bytes()
-    except FileNotFoundError:
-        raise CheckpointError(f"checkpoint step {info.step}: data file {str(info.path)!r} named by its marker is missing") from None
-    if len(data) != info.nbytes:
-        raise CheckpointError(
-            f"checkpoint step {info.step}: {str(info.path)!r} has {len(data)} bytes, its marker says {info.nbytes} "
-            "(truncated or still being written?)"
-        )
-    digest = hashlib.sha256(data).hexdigest()
-    if digest != info.sha256:
-        raise CheckpointError(f"checkpoint step {info.step}: {str(info.path)!r} fails its SHA-256 check (corrupt or changed after commit)")
-    # Parse the bytes just verified, not the file again (it could change in between).
-    import io
+def verify_checkpoint(
+    info: CheckpointInfo,
+    *,
+    max_bytes: int | None = None,
+    lazy: bool = False,
+    stop: Callable[[], bool] | None = None,
+) -> Mapping[str, np.ndarray]:
+    """Read ``info``'s data file, check size, SHA-256 and names against the marker; return its arrays.
 
-    if info.path.suffix.lower() == ".npz":
-        try:
-            with np.load(io.BytesIO(data), allow_pickle=False) as z:
-                arrays = {n: z[n] for n in z.files}
-        except Exception as e:
-            raise CheckpointError(f"checkpoint step {info.step}: {str(info.path)!r} is not a valid .npz file: {e}") from None
-    elif info.path.suffix.lower() == ".safetensors":
-        st = _safetensors_numpy()
-        try:
-            arrays = dict(st.load(data))
-        except Exception as e:
-            raise CheckpointError(f"checkpoint step {info.step}: {str(info.path)!r} is not a valid .safetensors file: {e}") from None
-    else:
+    The size is checked (against the marker and ``max_bytes``, default
+    ``DEFAULT_MAX_BYTES``) before the file is read into one buffer.  ``lazy=True``
+    returns a mapping whose arrays are read on access (headers already checked; see
+    :func:`select_weights`), else a dict of every array.  ``stop()`` abandons a long
+    read.  Every problem is a CheckpointError naming the step and the file.
+    """
+    where = f"checkpoint step {info.step}: {str(info.path)!r}"
+    limit = _limit(max_bytes, DEFAULT_MAX_BYTES)
+    suffix = info.path.suffix.lower()
+    if suffix not in SUFFIXES:
         raise CheckpointError(f"checkpoint step {info.step}: data file {info.path.name!r} has suffix "
                               f"{info.path.suffix!r}; expected one of {list(SUFFIXES)}")
-    if sorted(arrays) != sorted(info.variables):
-        raise CheckpointError(f"checkpoint step {info.step}: {str(info.path)!r} holds {sorted(arrays)}, "
-                              f"its marker lists {sorted(info.variables)}")
-    return arrays
+    try:
+        buf, _ = read_regular(info.path, where, limit=limit, expect=info.nbytes, stop=stop)
+    except FileNotFoundError:
+        raise CheckpointError(f"checkpoint step {info.step}: data file {str(info.path)!r} named by its marker is missing") from None
+    if hashlib.sha256(buf).hexdigest() != info.sha256:
+        raise CheckpointError(f"{where} fails its SHA-256 check (corrupt or changed after commit)")
+    archive = Archive(buf, suffix, where, limit=limit)  # the bytes just verified, not the file again
+    if sorted(archive) != sorted(info.variables):
+        raise CheckpointError(f"{where} holds {_shown(sorted(archive))}, its marker lists {_shown(sorted(info.variables))}")
+    return archive if lazy else archive.arrays()
