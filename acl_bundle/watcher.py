@@ -12,29 +12,32 @@ being written has no marker yet and is invisible.  Rules the watcher keeps:
 
 * it applies the **newest** committed step above the last applied one, as **one**
   ``model.update`` (steps in between are skipped, not replayed);
-* it never applies a step at or below the last applied one, whatever the file times say;
-* a corrupt, truncated or mismatched checkpoint is logged (warning) and skipped; the
-  model keeps the last good weights, the next-newest good step above the applied
-  one is tried instead, and that file is not retried until its marker or data file
-  changes (size or mtime);
-* ``stop()`` wakes the thread at once and returns when it has ended (after an update
-  in progress, if any).
+* it never applies a step at or below the last applied one of the same run, whatever
+  the file times say; a step at or below it committed later is logged (WARNING, once
+  per marker).  A restarted trainer either writes a new ``run`` id (a new run
+  committed after the applied checkpoint starts a new sequence) or the watcher is
+  told ``allow_step_reset=True`` (then the most recent commit wins, whatever its step);
+* before anything is applied the weights pass ``check`` (default
+  :func:`acl_bundle.checks.finite`: NaN/inf weights from a diverged trainer are
+  refused; ``check=None`` turns it off);
+* no entry can stop it: a malformed marker, a data file that is corrupt, truncated,
+  mismatched, unreadable, a directory, a FIFO, a symlink, too large, or refused by the
+  check, is logged once (WARNING, naming the file and the reason) and skipped; the
+  model keeps the last good weights, the next-newest good step is tried instead, and
+  that entry is retried only when it changes (inode, size, mtime, mode or owner);
+* a poll costs O(markers): the directory is listed by name (``os.scandir``), only
+  ``*.ckpt.json`` names are stat-ed, parsed markers are cached by their stat;
+* ``stop()`` wakes the thread at once and returns when it has ended (a long read is
+  abandoned; an update in progress finishes).
 
-A directory written by an unchanged TensorFlow trainer (``tf.compat.v1.train.Saver``,
-``tf.train.CheckpointManager``) is watched the same way under TensorFlow's protocol:
-the commit point is TF's ``checkpoint`` state file (:mod:`acl_bundle.tf_checkpoint`),
-the step is the number in the checkpoint's name, and a checkpoint failing TF's CRC32C
-checks is skipped like a corrupt one of ours.  ``protocol="auto"`` (the default) picks
-the protocol by what the directory holds (a ``checkpoint`` state file: TF; ``*.ckpt.json``
-markers: ours; both: an error, choose one).
-
-Change notification uses watchdog (optional extra ``acl-bundle[watch]``) when it is
-installed; polling every ``poll_interval`` seconds always runs as the fallback.
+Change notification uses watchdog (optional extra ``watch``) when it is installed;
+polling every ``poll_interval`` seconds always runs as the fallback.
 """
 from __future__ import annotations
 
-import inspect
+import collections
 import logging
+import math
 import os
 import threading
 import time
@@ -43,26 +46,37 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from . import checks as _checks
+from ._archive import stat_key
 from ._errors import ModelClosedError
-from .checkpoint import MARKER_SUFFIX, CheckpointError, CheckpointInfo, Rename, read_marker, select_weights, verify_checkpoint
-from .tf_checkpoint import detect_protocol, list_tf_checkpoints, load_tf_checkpoint, require_tensorflow
-
-PROTOCOLS = ("auto", "acl_bundle", "tf")
+from .checkpoint import (
+    CheckpointError,
+    CheckpointInfo,
+    Rename,
+    _marker_names,
+    _variable_specs,
+    limit_for,
+    read_marker,
+    select_weights,
+    verify_checkpoint,
+)
 
 log = logging.getLogger("acl_bundle")
 
 __all__ = ["AppliedCheckpoint", "CheckpointWatcher"]
 
-_StatKey = tuple[Any, ...]
+_Key = tuple[Any, ...]
+_DEFAULT: Any = object()  # check= not given: the finiteness check
+_SHOWN = 5  # bad entries logged one by one per poll; the rest as a count
 
 
 @dataclass(frozen=True)
 class AppliedCheckpoint:
     """One checkpoint the watcher applied.
 
-    ``read_seconds``: read + verify + map names; ``update_seconds``: the ``model.update``
-    call; ``lag_seconds``: from the marker's mtime (commit) to the update's end.  For a
-    TensorFlow checkpoint ``path`` is its prefix and the marker its ``.index`` file.
+    ``read_seconds``: read + verify + map names + check; ``update_seconds``: the
+    ``model.update`` call; ``lag_seconds``: from the marker's mtime (commit) to the
+    update's end.
     """
 
     step: int
@@ -72,25 +86,15 @@ class AppliedCheckpoint:
     read_seconds: float
     update_seconds: float
     lag_seconds: float
+    run: str = ""
+    created: float = 0.0
 
 
-def _takes_step(update: Callable[..., Any]) -> bool:
+def _lstat_key(p: Path) -> _Key | None:
     try:
-        params = inspect.signature(update).parameters
-    except (TypeError, ValueError):
-        return False
-    return "step" in params or any(p.kind is p.VAR_KEYWORD for p in params.values())
-
-
-def _stat_key(*paths: Path) -> _StatKey:
-    key: list[Any] = []
-    for p in paths:
-        try:
-            st = p.stat()
-            key.append((st.st_mtime_ns, st.st_size, st.st_ino))
-        except OSError:
-            key.append(None)
-    return tuple(key)
+        return stat_key(os.lstat(p))
+    except OSError:
+        return None
 
 
 class CheckpointWatcher:
@@ -104,19 +108,24 @@ class CheckpointWatcher:
 
     Parameters
     ----------
-    model: anything with ``.variables`` and ``.update(mapping) -> version``; when its ``update``
-        takes ``step=`` (BundleModel, a fleet) it is given the checkpoint's step
+    model: anything with ``.variables`` and ``.update(mapping) -> version``
         (a :class:`~acl_bundle.BundleModel`).
     directory: the checkpoint directory (must exist).
-    poll_interval: seconds between directory scans (also the fallback when watchdog
-        notifications are missed).
+    poll_interval: seconds between directory scans (finite, > 0; also the fallback
+        when watchdog notifications are missed).
     rename, strip_prefix, allow_partial, allow_unmatched: name mapping, as in
         :func:`acl_bundle.checkpoint.load_checkpoint`.
     start_after: only apply steps above this one (None: apply the newest present at start).
     use_watchdog: True = require watchdog, False = poll only, None = use it if installed.
     on_apply: called in the watcher thread with each :class:`AppliedCheckpoint`.
-    protocol: "auto" (by what the directory holds), "acl_bundle" (``*.ckpt.json`` markers)
-        or "tf" (TensorFlow's ``checkpoint`` state file; needs ``acl-bundle[tf]``).
+    check: ``check(weights)`` run on every checkpoint's weights before it is applied;
+        raising (or returning False) refuses it (see :mod:`acl_bundle.checks`).
+        Default: :func:`acl_bundle.checks.finite`; None: no check.
+    max_bytes: the largest data file accepted (default: twice the model's variable
+        bytes + 64 MiB).
+    allow_step_reset: True = the most recently committed checkpoint wins even with a
+        lower step (for trainers that restart from step 0 without a run id).
+    history_size: how many :class:`AppliedCheckpoint` records :attr:`history` keeps.
     """
 
     def __init__(
@@ -132,51 +141,64 @@ class CheckpointWatcher:
         start_after: int | None = None,
         use_watchdog: bool | None = None,
         on_apply: Callable[[AppliedCheckpoint], None] | None = None,
-        protocol: str = "auto",
+        check: _checks.Check | None = _DEFAULT,
+        max_bytes: int | None = None,
+        allow_step_reset: bool = False,
+        history_size: int = 100,
     ) -> None:
         if not hasattr(model, "update") or not hasattr(model, "variables"):
             raise TypeError(f"model must have .update() and .variables (a BundleModel), got {type(model).__name__}")
         d = Path(directory)
         if not d.is_dir():
             raise FileNotFoundError(f"checkpoint directory {str(d)!r} does not exist or is not a directory")
-        if isinstance(poll_interval, bool) or not isinstance(poll_interval, (int, float)) or not poll_interval > 0:
-            raise ValueError(f"poll_interval must be a positive number of seconds, got {poll_interval!r}")
+        if (isinstance(poll_interval, bool) or not isinstance(poll_interval, (int, float))
+                or not math.isfinite(poll_interval) or not poll_interval > 0):
+            raise ValueError(f"poll_interval must be a positive number of seconds, got {poll_interval!r} (finite and > 0)")
         if start_after is not None and (isinstance(start_after, bool) or not isinstance(start_after, int)):
             raise TypeError(f"start_after must be an int step or None, got {start_after!r}")
-        if protocol not in PROTOCOLS:
-            raise ValueError(f"protocol must be one of {list(PROTOCOLS)}, got {protocol!r}")
-        self._protocol = detect_protocol(d) if protocol == "auto" else protocol
-        if self._protocol == "tf":
-            require_tensorflow()  # ImportError naming the extra, now rather than in the thread
+        if check is _DEFAULT:
+            check = _checks.finite
+        if check is not None and not callable(check):
+            raise TypeError(f"check must be a callable(weights) or None, got {type(check).__name__}")
+        if on_apply is not None and not callable(on_apply):
+            raise TypeError(f"on_apply must be a callable or None, got {type(on_apply).__name__}")
+        if max_bytes is not None and (isinstance(max_bytes, bool) or not isinstance(max_bytes, int) or max_bytes < 1):
+            raise ValueError(f"max_bytes must be a positive int or None, got {max_bytes!r}")
+        if isinstance(history_size, bool) or not isinstance(history_size, int) or history_size < 0:
+            raise ValueError(f"history_size must be a non-negative int, got {history_size!r}")
+        if not isinstance(allow_step_reset, bool):
+            raise TypeError(f"allow_step_reset must be a bool, got {allow_step_reset!r}")
         self._model = model
-        self._pass_step = _takes_step(model.update)
         self._dir = d
         self._interval = float(poll_interval)
+        self._specs = _variable_specs(model.variables)
         self._names = dict(rename=rename, strip_prefix=strip_prefix,
                            allow_partial=allow_partial, allow_unmatched=allow_unmatched)
         self._on_apply = on_apply
+        self._check = check
+        self._max_bytes = max_bytes if max_bytes is not None else limit_for(self._specs)
+        self._allow_reset = allow_step_reset
         self._watchdog = self._want_watchdog(use_watchdog)
 
+        self._start_after = start_after
+        self._served: CheckpointInfo | None = None  # the checkpoint whose weights are served
         self._applied_step: int | None = start_after
         self._applied = 0
         self._skipped = 0
+        self._refused = 0
         self._last: AppliedCheckpoint | None = None
-        self._history: list[AppliedCheckpoint] = []
-        self._markers: dict[str, tuple[_StatKey, CheckpointInfo | None]] = {}  # parsed marker cache
-        self._bad: dict[str, _StatKey] = {}  # marker name -> (marker, data) stat key when it failed
-        self._told_old: set[str] = set()
-        self._protocol_problem = ""
+        self._history: collections.deque[AppliedCheckpoint] = collections.deque(maxlen=history_size)
+        self._markers: dict[str, tuple[_Key, CheckpointInfo | None]] = {}  # parsed marker cache by lstat
+        self._bad: dict[str, tuple[_Key, _Key | None]] = {}  # marker name -> (marker, data) keys when it failed
+        self._told: set[str] = set()  # markers already reported as ignored
+        self._list_error: str | None = None
+        self._loop_error: str | None = None
         self._poll_lock = threading.Lock()
         self._cond = threading.Condition()
         self._stop = threading.Event()
         self._wake = threading.Event()
         self._thread: threading.Thread | None = None
         self._observer: Any = None
-
-    @property
-    def protocol(self) -> str | None:
-        """The protocol in use: "acl_bundle", "tf", or None while an "auto" directory is still empty."""
-        return self._protocol
 
     @staticmethod
     def _want_watchdog(use: bool | None) -> bool:
@@ -186,7 +208,8 @@ class CheckpointWatcher:
             import watchdog.observers  # noqa: F401
         except ImportError:
             if use:
-                raise ImportError("use_watchdog=True needs the watchdog package: pip install 'acl-bundle[watch]'") from None
+                raise ImportError("use_watchdog=True needs the watchdog package: install acl_bundle with the 'watch' "
+                                  "extra from a checkout (pip install -e '.[watch]') or pip install watchdog") from None
             return False
         return True
 
@@ -195,6 +218,11 @@ class CheckpointWatcher:
     def applied_step(self) -> int | None:
         """The step of the weights now served (``start_after`` until something is applied)."""
         return self._applied_step
+
+    @property
+    def applied_run(self) -> str | None:
+        """The run id of the checkpoint now served ("" for markers without one; None before the first)."""
+        return self._served.run if self._served else None
 
     @property
     def applied_version(self) -> int | None:
@@ -208,8 +236,13 @@ class CheckpointWatcher:
 
     @property
     def skipped(self) -> int:
-        """How many bad checkpoints (corrupt, half-written, mismatched, malformed marker) were skipped."""
+        """How many bad entries (corrupt, half-written, mismatched, malformed, refused by the check) were skipped."""
         return self._skipped
+
+    @property
+    def refused(self) -> int:
+        """How many of the skipped checkpoints the check refused."""
+        return self._refused
 
     @property
     def last(self) -> AppliedCheckpoint | None:
@@ -217,7 +250,7 @@ class CheckpointWatcher:
 
     @property
     def history(self) -> list[AppliedCheckpoint]:
-        """Every applied checkpoint, oldest first (a copy)."""
+        """The last ``history_size`` applied checkpoints, oldest first (a copy)."""
         with self._cond:
             return list(self._history)
 
@@ -257,6 +290,8 @@ class CheckpointWatcher:
                 log.warning("checkpoint watcher thread did not end within %s s", timeout)
         if obs is not None:
             obs.join(timeout)
+        with self._cond:
+            self._cond.notify_all()
 
     def __enter__(self) -> CheckpointWatcher:
         return self.start()
@@ -285,67 +320,69 @@ class CheckpointWatcher:
             self._wake.clear()
             try:
                 self.poll()
+                self._loop_error = None
             except ModelClosedError:
                 log.warning("checkpoint watcher on %s stops: the model was closed", self._dir)
                 break
-            except Exception:  # never let the thread die on a surprise; the model keeps its weights
-                log.exception("checkpoint watcher on %s: unexpected error (keeps watching)", self._dir)
+            except Exception as e:  # never let the thread die on a surprise; the model keeps its weights
+                what = f"{type(e).__name__}: {e}"
+                if what != self._loop_error:  # a traceback once, not every poll
+                    self._loop_error = what
+                    log.exception("checkpoint watcher on %s: unexpected error (keeps watching)", self._dir)
             self._wake.wait(self._interval)
         with self._cond:
             self._cond.notify_all()
 
     # ------------------------------------------------------------------ work
-    def wait_for_step(self, step: int, timeout: float | None = None) -> bool:
-        """Block until a step >= ``step`` is applied; False on timeout or if the watcher stopped."""
+    def wait_for_step(self, step: int, timeout: float | None = None, *, run: str | None = None) -> bool:
+        """Block until a step >= ``step`` (of ``run``, if given) is applied; False on timeout or if the watcher stopped."""
         deadline = None if timeout is None else time.monotonic() + timeout
         with self._cond:
-            while self._applied_step is None or self._applied_step < step:
+            while (self._applied_step is None or self._applied_step < step
+                   or (run is not None and self.applied_run != run)):
                 if self._stop.is_set() and not self.running:
                     return False
                 left = None if deadline is None else deadline - time.monotonic()
                 if left is not None and left <= 0:
                     return False
-                self._cond.wait(left if left is not None else 0.5)
+                self._cond.wait(min(left, 0.5) if left is not None else 0.5)
             return True
 
     def poll(self) -> AppliedCheckpoint | None:
         """Scan once and apply the newest good checkpoint above the applied step; return what was applied."""
         with self._poll_lock:
             for info in self._candidates():
+                if self._stop.is_set() and self.running:
+                    return None
                 applied = self._try(info)
                 if applied is not None:
                     return applied
             return None
 
-    def _candidates(self) -> list[CheckpointInfo]:
-        """Committed, not-known-bad checkpoints above the applied step, newest first."""
-        if self._protocol is None:
-            try:
-                protocol = detect_protocol(self._dir)
-                if protocol == "tf":
-                    require_tensorflow()
-            except (CheckpointError, ImportError) as e:
-                if str(e) != self._protocol_problem:  # once, not every poll
-                    self._protocol_problem = str(e)
-                    log.warning("checkpoint watcher on %s: %s", self._dir, e)
-                return []
-            self._protocol = protocol
-        if self._protocol == "tf":
-            return self._tf_candidates()
-        found = []
+    def _scan(self) -> list[CheckpointInfo]:
+        """Every valid committed marker (cached by lstat); bad ones logged once."""
         try:
-            markers = [p for p in self._dir.iterdir() if p.name.endswith(MARKER_SUFFIX) and not p.name.startswith(".")]
+            names = _marker_names(self._dir)
         except OSError as e:
-            log.warning("cannot list checkpoint directory %s: %s", self._dir, e)
+            why = e.strerror or str(e)
+            if why != self._list_error:
+                self._list_error = why
+                log.warning("cannot list checkpoint directory %s: %s (keeps the weights of step %s and retries)",
+                            self._dir, why, self._applied_step)
             return []
-        live = {p.name for p in markers}
+        self._list_error = None
+        live = set(names)
         for cache in (self._markers, self._bad):
-            for name in list(cache):
-                if name not in live:
-                    del cache[name]
-        for p in markers:
-            key = _stat_key(p)
-            cached = self._markers.get(p.name)
+            for name in [n for n in cache if n not in live]:
+                del cache[name]
+        self._told &= live
+        infos, bad = [], []
+        for name in names:
+            p = self._dir / name
+            key = _lstat_key(p)
+            if key is None:
+                continue  # deleted meanwhile
+            cached = self._markers.get(name)
             if cached is not None and cached[0] == key:
                 info = cached[1]
             else:
@@ -353,80 +390,104 @@ class CheckpointWatcher:
                     info = read_marker(p)
                 except FileNotFoundError:
                     continue
-                except CheckpointError as e:
+                except Exception as e:  # CheckpointError, or anything else: one bad entry never stops the scan
                     info = None
-                    self._mark_bad(p.name, key, f"{e}")
-                self._markers[p.name] = (key, info)
-            if info is None:
+                    bad.append(f"{e}" if isinstance(e, CheckpointError) else f"{name}: {type(e).__name__}: {e}")
+                self._markers[name] = (key, info)
+            if info is not None:
+                infos.append(info)
+        self._skipped += len(bad)
+        for why in bad[:_SHOWN]:
+            log.warning("skipping %s; keeping the weights of step %s", why, self._applied_step)
+        if len(bad) > _SHOWN:
+            log.warning("skipping %d more malformed checkpoint markers in %s", len(bad) - _SHOWN, self._dir)
+        return infos
+
+    def _acceptable(self, info: CheckpointInfo) -> bool:
+        served = self._served
+        if served is None:
+            return self._start_after is None or info.step > self._start_after
+        if self._allow_reset:
+            return info.created > served.created
+        if info.run == served.run:
+            return info.step > served.step
+        return info.created > served.created  # another run committed later: a new sequence
+
+    def _candidates(self) -> list[CheckpointInfo]:
+        """Acceptable, not-known-bad checkpoints, best first."""
+        found = []
+        served = self._served
+        for info in self._scan():
+            name = info.marker.name
+            if not self._acceptable(info):
+                if (served is not None and name not in self._told and info.created > served.created
+                        and info.run == served.run):
+                    self._told.add(name)
+                    log.warning("ignoring checkpoint step %d (%s in %s), committed after the applied step %d: steps "
+                                "must increase (a restarted trainer? write with a new run id, or pass "
+                                "allow_step_reset=True)", info.step, name, self._dir, served.step)
                 continue
-            if self._applied_step is not None and info.step <= self._applied_step:
-                if p.name not in self._told_old:
-                    self._told_old.add(p.name)
-                    if info.step < self._applied_step:
-                        log.info("ignoring checkpoint step %d (%s): step %d is already applied",
-                                 info.step, p.name, self._applied_step)
-                continue
-            bad = self._bad.get(p.name)
-            if bad is not None and bad == _stat_key(p, info.path):
-                continue  # same bad file as before: do not retry or re-log
+            bad = self._bad.get(name)
+            if bad is not None and bad == (self._markers[name][0], _lstat_key(info.path)):
+                continue  # the same bad entry as before: do not retry or re-log
             found.append(info)
-        found.sort(key=lambda c: (c.step, c.marker.name), reverse=True)
+        if self._allow_reset:
+            found.sort(key=lambda c: (c.created, c.step, c.marker.name), reverse=True)
+        else:  # the run committed most recently first; within a run, the highest step
+            rank: dict[str, float] = {}
+            for c in found:
+                rank[c.run] = max(rank.get(c.run, -math.inf), c.created)
+            found.sort(key=lambda c: (rank[c.run], c.step, c.marker.name), reverse=True)
         return found
 
-    def _tf_candidates(self) -> list[CheckpointInfo]:
-        """The checkpoints TF's state file names (complete on disk), above the applied step, not known bad."""
-        try:
-            infos = list_tf_checkpoints(self._dir)
-        except CheckpointError as e:  # a malformed state file: keep serving, look again next time
-            log.warning("checkpoint watcher on %s: %s; keeping the weights of step %s", self._dir, e, self._applied_step)
-            return []
-        live = {i.marker.name for i in infos}
-        for name in [n for n in self._bad if n not in live]:
-            del self._bad[name]
-        return [i for i in infos if (self._applied_step is None or i.step > self._applied_step)
-                and self._bad.get(i.marker.name) != _stat_key(i.marker, i.path)]
-
-    def _mark_bad(self, name: str, key: _StatKey, why: str) -> None:
-        self._bad[name] = key
+    def _mark_bad(self, info: CheckpointInfo, why: str) -> None:
+        name = info.marker.name
+        self._bad[name] = (self._markers[name][0] if name in self._markers else None, _lstat_key(info.path))  # type: ignore[assignment]
         self._skipped += 1
         log.warning("skipping checkpoint %s in %s: %s; keeping the weights of step %s",
                     name, self._dir, why, self._applied_step)
 
     def _try(self, info: CheckpointInfo) -> AppliedCheckpoint | None:
-        key = _stat_key(info.marker, info.path)
         t0 = time.perf_counter()
         try:
-            if self._protocol == "tf":
-                weights = load_tf_checkpoint(info.path, self._model.variables, **self._names)  # type: ignore[arg-type]
-            else:
-                arrays = verify_checkpoint(info)
-                weights = select_weights(arrays, self._model.variables, source=f"checkpoint step {info.step} ({info.path.name})",
-                                         **self._names)  # type: ignore[arg-type]
-        except (CheckpointError, FileNotFoundError) as e:
-            self._mark_bad(info.marker.name, key, str(e))
+            arrays = verify_checkpoint(info, max_bytes=self._max_bytes, lazy=True, stop=self._stop.is_set)
+            weights = select_weights(arrays, self._specs, source=f"checkpoint step {info.step} ({info.path.name})",
+                                     **self._names)  # type: ignore[arg-type]
+            _checks.run_check(self._check, weights)
+        except _checks.WeightsRefused as e:
+            self._refused += 1
+            self._mark_bad(info, f"refused: {e}")
+            return None
+        except Exception as e:  # any per-entry failure (CheckpointError, OSError, a surprise): skip this entry
+            if self._stop.is_set():
+                return None  # abandoned because we are stopping: not the file's fault
+            self._mark_bad(info, str(e) if isinstance(e, CheckpointError) else f"{type(e).__name__}: {e}")
             return None
         t1 = time.perf_counter()
         try:
-            version = int(self._model.update(weights, step=info.step) if self._pass_step else self._model.update(weights))
+            version = int(self._model.update(weights))
         except ModelClosedError:
             raise
         except Exception as e:  # a mismatched checkpoint, or the device refused: keep the last good weights
-            self._mark_bad(info.marker.name, key, f"model.update failed: {type(e).__name__}: {e}")
+            self._mark_bad(info, f"model.update failed: {type(e).__name__}: {e}")
             return None
+        finally:
+            del arrays
         t2 = time.perf_counter()
-        try:
-            lag = max(0.0, time.time() - info.marker.stat().st_mtime)
-        except OSError:
-            lag = float("nan")
-        applied = AppliedCheckpoint(info.step, version, info.path, len(weights), t1 - t0, t2 - t1, lag)
+        key = self._markers.get(info.marker.name, (None,))[0]
+        lag = max(0.0, time.time() - key[3] / 1e9) if key else float("nan")
+        applied = AppliedCheckpoint(info.step, version, info.path, len(weights), t1 - t0, t2 - t1, lag,
+                                    info.run, info.created)
         with self._cond:
+            self._served = info
             self._applied_step = info.step
             self._applied += 1
             self._last = applied
             self._history.append(applied)
             self._cond.notify_all()
-        log.info("applied checkpoint step %d (%s) as version %d: %d variables, read %.1f ms, update %.1f ms",
-                 info.step, info.path.name, version, len(weights), 1e3 * (t1 - t0), 1e3 * (t2 - t1))
+        log.info("applied checkpoint step %d%s (%s) as version %d: %d variables, read %.1f ms, update %.1f ms",
+                 info.step, f" of run {info.run}" if info.run else "", info.path.name, version, len(weights),
+                 1e3 * (t1 - t0), 1e3 * (t2 - t1))
         if self._on_apply is not None:
             try:
                 self._on_apply(applied)
@@ -436,4 +497,5 @@ class CheckpointWatcher:
 
     def __repr__(self) -> str:
         state = "running" if self.running else "stopped"
-        return f"<CheckpointWatcher {str(self._dir)!r} {state} step={self._applied_step} applied={self._applied} skipped={self._skipped}>"
+        return (f"<CheckpointWatcher {str(self._dir)!r} {state} step={self._applied_step} applied={self._applied} "
+                f"skipped={self._skipped}>")
