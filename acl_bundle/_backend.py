@@ -17,7 +17,7 @@ from types import ModuleType
 from typing import Any
 
 from ._constants import CODES
-from ._errors import AclError, BackendNotFoundError, check, recent_error
+from ._errors import AclError, BackendNotFoundError, check, extra_hint, recent_error
 
 log = logging.getLogger("acl_bundle")
 
@@ -25,21 +25,49 @@ REPEAT_INITIALIZE = CODES["ACL_ERROR_REPEAT_INITIALIZE"]  # acl.init when ACL is
 
 
 def resolve_acl(acl: Any = None) -> Any:
-    """Return ``acl`` if given, else pyACL, else the simulator when ``ACL_BUNDLE_BACKEND=sim``."""
+    """Return the ``acl`` module to use.
+
+    An explicit ``acl`` wins.  Otherwise ``ACL_BUNDLE_BACKEND`` decides: ``sim`` = the
+    simulator, even where a module named ``acl`` imports; ``pyacl`` = pyACL or
+    :class:`BackendNotFoundError`, never the simulator; unset = pyACL, else the error
+    (it says how to get either).  The error carries the ``ImportError`` of
+    ``import acl`` (a missing ``libascendcl.so`` usually means the CANN ``set_env.sh``
+    was not sourced).
+    """
     if acl is not None:
         return acl
+    choice = os.environ.get("ACL_BUNDLE_BACKEND", "").strip().lower()
+    if choice not in ("", "sim", "pyacl"):
+        raise BackendNotFoundError(
+            f"ACL_BUNDLE_BACKEND={os.environ['ACL_BUNDLE_BACKEND']!r:.40} is not a backend; use 'pyacl', 'sim' or leave it unset"
+        )
+    if choice == "sim":
+        try:
+            sim: ModuleType = importlib.import_module("acl_bundle.sim")
+        except ImportError as e:
+            raise BackendNotFoundError(
+                f"ACL_BUNDLE_BACKEND=sim but the simulator cannot be imported ({type(e).__name__}: {e}); "
+                f"{extra_hint('sim')}"
+            ) from e
+        return sim.acl
     try:
         return importlib.import_module("acl")
-    except ImportError:
-        pass
-    if os.environ.get("ACL_BUNDLE_BACKEND", "").lower() == "sim":
-        sim: ModuleType = importlib.import_module("acl_bundle.sim")
-        return sim.acl
-    raise BackendNotFoundError(
-        "pyACL ('import acl', from the Ascend CANN toolkit) was not found. "
-        "To run on the simulator instead, pip install 'acl-bundle[sim]' and set "
-        "ACL_BUNDLE_BACKEND=sim, or pass acl=acl_bundle.sim.acl."
-    )
+    except ImportError as e:
+        cause = f"{type(e).__name__}: {e}"
+        hint = ""
+        if not isinstance(e, ModuleNotFoundError) or getattr(e, "name", None) != "acl":
+            hint = (" The module was found but failed to load: on an Ascend host source the CANN environment "
+                    "first (e.g. 'source /usr/local/Ascend/ascend-toolkit/set_env.sh') so that libascendcl.so "
+                    "and its Python bindings are found.")
+        if choice == "pyacl":
+            raise BackendNotFoundError(
+                f"ACL_BUNDLE_BACKEND=pyacl but 'import acl' failed ({cause}).{hint}"
+            ) from e
+        raise BackendNotFoundError(
+            f"pyACL ('import acl', from the Ascend CANN toolkit) was not found ({cause}).{hint} "
+            f"To run on the simulator instead, {extra_hint('sim')}, and set ACL_BUNDLE_BACKEND=sim "
+            "or pass acl=acl_bundle.sim.acl."
+        ) from e
 
 
 class _Process:

@@ -56,6 +56,11 @@ def null_handle(acl: Any, func: str) -> AclError:
     return AclError(func, NULL_HANDLE, "returned a NULL handle" + (f": {detail}" if detail else ""))
 
 
+def extra_hint(extra: str) -> str:
+    """How to get an optional extra: acl_bundle is installed from its repository (it is not on PyPI)."""
+    return f"install acl_bundle with its '{extra}' extra from a checkout of the repository: pip install -e '.[{extra}]'"
+
+
 def recent_error(acl: Any) -> str:
     """Return ``acl.get_recent_err_msg()`` or ``""`` if the runtime has none."""
     get = getattr(acl, "get_recent_err_msg", None)

@@ -51,7 +51,7 @@ def load_manifest(source: Mapping | str | os.PathLike[str]) -> dict[str, Any]:
         m: Any = dict(source)
     else:
         p = Path(source)
-        if not p.name.endswith(".json"):
+        if p.suffix.lower() == ".om":  # the bundle's path: its manifest beside it; any other path is read as given
             p = manifest_path(p)
         try:
             text = p.read_text(encoding="utf-8")

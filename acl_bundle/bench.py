@@ -900,8 +900,12 @@ def write_plot(results: dict[str, Any], path: str | os.PathLike[str]) -> None:
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
     except ImportError:
-        raise ValueError("--plot needs matplotlib: pip install 'acl-bundle[plot]'") from None
-    rows = [r for r in results["rows"] if r["op"] in ("<=", ">=")]
+        from ._errors import extra_hint
+
+        raise ValueError(f"--plot needs matplotlib: {extra_hint('plot')}") from None
+    rows = [r for r in results["rows"] if r["op"] in ("<=", ">=") and r["ratio"] > 0]
+    if not rows:
+        raise ValueError("nothing to plot: no scenario run has a ratio goal (scenario 6 only counts calls)")
     fig, ax = plt.subplots(figsize=(9, 0.45 * len(rows) + 1.5))
     ys = range(len(rows))
     colors = ["tab:green" if r["pass"] else "tab:red" for r in rows]

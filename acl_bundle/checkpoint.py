@@ -568,11 +568,9 @@ def _safetensors_numpy() -> Any:
     try:
         from safetensors import numpy as st_numpy
     except ImportError:
-        raise ImportError(
-            "writing .safetensors checkpoints needs the safetensors package: "
-            "pip install 'acl-bundle[safetensors]' from a checkout of this repository "
-            "(or pip install safetensors)"
-        ) from None
+        from ._errors import extra_hint
+
+        raise ImportError(f"writing .safetensors checkpoints needs the safetensors package: {extra_hint('safetensors')}") from None
     return st_numpy
 
 

@@ -9,11 +9,16 @@ Heavy imports (onnx, onnxruntime) happen inside handlers so ``--help`` stays fas
 from __future__ import annotations
 
 import argparse
+import logging
+import os
 import sys
 from typing import Any, Callable, NoReturn, Sequence
 
 PROG = "acl-bundle"
 EXIT_USAGE = 2
+EXIT_INTERNAL = 1
+MAX_GEARS = 100  # ATC --dynamic_batch_size: "档位数取值范围为(1,100]" (ATC parameter reference, --dynamic_batch_size)
+MAX_BATCH = 1 << 16  # ATC recommends gear values in [1, 2048]; beyond this the buffers are absurd
 
 
 class UsageError(Exception):
@@ -41,6 +46,37 @@ def _int_list(text: str, option: str) -> list[int]:
     if any(v <= 0 for v in values):
         raise UsageError(f"{option} must be comma-separated positive integers, got {text!r}")
     return values
+
+
+def _batch_sizes(text: str) -> list[int]:
+    values = _int_list(text, "--batch-sizes")
+    if len(values) > MAX_GEARS:
+        raise UsageError(f"--batch-sizes lists {len(values)} batch sizes; ATC allows at most {MAX_GEARS}")
+    big = [v for v in values if v > MAX_BATCH]
+    if big:
+        raise UsageError(f"--batch-sizes {big[0]} is too large: at most {MAX_BATCH} (ATC recommends 1-2048)")
+    return values
+
+
+def _plot_path(text: str, default_name: str) -> str:
+    """--plot PNG or --plot DIR (then DIR/default_name); the directory must exist before a long run starts."""
+    from pathlib import Path
+
+    p = Path(text)
+    if p.is_dir():
+        p = p / default_name
+    elif not p.suffix:
+        p = p.with_suffix(".png")
+    if not p.parent.is_dir():
+        raise UsageError(f"--plot {text}: directory {p.parent} does not exist")
+    return str(p)
+
+
+def _plot_path_parent(text: str, option: str) -> None:
+    from pathlib import Path
+
+    if not Path(text).parent.is_dir():
+        raise UsageError(f"{option} {text}: directory {Path(text).parent} does not exist")
 
 
 def _name_list(text: str, option: str) -> list[str]:
@@ -159,26 +195,42 @@ def _cmd_build(args: argparse.Namespace) -> int:
         raise UsageError(f"output {out} would overwrite the input model")
     if out.is_dir():
         raise UsageError(f"output {out} is a directory")
-    batch_sizes = _int_list(args.batch_sizes, "--batch-sizes") if args.batch_sizes is not None else None
+    if not out.parent.is_dir():
+        raise UsageError(f"output directory {out.parent} does not exist")
+    batch_sizes = _batch_sizes(args.batch_sizes) if args.batch_sizes is not None else None
     hw = builder.parse_gears(args.dynamic_image_size, "--dynamic-image-size", width=2) if args.dynamic_image_size is not None else None
     dims = builder.parse_gears(args.dynamic_dims, "--dynamic-dims") if args.dynamic_dims is not None else None
     dynamic = {"batch_sizes": batch_sizes, "dynamic_image_size": hw, "dynamic_dims": dims}
-    if tf_model:
-        if hw is not None or dims is not None:
-            raise UsageError("--dynamic-image-size and --dynamic-dims apply to ONNX models; give a TensorFlow model "
-                             "--batch-sizes or static shapes (--inputs x:0[1,8])")
-        mf = _build_tf(args, src, batch_sizes)
-    elif len(srcs) > 1:
-        if args.plain or args.variables is not None or args.no_init or any(v is not None for v in dynamic.values()):
-            raise UsageError("several models make a bundle of plain static graphs: no --plain, --variables, --no-init or dynamic shapes")
-        mf = builder.build_plain_bundle(srcs)
-    elif args.plain:
-        if args.variables is not None or args.no_init:
-            raise UsageError("--plain takes no --variables or --no-init (a plain model has no variables)")
-        mf = builder.build_plain(src, **dynamic)
-    else:
-        variables = _name_list(args.variables, "--variables") if args.variables is not None else None
-        mf = builder.build_bundle(src, variables=variables, init=not args.no_init, **dynamic)
+    try:
+        if tf_model:
+            if hw is not None or dims is not None:
+                raise UsageError("--dynamic-image-size and --dynamic-dims apply to ONNX models; give a TensorFlow model "
+                                 "--batch-sizes or static shapes (--inputs x:0[1,8])")
+            mf = _build_tf(args, src, batch_sizes)
+        elif len(srcs) > 1:
+            if args.plain or args.variables is not None or args.no_init or any(v is not None for v in dynamic.values()):
+                raise UsageError("several models make a bundle of plain static graphs: no --plain, --variables, --no-init or dynamic shapes")
+            mf = builder.build_plain_bundle(srcs)
+        elif args.plain:
+            if args.variables is not None or args.no_init:
+                raise UsageError("--plain takes no --variables or --no-init (a plain model has no variables)")
+            mf = builder.build_plain(src, **dynamic)
+        else:
+            variables = _name_list(args.variables, "--variables") if args.variables is not None else None
+            mf = builder.build_bundle(src, variables=variables, init=not args.no_init, **dynamic)
+    except Exception as e:
+        if type(e).__module__.split(".")[0] in ("onnx", "onnxruntime", "tensorflow", "tf2onnx"):  # e.g. missing external data
+            raise UsageError(f"cannot build from {src}: {e}") from None
+        raise
+    if mf.batch_sizes:
+        from .sim._state import Config
+
+        budget = Config().device_memory
+        big = max(mf.batch_sizes)
+        need = sum(t.nbytes(big) for t in (*mf.graphs[0].inputs, *mf.graphs[0].outputs))
+        if need > budget:
+            raise UsageError(f"--batch-sizes: batch {big} needs {need:,} bytes of input and output buffers per call, "
+                             f"more than the simulator's {budget:,} bytes of device memory")
     om_path, man_path = builder.save(mf, out)
     size = om_path.stat().st_size
     graphs = "/".join(g.role for g in mf.graphs)
@@ -228,6 +280,40 @@ def _add_inspect(sub: Any) -> None:
     p.set_defaults(func=_cmd_inspect)
 
 
+def _is_sim_file(path: Any) -> bool:
+    from .sim.format import MAGIC
+
+    try:
+        with open(path, "rb") as f:
+            return f.read(len(MAGIC)) == MAGIC
+    except OSError:
+        return False
+
+
+def _inspect_backend(path: Any, force_sim: bool) -> tuple[Any, str]:
+    """The simulator for --sim or a simulator file (unless ACL_BUNDLE_BACKEND=pyacl); else the resolver's choice.
+
+    A device .om never falls back to the simulator: without pyACL it is an error.
+    """
+    from . import _backend
+    from ._errors import BackendNotFoundError
+
+    choice = os.environ.get("ACL_BUNDLE_BACKEND", "").strip().lower()
+    if force_sim or (_is_sim_file(path) and choice != "pyacl"):
+        from . import sim
+
+        return sim.acl, "simulator"
+    try:
+        acl = _backend.resolve_acl()
+    except BackendNotFoundError as e:
+        why = ("is a simulator bundle but ACL_BUNDLE_BACKEND=pyacl forbids the simulator" if _is_sim_file(path)
+               else "is not a simulator bundle, so it needs pyACL")
+        raise UsageError(f"{path} {why}: {e}") from None
+    from . import sim as _sim
+
+    return acl, "simulator" if acl is _sim.acl else "pyACL"
+
+
 def _fmt_shape(shape: Any) -> str:
     if shape is None:
         return "?"
@@ -235,7 +321,6 @@ def _fmt_shape(shape: Any) -> str:
 
 
 def _cmd_inspect(args: argparse.Namespace) -> int:
-    import importlib
     import json
     from pathlib import Path
 
@@ -251,21 +336,17 @@ def _cmd_inspect(args: argparse.Namespace) -> int:
         raise UsageError(f"no such manifest file: {args.manifest}")
     if args.device < 0:
         raise UsageError(f"--device must be >= 0, got {args.device}")
-    acl, backend = None, "pyACL"
-    if not args.sim:
-        try:
-            acl = importlib.import_module("acl")
-        except ImportError:
-            pass
-    if acl is None:
-        from . import sim
-
-        acl, backend = sim.acl, "simulator"
+    acl, backend = _inspect_backend(path, args.sim)
     manifest: Any = args.manifest
     try:
         model = BundleModel(path, acl=acl, run_init=False, manifest=manifest, device_id=args.device)
     except AclError as e:
-        raise UsageError(f"cannot load {path} as a bundle ({backend}): {e}") from None
+        hint = ""
+        if backend == "simulator" and not _is_sim_file(path):
+            hint = " (this is not a simulator file: a device .om needs pyACL on an Ascend host)"
+        elif backend == "pyACL" and _is_sim_file(path):
+            hint = " (this is a simulator file: pass --sim)"
+        raise UsageError(f"cannot load {path} as a bundle ({backend}): {e}{hint}") from None
     except ValueError as e:
         raise UsageError(f"{path}: {e}") from None
     with model:
@@ -343,7 +424,7 @@ frozen one after the drift.
 
 examples:
   acl-bundle demo
-  acl-bundle demo --plot demo.png          (needs matplotlib: pip install 'acl-bundle[plot]')
+  acl-bundle demo --plot demo.png          (needs matplotlib: pip install -e '.[plot]' in a checkout)
   acl-bundle demo --ticks 120 --seed 3 --fast
 """
 
@@ -373,7 +454,9 @@ def _cmd_demo(args: argparse.Namespace) -> int:
         raise UsageError(f"--ticks must be at least 20, got {args.ticks}")
     if args.checkpoint_every < 1:
         raise UsageError(f"--checkpoint-every must be >= 1, got {args.checkpoint_every}")
+    plot = None
     if args.plot is not None:
+        plot = _plot_path(args.plot, "acl-bundle-demo.png")
         try:
             demo._check_matplotlib()
         except ImportError as e:
@@ -384,7 +467,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
         pace=0.0 if args.fast else demo.DemoConfig.pace,
         print_every=max(1, args.ticks // 12),
     )
-    result = demo.run_demo(cfg, plot=args.plot, workdir=args.dir)
+    result = demo.run_demo(cfg, plot=plot, workdir=args.dir)
     if not result.live_after_drift > result.frozen_after_drift:
         print(f"{PROG}: demo: the live model did not beat the frozen one after the drift", file=sys.stderr)
         return 1
@@ -434,11 +517,19 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     only = _int_list(args.only, "--only") if args.only is not None else None
     if only is not None and any(n not in bench.SCENARIOS for n in only):
         raise UsageError(f"--only takes scenario numbers among {sorted(bench.SCENARIOS)}, got {args.only!r}")
+    plot = None
     if args.plot:
+        if only is not None and not set(only) - {6}:
+            raise UsageError("--plot draws the ratio goals of scenarios 1-5; scenario 6 only counts calls (add one of 1-5 to --only)")
+        plot = _plot_path(args.plot, "acl-bundle-bench.png")
         try:
             import matplotlib  # noqa: F401
         except ImportError:
-            raise UsageError("--plot needs matplotlib: pip install 'acl-bundle[plot]'") from None
+            from ._errors import extra_hint
+
+            raise UsageError(f"--plot needs matplotlib: {extra_hint('plot')}") from None
+    if args.json:
+        _plot_path_parent(args.json, "--json")
     tty = sys.stderr.isatty()
     t0 = time.perf_counter()
 
@@ -459,9 +550,9 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     if args.json:
         bench.write_json(results, args.json)
         print(f"wrote {args.json}")
-    if args.plot:
-        bench.write_plot(results, args.plot)
-        print(f"wrote {args.plot}")
+    if plot:
+        bench.write_plot(results, plot)
+        print(f"wrote {plot}")
     return 0
 
 
@@ -588,16 +679,62 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """Run the command line; return the exit code (0 ok, 2 user error)."""
+class _WarningLine(logging.Handler):
+    """The library's WARNING records (it only logs) as ``acl-bundle: warning: ...`` lines on stderr."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            print(f"{PROG}: warning: {_one_line(record.getMessage())}", file=sys.stderr)
+        except Exception:  # a broken stderr must not turn a warning into a crash
+            pass
+
+
+def _quiet_stdout() -> None:
+    """After EPIPE (``acl-bundle inspect | head``): point stdout at /dev/null so the exit flush is silent."""
     try:
-        args = build_parser().parse_args(argv)
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    except (OSError, ValueError, AttributeError):  # no real stdout (tests capture it)
+        pass
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line; return the exit code (0 ok, 1 internal error, 2 user error).
+
+    Tracebacks are shown only with ``ACL_BUNDLE_DEBUG=1``.
+    """
+    from . import __version__
+
+    lib_log = logging.getLogger("acl_bundle")
+    handler = _WarningLine(logging.WARNING)
+    lib_log.addHandler(handler)
+    try:
+        parser = build_parser()
+        parser.add_argument("--version", action="version", version=f"{PROG} {__version__}")
+        args = parser.parse_args(argv)
         return int(args.func(args))
     except SystemExit as e:  # --help / --version
         return e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
-    except (UsageError, ValueError, OSError) as e:
+    except BrokenPipeError:  # the reader went away (| head): nothing to report
+        _quiet_stdout()
+        return 141  # as if killed by SIGPIPE, like other command-line tools
+    except KeyboardInterrupt:
+        print(f"{PROG}: interrupted", file=sys.stderr)
+        return 130
+    except (UsageError, ValueError, OSError, ImportError) as e:
+        if os.environ.get("ACL_BUNDLE_DEBUG"):
+            raise
         print(f"{PROG}: error: {_one_line(str(e))}", file=sys.stderr)
         return EXIT_USAGE
+    except Exception as e:
+        if os.environ.get("ACL_BUNDLE_DEBUG"):
+            raise
+        print(f"{PROG}: error: unexpected {type(e).__name__}: {_one_line(str(e))} "
+              "(set ACL_BUNDLE_DEBUG=1 for the traceback)", file=sys.stderr)
+        return EXIT_INTERNAL
+    finally:
+        lib_log.removeHandler(handler)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -227,7 +227,9 @@ def _check_matplotlib() -> None:
     try:
         import matplotlib  # noqa: F401
     except ImportError:
-        raise ImportError("--plot needs matplotlib: pip install 'acl-bundle[plot]'") from None
+        from ._errors import extra_hint
+
+        raise ImportError(f"--plot needs matplotlib: {extra_hint('plot')}") from None
 
 
 def run_demo(

@@ -208,8 +208,9 @@ class CheckpointWatcher:
             import watchdog.observers  # noqa: F401
         except ImportError:
             if use:
-                raise ImportError("use_watchdog=True needs the watchdog package: install acl_bundle with the 'watch' "
-                                  "extra from a checkout (pip install -e '.[watch]') or pip install watchdog") from None
+                from ._errors import extra_hint
+
+                raise ImportError(f"use_watchdog=True needs the watchdog package: {extra_hint('watch')}") from None
             return False
         return True
 

@@ -1,6 +1,6 @@
 """A faithful pyACL simulator: ``from acl_bundle.sim import acl`` or ``sim.install()`` then ``import acl``.
 
-Models run on onnxruntime (optional extra ``acl-bundle[sim]``, imported lazily at load).
+Models run on onnxruntime (optional extra ``sim``: ``pip install -e '.[sim]'`` in a checkout; imported lazily at load).
 See :mod:`acl_bundle.sim._module` for the table of error codes, their sources and our choices.
 """
 from __future__ import annotations

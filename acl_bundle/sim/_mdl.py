@@ -101,7 +101,7 @@ def _ort() -> Any:
     try:
         import onnxruntime  # noqa: PLC0415
     except ImportError:
-        log.error("acl_bundle.sim needs onnxruntime to load models: pip install 'acl-bundle[sim]'")
+        log.error("acl_bundle.sim needs onnxruntime to load models: pip install -e '.[sim]' in a checkout of acl_bundle")
         return None
     return onnxruntime
 
@@ -170,7 +170,7 @@ def _sessions(name: str, mf: ModelFile) -> tuple[dict[int, Any] | None, int]:
         if ort is None:
             ort = _ort()
             if ort is None:
-                return None, set_err(S.E_LOAD, f"{name}: onnxruntime is not installed (pip install 'acl-bundle[sim]')")
+                return None, set_err(S.E_LOAD, f"{name}: onnxruntime is not installed (pip install -e '.[sim]' in a checkout of acl_bundle)")
         extra = [v.name for v in mf.variables] if g.role == "infer" else []
         sess, why = _session(ort, g, extra)
         if sess is None:

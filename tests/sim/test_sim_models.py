@@ -268,7 +268,7 @@ def test_load_without_onnxruntime(rig, mlp_plain, monkeypatch):
     ppath, _ = mlp_plain()
     monkeypatch.setitem(sys.modules, "onnxruntime", None)
     assert acl.mdl.load_from_file(str(ppath)) == (0, 545001)
-    assert "acl-bundle[sim]" in acl.get_recent_err_msg()
+    assert "pip install -e '.[sim]'" in acl.get_recent_err_msg()
 
 
 def test_load_from_mem(rig, mlp_plain, mlp_bundle):
