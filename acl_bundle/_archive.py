@@ -211,9 +211,9 @@ class Archive(Mapping[str, np.ndarray]):
     """The arrays of an ``.npz``/``.safetensors`` buffer, by name; headers parsed now, data on access.
 
     ``members[name]`` describes an array without reading it; ``archive[name]``
-    materialises it (a view of the buffer when the file stores it raw).  ``limit``
-    bounds the bytes any one array may declare and the total of arrays that need new
-    memory (compressed members).
+    materialises it (a view of the buffer when the file stores it raw).  Stored data
+    is bounded by the buffer; ``limit`` bounds the total bytes inflated from
+    compressed members (checked before each is inflated).
     """
 
     def __init__(self, buf: bytearray, kind: str, what: str, *, limit: int) -> None:
@@ -250,11 +250,7 @@ class Archive(Mapping[str, np.ndarray]):
         count = 1
         for d in shape:
             count *= d  # Python ints: no overflow
-        nbytes = count * dtype.itemsize
-        if nbytes > self._limit:
-            raise CheckpointError(f"{where} declares {count} elements of {dtype} ({nbytes} bytes), "
-                               f"more than the limit of {self._limit} bytes (max_bytes=)")
-        return tuple(shape), nbytes
+        return tuple(shape), count * dtype.itemsize
 
     # ------------------------------------------------------------------ npz
     def _parse_npz(self) -> dict[str, Member]:
@@ -402,7 +398,8 @@ class Archive(Mapping[str, np.ndarray]):
             flat = np.frombuffer(self._buf, dtype=m.dtype, count=count, offset=m.offset)
             return flat.reshape(m.shape, order=order)
         if self._inflated + m.nbytes > self._limit:
-            raise CheckpointError(f"{where}: inflating it would exceed the limit of {self._limit} bytes (max_bytes=)")
+            raise CheckpointError(f"{where} declares {count} elements of {m.dtype} ({m.nbytes} bytes); inflating it "
+                                  f"would exceed the limit of {self._limit} bytes (max_bytes=)")
         self._inflated += m.nbytes
         out = np.empty(count, dtype=m.dtype)
         raw = out.view(np.uint8)
