@@ -7,7 +7,13 @@ descriptor it needs: the variable's full shape for a changed one, the empty
 descriptor (dims ``[0]``: leave this variable alone) for every other one.  Unchanged
 inputs point at one small shared device buffer, so the staging memory is the pool,
 not one buffer per variable.  Inference keeps running meanwhile.  *Commit* executes the update graph under the writer side
-of the gate — the only moment inference waits — and bumps the version.
+of the gate — the only moment inference waits — and bumps the version.  A *verify*
+step (the golden-input check) may run inside the commit, after the update graph and
+before any reader is admitted; if it refuses, the changed variables get their previous
+values back (a second run of the update graph) before the writer side is left, so no
+reader ever runs on refused weights.  If even that restore fails, the gate is shut:
+the model refuses every later call rather than serve the refused weights.  With the
+model's history on, each commit records a host copy of what it applied.
 """
 from __future__ import annotations
 
@@ -16,7 +22,7 @@ import threading
 import time
 import warnings
 import weakref
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from functools import partial
 from typing import Any
 
@@ -28,6 +34,7 @@ from ._context import ModelContext, restore_context
 from ._description import Description, check_array, tensor_info
 from ._errors import AclCleanupWarning, AclError, check, null_handle, recent_error, unwrap
 from ._gate import Gate
+from ._history import History
 
 log = logging.getLogger("acl_bundle")
 
@@ -84,6 +91,12 @@ class StagedUpdate:
     def __init__(self, updater: Updater, variables: int, nbytes: int, stage_seconds: float, step: int | None) -> None:
         self.variables, self.nbytes, self.stage_seconds, self.step = variables, nbytes, stage_seconds, step
         self.version: WeightVersion | None = None  # set by commit
+        # Set by the model before commit: the golden verify and the values that undo it,
+        # and what the history records (host copies of the applied arrays, their source).
+        self.verify: Callable[[], None] | None = None
+        self.undo: dict[int, np.ndarray] | None = None
+        self.kept: dict[int, np.ndarray] | None = None
+        self.source: str | None = None
         self._updater: Updater | None = updater
         self._release = weakref.finalize(self, updater.lock.release)  # abort on GC
 
@@ -179,7 +192,9 @@ class Updater:
         self._stats: dict[str, Any] = {
             "updates": 0, "failed_updates": 0, "update_bytes": 0,
             "stage_seconds": 0.0, "commit_seconds": 0.0, "last_update": None,
+            "refused_updates": 0, "rollbacks": 0,
         }
+        self.history = History(d.variables, 0, 0)  # off unless the model sets one
 
     @property
     def version(self) -> int:
@@ -207,6 +222,11 @@ class Updater:
     def _full_pool(self) -> int:
         return pool_bytes_for([v.nbytes for v in self._variables])
 
+    def count(self, key: str) -> None:
+        """Count a refused update or a rollback (stats keys ``refused_updates``, ``rollbacks``)."""
+        with self._stats_lock:
+            self._stats[key] += 1
+
     def stage(self, changed: dict[int, np.ndarray], step: int | None) -> StagedUpdate:
         """Phase 1: copy ``changed`` (validated arrays by variable index) to the device. Hold ``self.lock``."""
         t0 = time.perf_counter()
@@ -225,14 +245,20 @@ class Updater:
         """Phase 2: run the update graph as the gate's writer; the new weights and version go live together."""
         t1 = time.perf_counter()
         restore = 0
+        self._refused = False
         try:
             restore = self._ctx.enter()
-            version = self._commit(staged.step)
+            version = self._commit(staged.step, staged.verify, staged.undo)
         except BaseException:
-            self._failed()
+            if self._refused:
+                self.count("refused_updates")
+            else:
+                self._failed()
             raise
         finally:
             restore_context(self._ctx.acl, restore)
+        if staged.kept is not None:
+            self.history.record(int(version), staged.kept, staged.source, staged.step)
         t2 = time.perf_counter()
         with self._stats_lock:
             st = self._stats
@@ -275,7 +301,8 @@ class Updater:
                     acl.destroy_tensor_desc(td)  # the dataset keeps its own copy (reference §4)
         return nbytes
 
-    def _commit(self, step: int | None) -> WeightVersion:
+    def _commit(self, step: int | None, verify: Callable[[], None] | None = None,
+                undo: dict[int, np.ndarray] | None = None) -> WeightVersion:
         """Execute the update graph as the gate's writer: the only phase that excludes inference.
 
         The version is bumped *before* the graph runs (no reader can see it meanwhile) and
@@ -284,6 +311,7 @@ class Updater:
         then cannot leave applied weights under the old version.
         """
         acl = self._ctx.acl
+        refusal: BaseException | None = None
         self._gate.begin_write()
         try:
             before = self.current
@@ -291,9 +319,19 @@ class Updater:
             ret = acl.mdl.execute(self._model_id, self._in, self._out)
             if ret != 0:
                 self.current = before
+            elif verify is not None:
+                try:
+                    verify()  # the new weights are live on the device, but no reader is admitted
+                except BaseException as e:
+                    refusal = e
+                    self._refused = True
+                    self._undo(set(self._not_empty) - set(undo or {}), undo or {}, e)
+                    self.current = before
             version = self.current
         finally:
             self._gate.end_write()
+        if refusal is not None:
+            raise refusal
         if ret != 0:
             err = AclError("acl.mdl.execute", ret, recent_error(acl))
             if hasattr(err, "add_note"):
@@ -303,6 +341,22 @@ class Updater:
                 )
             raise err
         return version
+
+    def _undo(self, missing: set[int], previous: dict[int, np.ndarray], refusal: BaseException) -> None:
+        """Write the previous values back (writer side held); shut the gate if that fails."""
+        try:
+            if missing:
+                raise ValueError(f"no previous value for variable(s) {sorted(missing)}")
+            self._stage(previous)
+            check(self._ctx.acl, "acl.mdl.execute", self._ctx.acl.mdl.execute(self._model_id, self._in, self._out))
+            log.info("update refused inside the commit and undone (%d variable(s) restored): %s", len(previous), refusal)
+        except BaseException as e:
+            self._gate.shutdown(0)  # fail closed: no reader may run on the refused weights
+            log.error("update refused but its undo failed (%s); the model is closed so that nothing is served from "
+                      "the refused weights", e)
+            if hasattr(refusal, "add_note"):
+                refusal.add_note(f"undoing it failed ({e}); the model was closed so that no reader sees the refused "
+                                 "weights")
 
     def _attach(self, i: int, state: int, td: int) -> None:
         if self._attached[i] == state and state != _CUSTOM:

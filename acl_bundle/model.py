@@ -8,7 +8,8 @@ The façade over the pieces, each in a file named for it:
   checks of ``infer``/``update`` arguments against it;
 * :mod:`._buffers` — the release ledger and the per-batch infer slots;
 * :mod:`._updater` — the update graph's I/O, stage and commit, version; init at load;
-* :mod:`._gate` — admission: in-flight calls, phase-fair readers/writer, slots.
+* :mod:`._gate` — admission: in-flight calls, phase-fair readers/writer, slots;
+* :mod:`._history` — host copies of applied weights (opt-in), for undo and ``rollback``.
 
 Concurrency model (what runs at the same time and what is serialised):
 
@@ -52,14 +53,26 @@ from ._context import ModelContext, current_context, restore_context
 from ._description import Description, TensorInfo, Variable
 from ._errors import AclCleanupWarning, ModelClosedError, check, unwrap
 from ._gate import Gate
+from ._history import History, HistoryEntry
 from ._manifest import ManifestArg, ManifestVariable, manifest_path, read_manifest
 from ._updater import StagedUpdate, Updater, WeightVersion, run_init
+from .checks import Check, Golden, WeightsRefused, run_check, split_checks
 
 __all__ = ["BundleModel", "StagedUpdate", "TensorInfo", "Variable", "WeightVersion"]
 
 log = logging.getLogger("acl_bundle")
 
 EXIT_WAIT_SECONDS = 5.0
+DEFAULT_HISTORY_BYTES = 512 << 20
+Checks = "Check | Golden | Sequence[Check | Golden] | None"
+
+
+class UnknownPreviousError(ValueError):
+    """A golden-checked update changes a variable whose current value is not known on the host."""
+
+    def __init__(self, message: str, variables: list[str]) -> None:
+        super().__init__(message)
+        self.variables = variables
 
 
 class _Lifecycle:
@@ -148,6 +161,8 @@ class BundleModel:
         largest update: ``staging_bytes=max(v.nbytes for v in variables)`` for one at a
         time.  An update that does not fit raises ``StagingTooSmallError`` (a
         ``ValueError``) naming the sizes, before anything is copied.
+    history: keep host copies of the last ``history`` applied weight sets (0 = off), within
+        ``history_bytes``; needed by :meth:`rollback` and golden checks (see :mod:`._history`).
     """
 
     def __init__(
@@ -163,6 +178,8 @@ class BundleModel:
         max_concurrency: int = 2,
         pad_batch: bool = True,
         staging_bytes: int | None = None,
+        history: int = 0,
+        history_bytes: int = DEFAULT_HISTORY_BYTES,
     ) -> None:
         self._gate: Gate | None = None  # read by close(); set before anything can fail
         path = os.fspath(path)
@@ -174,6 +191,7 @@ class BundleModel:
         self._open(
             lambda acl: unwrap(acl, "acl.mdl.bundle_load_from_file", acl.mdl.bundle_load_from_file(path)),
             path, device_id, acl, run_init, init_inputs, manifest, roles, max_concurrency, pad_batch, staging_bytes,
+            history, history_bytes,
         )
 
     @classmethod
@@ -190,6 +208,8 @@ class BundleModel:
         max_concurrency: int = 2,
         pad_batch: bool = True,
         staging_bytes: int | None = None,
+        history: int = 0,
+        history_bytes: int = DEFAULT_HISTORY_BYTES,
     ) -> BundleModel:
         """Load a bundle from bytes in host memory (``acl.mdl.bundle_load_from_mem``)."""
         if not isinstance(data, bytes):
@@ -204,7 +224,7 @@ class BundleModel:
             return unwrap(acl, "acl.mdl.bundle_load_from_mem", acl.mdl.bundle_load_from_mem(ptr, len(data)))
 
         self._open(load, "<bytes>", device_id, acl, run_init, init_inputs, manifest or False, roles, max_concurrency,
-                   pad_batch, staging_bytes)
+                   pad_batch, staging_bytes, history, history_bytes)
         return self
 
     # ------------------------------------------------------------------ load
@@ -221,6 +241,8 @@ class BundleModel:
         max_concurrency: int,
         pad_batch: bool,
         staging_bytes: int | None,
+        history: int = 0,
+        history_bytes: int = 0,
     ) -> None:
         if not isinstance(pad_batch, bool):
             raise TypeError(f"pad_batch must be True or False, got {pad_batch!r}")
@@ -231,6 +253,10 @@ class BundleModel:
             raise ValueError(f"device_id must be a non-negative int, got {device_id!r}")
         if not isinstance(max_concurrency, int) or max_concurrency < 1:
             raise ValueError(f"max_concurrency must be an int >= 1, got {max_concurrency!r}")
+        for name, value in (("history", history), ("history_bytes", history_bytes)):
+            if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+                raise ValueError(f"{name} must be a non-negative int, got {value!r}")
+        self._history_args = (history, history_bytes)
         manifest_vars = None if manifest is False else read_manifest(manifest)  # type: ignore[arg-type]
         acl = _backend.resolve_acl(acl)
         self._acl = acl
@@ -298,6 +324,8 @@ class BundleModel:
         self.outputs = d.outputs  # image-size / dims models: dims that differ between gears are -1
         self._updater = Updater(ctx, ledger, d, descs[d.update], ids[d.update], self._gate,  # type: ignore[arg-type]
                                 staging_bytes)
+        self._updater.history = History(d.variables, *self._history_args)
+        self._golden_slots: dict[int, Slot] = {}  # one per batch size a golden check used; under the update lock
         if d.init is not None and run_init_graph:
             run_init(ctx, descs[d.init], ids[d.init], init_inputs)
         elif init_inputs is not None:
@@ -350,7 +378,14 @@ class BundleModel:
             gate.build_failed(batch)  # type: ignore[union-attr]
             raise
 
-    def update(self, weights: Mapping[int | str, np.ndarray], *, step: int | None = None) -> int:
+    def update(
+        self,
+        weights: Mapping[int | str, np.ndarray],
+        *,
+        step: int | None = None,
+        check: Checks = None,
+        source: str | None = None,
+    ) -> int:
         """Replace some variables; return the new version (a :class:`WeightVersion`, an ``int``).
 
         Keys are variable indexes or names; values are arrays of exactly the
@@ -359,6 +394,13 @@ class BundleModel:
         descriptor).  ``step`` is your identity for these weights (e.g. the trainer's
         global step), reported by ``infer(..., return_version=True)`` as ``version.step``
         and in ``stats``.  On any error the model keeps serving the previous weights.
+
+        ``check``: one check or a list (see :mod:`acl_bundle.checks`).  A weight check
+        sees ``{name: array}`` after validation, before anything is staged; a golden
+        check runs the new weights on its inputs inside the commit and undoes the update
+        if it refuses (needs ``history``).  A refused update raises
+        :class:`~acl_bundle.checks.WeightsRefused`, changes nothing and is counted in
+        ``stats["refused_updates"]``.  ``source`` labels the history entry.
         """
         gate = self._gate
         if gate.closed:  # type: ignore[union-attr]
@@ -366,11 +408,12 @@ class BundleModel:
         changed = self._desc.check_weights(weights)
         _check_step(step)
         self._updater.check_fits(changed)
+        plain, goldens = _checks_of(check, source)
         gate.enter()  # type: ignore[union-attr]
         try:
             self._updater.lock.acquire()
             try:
-                staged = self._updater.stage(changed, step)
+                staged = self._guarded_stage(changed, step, plain, goldens, source)
             except BaseException:
                 self._updater.lock.release()
                 raise
@@ -379,13 +422,14 @@ class BundleModel:
             gate.exit()  # type: ignore[union-attr]
 
     def stage(self, weights: Mapping[int | str, np.ndarray], *, step: int | None = None,
-              timeout: float | None = None) -> StagedUpdate:
+              timeout: float | None = None, check: Checks = None, source: str | None = None) -> StagedUpdate:
         """Phase 1 of an update: validate and copy to the device while inference goes on.
 
         Returns a :class:`StagedUpdate`; its ``commit()`` makes the weights live, its
         ``abort()`` (or leaving ``with``, or garbage collection) drops them.  One stage is
         open per model at a time: this waits for an open one to end, at most ``timeout``
-        seconds (None: no limit), then raises ``TimeoutError``.
+        seconds (None: no limit), then raises ``TimeoutError``.  ``check`` and
+        ``source`` as in :meth:`update` (weight checks run now, golden checks in commit).
         """
         gate = self._gate
         if gate.closed:  # type: ignore[union-attr]
@@ -393,6 +437,7 @@ class BundleModel:
         changed = self._desc.check_weights(weights)
         _check_step(step)
         self._updater.check_fits(changed)
+        plain, goldens = _checks_of(check, source)
         if timeout is not None and (not isinstance(timeout, (int, float)) or isinstance(timeout, bool) or timeout < 0):
             raise ValueError(f"timeout must be a number of seconds >= 0 or None, got {timeout!r}")
         gate.enter()  # type: ignore[union-attr]
@@ -401,12 +446,104 @@ class BundleModel:
             if not lock.acquire(timeout=-1 if timeout is None else timeout):
                 raise TimeoutError(f"{self!r}: another update is staged or committing; waited {timeout} s")
             try:
-                return self._updater.stage(changed, step)  # the StagedUpdate owns the lock now
+                return self._guarded_stage(changed, step, plain, goldens, source)  # the StagedUpdate owns the lock now
             except BaseException:
                 lock.release()
                 raise
         finally:
             gate.exit()  # type: ignore[union-attr]
+
+    def _guarded_stage(self, changed: dict[int, np.ndarray], step: int | None, plain: list[Check],
+                       goldens: list[Golden], source: str | None) -> StagedUpdate:
+        """Weight checks, then stage; arm the golden verify, its undo and the history copy. Update lock held."""
+        updater = self._updater
+        history = updater.history
+        if plain:
+            named = {self.variables[i].name: a for i, a in changed.items()}
+            try:
+                for c in plain:
+                    run_check(c, named)
+            except WeightsRefused as e:
+                updater.count("refused_updates")
+                log.info("update%s refused before staging: %s", f" from {source}" if source else "", e)
+                raise
+        verify = undo = None
+        if goldens:
+            if not history.enabled:
+                raise ValueError("a golden check needs the model's history to undo a refused update: "
+                                 "open the model with BundleModel(..., history=N)")
+            unknown = history.unknown(changed)
+            if unknown:
+                raise UnknownPreviousError(
+                    f"cannot guard this update with a golden check: the current value of {len(unknown)} variable(s) "
+                    f"{unknown[:10]} is not known on the host (no update has set it since load), so a refusal could "
+                    "not be undone; apply those variables once without the golden check first", unknown)
+            undo = history.current(changed)
+            verify = self._golden_verify(goldens)
+        kept = history.copy(changed) if history.enabled else None
+        staged = updater.stage(changed, step)
+        staged.verify, staged.undo, staged.kept, staged.source = verify, undo, kept, source
+        return staged
+
+    def _golden_verify(self, goldens: list[Golden]) -> Callable[[], None]:
+        """Check each golden input now and build its slot (outside the commit); return the in-commit verify."""
+        runs = []
+        for g in goldens:
+            given = g.inputs if isinstance(g.inputs, (tuple, list)) else (g.inputs,)
+            arrays, batch = self._desc.check_inputs(tuple(given))
+            slot = self._golden_slots.get(batch)
+            if slot is None:
+                slot = build_slot(self._acl, self._ledger, self._desc, self._infer_id, batch,
+                                  self._out_shapes[batch if self._desc.mb_index is not None else 0])
+                self._golden_slots[batch] = slot
+            runs.append((g, slot, [np.array(a, copy=True) for a in arrays]))
+        ctx, infer_id = self._ctx, self._infer_id
+
+        def verify() -> None:  # inside the commit: the update graph ran, no reader is admitted
+            for g, slot, arrays in runs:
+                outs = slot.run(ctx, infer_id, arrays)
+                g.judge(outs[0] if len(outs) == 1 else tuple(outs))
+
+        return verify
+
+    def rollback(self, to: int | None = None) -> int:
+        """Re-apply the weights of an earlier version as one atomic update; return the new version.
+
+        ``to``: the version whose weights to restore (default: the one before the last
+        update).  Needs ``history``: every variable changed since ``to`` must have a
+        known value at ``to`` (ValueError naming those that do not).  The outputs are
+        then bit-identical to those of version ``to``.
+        """
+        gate = self._gate
+        if gate.closed:  # type: ignore[union-attr]
+            raise ModelClosedError(f"BundleModel({self._source!r}) is closed")
+        updater = self._updater
+        if not updater.history.enabled:
+            raise ValueError("rollback needs the model's history: open the model with BundleModel(..., history=N)")
+        gate.enter()  # type: ignore[union-attr]
+        try:
+            updater.lock.acquire()
+            try:
+                target, values = updater.history.target(to, updater.version)
+                updater.check_fits(values)
+                step = next((e.step for e in reversed(updater.history.entries) if e.version <= target), None)
+                staged = updater.stage(values, step)
+                staged.kept, staged.source = values, f"rollback to version {target}"
+            except BaseException:
+                updater.lock.release()
+                raise
+            version = staged._commit_entered()
+            updater.count("rollbacks")
+        finally:
+            gate.exit()  # type: ignore[union-attr]
+        log.warning("rolled back to the weights of version %d (now version %d, %d variable(s) restored)",
+                    target, version, len(values))
+        return version
+
+    @property
+    def history(self) -> list[HistoryEntry]:
+        """The applied updates the history still covers, oldest first (empty when history is off)."""
+        return self._updater.history.entries
 
     # ------------------------------------------------------------------ info / lifecycle
     @property
@@ -468,6 +605,12 @@ class BundleModel:
         updater = getattr(self, "_updater", None)
         state = "closed" if self.closed or updater is None else f"version={updater.version}"
         return f"<BundleModel {getattr(self, '_source', '?')!r} device={getattr(self, '_device_id', '?')} {state}>"
+
+
+def _checks_of(check: Any, source: Any) -> tuple[list[Check], list[Golden]]:
+    if source is not None and not isinstance(source, str):
+        raise TypeError(f"source must be a str or None, got {type(source).__name__}")
+    return split_checks(check)
 
 
 def _check_step(step: Any) -> None:

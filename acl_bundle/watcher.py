@@ -19,7 +19,11 @@ being written has no marker yet and is invisible.  Rules the watcher keeps:
   told ``allow_step_reset=True`` (then the most recent commit wins, whatever its step);
 * before anything is applied the weights pass ``check`` (default
   :func:`acl_bundle.checks.finite`: NaN/inf weights from a diverged trainer are
-  refused; ``check=None`` turns it off);
+  refused; ``check=None`` turns it off); a ``golden`` check runs the new weights on
+  the caller's inputs inside the commit, so no ``infer`` sees refused weights;
+* after an update, ``health_check(model)`` may judge the live model; if it fails,
+  the watcher rolls back to the weights it served before (``model.rollback``) and
+  skips that checkpoint;
 * no entry can stop it: a malformed marker, a data file that is corrupt, truncated,
   mismatched, unreadable, a directory, a FIFO, a symlink, too large, or refused by the
   check, is logged once (WARNING, naming the file and the reason) and skipped; the
@@ -36,6 +40,7 @@ polling every ``poll_interval`` seconds always runs as the fallback.
 from __future__ import annotations
 
 import collections
+import inspect
 import logging
 import math
 import os
@@ -126,6 +131,13 @@ class CheckpointWatcher:
     allow_step_reset: True = the most recently committed checkpoint wins even with a
         lower step (for trainers that restart from step 0 without a run id).
     history_size: how many :class:`AppliedCheckpoint` records :attr:`history` keeps.
+    golden: a :func:`acl_bundle.checks.golden` check passed to ``model.update`` (needs
+        ``BundleModel(..., history=N)``).  The first checkpoint after load cannot be
+        guarded by it (the model's current weights are not known on the host, so a
+        refusal could not be undone): it is applied with ``check`` only, with a WARNING.
+    health_check: ``health_check(model)`` called after each update; raising or
+        returning False rolls the model back to the weights served before
+        (``model.rollback``, needs ``BundleModel(..., history=N)``) and skips the checkpoint.
     """
 
     def __init__(
@@ -145,6 +157,8 @@ class CheckpointWatcher:
         max_bytes: int | None = None,
         allow_step_reset: bool = False,
         history_size: int = 100,
+        golden: _checks.Golden | None = None,
+        health_check: Callable[[Any], Any] | None = None,
     ) -> None:
         if not hasattr(model, "update") or not hasattr(model, "variables"):
             raise TypeError(f"model must have .update() and .variables (a BundleModel), got {type(model).__name__}")
@@ -168,6 +182,19 @@ class CheckpointWatcher:
             raise ValueError(f"history_size must be a non-negative int, got {history_size!r}")
         if not isinstance(allow_step_reset, bool):
             raise TypeError(f"allow_step_reset must be a bool, got {allow_step_reset!r}")
+        if golden is not None and not isinstance(golden, _checks.Golden):
+            raise TypeError(f"golden must be an acl_bundle.checks.golden(...) check or None, got {type(golden).__name__}")
+        if health_check is not None and not callable(health_check):
+            raise TypeError(f"health_check must be a callable(model) or None, got {type(health_check).__name__}")
+        try:
+            params = inspect.signature(model.update).parameters
+        except (TypeError, ValueError):
+            params = {}  # type: ignore[assignment]
+        self._model_checks = "check" in params  # a BundleModel: checks run on its staged weights
+        needs_history = [n for n, v in (("golden", golden), ("health_check", health_check)) if v is not None]
+        if needs_history and not (getattr(model, "_history", None) is not None and model._history.enabled):
+            raise ValueError(f"{' and '.join(needs_history)} need(s) the model's history to undo or roll back: "
+                             "open it with BundleModel(..., history=N)")
         self._model = model
         self._dir = d
         self._interval = float(poll_interval)
@@ -176,6 +203,9 @@ class CheckpointWatcher:
                            allow_partial=allow_partial, allow_unmatched=allow_unmatched)
         self._on_apply = on_apply
         self._check = check
+        self._golden = golden
+        self._health = health_check
+        self._rolled_back = 0
         self._max_bytes = max_bytes if max_bytes is not None else limit_for(self._specs)
         self._allow_reset = allow_step_reset
         self._watchdog = self._want_watchdog(use_watchdog)
@@ -244,6 +274,11 @@ class CheckpointWatcher:
     def refused(self) -> int:
         """How many of the skipped checkpoints the check refused."""
         return self._refused
+
+    @property
+    def rolled_back(self) -> int:
+        """How many applied checkpoints failed the health check and were rolled back."""
+        return self._rolled_back
 
     @property
     def last(self) -> AppliedCheckpoint | None:
@@ -450,11 +485,13 @@ class CheckpointWatcher:
 
     def _try(self, info: CheckpointInfo) -> AppliedCheckpoint | None:
         t0 = time.perf_counter()
+        arrays: Any = None
         try:
             arrays = verify_checkpoint(info, max_bytes=self._max_bytes, lazy=True, stop=self._stop.is_set)
             weights = select_weights(arrays, self._specs, source=f"checkpoint step {info.step} ({info.path.name})",
                                      **self._names)  # type: ignore[arg-type]
-            _checks.run_check(self._check, weights)
+            if not self._model_checks:
+                _checks.run_check(self._check, weights)
         except _checks.WeightsRefused as e:
             self._refused += 1
             self._mark_bad(info, f"refused: {e}")
@@ -465,16 +502,23 @@ class CheckpointWatcher:
             self._mark_bad(info, str(e) if isinstance(e, CheckpointError) else f"{type(e).__name__}: {e}")
             return None
         t1 = time.perf_counter()
+        before = getattr(self._model, "version", None)
         try:
-            version = int(self._model.update(weights))
+            version = self._update(info, weights)
         except ModelClosedError:
             raise
+        except _checks.WeightsRefused as e:
+            self._refused += 1
+            self._mark_bad(info, f"refused: {e}")
+            return None
         except Exception as e:  # a mismatched checkpoint, or the device refused: keep the last good weights
             self._mark_bad(info, f"model.update failed: {type(e).__name__}: {e}")
             return None
         finally:
             del arrays
         t2 = time.perf_counter()
+        if self._health is not None and not self._healthy(info, before):
+            return None
         key = self._markers.get(info.marker.name, (None,))[0]
         lag = max(0.0, time.time() - key[3] / 1e9) if key else float("nan")
         applied = AppliedCheckpoint(info.step, version, info.path, len(weights), t1 - t0, t2 - t1, lag,
@@ -495,6 +539,45 @@ class CheckpointWatcher:
             except Exception:
                 log.exception("on_apply callback failed for step %d", info.step)
         return applied
+
+    def _update(self, info: CheckpointInfo, weights: dict[str, Any]) -> int:
+        """``model.update`` with the checks (on the model's staged weights when it takes them) and a label."""
+        if not self._model_checks:
+            return int(self._model.update(weights))
+        checks: list[Any] = [c for c in (self._check, self._golden) if c is not None]
+        kw = dict(source=str(info.path), step=info.step)
+        try:
+            return int(self._model.update(weights, check=checks, **kw))
+        except Exception as e:
+            from .model import UnknownPreviousError
+
+            if not isinstance(e, UnknownPreviousError):
+                raise
+            log.warning("checkpoint step %d applied without the golden check: %s", info.step, e)
+            return int(self._model.update(weights, check=[c for c in (self._check,) if c is not None], **kw))
+
+    def _healthy(self, info: CheckpointInfo, before: int | None) -> bool:
+        """Run the health check; on failure roll back to version ``before`` and skip the checkpoint."""
+        try:
+            ok = self._health(self._model) is not False  # type: ignore[misc]
+            why = "returned False"
+        except Exception as e:
+            ok, why = False, f"{type(e).__name__}: {e}"
+        if ok:
+            return True
+        try:
+            self._model.rollback(to=before)
+            self._rolled_back += 1
+            self._mark_bad(info, f"health check failed after the update ({why}); rolled back to version {before}")
+        except ModelClosedError:
+            raise
+        except Exception as e:
+            self._mark_bad(info, f"health check failed after the update ({why}) and the rollback failed too "
+                                 f"({type(e).__name__}: {e}); the model serves this checkpoint")
+            with self._cond:  # it is what is served now: record it so later steps compare against it
+                self._served = info
+                self._applied_step = info.step
+        return False
 
     def __repr__(self) -> str:
         state = "running" if self.running else "stopped"
