@@ -314,6 +314,44 @@ def _inspect_backend(path: Any, force_sim: bool) -> tuple[Any, str]:
     return acl, "simulator" if acl is _sim.acl else "pyACL"
 
 
+def _describe_bundle(path: Any, acl: Any, manifest: str | None, device: int) -> tuple[int, list[int], Any, Any]:
+    """Load the bundle just to read its description, then release it: (bundle id, model ids, Description, manifest).
+
+    Unlike opening a BundleModel this allocates no staging or infer buffers (a
+    BundleModel's staging alone costs the variables' size again in device memory) and
+    runs no init graph; only the bundle load itself takes device memory.
+    """
+    from pathlib import Path
+
+    from ._buffers import Ledger
+    from ._context import ModelContext
+    from ._description import Description
+    from ._errors import check, unwrap
+    from ._manifest import manifest_path, read_manifest
+
+    man = Path(manifest) if manifest else manifest_path(path)
+    if not man.is_file():
+        man = None  # type: ignore[assignment]
+    mvars = read_manifest(man) if man is not None else None
+    ledger = Ledger(acl)
+    try:
+        ModelContext(acl, device, ledger)
+        bundle_id = unwrap(acl, "acl.mdl.bundle_load_from_file", acl.mdl.bundle_load_from_file(str(path)))
+        ledger.push("acl.mdl.bundle_unload", lambda: acl.mdl.bundle_unload(bundle_id))
+        n = unwrap(acl, "acl.mdl.bundle_get_model_num", acl.mdl.bundle_get_model_num(bundle_id))
+        if n not in (2, 3):
+            raise ValueError(f"a bundle must hold 2 (infer, update) or 3 (infer, init, update) graphs; this one holds {n}")
+        ids = [unwrap(acl, "acl.mdl.bundle_get_model_id", acl.mdl.bundle_get_model_id(bundle_id, i)) for i in range(n)]
+        descs = [ledger.create("acl.mdl.create_desc", acl.mdl.create_desc, acl.mdl.destroy_desc) for _ in ids]
+        for desc, mid in zip(descs, ids):
+            check(acl, "acl.mdl.get_desc", acl.mdl.get_desc(desc, mid))
+        d = Description.read(acl, descs, None, mvars)
+    finally:
+        for p in ledger.release():
+            logging.getLogger("acl_bundle").warning("inspect teardown: %s", p)
+    return bundle_id, ids, d, man
+
+
 def _fmt_shape(shape: Any) -> str:
     if shape is None:
         return "?"
@@ -327,7 +365,6 @@ def _cmd_inspect(args: argparse.Namespace) -> int:
     import numpy as np
 
     from ._errors import AclError
-    from .model import BundleModel
 
     path = Path(args.bundle)
     if not path.is_file():
@@ -337,9 +374,8 @@ def _cmd_inspect(args: argparse.Namespace) -> int:
     if args.device < 0:
         raise UsageError(f"--device must be >= 0, got {args.device}")
     acl, backend = _inspect_backend(path, args.sim)
-    manifest: Any = args.manifest
     try:
-        model = BundleModel(path, acl=acl, run_init=False, manifest=manifest, device_id=args.device)
+        bundle_id, ids, d, man = _describe_bundle(path, acl, args.manifest, args.device)
     except AclError as e:
         hint = ""
         if backend == "simulator" and not _is_sim_file(path):
@@ -349,33 +385,27 @@ def _cmd_inspect(args: argparse.Namespace) -> int:
         raise UsageError(f"cannot load {path} as a bundle ({backend}): {e}{hint}") from None
     except ValueError as e:
         raise UsageError(f"{path}: {e}") from None
-    with model:
-        man = Path(args.manifest) if args.manifest else None
-        if man is None:
-            from ._manifest import manifest_path
+    roles = {"infer": d.infer, "init": d.init, "update": d.update}
 
-            auto = manifest_path(path)
-            man = auto if auto.is_file() else None
-        info = {
-            "file": str(path),
-            "bytes": path.stat().st_size,
-            "backend": backend,
-            "bundle_id": model.bundle_id,
-            "graphs": [{"role": role, "model_id": model.model_ids[role]}
-                       for role in ("infer", "init", "update") if role in model.model_ids],
-            "has_init": model.has_init,
-            "batch_sizes": list(model.batch_sizes),
-            "inputs": [{"name": t.name, "dtype": t.dtype.name, "shape": list(t.shape),
-                        "nbytes": None if -1 in t.shape else int(np.prod(t.shape, dtype=np.int64)) * t.dtype.itemsize}
-                       for t in model.inputs],
-            "outputs": [{"name": t.name, "dtype": t.dtype.name, "shape": list(t.shape),
-                         "nbytes": None if -1 in t.shape else int(np.prod(t.shape, dtype=np.int64)) * t.dtype.itemsize}
-                        for t in model.outputs],
-            "variables": [{"index": v.index, "name": v.name, "dtype": v.dtype.name,
-                           "shape": list(v.shape) if v.shape is not None else None, "nbytes": v.nbytes}
-                          for v in model.variables],
-            "manifest": str(man) if man is not None else None,
-        }
+    def nbytes(t: Any) -> int | None:
+        return None if -1 in t.shape else int(np.prod(t.shape, dtype=np.int64)) * t.dtype.itemsize
+
+    info = {
+        "file": str(path),
+        "bytes": path.stat().st_size,
+        "backend": backend,
+        "bundle_id": bundle_id,
+        "graphs": [{"role": role, "model_id": ids[roles[role]]}
+                   for role in ("infer", "init", "update") if roles[role] is not None],
+        "has_init": d.init is not None,
+        "batch_sizes": list(d.batch_sizes),
+        "inputs": [{"name": t.name, "dtype": t.dtype.name, "shape": list(t.shape), "nbytes": nbytes(t)} for t in d.inputs],
+        "outputs": [{"name": t.name, "dtype": t.dtype.name, "shape": list(t.shape), "nbytes": nbytes(t)} for t in d.outputs],
+        "variables": [{"index": v.index, "name": v.name, "dtype": v.dtype.name,
+                       "shape": list(v.shape) if v.shape is not None else None, "nbytes": v.nbytes}
+                      for v in d.variables],
+        "manifest": str(man) if man is not None else None,
+    }
     if args.json:
         print(json.dumps(info, indent=2))
         return 0
@@ -713,7 +743,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser = build_parser()
         parser.add_argument("--version", action="version", version=f"{PROG} {__version__}")
         args = parser.parse_args(argv)
-        return int(args.func(args))
+        code = int(args.func(args))
+        sys.stdout.flush()  # a closed pipe shows up here, inside the handler below, not at interpreter exit
+        return code
     except SystemExit as e:  # --help / --version
         return e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
     except BrokenPipeError:  # the reader went away (| head): nothing to report

@@ -134,3 +134,55 @@ def test_core_import_needs_only_numpy():
             "if m in sys.modules]; print(bad); sys.exit(1 if bad else 0)")
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert r.returncode == 0, r.stdout + r.stderr
+
+
+# --------------------------------------------------------------------------- ACL_BUNDLE_BACKEND
+def _fake_pyacl(monkeypatch):
+    fake = types.ModuleType("acl")
+    monkeypatch.setitem(sys.modules, "acl", fake)
+    return fake
+
+
+def test_env_sim_wins_even_where_acl_imports(monkeypatch):
+    _fake_pyacl(monkeypatch)
+    monkeypatch.setenv("ACL_BUNDLE_BACKEND", "sim")
+    assert _backend.resolve_acl() is sim.acl
+    monkeypatch.setenv("ACL_BUNDLE_BACKEND", "pyacl")
+    assert _backend.resolve_acl() is sys.modules["acl"]
+    monkeypatch.delenv("ACL_BUNDLE_BACKEND")
+    assert _backend.resolve_acl() is sys.modules["acl"]
+
+
+def test_env_pyacl_forbids_the_fallback_and_carries_the_import_error(monkeypatch):
+    monkeypatch.setitem(sys.modules, "acl", None)
+    monkeypatch.setenv("ACL_BUNDLE_BACKEND", "pyacl")
+    with pytest.raises(BackendNotFoundError, match=r"ACL_BUNDLE_BACKEND=pyacl but 'import acl' failed \(ModuleNotFoundError") as ei:
+        _backend.resolve_acl()
+    assert isinstance(ei.value.__cause__, ImportError)
+
+
+def test_a_broken_pyacl_install_is_explained(monkeypatch):
+    """`import acl` finds the module but its library is missing: the classic forgotten set_env.sh."""
+    import importlib
+
+    real = importlib.import_module
+
+    def fake_import(name, *a, **k):
+        if name == "acl":
+            raise ImportError("libascendcl.so: cannot open shared object file: No such file or directory")
+        return real(name, *a, **k)
+
+    monkeypatch.setattr(_backend.importlib, "import_module", fake_import)
+    monkeypatch.delenv("ACL_BUNDLE_BACKEND", raising=False)
+    with pytest.raises(BackendNotFoundError) as ei:
+        _backend.resolve_acl()
+    msg = str(ei.value)
+    assert "libascendcl.so: cannot open shared object file" in msg and "set_env.sh" in msg
+    assert "pip install -e '.[sim]'" in msg and "pip install acl-bundle" not in msg
+    assert isinstance(ei.value.__cause__, ImportError)
+
+
+def test_unknown_backend_name_is_refused(monkeypatch):
+    monkeypatch.setenv("ACL_BUNDLE_BACKEND", "npu")
+    with pytest.raises(BackendNotFoundError, match="ACL_BUNDLE_BACKEND='npu' is not a backend; use 'pyacl', 'sim'"):
+        _backend.resolve_acl()
