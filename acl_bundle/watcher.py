@@ -192,7 +192,8 @@ class CheckpointWatcher:
             params = {}  # type: ignore[assignment]
         self._model_checks = "check" in params  # a BundleModel: checks run on its staged weights
         needs_history = [n for n, v in (("golden", golden), ("health_check", health_check)) if v is not None]
-        if needs_history and not (getattr(model, "_history", None) is not None and model._history.enabled):
+        history = getattr(getattr(model, "_updater", None), "history", None)  # a BundleModel's
+        if needs_history and not (history is not None and history.enabled):
             raise ValueError(f"{' and '.join(needs_history)} need(s) the model's history to undo or roll back: "
                              "open it with BundleModel(..., history=N)")
         self._model = model

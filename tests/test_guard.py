@@ -178,7 +178,8 @@ def test_rollback_restores_outputs_bit_identically(model):
     assert _bytes(m) == state2
     entries = m.history
     assert [(e.version, e.source, e.step) for e in entries] == [
-        (1, None, None), (2, "ckpt-2", 2), (3, "ckpt-3", 3), (4, "rollback to version 2", None)]
+        (1, None, None), (2, "ckpt-2", 2), (3, "ckpt-3", 3), (4, "rollback to version 2", 2)]
+    assert m.step == 2 and version.step == 2  # the restored weights carry the step they had
     assert entries[-1].variables == ("fc0.weight", "fc1.bias")
     # further back, across the rollback itself: version 1 had a's values everywhere
     m.rollback(to=1)
