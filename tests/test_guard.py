@@ -284,3 +284,18 @@ def test_watcher_golden_check(make_bundle, tmp_path, caplog):
     with BundleModel(om) as m:
         with pytest.raises(ValueError, match="need\\(s\\) the model's history"):
             CheckpointWatcher(m, tmp_path, golden=check)
+
+
+def test_stage_takes_checks_too(model):
+    m, w = model
+    m.update(w)
+    ref = m.infer(X)
+    staged = m.stage(_set(w, 4), check=golden(X, lambda y: False), source="by hand", step=7)
+    with pytest.raises(WeightsRefused):
+        staged.commit()
+    assert m.version == 1 and m.infer(X).tobytes() == ref.tobytes()
+    with pytest.raises(WeightsRefused, match="returned False"):
+        m.stage(_set(w, 4), check=lambda ws: False)
+    staged = m.stage(_set(w, 5), step=8, source="by hand")  # the lock was given back both times
+    assert staged.commit() == 2
+    assert [(e.version, e.source, e.step) for e in m.history][-1] == (2, "by hand", 8)
