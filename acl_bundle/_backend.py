@@ -35,6 +35,10 @@ def resolve_acl(acl: Any = None) -> Any:
     was not sourced).
     """
     if acl is not None:
+        if isinstance(acl, (str, bytes)) or not (hasattr(acl, "rt") and hasattr(acl, "mdl")):
+            raise TypeError(f"acl must be the pyACL module (or one with the same interface, e.g. acl_bundle.sim.acl) "
+                            f"or None, got {acl!r:.40}; for the simulator pass acl=acl_bundle.sim.acl or set "
+                            "ACL_BUNDLE_BACKEND=sim")
         return acl
     choice = os.environ.get("ACL_BUNDLE_BACKEND", "").strip().lower()
     if choice not in ("", "sim", "pyacl"):

@@ -104,6 +104,13 @@ def check_weight(a: Any, v: Variable) -> np.ndarray:
     return c_contiguous(a)
 
 
+_SHOWN = 10  # items listed in one message before "... and N more"
+
+
+def _shown(items: list[Any]) -> str:
+    return repr(items) if len(items) <= _SHOWN else f"{items[:_SHOWN]!r} and {len(items) - _SHOWN} more"
+
+
 def _looks_like_update(acl: Any, desc: int) -> bool:
     """An update graph has no outputs and one ``*_var_data`` input per variable."""
     mdl = acl.mdl
@@ -371,11 +378,13 @@ class Description:
             raise ValueError("update got an empty mapping; name at least one variable")
         changed: dict[int, np.ndarray] = {}
         problems: list[tuple[type, str]] = []
+        unknown: list[Any] = []  # reported once, where the first one was met, however many there are
         for key, value in weights.items():
             var = self.variable(key)
             if var is None:
-                problems.append((UnknownVariableError, f"unknown variable {key!r}; expected an index 0..{len(self.variables) - 1} "
-                                                       f"or one of {list(self._var_by_name)}"))
+                if not unknown:
+                    problems.append((UnknownVariableError, ""))
+                unknown.append(key)
                 continue
             if var.index in changed:
                 problems.append((ValueError, f"variable {var.name!r} (index {var.index}) is named twice"))
@@ -384,8 +393,26 @@ class Description:
                 changed[var.index] = check_weight(value, var)
             except (TypeError, ValueError) as e:
                 problems.append((type(e), str(e)))
+        if unknown:
+            at = next(i for i, (t, m) in enumerate(problems) if t is UnknownVariableError and not m)
+            problems[at] = (UnknownVariableError, self._unknown(unknown))
         if problems:
             if len(problems) == 1:
                 raise problems[0][0](problems[0][1])
-            raise problems[0][0](f"{len(problems)} problems in update: " + "; ".join(m for _, m in problems))
+            more = f"; and {len(problems) - _SHOWN} more" if len(problems) > _SHOWN else ""
+            raise problems[0][0](f"{len(problems)} problems in update: " + "; ".join(m for _, m in problems[:_SHOWN]) + more)
         return changed
+
+    def _unknown(self, keys: list[Any]) -> str:
+        """One bounded message for every unknown key, with a ``strip_prefix`` hint when a prefix hides the names."""
+        names = list(self._var_by_name)
+        what = f"unknown variable {keys[0]!r}" if len(keys) == 1 else f"{len(keys)} unknown variables {_shown(keys)}"
+        msg = f"{what}; expected an index 0..{len(self.variables) - 1} or one of {_shown(names)}"
+        first = next((k for k in keys if isinstance(k, str) and "." in k), None)
+        if first is not None:
+            prefix = first[: first.index(".") + 1]
+            hits = sum(1 for k in keys if isinstance(k, str) and k.startswith(prefix) and k[len(prefix):] in self._var_by_name)
+            if hits * 2 >= len(keys):
+                msg += (f"; {hits} of them match once the prefix {prefix!r} is removed "
+                        f"(e.g. load_checkpoint(..., strip_prefix={prefix!r}))")
+        return msg

@@ -211,9 +211,11 @@ class BundleModel:
         history: int = 0,
         history_bytes: int = DEFAULT_HISTORY_BYTES,
     ) -> BundleModel:
-        """Load a bundle from bytes in host memory (``acl.mdl.bundle_load_from_mem``)."""
+        """Load a bundle from bytes in host memory (``acl.mdl.bundle_load_from_mem``; a bytearray or memoryview is copied)."""
+        if isinstance(data, (bytearray, memoryview)):
+            data = bytes(data)  # bytes_to_ptr needs an immutable bytes object that lives as long as the load
         if not isinstance(data, bytes):
-            raise TypeError(f"from_bytes expects bytes, got {type(data).__name__}")
+            raise TypeError(f"from_bytes expects bytes, got {type(data).__name__} (a bytearray or memoryview is copied)")
         if not data:
             raise ValueError("from_bytes got an empty bytes object")
         self = cls.__new__(cls)
@@ -244,6 +246,10 @@ class BundleModel:
         history: int = 0,
         history_bytes: int = 0,
     ) -> None:
+        if isinstance(device_id, np.integer):
+            device_id = int(device_id)
+        if isinstance(max_concurrency, np.integer):
+            max_concurrency = int(max_concurrency)
         if not isinstance(pad_batch, bool):
             raise TypeError(f"pad_batch must be True or False, got {pad_batch!r}")
         if staging_bytes is not None and (not isinstance(staging_bytes, int) or isinstance(staging_bytes, bool)
@@ -251,8 +257,15 @@ class BundleModel:
             raise ValueError(f"staging_bytes must be an int >= 0 or None (the variables' total), got {staging_bytes!r}")
         if not isinstance(device_id, int) or isinstance(device_id, bool) or device_id < 0:
             raise ValueError(f"device_id must be a non-negative int, got {device_id!r}")
-        if not isinstance(max_concurrency, int) or max_concurrency < 1:
+        if not isinstance(max_concurrency, int) or isinstance(max_concurrency, bool) or max_concurrency < 1:
             raise ValueError(f"max_concurrency must be an int >= 1, got {max_concurrency!r}")
+        if not isinstance(run_init, (bool, np.bool_)):
+            raise TypeError(f"run_init must be True or False, got {run_init!r}")
+        if roles is not None and (not isinstance(roles, Mapping) or not all(
+                isinstance(k, str) and isinstance(v, (int, np.integer)) and not isinstance(v, bool) for k, v in roles.items())):
+            raise TypeError(f"roles must be a mapping of 'infer'/'init'/'update' to graph indexes (ints), got {roles!r:.80}")
+        if init_inputs is not None and (isinstance(init_inputs, (str, bytes, np.ndarray)) or not isinstance(init_inputs, Sequence)):
+            raise TypeError(f"init_inputs must be a sequence of arrays (in input order) or None, got {type(init_inputs).__name__}")
         for name, value in (("history", history), ("history_bytes", history_bytes)):
             if not isinstance(value, int) or isinstance(value, bool) or value < 0:
                 raise ValueError(f"{name} must be a non-negative int, got {value!r}")

@@ -1,0 +1,54 @@
+"""Constructor and update arguments of the wrong type or size: a clear, bounded error before any device work."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from acl_bundle import BundleModel, UnknownVariableError, sim
+
+from helpers import reference
+
+
+@pytest.mark.parametrize("kwargs,error,pattern", [
+    (dict(run_init="no"), TypeError, r"run_init must be True or False, got 'no'"),
+    (dict(max_concurrency=True), ValueError, r"max_concurrency must be an int >= 1, got True"),
+    (dict(acl="sim"), TypeError, r"acl must be the pyACL module .* got 'sim'; for the simulator pass acl=acl_bundle.sim.acl"),
+    (dict(roles=[0, 1, 2]), TypeError, r"roles must be a mapping of 'infer'/'init'/'update' to graph indexes"),
+    (dict(roles={"infer": "0", "update": 2}), TypeError, r"roles must be a mapping"),
+    (dict(init_inputs=np.zeros(3)), TypeError, r"init_inputs must be a sequence of arrays"),
+    (dict(history=-1), ValueError, r"history must be a non-negative int, got -1"),
+])
+def test_constructor_arguments_are_type_checked(make_bundle, kwargs, error, pattern):
+    om, _ = make_bundle()
+    with pytest.raises(error, match=pattern):
+        BundleModel(om, **kwargs)
+    assert sim.leaks() == {}
+
+
+def test_numpy_ints_and_bytes_like_inputs_are_accepted(make_bundle):
+    om, w = make_bundle()
+    x = np.ones((1, 8), np.float32)
+    with BundleModel(om, device_id=np.int64(1), max_concurrency=np.int32(2)) as m:
+        np.testing.assert_allclose(m.infer(x), reference(x, w), rtol=1e-5, atol=1e-5)
+    data = om.read_bytes()
+    for buf in (bytearray(data), memoryview(data)):
+        with BundleModel.from_bytes(buf, manifest=om.with_suffix(".manifest.json")) as m:
+            np.testing.assert_allclose(m.infer(x), reference(x, w), rtol=1e-5, atol=1e-5)
+
+
+def test_update_errors_are_bounded_and_suggest_the_prefix(make_bundle):
+    """A module.-prefixed state dict: one short message, not one line per key naming every variable."""
+    om, w = make_bundle()
+    with BundleModel(om) as m:
+        prefixed = {f"module.{k}": v for k, v in w.items()}
+        prefixed.update({f"module.extra{i}": np.zeros(1, np.float32) for i in range(300)})
+        with pytest.raises(UnknownVariableError) as ei:
+            m.update(prefixed)
+        msg = str(ei.value)
+        assert msg.startswith("304 unknown variables ['module.fc0.weight', 'module.fc0.bias'")
+        assert "and 294 more" in msg
+        assert msg.count("expected an index") == 1
+        assert len(msg) < 1000
+        assert m.version == 0
+        with pytest.raises(UnknownVariableError, match=r"4 of them match once the prefix 'module\.' is removed"):
+            m.update({f"module.{k}": v for k, v in w.items()})
