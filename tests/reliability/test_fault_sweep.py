@@ -41,6 +41,7 @@ import numpy as np
 import pytest
 
 from acl_bundle import AclCleanupWarning, AclError, BundleModel
+from acl_bundle.checks import golden
 from acl_bundle import sim
 
 from conftest import Bundle, live_count, matches, snapshot, weight_sets
@@ -136,6 +137,15 @@ def _with_new(st: State, keys=None, seed: int = 8) -> State:
     return st
 
 
+def _open_guarded(bundle: Bundle) -> State:
+    """A model with history, every variable set once (so a golden check can undo), buffers warm."""
+    m = BundleModel(bundle.path, history=2)
+    st = State(m, bundle, weight_sets(bundle.weights, 1, seed=7)[0], bundle.batch_sizes or (1,))
+    m.update(st.current)
+    m.infer(_x(1))
+    return _with_new(st)
+
+
 SCENARIOS = [
     Scenario("load: 3 graphs, init run", "init", "load", lambda b: BundleModel(b.path)),
     Scenario("load: 2 graphs, no init", "noinit", "load", lambda b: BundleModel(b.path)),
@@ -173,6 +183,10 @@ SCENARIOS = [
              lambda st: st.model.update(dict(st.new)), _one_variable_pool, updates=True),
     Scenario("update: 2-graph bundle", "noinit", "op",
              lambda st: st.model.update(dict(st.new)), lambda b: _with_new(_open(b, warm=(1,))), updates=True),
+    # a fault inside the golden check's inference is a refusal: undone inside the commit, old weights served
+    Scenario("update with a golden check", "init", "op",
+             lambda st: st.model.update(dict(st.new), check=golden(_x(1, seed=3), lambda y: True)),
+             _open_guarded, updates=True),
     Scenario("close: after infer + update", "init", "close", lambda st: st.model.close(),
              lambda b: _open(b, warm=(1,), full_update=True)),
     Scenario("close: dynamic batch, 3 batch slots", "dynamic", "close", lambda st: st.model.close(),
