@@ -29,8 +29,9 @@ being written has no marker yet and is invisible.  Rules the watcher keeps:
   check, is logged once (WARNING, naming the file and the reason) and skipped; the
   model keeps the last good weights, the next-newest good step is tried instead, and
   that entry is retried only when it changes (inode, size, mtime, mode or owner);
-* a poll costs O(markers): the directory is listed by name (``os.scandir``), only
-  ``*.ckpt.json`` names are stat-ed, parsed markers are cached by their stat;
+* a poll costs O(markers): the directory is listed again only when its mtime moved
+  (by name, ``os.scandir``), only ``*.ckpt.json`` names are stat-ed, parsed markers
+  are cached by their stat;
 * ``stop()`` wakes the thread at once and returns when it has ended (a long read is
   abandoned; an update in progress finishes).
 
@@ -73,6 +74,8 @@ __all__ = ["AppliedCheckpoint", "CheckpointWatcher"]
 _Key = tuple[Any, ...]
 _DEFAULT: Any = object()  # check= not given: the finiteness check
 _SHOWN = 5  # bad entries logged one by one per poll; the rest as a count
+_RECENT_NS = 2_000_000_000  # a directory changed this recently is listed on every poll (timestamp granularity)
+_RELIST_NS = 60_000_000_000  # and every directory is listed at least this often
 
 
 @dataclass(frozen=True)
@@ -223,6 +226,9 @@ class CheckpointWatcher:
         self._bad: dict[str, tuple[_Key, _Key | None]] = {}  # marker name -> (marker, data) keys when it failed
         self._told: set[str] = set()  # markers already reported as ignored
         self._list_error: str | None = None
+        self._dir_key: tuple[int, int, int] | None = None  # (dev, inode, mtime_ns) when last listed
+        self._dir_names: list[str] = []
+        self._listed_at = 0
         self._loop_error: str | None = None
         self._poll_lock = threading.Lock()
         self._cond = threading.Condition()
@@ -396,10 +402,29 @@ class CheckpointWatcher:
                     return applied
             return None
 
+    def _marker_names(self) -> list[str]:
+        """The directory's marker names: listed again only when the directory changed.
+
+        Adding, removing or renaming an entry changes the directory's mtime, so while
+        (inode, mtime) stay the same the names do too and a poll costs one stat plus one
+        lstat per marker, however many other files the directory holds.  The listing is
+        redone anyway while the mtime is within ``_RECENT_NS`` of now (a second change
+        in the same timestamp tick would not move it) and every ``_RELIST_NS``.
+        """
+        st = os.stat(self._dir)
+        key = (st.st_dev, st.st_ino, st.st_mtime_ns)
+        now = time.time_ns()
+        if (key == self._dir_key and abs(now - st.st_mtime_ns) > _RECENT_NS
+                and now - self._listed_at < _RELIST_NS):
+            return self._dir_names
+        names = _marker_names(self._dir)
+        self._dir_key, self._dir_names, self._listed_at = key, names, now
+        return names
+
     def _scan(self) -> list[CheckpointInfo]:
         """Every valid committed marker (cached by lstat); bad ones logged once."""
         try:
-            names = _marker_names(self._dir)
+            names = self._marker_names()
         except OSError as e:
             why = e.strerror or str(e)
             if why != self._list_error:

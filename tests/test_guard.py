@@ -214,7 +214,7 @@ def test_history_is_bounded_by_count_and_bytes(make_bundle):
     with BundleModel(om, history=100, history_bytes=3 * total) as m:
         for s in range(6):
             m.update(_set(w, s))
-        assert m._history.nbytes <= 3 * total
+        assert m._updater.history.nbytes <= 3 * total
         assert len(m.history) == 2  # current + 2 replaced sets fit
 
 

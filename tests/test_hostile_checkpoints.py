@@ -712,17 +712,27 @@ def test_poll_costs_o_markers_not_o_files(served, monkeypatch):
         (d / f"unrelated-{i}.bin").touch()
     write_checkpoint(d, _shifted(w, 1), 1)
     write_checkpoint(d, _shifted(w, 2), 2)
+    old = time.time() - 600
+    os.utime(d, (old, old))  # settled: not changed within the timestamp granularity window
     wt = CheckpointWatcher(m, d, use_watchdog=False)
     assert wt.poll().step == 2
-    calls = {"stat": 0, "open": 0}
+    calls = {"stat": 0, "open": 0, "list": 0}
+
+    def counting(key, real):
+        return lambda *a, **k: (calls.__setitem__(key, calls[key] + 1), real(*a, **k))[1]
+
     for name in ("lstat", "stat"):
-        real = getattr(os, name)
-        monkeypatch.setattr(os, name, (lambda r: lambda *a, **k: (calls.__setitem__("stat", calls["stat"] + 1), r(*a, **k))[1])(real))
-    real_open = os.open
-    monkeypatch.setattr(os, "open", lambda *a, **k: (calls.__setitem__("open", calls["open"] + 1), real_open(*a, **k))[1])
+        monkeypatch.setattr(os, name, counting("stat", getattr(os, name)))
+    monkeypatch.setattr(os, "open", counting("open", os.open))
+    monkeypatch.setattr(os, "scandir", counting("list", os.scandir))
+    monkeypatch.setattr(os, "listdir", counting("list", os.listdir))
     for _ in range(3):
         assert wt.poll() is None
-    assert calls["stat"] <= 3 * 2 and calls["open"] == 0, calls  # one lstat per marker per poll; cached markers not reopened
+    # per poll: one stat of the directory, one lstat per marker; no listing, no marker re-read
+    assert calls == {"stat": 3 * (1 + 2), "open": 0, "list": 0}, calls
+    monkeypatch.undo()
+    write_checkpoint(d, _shifted(w, 3), 3)  # a new entry moves the directory's mtime: seen at once
+    assert wt.poll().step == 3
 
 
 def test_junk_markers_warn_once_and_briefly(served, caplog):
