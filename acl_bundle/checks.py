@@ -34,6 +34,11 @@ class WeightsRefused(ValueError):
     """A check refused a set of weights; nothing was applied."""
 
 
+def _refuses(verdict: Any) -> bool:
+    """False, or numpy's False (``(abs(y) < 1).all()`` returns a numpy bool), refuses; anything else accepts."""
+    return verdict is False or (isinstance(verdict, np.bool_) and not verdict)
+
+
 def _non_finite(a: np.ndarray) -> int:
     """How many elements of ``a`` are NaN or +-inf (0 for integer and bool arrays)."""
     if a.dtype.kind not in "fc" or a.size == 0:
@@ -71,7 +76,7 @@ def run_check(check: Check | None, weights: Mapping[str, np.ndarray]) -> None:
     except Exception as e:
         raise WeightsRefused(f"check {getattr(check, '__name__', check)!s:.60} refused the weights: "
                              f"{type(e).__name__}: {e}") from e
-    if verdict is False:
+    if _refuses(verdict):
         raise WeightsRefused(f"check {getattr(check, '__name__', check)!s:.60} returned False")
 
 
@@ -94,7 +99,7 @@ class Golden:
             raise
         except Exception as e:
             raise WeightsRefused(f"golden check refused the new weights' outputs: {type(e).__name__}: {e}") from e
-        if verdict is False:
+        if _refuses(verdict):
             raise WeightsRefused(f"golden check {getattr(self.accept, '__name__', self.accept)!s:.60} refused the "
                                  "new weights' outputs (returned False)")
 

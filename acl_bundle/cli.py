@@ -592,7 +592,7 @@ _SERVE_EPILOG = """\
 Speaks the Open Inference Protocol (KServe v2, as Triton does) over REST and gRPC;
 weight updates (model-repository load with file: parameters, or PUT
 /v2/models/NAME/weights) need --update-token-file and 'Authorization: Bearer TOKEN'.
-Needs the serve extra: pip install 'acl-bundle[serve]'.  SIGTERM drains and exits 0.
+Needs the serve extra: pip install -e '.[serve]' in a checkout.  SIGTERM drains and exits 0.
 
 examples:
   acl-bundle serve mlp.om

@@ -299,3 +299,16 @@ def test_stage_takes_checks_too(model):
     staged = m.stage(_set(w, 5), step=8, source="by hand")  # the lock was given back both times
     assert staged.commit() == 2
     assert [(e.version, e.source, e.step) for e in m.history][-1] == (2, "by hand", 8)
+
+
+def test_numpy_false_refuses_too(model):
+    """`abs(x).max() < 100` is a numpy bool: its False must refuse like Python's."""
+    m, w = model
+    m.update(w)
+    big = {k: v * 1e6 for k, v in w.items()}
+    with pytest.raises(WeightsRefused, match="returned False"):
+        m.update(big, check=lambda ws: abs(ws["fc1.bias"]).max() < 100)
+    ref = m.infer(X)
+    with pytest.raises(WeightsRefused, match="returned False"):
+        m.update(big, check=golden(X, lambda y: abs(y - ref).max() < 0.5))
+    assert m.version == 1 and m.infer(X).tobytes() == ref.tobytes()

@@ -45,7 +45,9 @@ def serve_command(args: argparse.Namespace) -> int:
     try:
         from .server import ServeConfig, Server
     except ImportError as e:
-        raise ValueError(f"acl-bundle serve needs the serve extra: pip install 'acl-bundle[serve]' ({e})") from None
+        from .._errors import extra_hint
+
+        raise ValueError(f"acl-bundle serve needs the serve extra: {extra_hint('serve')} ({e})") from None
     acl = None
     if args.sim:
         from .. import sim

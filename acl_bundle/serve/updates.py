@@ -2,7 +2,7 @@
 
 Formats: ``.npz`` (numpy, read with ``allow_pickle=False`` after checking every member's
 declared size against the bytes actually received, so a crafted header cannot make
-the server allocate more than it was sent) and ``.safetensors`` (``acl-bundle[safetensors]``;
+the server allocate more than it was sent) and ``.safetensors`` (the ``safetensors`` extra;
 the library checks every offset against the buffer).  Several files form one update:
 a name given twice is refused.  Pickle is never read.
 """
@@ -97,7 +97,7 @@ def _read_safetensors(data: bytes, what: str) -> dict[str, np.ndarray]:
         from safetensors.numpy import load
     except ImportError:
         raise ServeError(400, f"{what}: .safetensors needs the safetensors package on the server "
-                              "(pip install 'acl-bundle[safetensors]')") from None
+                              "(its 'safetensors' extra: pip install -e '.[safetensors]' in a checkout of acl_bundle)") from None
     try:
         return dict(load(data))
     except Exception as e:  # the Rust parser raises its own error type
