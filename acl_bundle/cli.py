@@ -680,7 +680,7 @@ def _cmd_fleet_bench(args: argparse.Namespace) -> int:
     try:
         import ray  # noqa: F401
     except ImportError:
-        raise UsageError("fleet-bench needs Ray: pip install 'acl-bundle[ray,sim]'") from None
+        raise UsageError("fleet-bench needs Ray: pip install -e '.[ray,sim]' in a checkout of acl_bundle") from None
     from . import fleet_bench
 
     if args.replicas < 1 or args.rounds < 1:

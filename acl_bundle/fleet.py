@@ -1,4 +1,4 @@
-"""A fleet of serving replicas on Ray that switch to new weights together (optional extra ``acl-bundle[ray]``).
+"""A fleet of serving replicas on Ray that switch to new weights together (optional extra ``ray``: ``pip install -e '.[ray]'`` in a checkout).
 
 ::
 
@@ -46,7 +46,7 @@ def _ray() -> Any:
     try:
         import ray
     except ImportError:
-        raise ImportError("acl_bundle.fleet needs Ray: pip install 'acl-bundle[ray]'") from None
+        raise ImportError("acl_bundle.fleet needs Ray: pip install -e '.[ray]' in a checkout of acl_bundle") from None
     return ray
 
 

@@ -117,7 +117,9 @@ class CheckpointWatcher:
     Parameters
     ----------
     model: anything with ``.variables`` and ``.update(mapping) -> version``
-        (a :class:`~acl_bundle.BundleModel`).
+        (a :class:`~acl_bundle.BundleModel`); when its ``update`` takes ``step=`` (a
+        BundleModel, a fleet) it is given the checkpoint's step, when it takes ``check=``
+        the checks run on its staged weights.
     directory: the checkpoint directory (must exist).
     poll_interval: seconds between directory scans (finite, > 0; also the fallback
         when watchdog notifications are missed).
@@ -194,6 +196,9 @@ class CheckpointWatcher:
         except (TypeError, ValueError):
             params = {}  # type: ignore[assignment]
         self._model_checks = "check" in params  # a BundleModel: checks run on its staged weights
+        # a BundleModel or a fleet takes the checkpoint's step (and a BundleModel a source label)
+        self._pass_step = "step" in params or any(p.kind is p.VAR_KEYWORD for p in params.values())
+        self._pass_source = "source" in params
         needs_history = [n for n, v in (("golden", golden), ("health_check", health_check)) if v is not None]
         history = getattr(getattr(model, "_updater", None), "history", None)  # a BundleModel's
         if needs_history and not (history is not None and history.enabled):
@@ -568,10 +573,14 @@ class CheckpointWatcher:
 
     def _update(self, info: CheckpointInfo, weights: dict[str, Any]) -> int:
         """``model.update`` with the checks (on the model's staged weights when it takes them) and a label."""
+        kw: dict[str, Any] = {}
+        if self._pass_step:
+            kw["step"] = info.step
+        if self._pass_source:
+            kw["source"] = str(info.path)
         if not self._model_checks:
-            return int(self._model.update(weights))
+            return int(self._model.update(weights, **kw))
         checks: list[Any] = [c for c in (self._check, self._golden) if c is not None]
-        kw = dict(source=str(info.path), step=info.step)
         try:
             return int(self._model.update(weights, check=checks, **kw))
         except Exception as e:
