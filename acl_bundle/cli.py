@@ -100,7 +100,7 @@ examples:
   acl-bundle build cnn.onnx -o cnn.om --plain --dynamic-image-size "224,224;448,448"
   acl-bundle build seq.onnx -o seq.om --plain --dynamic-dims "1,16;4,32"
   acl-bundle build add.onnx mul.onnx -o two.om       (a bundle of plain graphs, no variables)
-  acl-bundle build frozen.pb --inputs x:0 --outputs y:0 --batch-sizes 1,8     (TensorFlow: pip install 'acl-bundle[tf,sim]')
+  acl-bundle build frozen.pb --inputs x:0 --outputs y:0 --batch-sizes 1,8     (TensorFlow: pip install -e '.[tf,sim]')
   acl-bundle build saved_model_dir/ -o model.om --variables dense/kernel:0,dense/bias:0
 """
 

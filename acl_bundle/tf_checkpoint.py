@@ -1,6 +1,6 @@
 """TensorFlow checkpoints as weight sources, and TensorFlow's checkpoint-directory protocol.
 
-Needs the optional extra ``acl-bundle[tf]``: checkpoints are read with TensorFlow's
+Needs the optional extra ``tf`` (``pip install -e '.[tf]'`` in a checkout): checkpoints are read with TensorFlow's
 own reader (``tf.train.load_checkpoint``, the C++ ``BundleReader``), which checks
 every tensor's CRC32C; nothing here executes code from a checkpoint or loads its
 ``.meta`` graph.  :func:`acl_bundle.checkpoint.load_checkpoint` and
@@ -83,7 +83,7 @@ def require_tensorflow() -> Any:
     try:
         import tensorflow as tf
     except ImportError:
-        raise ImportError("reading TensorFlow checkpoints needs TensorFlow: pip install 'acl-bundle[tf]'") from None
+        raise ImportError("reading TensorFlow checkpoints needs TensorFlow: pip install -e '.[tf]' in a checkout of acl_bundle") from None
     return tf
 
 

@@ -35,6 +35,14 @@ being written has no marker yet and is invisible.  Rules the watcher keeps:
 * ``stop()`` wakes the thread at once and returns when it has ended (a long read is
   abandoned; an update in progress finishes).
 
+A directory written by an unchanged TensorFlow trainer (``tf.compat.v1.train.Saver``,
+``tf.train.CheckpointManager``) is watched the same way under TensorFlow's protocol:
+the commit point is TF's ``checkpoint`` state file (:mod:`acl_bundle.tf_checkpoint`),
+the step is the number in the checkpoint's name, and a checkpoint failing TF's CRC32C
+checks is skipped like a corrupt one of ours.  ``protocol="auto"`` (the default) picks
+the protocol by what the directory holds (a ``checkpoint`` state file: TF; ``*.ckpt.json``
+markers: ours; both: an error, choose one).
+
 Change notification uses watchdog (optional extra ``watch``) when it is installed;
 polling every ``poll_interval`` seconds always runs as the fallback.
 """
@@ -66,10 +74,13 @@ from .checkpoint import (
     select_weights,
     verify_checkpoint,
 )
+from .tf_checkpoint import detect_protocol, list_tf_checkpoints, load_tf_checkpoint, require_tensorflow
 
 log = logging.getLogger("acl_bundle")
 
 __all__ = ["AppliedCheckpoint", "CheckpointWatcher"]
+
+PROTOCOLS = ("auto", "acl_bundle", "tf")
 
 _Key = tuple[Any, ...]
 _DEFAULT: Any = object()  # check= not given: the finiteness check
@@ -140,6 +151,8 @@ class CheckpointWatcher:
         ``BundleModel(..., history=N)``).  The first checkpoint after load cannot be
         guarded by it (the model's current weights are not known on the host, so a
         refusal could not be undone): it is applied with ``check`` only, with a WARNING.
+    protocol: "auto" (by what the directory holds), "acl_bundle" (``*.ckpt.json`` markers)
+        or "tf" (TensorFlow's ``checkpoint`` state file; needs the ``tf`` extra).
     health_check: ``health_check(model)`` called after each update; raising or
         returning False rolls the model back to the weights served before
         (``model.rollback``, needs ``BundleModel(..., history=N)``) and skips the checkpoint.
@@ -164,6 +177,7 @@ class CheckpointWatcher:
         history_size: int = 100,
         golden: _checks.Golden | None = None,
         health_check: Callable[[Any], Any] | None = None,
+        protocol: str = "auto",
     ) -> None:
         if not hasattr(model, "update") or not hasattr(model, "variables"):
             raise TypeError(f"model must have .update() and .variables (a BundleModel), got {type(model).__name__}")
@@ -175,6 +189,12 @@ class CheckpointWatcher:
             raise ValueError(f"poll_interval must be a positive number of seconds, got {poll_interval!r} (finite and > 0)")
         if start_after is not None and (isinstance(start_after, bool) or not isinstance(start_after, int)):
             raise TypeError(f"start_after must be an int step or None, got {start_after!r}")
+        if protocol not in PROTOCOLS:
+            raise ValueError(f"protocol must be one of {list(PROTOCOLS)}, got {protocol!r}")
+        self._protocol = detect_protocol(d) if protocol == "auto" else protocol
+        if self._protocol == "tf":
+            require_tensorflow()  # ImportError naming the extra, now rather than in the thread
+        self._protocol_problem = ""
         if check is _DEFAULT:
             check = _checks.finite
         if check is not None and not callable(check):
@@ -257,6 +277,11 @@ class CheckpointWatcher:
         return True
 
     # ------------------------------------------------------------------ state
+    @property
+    def protocol(self) -> str | None:
+        """The protocol in use: "acl_bundle", "tf", or None while an "auto" directory is still empty."""
+        return self._protocol
+
     @property
     def applied_step(self) -> int | None:
         """The step of the weights now served (``start_after`` until something is applied)."""
@@ -480,11 +505,42 @@ class CheckpointWatcher:
             return info.step > served.step
         return info.created > served.created  # another run committed later: a new sequence
 
+    def _tf_scan(self) -> list[CheckpointInfo]:
+        """The checkpoints TF's state file names (complete on disk); a malformed state file is logged once."""
+        try:
+            infos = list_tf_checkpoints(self._dir)
+            self._protocol_problem = ""
+        except CheckpointError as e:  # keep serving, look again next time
+            if str(e) != self._protocol_problem:
+                self._protocol_problem = str(e)
+                log.warning("checkpoint watcher on %s: %s; keeping the weights of step %s", self._dir, e, self._applied_step)
+            return []
+        live = {i.marker.name for i in infos}
+        for cache in (self._bad, self._markers):
+            for name in [n for n in cache if n not in live]:
+                del cache[name]
+        for i in infos:  # the .index file stands for the marker (retried when it changes)
+            self._markers[i.marker.name] = (_lstat_key(i.marker) or (), i)
+        return infos
+
     def _candidates(self) -> list[CheckpointInfo]:
         """Acceptable, not-known-bad checkpoints, best first."""
+        if self._protocol is None:
+            try:
+                protocol = detect_protocol(self._dir)
+                if protocol == "tf":
+                    require_tensorflow()
+            except (CheckpointError, ImportError, OSError) as e:
+                if str(e) != self._protocol_problem:  # once, not every poll
+                    self._protocol_problem = str(e)
+                    log.warning("checkpoint watcher on %s: %s", self._dir, e)
+                return []
+            self._protocol = protocol
+            if protocol is None:
+                return []
         found = []
         served = self._served
-        for info in self._scan():
+        for info in (self._tf_scan() if self._protocol == "tf" else self._scan()):
             name = info.marker.name
             if not self._acceptable(info):
                 if (served is not None and name not in self._told and info.created > served.created
@@ -495,7 +551,7 @@ class CheckpointWatcher:
                                 "allow_step_reset=True)", info.step, name, self._dir, served.step)
                 continue
             bad = self._bad.get(name)
-            if bad is not None and bad == (self._markers[name][0], _lstat_key(info.path)):
+            if bad is not None and bad == (self._markers.get(name, (None,))[0], _lstat_key(info.path)):
                 continue  # the same bad entry as before: do not retry or re-log
             found.append(info)
         if self._allow_reset:
@@ -518,9 +574,12 @@ class CheckpointWatcher:
         t0 = time.perf_counter()
         arrays: Any = None
         try:
-            arrays = verify_checkpoint(info, max_bytes=self._max_bytes, lazy=True, stop=self._stop.is_set)
-            weights = select_weights(arrays, self._specs, source=f"checkpoint step {info.step} ({info.path.name})",
-                                     **self._names)  # type: ignore[arg-type]
+            if self._protocol == "tf":  # read by TensorFlow's own reader (CRC32C-checked)
+                weights = load_tf_checkpoint(info.path, self._specs, **self._names)  # type: ignore[arg-type]
+            else:
+                arrays = verify_checkpoint(info, max_bytes=self._max_bytes, lazy=True, stop=self._stop.is_set)
+                weights = select_weights(arrays, self._specs, source=f"checkpoint step {info.step} ({info.path.name})",
+                                         **self._names)  # type: ignore[arg-type]
             if not self._model_checks:
                 _checks.run_check(self._check, weights)
         except _checks.WeightsRefused as e:

@@ -16,7 +16,7 @@ trainer's model code restores that checkpoint (``Saver.restore`` /
 at a random moment (SIGKILL, as a preempted job dies, possibly mid-save) and checks that
 it serves exactly TF's newest committed checkpoint.
 
-Needs ``acl-bundle[tf,sim]``.
+Needs the ``tf`` and ``sim`` extras (``pip install -e '.[tf,sim]'``).
 Run:  python samples/tf_checkpoint_serving.py [--variant tf1|tf2|both]     (exit code 1 if a check fails)
 """
 from __future__ import annotations

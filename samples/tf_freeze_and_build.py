@@ -24,7 +24,7 @@ the first must equal it with the new trainable variables and the statistics it w
 frozen with, the second with everything from the checkpoint; the two differ once the
 statistics have moved, and repeated calls give identical results (Dropout is off).
 
-Needs ``acl-bundle[tf,sim]``.   Run:  python samples/tf_freeze_and_build.py   (exit code 1 if a check fails)
+Needs the ``tf`` and ``sim`` extras (``pip install -e '.[tf,sim]'``).   Run:  python samples/tf_freeze_and_build.py   (exit code 1 if a check fails)
 """
 from __future__ import annotations
 

@@ -18,7 +18,7 @@ The key->value workflow of a TF1 trainer, on the simulator::
    probe batch with the weights just pushed; every result the serving thread got must
    equal TensorFlow's output for the version that produced it (a torn update would not).
 
-Prints the update and infer timings.  Needs ``acl-bundle[tf,sim]``.
+Prints the update and infer timings.  Needs the ``tf`` and ``sim`` extras (``pip install -e '.[tf,sim]'``).
 Run:  python samples/tf_online_update.py        (exit code 1 if a check fails)
 """
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """Build simulator bundles from TensorFlow models: a frozen GraphDef (``.pb``) or a SavedModel directory.
 
 The TF graph is converted to ONNX with tf2onnx and then built by
-:func:`acl_bundle.sim.builder.build_bundle` (optional extras ``acl-bundle[tf,sim]``)::
+:func:`acl_bundle.sim.builder.build_bundle` (optional extras ``tf`` and ``sim``)::
 
     mf = build_bundle_from_tf("model.pb", inputs=["x:0"], outputs=["y:0"])
     builder.save(mf, "model.om")
@@ -62,7 +62,7 @@ def _tf() -> Any:
     try:
         import tensorflow as tf
     except ImportError:
-        raise ImportError("building from TensorFlow models needs TensorFlow and tf2onnx: pip install 'acl-bundle[tf,sim]'") from None
+        raise ImportError("building from TensorFlow models needs TensorFlow and tf2onnx: pip install -e '.[tf,sim]' in a checkout of acl_bundle") from None
     return tf
 
 
@@ -70,7 +70,7 @@ def _tf2onnx() -> Any:
     try:
         import tf2onnx
     except ImportError:
-        raise ImportError("building from TensorFlow models needs tf2onnx: pip install 'acl-bundle[tf,sim]'") from None
+        raise ImportError("building from TensorFlow models needs tf2onnx: pip install -e '.[tf,sim]' in a checkout of acl_bundle") from None
     logging.getLogger("tf2onnx").setLevel(max(logging.getLogger("tf2onnx").level, logging.WARNING))
     return tf2onnx
 

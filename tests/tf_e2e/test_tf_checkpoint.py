@@ -223,7 +223,7 @@ def test_core_package_imports_without_tensorflow_and_asks_for_the_extra():
         "try:\n"
         "    load_checkpoint(d / 'm.ckpt-1', ['a'])\n"
         "except ImportError as e:\n"
-        "    assert \"pip install 'acl-bundle[tf]'\" in str(e), e; print('OK')\n"
+        "    assert \"pip install -e '.[tf]'\" in str(e), e; print('OK')\n"
     )
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
                           env={**os.environ, "PYTHONPATH": str(ROOT)})
