@@ -169,6 +169,8 @@ def _limit(max_bytes: int | None, default: int) -> int:
 
 def _open_archive(path: str | os.PathLike[str], limit: int) -> Archive:
     p = Path(path)
+    if not os.path.lexists(p):
+        raise FileNotFoundError(f"checkpoint {str(p)!r} does not exist or is not a file")
     suffix = p.suffix.lower()
     if suffix not in SUFFIXES:
         raise CheckpointError(f"checkpoint {str(p)!r} has suffix {p.suffix!r}; expected one of {list(SUFFIXES)}")

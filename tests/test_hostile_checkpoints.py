@@ -773,15 +773,16 @@ def test_history_is_bounded(served):
 
 def test_directory_listing_errors_are_logged_once(served, caplog, monkeypatch):
     m, w, d = served
-    wt = CheckpointWatcher(m, d, use_watchdog=False)
+    write_checkpoint(d, _shifted(w, 1), 1)
+    wt = CheckpointWatcher(m, d, use_watchdog=False, start_after=1)  # the protocol is known: ours
     monkeypatch.setattr(os, "scandir", lambda *a: (_ for _ in ()).throw(OSError(116, "Stale file handle")))
     with caplog.at_level(logging.WARNING, logger="acl_bundle"):
         for _ in range(5):
             assert wt.poll() is None
     assert len(_warnings(caplog)) == 1 and "Stale file handle" in caplog.text
     monkeypatch.undo()
-    write_checkpoint(d, _shifted(w, 1), 1)
-    assert wt.poll().step == 1
+    write_checkpoint(d, _shifted(w, 2), 2)
+    assert wt.poll().step == 2
 
 
 def test_a_surprise_exception_in_one_entry_does_not_stop_the_scan(served, caplog, monkeypatch):
