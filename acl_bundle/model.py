@@ -416,12 +416,7 @@ class BundleModel:
         ``stats["refused_updates"]``.  ``source`` labels the history entry.
         """
         gate = self._gate
-        if gate.closed:  # type: ignore[union-attr]
-            raise ModelClosedError(f"BundleModel({self._source!r}) is closed")
-        changed = self._desc.check_weights(weights)
-        _check_step(step)
-        self._updater.check_fits(changed)
-        plain, goldens = _checks_of(check, source)
+        changed, plain, goldens = self._validate(weights, step, check, source)
         gate.enter()  # type: ignore[union-attr]
         try:
             self._updater.lock.acquire()
@@ -445,12 +440,7 @@ class BundleModel:
         ``source`` as in :meth:`update` (weight checks run now, golden checks in commit).
         """
         gate = self._gate
-        if gate.closed:  # type: ignore[union-attr]
-            raise ModelClosedError(f"BundleModel({self._source!r}) is closed")
-        changed = self._desc.check_weights(weights)
-        _check_step(step)
-        self._updater.check_fits(changed)
-        plain, goldens = _checks_of(check, source)
+        changed, plain, goldens = self._validate(weights, step, check, source)
         if timeout is not None and (not isinstance(timeout, (int, float)) or isinstance(timeout, bool) or timeout < 0):
             raise ValueError(f"timeout must be a number of seconds >= 0 or None, got {timeout!r}")
         gate.enter()  # type: ignore[union-attr]
@@ -465,6 +455,17 @@ class BundleModel:
                 raise
         finally:
             gate.exit()  # type: ignore[union-attr]
+
+    def _validate(self, weights: Any, step: Any, check: Checks, source: str | None
+                  ) -> tuple[dict[int, np.ndarray], list[Check], list[Golden]]:
+        """Everything an update is checked for before the first device copy."""
+        if self._gate.closed:  # type: ignore[union-attr]
+            raise ModelClosedError(f"BundleModel({self._source!r}) is closed")
+        changed = self._desc.check_weights(weights)
+        _check_step(step)
+        self._updater.check_fits(changed)
+        plain, goldens = _checks_of(check, source)
+        return changed, plain, goldens
 
     def _guarded_stage(self, changed: dict[int, np.ndarray], step: int | None, plain: list[Check],
                        goldens: list[Golden], source: str | None) -> StagedUpdate:
