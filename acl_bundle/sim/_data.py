@@ -17,6 +17,7 @@ class DataBuffer:
     id: int
     addr: int
     size: int
+    holders: list[tuple[int, int]] = field(default_factory=list)  # (dataset id, index) it was added at
 
 
 @dataclass(eq=False)
@@ -41,6 +42,22 @@ class Dataset:
     id: int
     buffers: list[int] = field(default_factory=list)
     descs: list[int] = field(default_factory=list)  # owned TensorDesc ids, 0 = none
+    # What an update graph validated last (see _mdl._prepare_update): which model, at which
+    # count of device frees, which inputs were non-empty; and the indexes changed since
+    # (desc set, buffer re-pointed or destroyed), so only those and the non-empty ones are
+    # validated again.
+    checked_for: int = 0
+    checked_frees: int = -1
+    nonempty: set[int] = field(default_factory=set)
+    dirty: set[int] = field(default_factory=set)
+
+
+def touched(db: DataBuffer) -> None:
+    """``db`` was re-pointed or destroyed: mark its places in live datasets for re-validation (LOCK held)."""
+    for ds_id, index in db.holders:
+        ds = WORLD.datasets.get(ds_id)
+        if ds is not None:
+            ds.dirty.add(index)
 
 
 def dtype_size(dtype: int) -> int:
@@ -85,8 +102,10 @@ def get_db(h: Any) -> DataBuffer | None:
 @api("acl.destroy_data_buffer", "ret", pre=ints("data_buffer"))
 def destroy_data_buffer(data_buffer: int) -> int:
     with LOCK:
-        if WORLD.data_buffers.pop(data_buffer, None) is None:
+        db = WORLD.data_buffers.pop(data_buffer, None)
+        if db is None:
             return set_err(S.E_PARAM, f"destroy_data_buffer: {data_buffer:#x} is not a live data buffer")
+        touched(db)
     return 0
 
 
@@ -104,6 +123,7 @@ def update_data_buffer(data_buffer: int, data: int, size: int) -> int:
         if data < 0 or size < 0:
             return set_err(S.E_PARAM, f"update_data_buffer: invalid (ptr {data:#x}, size {size})")
         db.addr, db.size = data, size
+        touched(db)
     return 0
 
 
@@ -219,8 +239,11 @@ def add_dataset_buffer(dataset: int, data_buffer: int) -> tuple[int, int]:
         ds = get_ds(dataset)
         if ds is None:
             return 0, set_err(S.E_PARAM, f"add_dataset_buffer: {dataset:#x} is not a live dataset")
-        if get_db(data_buffer) is None:
+        db = get_db(data_buffer)
+        if db is None:
             return 0, set_err(S.E_PARAM, f"add_dataset_buffer: {data_buffer:#x} is not a live data buffer")
+        db.holders.append((ds.id, len(ds.buffers)))
+        ds.dirty.add(len(ds.buffers))
         ds.buffers.append(data_buffer)
         ds.descs.append(0)
         return dataset, 0
@@ -262,6 +285,7 @@ def set_dataset_tensor_desc(dataset: int, tensor_desc: int, index: int) -> tuple
             src = get_td(tensor_desc)
             if src is None:
                 return 0, set_err(S.E_PARAM, f"set_dataset_tensor_desc: {tensor_desc:#x} is not a live tensor desc")
+        ds.dirty.add(index)
         old = ds.descs[index]
         if old:
             WORLD.tensor_descs.pop(old, None)

@@ -215,8 +215,11 @@ def _load_bundle(name: str, data: bytes | None, ret: int) -> tuple[int, int]:
             return 0, set_err(S.E_CTX_NULL, f"{name}: no current context in this thread")
         dev = ctx.device
         vars_: list[Var] = []
+        # Variables the init graph writes whole are not zero-filled first (it would be a second
+        # pass over every byte); the others start at zero.
+        init_writes = bool(mf.initial_values)
         for v in mf.variables:
-            got = device_alloc(dev, max(v.nbytes(), 1), fill=0)
+            got = device_alloc(dev, max(v.nbytes(), 1), fill=None if init_writes else 0)
             if got is None:
                 for done in vars_:
                     device_release(dev, done.ptr, done.accounted)
@@ -724,16 +727,33 @@ def _init_work(m: Model) -> Work:
 
 
 def _prepare_update(name: str, m: Model, ids: Any, in_dbs: list) -> tuple[int, Work | None]:
+    """Validate the update graph's inputs: an empty one (dims [0]) needs a live device address, a
+    non-empty one the variable's desc and a buffer covering its bytes.
+
+    Only what may have changed is validated again: the inputs whose desc or buffer changed
+    since this dataset last passed (``Dataset.dirty``) and the non-empty ones (they are
+    copied; their buffers may move); all of them after any device memory was freed (an
+    empty input's address may have died) or on another model.  An unchanged empty input
+    thus costs nothing, as on the device, where the graph reads no bytes of it.
+    """
     b = m.bundle
     assert b is not None
+    if ids.checked_for == m.id and ids.checked_frees == WORLD.device_frees:
+        todo = sorted(ids.dirty | ids.nonempty)
+    else:
+        todo = range(len(b.vars))
+    ids.checked_for = 0  # until this validation passes
+    nonempty = set(ids.nonempty) if isinstance(todo, list) else set()
     copies: list[tuple[Var, int, int, Any]] = []
-    for i, (v, db) in enumerate(zip(b.vars, in_dbs)):
+    for i in todo:
+        v, db = b.vars[i], in_dbs[i]
         td = get_td(ids.descs[i]) if ids.descs[i] else None
         if td is None:
             return set_err(S.E_PARAM, f"{name}: update input {i} ({v.spec.name}_var_data) has no tensor desc; use dims [0] for unchanged weights"), None
         if td.dims and all(d >= 0 for d in td.dims) and 0 in td.dims:
             if (device_range(db.addr, 1) if db.addr else None) is None:
                 return set_err(S.E_PARAM, f"{name}: update input {i} ({v.spec.name}) is empty but its buffer {describe(db.addr) if db.addr else 'NULL'} is not a live device address"), None
+            nonempty.discard(i)
             continue
         if td.dims != list(v.spec.shape):
             return set_err(S.E_SHAPE, f"{name}: update input {i} ({v.spec.name}) desc dims {td.dims} != variable shape {list(v.spec.shape)}"), None
@@ -743,7 +763,10 @@ def _prepare_update(name: str, m: Model, ids: Any, in_dbs: list) -> tuple[int, W
         blk = device_range(db.addr, n) if db.addr else None
         if db.size < n or blk is None:
             return set_err(S.E_SHAPE, f"{name}: update input {i} ({v.spec.name}) buffer {describe(db.addr) if db.addr else 'NULL'} size {db.size} does not cover the variable's {n} bytes of device memory"), None
+        nonempty.add(i)
         copies.append((v, db.addr, n, blk.owner()))
+    ids.nonempty, ids.checked_for, ids.checked_frees = nonempty, m.id, WORLD.device_frees
+    ids.dirty.clear()
 
     def work() -> int:
         # All or nothing, even under a signal: every input was validated above, and Python

@@ -116,6 +116,7 @@ def device_alloc(device: int, size: int, *, fill: int | None = 0xCD) -> tuple[np
 
 def device_release(device: int, ptr: int, accounted: int) -> None:
     """Undo :func:`device_alloc` (LOCK held)."""
+    WORLD.device_frees += 1
     unaccount(device, accounted)
     ARENA.free(ptr, accounted)
 

@@ -166,6 +166,7 @@ class World:
         self.host_blocks = Intervals()  # acl.rt.malloc_host
         self.regions = Intervals(multi=True)  # bytes_to_ptr / numpy_to_ptr registrations
         self.device_used: dict[int, int] = {}  # device -> accounted bytes
+        self.device_frees = 0  # device memory given back so far: a cached "this address is live" is stale after one
 
 
 LOCK = threading.RLock()

@@ -136,7 +136,7 @@ class ModelFile:
     kind: str  # "plain" or "bundle"
     graphs: list[GraphSpec]  # bundle order: infer, [init], update; or >= 2 "model" graphs
     variables: list[TensorSpec] = field(default_factory=list)
-    initial_values: list[bytes] = field(default_factory=list)  # one per variable when an init graph exists
+    initial_values: list[bytes | memoryview] = field(default_factory=list)  # one per variable when an init graph exists (loads: views into the file)
     batch_sizes: list[int] = field(default_factory=list)  # [] = static shapes
     dynamic_hw: list[tuple[int, int]] = field(default_factory=list)
     dynamic_dims: list[tuple[int, ...]] = field(default_factory=list)
@@ -235,7 +235,8 @@ def _from_sections(sections: list[tuple[bytes, memoryview]]) -> ModelFile:
     meta = json.loads(bytes(sections[0][1]).decode())
     rest = sections[1:]
     onnx_payloads = [bytes(p) for t, p in rest if t == b"ONNX"]
-    var_payloads = [bytes(p) for t, p in rest if t == b"VARV"]
+    # Views into the file's bytes, not copies: loading then moves only the bytes init really writes.
+    var_payloads = [p for t, p in rest if t == b"VARV"]
     if len(onnx_payloads) + len(var_payloads) != len(rest):
         raise FormatError(ERR_CORRUPT, "unknown section tag")
     kind = meta["kind"]

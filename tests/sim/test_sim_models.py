@@ -149,6 +149,48 @@ def test_empty_update_input_needs_device_address(rig, mlp_bundle):
     assert b.run_update() == 100000
 
 
+def test_update_validates_what_changed_and_stays_strict(rig, mlp_bundle, monkeypatch):
+    """After a passing update only changed/non-empty inputs are validated again; a freed empty-input
+    address, a re-pointed buffer and a new desc are still caught."""
+    from acl_bundle.sim import _mdl
+
+    path, w = mlp_bundle()
+    b = BundleRun(rig, path)
+    b.set_update({})
+    assert b.run_update() == 0  # first time: all 4 inputs validated
+    seen = []
+    real = _mdl.device_range
+    monkeypatch.setattr(_mdl, "device_range", lambda addr, n: seen.append(addr) or real(addr, n))
+    assert b.run_update() == 0
+    assert seen == []  # nothing changed: no input validated again
+    new = np.full(4, 7, np.float32)
+    rig.h2d(b.upd_p[3], new)
+    acl.mdl.set_dataset_tensor_desc(b.upd_in, rig.tensor_desc(F, [4]), 3)
+    assert b.run_update() == 0
+    assert seen == [b.upd_p[3]]  # the changed one only
+    np.testing.assert_array_equal(sim.variables(b.bid)["fc1.bias"], new)
+    seen.clear()
+    assert b.run_update() == 0
+    assert seen == [b.upd_p[3]]  # a non-empty input is copied, so validated, every time
+    # an empty input's memory freed after it passed: caught
+    p = rig.malloc(64)
+    db = acl.mdl.get_dataset_buffer(b.upd_in, 1)
+    acl.update_data_buffer(db, p, 64)
+    assert b.run_update() == 0
+    assert acl.rt.free(p) == 0
+    rig.ptrs.remove(p)
+    assert b.run_update() == 100000
+    assert "is not a live device address" in acl.get_recent_err_msg()
+    acl.update_data_buffer(db, b.upd_p[1], 16 * 4)
+    assert b.run_update() == 0
+    # a desc changed after a pass: caught
+    before = sim.variables(b.bid)
+    acl.mdl.set_dataset_tensor_desc(b.upd_in, rig.tensor_desc(F, [5]), 2)
+    assert b.run_update() == 145021
+    for k, v in sim.variables(b.bid).items():
+        np.testing.assert_array_equal(v, before[k])  # nothing applied
+
+
 def test_bundle_without_init_is_zero_filled(rig, mlp_bundle):
     path, w = mlp_bundle(init=False)
     b = BundleRun(rig, path)
