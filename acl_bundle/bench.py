@@ -9,7 +9,7 @@ or from Python::
 
 Every figure is a ratio of two things measured in the same run, interleaved A/B/A/B
 over several rounds, each side summarised by its median (shared, noisy machines).
-The six scenarios and their goals:
+The scenarios and their goals:
 
 1. wrapper overhead: ``BundleModel.infer`` vs the minimal raw pyACL sequence
    (pre-built datasets, memcpy in, execute, memcpy out) on a second loaded copy of
@@ -28,6 +28,10 @@ The six scenarios and their goals:
 5. infer throughput of several threads while updates stream at 10 Hz (goal >= 0.9x)
    and at the maximum rate (for information) vs without updates.
 6. device mallocs per 1,000 steady-state infer/update calls; goal 0.
+8. pause: the longest infer stall a full update causes, with 1 infer thread and as
+   many as cores, on a 7 MiB MLP and a 256 MiB embedding bundle, as a ratio to the
+   commit's own duration (goal <= 1.2x) and to the no-update p99 (for information);
+   and the p99 under updates vs without (goal <= 1.2x).
 7. staging memory: ``device_bytes`` beyond the variables, as a fraction of their bytes,
    for 100 x 1 MiB variables updated one at a time through a one-variable staging pool
    (goal <= 0.10); the default pool (every update fits) beside it, for information.
@@ -85,6 +89,7 @@ SCENARIOS: dict[int, str] = {
     7: "staging memory",
     5: "serving under updates",
     6: "allocation discipline",
+    8: "pause caused by an update",
 }
 
 Progress = Callable[[str], None]
@@ -95,7 +100,7 @@ class BenchConfig:
     """Sizes and repetitions; the defaults run in well under 2 minutes on 2 cores.
 
     ``quick=True`` replaces every size by a small one (CI smoke test, a few seconds).
-    ``only`` restricts the run to some scenario numbers (1..6).
+    ``only`` restricts the run to some scenario numbers (1..8).
     """
 
     quick: bool = False
@@ -104,7 +109,7 @@ class BenchConfig:
     seed: int = 0
     # 1. wrapper overhead: MLP layer sizes per model, batch sizes, infer calls per timed block
     s1_models: dict[str, tuple[int, ...]] = field(
-        default_factory=lambda: {"small": (64, 128, 10), "medium": (512, 1024, 1024, 256)}
+        default_factory=lambda: {"tiny": (8, 16, 4), "small": (64, 128, 10), "medium": (512, 1024, 1024, 256)}
     )
     s1_batches: tuple[int, ...] = (1, 64)
     s1_calls: int = 200
@@ -127,11 +132,20 @@ class BenchConfig:
     s5_rounds: int = 3
     # 6. allocation discipline: steady-state calls counted
     s6_calls: int = 1000
+    # 8. pause: bundles (label -> kind, sizes, update rate Hz), infer thread counts (() = 1 and the cores),
+    # seconds per window, interleaved rounds
+    s8_bundles: dict[str, tuple[str, tuple[int, ...], float]] = field(default_factory=lambda: {
+        "7 MiB MLP": ("mlp", (512, 1024, 1024, 256), 10.0),
+        "256 MiB embedding": ("embedding", (16, 65536, 64), 4.0),
+    })
+    s8_threads: tuple[int, ...] = ()
+    s8_seconds: float = 1.0
+    s8_rounds: int = 5
 
     def __post_init__(self) -> None:
         if self.quick:
             self.rounds = 3
-            self.s1_models = {"small": (16, 32, 8), "medium": (128, 256, 64)}
+            self.s1_models = {"tiny": (4, 8, 2), "small": (16, 32, 8), "medium": (128, 256, 64)}
             self.s1_batches = (1, 8)
             self.s1_calls = 30
             self.s2_size = 4096
@@ -146,6 +160,10 @@ class BenchConfig:
             self.s5_seconds = 0.25
             self.s5_rounds = 2
             self.s6_calls = 200
+            self.s8_bundles = {"0.4 MiB MLP": ("mlp", (64, 512, 128, 64), 10.0),
+                               "4 MiB embedding": ("embedding", (4, 4096, 64), 10.0)}
+            self.s8_seconds = 0.3
+            self.s8_rounds = 2
         if self.only is not None:
             bad = [s for s in self.only if s not in SCENARIOS]
             if bad or not self.only:
@@ -777,6 +795,142 @@ def _s7_staging_memory(c: _Ctx) -> dict:
         "single-variable update atomic (the stress test's torn-output check runs on that configuration)"]}
 
 
+def _latencies(m: Any, xs: list[np.ndarray], threads: int, seconds: float, rate: float | None,
+               upd: dict) -> tuple[list[float], list[float]]:
+    """Every infer's latency (s) over ``seconds`` with ``threads`` infer threads, full updates at ``rate`` Hz
+    (None: none); and each update's commit duration (the only phase that excludes inference)."""
+    stop = threading.Event()
+    start = threading.Barrier(threads + 2)
+    lat: list[list[float]] = [[] for _ in range(threads)]
+    commits: list[float] = []
+    errors: list[BaseException] = []
+    clock = time.perf_counter
+
+    def infer(i: int) -> None:
+        try:
+            mine, k, n = lat[i], 0, len(xs)
+            start.wait()
+            while not stop.is_set():
+                t0 = clock()
+                m.infer(xs[k % n])
+                mine.append(clock() - t0)
+                k += 1
+        except BaseException as e:  # pragma: no cover - reported below
+            errors.append(e)
+            stop.set()
+
+    def update() -> None:
+        try:
+            start.wait()
+            if rate is None:
+                return
+            t_next = clock()
+            while not stop.is_set():
+                t_next += 1.0 / rate
+                delay = t_next - clock()
+                if delay > 0 and stop.wait(delay):
+                    return
+                m.update(upd)
+                commits.append(m.stats["last_update"]["commit_seconds"])
+        except BaseException as e:  # pragma: no cover
+            errors.append(e)
+            stop.set()
+
+    ts = [threading.Thread(target=infer, args=(i,), daemon=True) for i in range(threads)]
+    ts.append(threading.Thread(target=update, daemon=True))
+    for t in ts:
+        t.start()
+    start.wait()
+    time.sleep(seconds)
+    stop.set()
+    for t in ts:
+        t.join()
+    if errors:
+        raise errors[0]
+    return [x for part in lat for x in part], commits
+
+
+def _p99(xs: Sequence[float]) -> float:
+    return float(np.percentile(xs, 99)) if xs else float("nan")
+
+
+def _s8_pause(c: _Ctx) -> dict:
+    """The longest infer stall an update causes, against the commit's own duration and the no-update p99.
+
+    Per round, interleaved: a window without updates, a window with full updates at the
+    bundle's rate.  stall = the longest infer latency under updates minus the median
+    latency without (what the longest call waited beyond its own work); ratio to the
+    median commit of that window (goal <= 1.2x: a call waits about one commit, no more)
+    and to the no-update p99; then p99 under updates / p99 without (goal <= 1.2x).
+    """
+    from .sim import models
+
+    cfg = c.cfg
+    cores = os.cpu_count() or 1
+    thread_counts = list(cfg.s8_threads) or sorted({1, cores})
+    rows: list[dict] = []
+    for label, (kind, sizes, rate) in cfg.s8_bundles.items():
+        c.progress(f"8 pause: building {label}")
+        if kind == "mlp":
+            proto, w0 = models.mlp(sizes, seed=cfg.seed)
+            x = c.rng.standard_normal((1, sizes[0])).astype(np.float32)
+        else:
+            proto, w0 = models.embedding(*sizes, seed=cfg.seed)
+            x = np.array([sizes[1] // 2], np.int64)
+        path = c.build(proto, init=False)
+        del proto
+        upd = {k: (v * 0.5).astype(v.dtype) for k, v in w0.items()}
+        del w0
+        nbytes = sum(v.nbytes for v in upd.values())
+        for threads in thread_counts:
+            m = c.open(path, max_concurrency=threads)
+            xs = _fresh(x, 64)
+            per: dict[str, list[float]] = {"stall/commit": [], "stall/p99": [], "p99": [], "stall_ms": [],
+                                           "commit_ms": [], "p99_none_ms": []}
+            try:
+                m.update(upd)
+                _latencies(m, xs, threads, min(0.2, cfg.s8_seconds), None, upd)  # warm: every slot built
+                for r in range(cfg.s8_rounds):
+                    got: dict[str, tuple[list[float], list[float]]] = {}
+                    for side in (("none", "upd") if r % 2 == 0 else ("upd", "none")):
+                        c.progress(f"8 pause: {label}, {threads} infer thread(s), round {r + 1}/{cfg.s8_rounds}, {side}")
+                        got[side] = _latencies(m, xs, threads, cfg.s8_seconds, None if side == "none" else rate, upd)
+                    base, (lat, commits) = got["none"][0], got["upd"]
+                    if not base or not lat or not commits:
+                        continue
+                    stall = max(lat) - _median(base)
+                    commit = _median(commits)
+                    p99_none = _p99(base)
+                    per["stall/commit"].append(stall / commit)
+                    per["stall/p99"].append(stall / p99_none)
+                    per["p99"].append(_p99(lat) / p99_none)
+                    per["stall_ms"].append(1e3 * stall)
+                    per["commit_ms"].append(1e3 * commit)
+                    per["p99_none_ms"].append(1e3 * p99_none)
+            finally:
+                m.close()
+            if not per["stall/commit"]:
+                continue
+            what = f"{label}, {threads} infer thread{'s' if threads > 1 else ''}"
+            detail = dict(stall_ms=_median(per["stall_ms"]), commit_ms=_median(per["commit_ms"]),
+                          p99_none_ms=_median(per["p99_none_ms"]), update_mib=nbytes / MiB, updates_hz=rate,
+                          gil_switch_ms=1e3 * sys.getswitchinterval())
+            for key, name, op, goal in (("stall/commit", "longest stall / commit", "<=", 1.2),
+                                        ("stall/p99", "longest stall / no-update p99", None, None),
+                                        ("p99", f"p99 under {rate:g} Hz updates / no-update p99", "<=", 1.2)):
+                xs_r = per[key]
+                rows.append(_row(8, f"{name}, {what}", _median(xs_r), op, goal, **detail,
+                                 paired_min=min(xs_r), paired_max=max(xs_r)))
+    return {"rows": rows, "notes": [
+        "stall = longest infer latency under updates - median latency without; commit = the update graph's run "
+        "under the gate's writer side (median of the window); per round, interleaved with a no-update window; "
+        "ratio = median over rounds, 'rounds' = their range. A call that arrives while another reader is in "
+        "flight waits for that reader's remaining work and then the commit, so stall/commit > 1 grows with the "
+        "infer's own duration (the dense MLP reads all its weights per call; the embedding reads a few rows). "
+        "The update thread's own Python (stage, commit bookkeeping) competes for the GIL: a thread asking for it "
+        "may wait one switch interval (gil_switch_ms), which bounds the stall from below when commits are short"]}
+
+
 _RUNNERS: dict[int, Callable[[_Ctx], dict]] = {
     1: _s1_wrapper_overhead,
     2: _s2_update_proportional,
@@ -785,6 +939,7 @@ _RUNNERS: dict[int, Callable[[_Ctx], dict]] = {
     5: _s5_serving,
     6: _s6_allocations,
     7: _s7_staging_memory,
+    8: _s8_pause,
 }
 
 

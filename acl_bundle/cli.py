@@ -532,7 +532,7 @@ def _add_bench(sub: Any) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("--quick", action="store_true", help="small sizes and few rounds (smoke test)")
-    p.add_argument("--only", metavar="N,N,...", help="run only these scenarios (1-7)")
+    p.add_argument("--only", metavar="N,N,...", help="run only these scenarios (1-8)")
     p.add_argument("--json", metavar="FILE", help="write the full results as JSON")
     p.add_argument("--plot", metavar="PNG", help="write a bar chart of ratios vs goals (needs matplotlib)")
     p.add_argument("--no-progress", action="store_true", help="no progress lines on stderr")

@@ -56,9 +56,10 @@ def test_machine_info_in_results_and_table_header(quick):
         assert value in header
 
 
-def test_scenario1_covers_two_models_and_two_batches(quick):
+def test_scenario1_covers_three_models_and_two_batches(quick):
     rows = _rows(quick, 1)
-    assert [r["label"] for r in rows] == ["infer small b=1", "infer small b=8", "infer medium b=1", "infer medium b=8"]
+    assert [r["label"] for r in rows] == ["infer tiny b=1", "infer tiny b=8", "infer small b=1", "infer small b=8",
+                                          "infer medium b=1", "infer medium b=8"]
     for r in rows:
         assert (r["op"], r["goal"]) == ("<=", 1.10)
         assert r["detail"]["wrapper_us"] > 0 and r["detail"]["raw_us"] > 0
@@ -98,6 +99,25 @@ def test_serving_and_physical_bound_rows(quick):
     assert (ten["op"], ten["goal"]) == (">=", 0.9)
     assert top["op"] is None
     assert ten["detail"]["infers_per_s"] > 0 and top["detail"]["updates_per_s"] > 0
+
+
+def test_pause_rows(quick):
+    """Scenario 8: per bundle and infer-thread count (1 and the cores), stall/commit and p99 rows with goals."""
+    import os
+
+    rows = _rows(quick, 8)
+    threads = sorted({1, os.cpu_count() or 1})
+    for label in ("0.4 MiB MLP", "4 MiB embedding"):
+        for t in threads:
+            what = f"{label}, {t} infer thread{'s' if t > 1 else ''}"
+            stall = _row(quick, 8, f"longest stall / commit, {what}")
+            p99 = _row(quick, 8, f"p99 under 10 Hz updates / no-update p99, {what}")
+            info = _row(quick, 8, f"longest stall / no-update p99, {what}")
+            assert (stall["op"], stall["goal"], p99["op"], p99["goal"], info["op"]) == ("<=", 1.2, "<=", 1.2, None)
+            d = stall["detail"]
+            assert d["commit_ms"] > 0 and d["p99_none_ms"] > 0
+            assert d["paired_min"] <= stall["ratio"] <= d["paired_max"]
+    assert len(rows) == 3 * 2 * len(threads)
 
 
 def test_no_mallocs_in_steady_state(quick):
@@ -158,7 +178,7 @@ def test_raw_sequence_matches_wrapper(tmp_path):
 
 
 def test_config_validation():
-    with pytest.raises(ValueError, match=r"^only must name scenarios among \[1, 2, 3, 4, 5, 6, 7\], got \[0\]$"):
+    with pytest.raises(ValueError, match=r"^only must name scenarios among \[1, 2, 3, 4, 5, 6, 7, 8\], got \[0\]$"):
         BenchConfig(only=[0])
     assert BenchConfig(only=[3, 1, 3]).selected() == [1, 3]
 

@@ -21,6 +21,8 @@ __all__ = [
     "mlp_reference",
     "many_variables",
     "many_variables_reference",
+    "embedding",
+    "embedding_reference",
     "classifier",
     "classifier_reference",
     "image_model",
@@ -165,6 +167,41 @@ def many_variables_reference(x: np.ndarray, weights: Mapping[str, np.ndarray]) -
     for v in weights.values():
         acc = acc + np.asarray(v, np.float64)
     return acc.astype(np.asarray(x).dtype)
+
+
+def embedding(
+    tables: int = 4, rows: int = 1024, dim: int = 64, *, seed: int = 0, batch: int = 1
+) -> tuple[onnx.ModelProto, dict[str, np.ndarray]]:
+    """Return ``y = sum_i table_i[ids]`` (Gather per table, one Sum): large variables, cheap infer.
+
+    Input ``"ids"`` is int64 ``[batch]``, output ``"y"`` float32 ``[batch, dim]``; the
+    variables ``emb{i}`` are ``[rows, dim]``.  An infer reads ``tables * batch`` rows, so
+    its cost does not grow with the tables (recommendation models: the embedding tables
+    are most of the device memory), while a full update copies all of them.
+    """
+    if tables <= 0 or rows <= 0 or dim <= 0 or batch <= 0:
+        raise ValueError(f"tables, rows, dim and batch must be positive, got {tables}, {rows}, {dim}, {batch}")
+    rng = np.random.default_rng(seed)
+    weights = {f"emb{i}": rng.uniform(-1, 1, (rows, dim)).astype(np.float32) for i in range(tables)}
+    nodes = [helper.make_node("Gather", [name, "ids"], [f"g{i}"], axis=0, name=f"gather{i}")
+             for i, name in enumerate(weights)]
+    nodes.append(helper.make_node("Sum", [f"g{i}" for i in range(tables)], ["y"], name="sum"))
+    graph = helper.make_graph(
+        nodes,
+        "embedding",
+        [helper.make_tensor_value_info("ids", TensorProto.INT64, [batch])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [batch, dim])],
+        initializer=_initializers(weights),
+    )
+    return _make_model(graph), weights
+
+
+def embedding_reference(ids: np.ndarray, weights: Mapping[str, np.ndarray]) -> np.ndarray:
+    """Numpy reference of :func:`embedding` (float64 accumulation, cast to float32)."""
+    acc = np.zeros((len(ids), next(iter(weights.values())).shape[1]), np.float64)
+    for t in weights.values():
+        acc += t[np.asarray(ids)].astype(np.float64)
+    return acc.astype(np.float32)
 
 
 def classifier(
