@@ -317,6 +317,16 @@ class Description:
             raise ValueError("the update graph names two variables alike")
 
     # -------------------------------------------------------------- checks
+    @property
+    def accept(self) -> list[tuple[np.dtype, dict[tuple[int, ...], int]]]:
+        """Per input: (dtype, {exact shape: the batch size it implies, 0 = static}) — the plain case of infer()."""
+        return self._accept
+
+    @property
+    def default_batch(self) -> int:
+        """The batch size that runs inputs without a batch dim (0: static batch)."""
+        return self._default_batch
+
     def check_inputs(self, inputs: tuple[Any, ...]) -> tuple[list[np.ndarray], int]:
         """``infer``'s arguments as arrays in input order, and their row count (0: static batch)."""
         if len(inputs) == len(self._accept):  # fast path: exact arrays as the model wants them

@@ -17,6 +17,7 @@ the waiting is in the private helpers.  What it decides:
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 from typing import Any
 
 from ._errors import ModelClosedError
@@ -123,6 +124,43 @@ class Gate:
             self._ops -= 1
             if self._slot_waiters or (not self._readers and self._writers_waiting) or (self.closed and not self._ops):
                 self._cond.notify_all()
+
+    def fast_reader(self) -> tuple[Callable[[int], Any], Callable[[int, Any], None]]:
+        """``(try_begin, end)`` for the specialised infer: the reader protocol on the condition's own lock.
+
+        ``try_begin(batch)`` becomes a reader and takes an idle slot of ``batch`` only when
+        nothing would make the general :meth:`begin_read` wait or refuse (no commit running
+        or waiting, not closed, an idle slot); otherwise it returns None and changes
+        nothing, and the caller takes the general path, which waits phase-fairly.
+        ``end(batch, slot)`` is :meth:`end_read` with a slot.  Holding the underlying lock
+        (``Condition`` uses it as its own) skips the ``Condition`` frames, not the protocol.
+        """
+        lock = self._cond._lock  # type: ignore[attr-defined]
+        free = self._free
+
+        def try_begin(batch: int) -> Any:
+            if self.closed:  # also after fork: the child's gate has a new lock, this one may be held
+                return None
+            with lock:
+                if self._writer or self._writers_waiting or self.closed:
+                    return None
+                idle = free.get(batch)
+                if not idle:
+                    return None
+                self._ops += 1
+                self._readers += 1
+                return idle.pop()
+
+        def end(batch: int, slot: Any) -> None:
+            with lock:
+                free[batch].append(slot)
+                self.reads += 1
+                self._readers -= 1
+                self._ops -= 1
+                if self._slot_waiters or (not self._readers and self._writers_waiting) or (self.closed and not self._ops):
+                    self._cond.notify_all()
+
+        return try_begin, end
 
     def _wait_to_read(self) -> None:
         """Wait (holding the lock) while a commit runs or waits, unless this reader was admitted."""

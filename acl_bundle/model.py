@@ -9,7 +9,9 @@ The façade over the pieces, each in a file named for it:
 * :mod:`._buffers` — the release ledger and the per-batch infer slots;
 * :mod:`._updater` — the update graph's I/O, stage and commit, version; init at load;
 * :mod:`._gate` — admission: in-flight calls, phase-fair readers/writer, slots;
-* :mod:`._history` — host copies of applied weights (opt-in), for undo and ``rollback``.
+* :mod:`._history` — host copies of applied weights (opt-in), for undo and ``rollback``;
+* :mod:`._fastinfer` — ``infer``'s specialised path for the plain case (exact arrays,
+  a built slot, no commit pending), everything else falling back to the general one.
 
 Concurrency model (what runs at the same time and what is serialised):
 
@@ -52,6 +54,7 @@ from ._buffers import Ledger, Slot, build_slot, probe_output_shapes
 from ._context import ModelContext, current_context, restore_context
 from ._description import Description, TensorInfo, Variable
 from ._errors import AclCleanupWarning, ModelClosedError, check, unwrap
+from ._fastinfer import build as build_fast_infer
 from ._gate import Gate
 from ._history import History, HistoryEntry
 from ._manifest import ManifestArg, ManifestVariable, manifest_path, read_manifest
@@ -339,6 +342,8 @@ class BundleModel:
                                 staging_bytes)
         self._updater.history = History(d.variables, *self._history_args)
         self._golden_slots: dict[int, Slot] = {}  # one per batch size a golden check used; under the update lock
+        self._fast = build_fast_infer(ctx, d.accept, d.default_batch, self._gate.fast_reader(),  # type: ignore[union-attr]
+                                      self._infer_id, self._updater)
         if d.init is not None and run_init_graph:
             run_init(ctx, descs[d.init], ids[d.init], init_inputs)
         elif init_inputs is not None:
@@ -355,6 +360,11 @@ class BundleModel:
         updates whose weights produced the result (a :class:`WeightVersion`; its
         ``.step`` is the step that update was given).
         """
+        done = self._fast(inputs)  # the plain case (see _fastinfer); None: anything else, below
+        if done is not None:
+            outs, version = done
+            result = outs[0] if len(outs) == 1 else tuple(outs)
+            return (result, version) if return_version else result
         gate = self._gate
         if gate.closed:  # type: ignore[union-attr]
             raise ModelClosedError(f"BundleModel({self._source!r}) is closed")

@@ -410,3 +410,24 @@ def test_every_acl_call_in_the_wrapper_is_swept(bundles):
     missing = sorted(named - reached - only_on_error_paths)
     print(f"\nwrapper names {len(named)} ACL functions; the sweep scenarios reach {len(reached)}")
     assert not missing, f"ACL calls in the wrapper that no sweep scenario reaches: {missing}"
+
+
+def test_steady_infer_scenario_sweeps_the_fast_path(bundles):
+    """The 'steady infer' scenario runs the specialised path, so the sweep covers it: every status
+    fault of its trace surfaces from _fastinfer.py (not from the general path in model.py)."""
+    sc = next(s for s in SCENARIOS if s.name == "steady infer")
+    bundle = bundles[sc.bundle]
+    seen: Counter = Counter()
+    sites = set()
+    for name in _trace(sc, bundle):
+        seen[name] += 1
+        if kind_of(name) != "status":
+            continue
+        sim.reset()
+        st = sc.setup(bundle)
+        with sim.fault(name, CODE, on_call=seen[name]):
+            with pytest.raises(AclError) as ei:
+                sc.action(st)
+        sites.add(_site(ei.value).split(":")[0])
+        st.model.close()
+    assert sites == {"_fastinfer.py"}, sites

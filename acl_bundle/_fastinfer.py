@@ -1,0 +1,93 @@
+"""The specialised infer path: the common case at the cost of the raw pyACL sequence.
+
+Built once per model at load (:func:`build`).  It serves a call only when it is the
+plain case — exact arrays (type, dtype, shape of one of the model's batch sizes,
+C-contiguous), an idle slot of that batch already built, no commit running or
+waiting, not closed — and otherwise returns None so that ``BundleModel.infer`` takes
+the general path (padding, mappings, conversions, a batch size's first call, a commit
+pending, errors to explain).  The guarantees are the general path's:
+
+* admission: the gate's reader protocol (:meth:`Gate.fast_reader`); it never waits,
+  so phase fairness is the general path's whenever a commit is pending;
+* the weight version is read inside the reader section;
+* no allocation but the output arrays; every return code checked;
+* the caller's context is restored: one ``get_context`` per call, ``set_context`` only
+  when another context (or none) is current; the thread's context is never cached.
+
+ACL functions are looked up on the ``acl`` module at every call (``acl.rt.memcpy``,
+not a bound copy), so a runtime wrapped or patched after load (fault injection,
+tracing, tests) sees every call of this path too.
+"""
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+
+from ._context import ModelContext, restore_context
+from ._errors import AclError, recent_error
+
+FastInfer = Callable[[tuple[Any, ...]], "tuple[list[np.ndarray], Any] | None"]
+
+
+def build(ctx: ModelContext, accept: list[tuple[np.dtype, dict[tuple[int, ...], int]]], default_batch: int,
+          fast_reader: tuple[Callable[[int], Any], Callable[[int, Any], None]], model_id: int,
+          updater: Any) -> FastInfer:
+    """The fast path of one model: ``fast(inputs)`` -> ``(outputs, version)``, or None = take the general path."""
+    acl, handle, host_ptr, h2d, d2h = ctx.acl, ctx.handle, ctx.host_ptr, ctx.h2d, ctx.d2h
+    try_begin, end = fast_reader
+    n_in = len(accept)
+    ndarray, empty = np.ndarray, np.empty
+
+    def fast(inputs: tuple[Any, ...]) -> tuple[list[np.ndarray], Any] | None:
+        if len(inputs) != n_in:
+            return None
+        batch = 0
+        for a, (dtype, shapes) in zip(inputs, accept):
+            if type(a) is not ndarray or a.dtype != dtype or not a.flags.c_contiguous:
+                return None
+            b = shapes.get(a.shape)
+            if b is None or (b and batch and b != batch):
+                return None
+            batch = b or batch
+        batch = batch or default_batch
+        slot = try_begin(batch)
+        if slot is None:
+            return None
+        restore = 0
+        try:
+            rt = acl.rt
+            cur, ret = rt.get_context()
+            if ret or cur != handle:  # ModelContext.enter, inline
+                ret2 = rt.set_context(handle)
+                if ret2:
+                    raise AclError("acl.rt.set_context", ret2, recent_error(acl))
+                restore = cur if ret == 0 else 0
+            memcpy = rt.memcpy
+            for a, (ptr, size) in zip(inputs, slot.inputs):
+                n = a.nbytes
+                if n:
+                    ret = memcpy(ptr, size, host_ptr(a), n, h2d)
+                    if ret:
+                        raise AclError("acl.rt.memcpy", ret, recent_error(acl))
+            ret = acl.mdl.execute(model_id, slot.in_ds, slot.out_ds)
+            if ret:
+                raise AclError("acl.mdl.execute", ret, recent_error(acl))
+            outs = []
+            for ptr, _size, shape, dtype in slot.outputs:
+                out = empty(shape, dtype)
+                n = out.nbytes
+                if n:
+                    ret = memcpy(host_ptr(out), n, ptr, n, d2h)
+                    if ret:
+                        raise AclError("acl.rt.memcpy", ret, recent_error(acl))
+                outs.append(out)
+            version = updater.current  # inside the reader section: no commit can run
+        finally:
+            if restore:
+                restore_context(acl, restore)
+            end(batch, slot)
+        return outs, version
+
+    return fast
