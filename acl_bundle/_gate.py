@@ -13,6 +13,21 @@ the waiting is in the private helpers.  What it decides:
   back-to-back update stream nor heavy inference starves the other;
 * **slots**: per batch size at most ``max_slots`` infer slots exist; a reader takes a
   free one, or is told to build one (``acquire_slot`` returns None), or waits for one.
+
+Why a reader holds the shared side across copy-in, execute *and* copy-out, although a
+commit conflicts only with ``execute`` (issue 16 asked to measure the shorter section):
+``scripts/reader_section.py`` opens one bundle twice, today's section against one held
+only around ``execute`` and the version read (copies outside, the slot still owned by
+the call), and measures both interleaved in one process.  One run on the project's
+shared 2-core machine (``--rounds 8``): the longest stall under 10 Hz full updates,
+execute-only / today, paired median over rounds, was 1.41 (1 infer thread) and 1.06
+(4 threads) on the 7 MiB MLP, 1.12 and 1.08 on a 64 MiB embedding bundle, with rounds
+from 0.15 to 9.4: no gain that rises above the noise, not even with more threads than
+cores, where it was expected (the copies of these models are a few KiB; the stall is
+the readers' execute plus the GIL and the OS scheduler).  And the shorter section
+costs two more lock round trips per call: the tiny MLP's ``infer`` was 1.11x today's
+(quartiles 1.02..1.18), against the <= 1.05x-of-raw goal.  So the section stays as it
+is: one lock round trip in, one out, the version read inside it.
 """
 from __future__ import annotations
 

@@ -13,7 +13,8 @@ The scenarios and their goals:
 
 1. wrapper overhead: ``BundleModel.infer`` vs the minimal raw pyACL sequence
    (pre-built datasets, memcpy in, execute, memcpy out) on a second loaded copy of
-   the same bundle file; goal <= 1.10x.
+   the same bundle file; goal <= 1.05x for the tiny model and the small one at batch 1
+   (the specialised infer path), <= 1.10x for the others.
 2. update proportional to change: 1, 10, 100 of 100 equal variables vs all 100;
    goal 1-of-100 <= 0.05x.
 3. update bandwidth: one large update vs ``numpy.copyto`` of the same bytes (the
@@ -449,7 +450,9 @@ def _s1_wrapper_overhead(c: _Ctx) -> dict:
                         (tw if side == "w" else tr).append(_timed(fn, xs))
                         del xs
                 q = _ratio(tw, tr)
-                rows.append(_row(1, f"infer {name} b={b}", q["ratio"], "<=", 1.10,
+                # issue 16: the specialised path's goal is <= 1.05x on the tiny model and the small one at batch 1
+                goal = 1.05 if name == "tiny" or (name == "small" and b == 1) else 1.10
+                rows.append(_row(1, f"infer {name} b={b}", q["ratio"], "<=", goal,
                                  suspect="negative overhead (wrapper faster than raw)" if q["ratio"] < 1 else None,
                                  wrapper_us=1e6 * _median(tw), raw_us=1e6 * _median(tr),
                                  overhead_us=1e6 * (_median(tw) - _median(tr)),

@@ -61,7 +61,8 @@ def test_scenario1_covers_three_models_and_two_batches(quick):
     assert [r["label"] for r in rows] == ["infer tiny b=1", "infer tiny b=8", "infer small b=1", "infer small b=8",
                                           "infer medium b=1", "infer medium b=8"]
     for r in rows:
-        assert (r["op"], r["goal"]) == ("<=", 1.10)
+        tight = r["label"].startswith("infer tiny") or r["label"] == "infer small b=1"
+        assert (r["op"], r["goal"]) == ("<=", 1.05 if tight else 1.10)
         assert r["detail"]["wrapper_us"] > 0 and r["detail"]["raw_us"] > 0
 
 
