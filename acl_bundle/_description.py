@@ -318,8 +318,9 @@ class Description:
 
     # -------------------------------------------------------------- checks
     @property
-    def accept(self) -> list[tuple[np.dtype, dict[tuple[int, ...], int]]]:
-        """Per input: (dtype, {exact shape: the batch size it implies, 0 = static}) — the plain case of infer()."""
+    def accept(self) -> Sequence[tuple[np.dtype, dict[tuple[int, ...], int]]]:
+        """Per input: (dtype, {exact shape: the batch size it implies, 0 = static}) — the plain case of
+        infer(); empty for image-size / dims gears."""
         return self._accept
 
     @property

@@ -20,7 +20,7 @@ tracing, tests) sees every call of this path too.
 """
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
@@ -31,10 +31,12 @@ from ._errors import AclError, recent_error
 FastInfer = Callable[[tuple[Any, ...]], "tuple[list[np.ndarray], Any] | None"]
 
 
-def build(ctx: ModelContext, accept: list[tuple[np.dtype, dict[tuple[int, ...], int]]], default_batch: int,
+def build(ctx: ModelContext, accept: Sequence[tuple[np.dtype, dict[tuple[int, ...], int]]], default_batch: int,
           fast_reader: tuple[Callable[[int], Any], Callable[[int, Any], None]], model_id: int,
           updater: Any) -> FastInfer:
     """The fast path of one model: ``fast(inputs)`` -> ``(outputs, version)``, or None = take the general path."""
+    if not accept:  # image-size / dims gears (or no data input): always the general path
+        return lambda inputs: None
     acl, handle, host_ptr, h2d, d2h = ctx.acl, ctx.handle, ctx.host_ptr, ctx.h2d, ctx.d2h
     try_begin, end = fast_reader
     n_in = len(accept)
