@@ -53,6 +53,10 @@ class CheckpointError(ValueError):
     """A checkpoint file or marker cannot be read, is corrupt, or does not fit the model."""
 
 
+class LimitError(CheckpointError):
+    """Reading would inflate more bytes than the caller's limit (the server answers 413 for it)."""
+
+
 def file_kind(mode: int) -> str:
     """What a stat mode is, for messages ("a named pipe", ...)."""
     for test, name in _KINDS:
@@ -182,7 +186,7 @@ class Member:
 class _BufferFile(io.RawIOBase):
     """A read-only, seekable file over a buffer, without copying it (zipfile needs a file)."""
 
-    def __init__(self, buf: bytearray) -> None:
+    def __init__(self, buf: bytes | bytearray) -> None:
         self._view = memoryview(buf)
         self._pos = 0
 
@@ -216,7 +220,7 @@ class Archive(Mapping[str, np.ndarray]):
     compressed members (checked before each is inflated).
     """
 
-    def __init__(self, buf: bytearray, kind: str, what: str, *, limit: int) -> None:
+    def __init__(self, buf: bytes | bytearray, kind: str, what: str, *, limit: int) -> None:
         self._buf = buf
         self._what = what
         self._limit = limit
@@ -296,7 +300,7 @@ class Archive(Mapping[str, np.ndarray]):
         except (ValueError, OSError, EOFError, SyntaxError, zipfile.BadZipFile) as e:
             raise CheckpointError(f"{where} has no valid .npy header: {e}") from None
         if dtype.hasobject:
-            raise CheckpointError(f"{where} holds object (pickled) arrays; only plain numeric arrays are read")
+            raise CheckpointError(f"{where} holds object (pickled) arrays of Python objects; only plain numeric arrays are read")
         return dtype, shape, bool(fortran), header_len
 
     def _stored_member(self, zi: zipfile.ZipInfo, name: str, where: str) -> Member:
@@ -398,7 +402,7 @@ class Archive(Mapping[str, np.ndarray]):
             flat = np.frombuffer(self._buf, dtype=m.dtype, count=count, offset=m.offset)
             return flat.reshape(m.shape, order=order)
         if self._inflated + m.nbytes > self._limit:
-            raise CheckpointError(f"{where} declares {count} elements of {m.dtype} ({m.nbytes} bytes); inflating it "
+            raise LimitError(f"{where} declares {count} elements of {m.dtype} ({m.nbytes} bytes); inflating it "
                                   f"would exceed the limit of {self._limit} bytes (max_bytes=)")
         self._inflated += m.nbytes
         out = np.empty(count, dtype=m.dtype)
@@ -426,3 +430,26 @@ class Archive(Mapping[str, np.ndarray]):
         """``{name: array}`` for ``names`` (default: all), in file order."""
         wanted = self.members if names is None else names
         return {n: self.array(n) for n in wanted}
+
+
+def sniff_kind(buf: bytes | bytearray) -> str | None:
+    """``".npz"`` (zip) or ``".safetensors"`` (u64 header length, then ``{``) from the first bytes; None if neither."""
+    if buf[:4] == b"PK\x03\x04":
+        return ".npz"
+    if len(buf) >= 9 and buf[8:9] == b"{":
+        return ".safetensors"
+    return None
+
+
+def read_buffer(buf: bytes | bytearray, kind: str, what: str, *, limit: int) -> dict[str, np.ndarray]:
+    """Every array of an in-memory ``.npz``/``.safetensors`` (a body received over the network).
+
+    The caller bounds ``buf`` itself; ``limit`` bounds the bytes inflated from compressed
+    members, checked for all of them from their headers before the first is inflated
+    (:class:`LimitError`).  Raw-stored arrays are views of ``buf`` (read-only if it is ``bytes``).
+    """
+    archive = Archive(buf, kind, what, limit=limit)
+    inflated = sum(m.nbytes for m in archive.members.values() if m.offset < 0)
+    if inflated > limit:
+        raise LimitError(f"{what} inflates to {inflated} bytes, more than the limit of {limit}")
+    return archive.arrays()

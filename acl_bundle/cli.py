@@ -617,6 +617,10 @@ def _add_serve(sub: Any) -> None:
     p.add_argument("--model-name", metavar="NAME", help="name to serve the model under (default: the file name without .om)")
     p.add_argument("--watch", metavar="DIR", help="apply each new checkpoint committed in DIR (CheckpointWatcher)")
     p.add_argument("--poll-interval", type=float, default=0.5, metavar="S", help="--watch poll interval (default 0.5 s)")
+    p.add_argument("--no-finite-check", dest="finite_check", action="store_false",
+                   help="--watch: apply checkpoints holding NaN/Inf too (default: refuse them, keep the served weights)")
+    p.add_argument("--allow-step-reset", action="store_true",
+                   help="--watch: the most recently committed checkpoint wins even with a lower step (trainer restarted at 0)")
     p.add_argument("--update-token-file", metavar="FILE", help="file holding the bearer token that enables weight updates (default: updates off)")
     p.add_argument("--require-weights", action="store_true", help="not ready until the first update or checkpoint is applied")
     p.add_argument("--no-dynamic-batching", action="store_true", help="run every request as its own infer call")

@@ -451,6 +451,37 @@ def test_safetensors_parser_matches_the_library(tmp_path):
         np.testing.assert_array_equal(ours[k], theirs[k])
 
 
+# --------------------------------------------------------------------------- in-memory buffers (network bodies)
+def test_read_buffer_gives_views_of_the_received_bytes(tmp_path):
+    from acl_bundle._archive import read_buffer, sniff_kind
+
+    st = pytest.importorskip("safetensors.numpy")
+    arrays = {"w": np.arange(12, dtype=np.float32).reshape(3, 4), "f": np.asfortranarray(np.arange(6.0).reshape(2, 3))}
+    npz = io.BytesIO()
+    np.savez(npz, **arrays)
+    for body, kind in ((npz.getvalue(), ".npz"), (st.save({k: np.ascontiguousarray(v) for k, v in arrays.items()}),
+                                                    ".safetensors")):
+        assert sniff_kind(body) == kind
+        got = read_buffer(body, kind, "the body", limit=0)  # stored data is bounded by the body, not the limit
+        assert sorted(got) == sorted(arrays)
+        whole = np.frombuffer(body, np.uint8)
+        for k, v in arrays.items():
+            np.testing.assert_array_equal(got[k], v)
+            assert np.shares_memory(got[k], whole), f"{kind} {k} was copied"
+    assert sniff_kind(b"\x80\x04pickle") is None
+
+
+def test_read_buffer_bounds_all_inflation_before_the_first_member():
+    from acl_bundle._archive import LimitError, read_buffer
+
+    body = io.BytesIO()
+    np.savez_compressed(body, a=np.zeros(1000, np.float32), b=np.zeros(1000, np.float32))
+    with pytest.raises(LimitError, match=r"the body inflates to 8000 bytes, more than the limit of 6000"):
+        read_buffer(body.getvalue(), ".npz", "the body", limit=6000)  # each member alone (4000) fits
+    got = read_buffer(body.getvalue(), ".npz", "the body", limit=8000)
+    np.testing.assert_array_equal(got["b"], np.zeros(1000, np.float32))
+
+
 @pytest.mark.parametrize("patch,mentions", [
     (lambda h: h["a"].update(data_offsets=[0, 10**9]), "do not lie within"),
     (lambda h: h["a"].update(shape=[10**12]), r"declares 2000000000000 bytes \(F16 \[1000000000000\]\) but spans 24"),

@@ -56,6 +56,7 @@ def serve_command(args: argparse.Namespace) -> int:
     cfg = ServeConfig(
         args.bundle, host=args.host, http_port=args.http_port, grpc_port=None if args.no_grpc else args.grpc_port,
         model_name=args.model_name, watch=args.watch, poll_interval=args.poll_interval,
+        watch_finite_check=args.finite_check, watch_allow_step_reset=args.allow_step_reset,
         update_token_file=args.update_token_file, require_weights=args.require_weights,
         dynamic_batching=not args.no_dynamic_batching, max_queue_delay=args.max_queue_delay_us / 1e6,
         instances=args.instances, max_request_bytes=args.max_request_bytes, max_update_bytes=args.max_update_bytes,

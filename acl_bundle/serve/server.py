@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import os
 import signal
@@ -56,6 +57,8 @@ class ServeConfig:
     model_name: str | None = None
     watch: str | None = None
     poll_interval: float = 0.5
+    watch_finite_check: bool = True  # the watcher refuses checkpoints holding NaN/Inf (check=finite)
+    watch_allow_step_reset: bool = False  # the most recent commit wins even with a lower step
     update_token_file: str | None = None
     require_weights: bool = False
     dynamic_batching: bool = True
@@ -87,6 +90,9 @@ class ServeConfig:
             problems.append(f"model_name must be non-empty without '/', got {self.model_name!r}")
         if isinstance(self.model, (str, os.PathLike)) and not os.path.isfile(self.model):
             problems.append(f"no such bundle file: {os.fspath(self.model)}")
+        for name in ("watch_finite_check", "watch_allow_step_reset"):
+            if not isinstance(getattr(self, name), bool):
+                problems.append(f"{name} must be a bool, got {getattr(self, name)!r}")
         if self.watch is not None and not os.path.isdir(self.watch):
             problems.append(f"--watch directory {self.watch!r} does not exist")
         if problems:
@@ -230,7 +236,9 @@ class Server:
             model = await self._load()
             self.service.attach(model)
             if cfg.watch is not None:
-                await loop.run_in_executor(None, self.service.start_watcher, cfg.watch, cfg.poll_interval)
+                await loop.run_in_executor(None, functools.partial(
+                    self.service.start_watcher, cfg.watch, cfg.poll_interval, finite_check=cfg.watch_finite_check,
+                    allow_step_reset=cfg.watch_allow_step_reset))
             log.info("model %r %s (batch sizes %s, dynamic batching %s)", self.service.name,
                      "ready" if self.service.model_ready else "loaded, waiting for weights",
                      list(model.batch_sizes) or "static", "on" if self.service.batcher.enabled else "off")  # type: ignore[union-attr]

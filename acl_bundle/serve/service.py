@@ -48,8 +48,9 @@ class _WatchedModel:
     def variables(self) -> Any:
         return self._service.model.variables
 
-    def update(self, weights: Mapping[str, np.ndarray]) -> int:
-        return self._service.apply_update(weights, source="watch")
+    def update(self, weights: Mapping[str, np.ndarray], *, step: int | None = None) -> int:
+        # the watcher passes the checkpoint's step; the model keeps it with the version it commits
+        return self._service.apply_update(weights, source="watch", step=step)
 
 
 class ModelService:
@@ -80,7 +81,6 @@ class ModelService:
         self.batcher: Batcher | None = None
         self.watcher: Any = None
         self.shutting_down = False
-        self._steps: dict[int, int] = {}  # weight version -> checkpoint step (watcher updates only)
         self._update_lock = threading.Lock()
         self._infer_pool = ThreadPoolExecutor(max_workers=instances, thread_name_prefix="acl_bundle-infer")
         self._update_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="acl_bundle-update")
@@ -115,13 +115,10 @@ class ModelService:
         self.spec.check_version(version)
         return self.spec
 
-    def step_of(self, version: int) -> int | None:
-        return self._steps.get(int(version))
-
     # ------------------------------------------------------------------ infer
     def _infer(self, *arrays: np.ndarray) -> tuple[list[np.ndarray], int]:
-        out, version = self.model.infer(*arrays, return_version=True)
-        return (list(out) if isinstance(out, tuple) else [out]), int(version)
+        out, version = self.model.infer(*arrays, return_version=True)  # a WeightVersion: .step is its checkpoint's
+        return (list(out) if isinstance(out, tuple) else [out]), version
 
     def _on_batch(self, rows: int, size: int, seconds: float) -> None:
         m = self.metrics
@@ -147,7 +144,8 @@ class ModelService:
             log.exception("infer failed")
             raise ServeError(500, f"infer failed: {type(e).__name__}: {e}") from None
         self.metrics.queue_seconds.observe(res.queue_seconds)
-        return InferOutcome([(spec.outputs[i], res.outputs[i]) for i in which], res.version, self.step_of(res.version))
+        return InferOutcome([(spec.outputs[i], res.outputs[i]) for i in which], int(res.version),
+                            getattr(res.version, "step", None))
 
     # ------------------------------------------------------------------ updates
     def authorize(self, authorization: str | None, source: str) -> None:
@@ -157,12 +155,15 @@ class ModelService:
             self.metrics.updates.labels(source, "unauthorized").inc()
             raise
 
-    def apply_update(self, weights: Mapping[str, np.ndarray], *, source: str) -> int:
-        """Apply one validated-or-refused update (worker thread); record its metrics; return the version."""
+    def apply_update(self, weights: Mapping[str, np.ndarray], *, source: str, step: int | None = None) -> int:
+        """Apply one validated-or-refused update (worker thread); record its metrics; return the version.
+
+        ``step`` (the watcher's checkpoint step; None for wire updates) is kept by the model
+        with the version, so responses report it from the version that produced them."""
         model = self.model
         with self._update_lock:  # serialise with the watcher so last_update is this update's
             try:
-                version = int(model.update(weights))
+                version = int(model.update(weights, step=step))
             except (KeyError, TypeError, ValueError) as e:
                 self.metrics.updates.labels(source, "rejected").inc()
                 raise update_error(e) from None
@@ -207,15 +208,16 @@ class ModelService:
             raise ServeError(500, f"update failed: {type(e).__name__}: {e}") from None
 
     def on_checkpoint(self, applied: Any) -> None:
-        """CheckpointWatcher on_apply: remember which step produced which version."""
-        self._steps[int(applied.version)] = int(applied.step)
+        """CheckpointWatcher on_apply: the checkpoint_step gauge."""
         self.metrics.checkpoint_step.set(int(applied.step))
 
-    def start_watcher(self, directory: str, poll_interval: float) -> None:
+    def start_watcher(self, directory: str, poll_interval: float, *, finite_check: bool = True,
+                      allow_step_reset: bool = False) -> None:
         from ..watcher import CheckpointWatcher
 
+        kw: dict[str, Any] = {} if finite_check else {"check": None}  # the watcher's default: check=finite
         self.watcher = CheckpointWatcher(_WatchedModel(self), directory, poll_interval=poll_interval,
-                                         on_apply=self.on_checkpoint)
+                                         on_apply=self.on_checkpoint, allow_step_reset=allow_step_reset, **kw)
         self.watcher.start()
 
     # ------------------------------------------------------------------ shutdown

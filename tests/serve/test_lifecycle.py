@@ -53,22 +53,20 @@ def test_watch_applies_checkpoints_and_responses_carry_the_step(tmp_path):
     write_checkpoint(ckpts, w5, step=5)
     with serve_process(tmp_path, "--watch", str(ckpts), "--poll-interval", "0.05", "--require-weights") as srv:
         x = np.random.default_rng(0).standard_normal((2, 8)).astype(np.float32)
-        deadline = time.monotonic() + 30
-        while True:  # ready already means step 5 was applied (require-weights)
-            status, reply = _infer_json(srv, x)
-            assert status == 200
-            if reply["parameters"].get("checkpoint_step") == 5 or time.monotonic() > deadline:
-                break
-            time.sleep(0.05)
-        assert reply["parameters"] == {"weight_version": 1, "checkpoint_step": 5}
+        # ready means step 5 was applied (require-weights); the step comes with the version that produced the result
+        status, reply = _infer_json(srv, x)
+        assert status == 200 and reply["parameters"] == {"weight_version": 1, "checkpoint_step": 5}
         np.testing.assert_allclose(np.array(reply["outputs"][0]["data"]).reshape(2, 4), reference(x, w5),
                                    rtol=1e-5, atol=1e-5)
         w9 = new_weights(w0, seed=9)
         write_checkpoint(ckpts, w9, step=9)
         deadline = time.monotonic() + 30
         while reply["parameters"].get("checkpoint_step") != 9 and time.monotonic() < deadline:
-            time.sleep(0.05)
+            time.sleep(0.01)
             status, reply = _infer_json(srv, x)
+            # never the new version without its step (nor the old step with it), however soon after the commit
+            assert reply["parameters"] in ({"weight_version": 1, "checkpoint_step": 5},
+                                           {"weight_version": 2, "checkpoint_step": 9}), reply["parameters"]
         assert reply["parameters"] == {"weight_version": 2, "checkpoint_step": 9}
         np.testing.assert_allclose(np.array(reply["outputs"][0]["data"]).reshape(2, 4), reference(x, w9),
                                    rtol=1e-5, atol=1e-5)
@@ -81,6 +79,42 @@ def test_watch_applies_checkpoints_and_responses_carry_the_step(tmp_path):
         _, metrics, _ = srv.request("GET", "/metrics")
         assert "acl_bundle_checkpoint_step 9.0" in metrics.decode()
         assert 'acl_bundle_updates_total{outcome="ok",source="watch"} 2.0' in metrics.decode()
+
+
+def _metric(srv, name):
+    _, body, _ = srv.request("GET", "/metrics")
+    return next(float(line.split()[1]) for line in body.decode().splitlines() if line.startswith(name + " "))
+
+
+def test_watch_guard_options_no_finite_check_and_allow_step_reset(tmp_path):
+    ckpts = tmp_path / "ckpts"
+    ckpts.mkdir()
+    _, w0 = build_bundle(tmp_path, "probe")
+    bad = new_weights(w0, seed=3)
+    bad["fc0.bias"][1] = np.nan
+    write_checkpoint(ckpts, bad, step=3)
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    with serve_process(tmp_path / "a", "--watch", str(ckpts), "--poll-interval", "0.05") as srv:
+        deadline = time.monotonic() + 30
+        while "skipping checkpoint" not in srv.log() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert "skipping checkpoint" in srv.log() and "fc0.bias" in srv.log(), srv.log()
+        assert _metric(srv, "acl_bundle_weight_version") == 0.0  # the served weights are kept
+    with serve_process(tmp_path / "b", "--watch", str(ckpts), "--poll-interval", "0.05", "--no-finite-check",
+                       "--allow-step-reset", "--require-weights") as srv:  # ready = the NaN checkpoint was applied
+        assert _metric(srv, "acl_bundle_weight_version") == 1.0
+        assert _metric(srv, "acl_bundle_checkpoint_step") == 3.0
+        w1 = new_weights(w0, seed=1)
+        write_checkpoint(ckpts, w1, step=1)  # a restarted trainer: lower step, committed later, applied
+        x = np.random.default_rng(2).standard_normal((2, 8)).astype(np.float32)
+        deadline = time.monotonic() + 30
+        while _metric(srv, "acl_bundle_weight_version") < 2 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        status, reply = _infer_json(srv, x)
+        assert status == 200 and reply["parameters"] == {"weight_version": 2, "checkpoint_step": 1}
+        np.testing.assert_allclose(np.array(reply["outputs"][0]["data"]).reshape(2, 4), reference(x, w1),
+                                   rtol=1e-5, atol=1e-5)
 
 
 def test_sigterm_drains_in_flight_requests_and_exits_0(tmp_path):

@@ -166,6 +166,18 @@ def test_streamed_oversized_body_is_cut_off_without_allocating_it(srv):
     assert_unchanged(srv)
 
 
+def test_compressed_body_inflating_past_the_limit_gets_413_and_changes_nothing(srv):
+    # two deflated members, each under the limit, together over it: refused from the headers, before inflating
+    each = np.zeros(UPDATE_LIMIT * 3 // 4 // 4, np.float32)
+    buf = io.BytesIO()
+    np.savez_compressed(buf, **{"fc0.weight": each, "fc1.weight": each})
+    assert len(buf.getvalue()) < UPDATE_LIMIT // 10
+    status, data, _ = srv.request("PUT", f"/v2/models/{srv.name}/weights", buf.getvalue(),
+                                  {"Authorization": f"Bearer {TOKEN}", "Content-Type": "application/x-npz"})
+    assert status == 413 and f"more than the limit of {UPDATE_LIMIT}" in json.loads(data)["error"], data
+    assert_unchanged(srv)
+
+
 def test_oversized_grpc_messages_are_refused(srv):
     c = grpcclient.InferenceServerClient(srv.grpc_url)
     try:
