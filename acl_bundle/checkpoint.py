@@ -53,6 +53,7 @@ import logging
 import math
 import os
 import re
+import secrets
 import stat
 import threading
 import time
@@ -65,8 +66,9 @@ from typing import Any, Union
 
 import numpy as np
 
-from ._archive import Archive, CheckpointError, load_json, read_regular
-from ._files import TEMP_SUFFIX, write_atomic
+from ._archive import Archive, CheckpointError, load_json
+from ._files import TEMP_SUFFIX
+from ._storage import LocalStore, Store, is_url, open_store
 
 log = logging.getLogger("acl_bundle")
 
@@ -167,34 +169,38 @@ def _limit(max_bytes: int | None, default: int) -> int:
     return max_bytes
 
 
-def _open_archive(path: str | os.PathLike[str], limit: int) -> Archive:
-    p = Path(path)
-    if not os.path.lexists(p):
-        raise FileNotFoundError(f"checkpoint {str(p)!r} does not exist or is not a file")
-    suffix = p.suffix.lower()
+def _open_archive(path: str | os.PathLike[str], limit: int, storage_options: Mapping[str, Any] | None = None) -> Archive:
+    text = os.fspath(path)
+    parent, _, name = text.rstrip("/").rpartition("/")
+    if not is_url(text):
+        if not os.path.lexists(text):
+            raise FileNotFoundError(f"checkpoint {text!r} does not exist or is not a file")
+        parent, name = str(Path(text).parent), Path(text).name
+    suffix = Path(name).suffix.lower()
     if suffix not in SUFFIXES:
-        raise CheckpointError(f"checkpoint {str(p)!r} has suffix {p.suffix!r}; expected one of {list(SUFFIXES)}")
-    what = f"checkpoint {str(p)!r}"
+        raise CheckpointError(f"checkpoint {text!r} has suffix {Path(name).suffix!r}; expected one of {list(SUFFIXES)}")
+    what = f"checkpoint {text!r}"
     try:
-        buf, _ = read_regular(p, what, limit=limit)
+        buf, _ = open_store(parent, storage_options).read(name, what, limit=limit)
     except FileNotFoundError:
-        raise FileNotFoundError(f"checkpoint {str(p)!r} does not exist or is not a file") from None
+        raise FileNotFoundError(f"checkpoint {text!r} does not exist or is not a file") from None
     return Archive(buf, suffix, what, limit=limit)
 
 
-def read_checkpoint(path: str | os.PathLike[str], *, max_bytes: int | None = None) -> dict[str, np.ndarray]:
-    """Return every array of a ``.npz`` or ``.safetensors`` file by its name in the file.
+def read_checkpoint(path: str | os.PathLike[str], *, max_bytes: int | None = None,
+                    storage_options: Mapping[str, Any] | None = None) -> dict[str, np.ndarray]:
+    """Return every array of a ``.npz`` or ``.safetensors`` file (a path or an fsspec URL) by its name in the file.
 
     ``max_bytes`` bounds the file and every array decoded from it (default
     ``DEFAULT_MAX_BYTES``, 4 GiB).  Raises FileNotFoundError for a missing file,
     CheckpointError for anything else wrong (naming the file and the member).
     """
-    prefix = _tf_prefix(Path(path))
+    prefix = None if is_url(path) else _tf_prefix(Path(path))
     if prefix is not None:
         from .tf_checkpoint import read_tf_checkpoint
 
         return read_tf_checkpoint(prefix)
-    return _open_archive(path, _limit(max_bytes, DEFAULT_MAX_BYTES)).arrays()
+    return _open_archive(path, _limit(max_bytes, DEFAULT_MAX_BYTES), storage_options).arrays()
 
 
 def _tf_prefix(p: Path) -> Path | None:
@@ -395,8 +401,12 @@ def load_checkpoint(
     allow_partial: bool = False,
     allow_unmatched: bool = False,
     max_bytes: int | None = None,
+    storage_options: Mapping[str, Any] | None = None,
 ) -> dict[str, np.ndarray]:
     """Read a checkpoint and return ``{variable name: array}`` ready for ``model.update``.
+
+    ``path``: a local file or an fsspec URL (``s3://bucket/ckpts/step-00000012.npz``,
+    with ``storage_options`` for the filesystem, e.g. ``{"endpoint_url": ...}``).
 
     ``variables``: a :class:`~acl_bundle.BundleModel`, its ``.variables`` or a list of
     names.  Names map exactly by default; see :func:`match_names` for ``rename`` and
@@ -409,13 +419,13 @@ def load_checkpoint(
     TensorFlow checkpoint maps names by TF's default
     (:func:`acl_bundle.tf_checkpoint.load_tf_checkpoint`).
     """
-    prefix = _tf_prefix(Path(path))
+    prefix = None if is_url(path) else _tf_prefix(Path(path))
     if prefix is not None:
         from .tf_checkpoint import load_tf_checkpoint
 
         return load_tf_checkpoint(prefix, variables, rename=rename, strip_prefix=strip_prefix, allow_partial=allow_partial)
     specs = _variable_specs(variables)
-    archive = _open_archive(path, _limit(max_bytes, limit_for(specs)))
+    archive = _open_archive(path, _limit(max_bytes, limit_for(specs)), storage_options)
     return select_weights(archive, specs, rename=rename, strip_prefix=strip_prefix,
                           allow_partial=allow_partial, allow_unmatched=allow_unmatched,
                           source=f"checkpoint {os.fspath(path)!r}")
@@ -463,8 +473,8 @@ def _write_npz(f: Any, arrays: Mapping[str, np.ndarray]) -> None:
                 np.lib.format.write_array(member, np.asanyarray(a), allow_pickle=False)
 
 
-def _write_error(e: OSError, step: int, path: Path) -> OSError:
-    return type(e)(e.errno, f"cannot write checkpoint step {step}: {path.name} in {str(path.parent)!r}: {e.strerror or e}")
+def _write_error(e: OSError, step: int, name: str, where: str) -> OSError:
+    return type(e)(e.errno, f"cannot write checkpoint step {step}: {name} in {where!r}: {e.strerror or e}")
 
 
 def write_checkpoint(
@@ -477,8 +487,14 @@ def write_checkpoint(
     keep: int | None = None,
     run: str | None = None,
     grace: float = DEBRIS_GRACE_SECONDS,
+    storage_options: Mapping[str, Any] | None = None,
 ) -> CheckpointInfo:
     """Commit ``weights`` as checkpoint ``step`` in ``directory`` (the protocol in the module docstring).
+
+    ``directory`` may be an fsspec URL (``s3://bucket/ckpts``; ``storage_options``
+    configure the filesystem): the data object is PUT under a final, unique name, then
+    the marker with a create-only conditional write (``If-None-Match: *``), so a step
+    commits once even with racing writers; nothing is ever renamed.
 
     Writes ``<prefix>-<step:08d>.<format>`` (``<prefix>-<run>-<step:08d>`` with a
     ``run`` id) then its marker, each via temp file + fsync + atomic rename; files get
@@ -505,65 +521,69 @@ def write_checkpoint(
     if isinstance(grace, bool) or not isinstance(grace, (int, float)) or not grace >= 0:
         raise ValueError(f"grace must be a non-negative number of seconds, got {grace!r}")
     arrays = _check_weights(weights)
-    d = Path(directory)
-    if not d.is_dir():
-        raise FileNotFoundError(f"checkpoint directory {str(d)!r} does not exist")
+    store = open_store(directory, storage_options, suffixes=(MARKER_SUFFIX,) + SUFFIXES)
+    if not store.remote and not store.root.is_dir():
+        raise FileNotFoundError(f"checkpoint directory {str(store.root)!r} does not exist")
     base = f"{prefix}-{step:08d}" if run is None else f"{prefix}-{run}-{step:08d}"
-    data_path = d / f"{base}.{format}"
-    marker_path = d / f"{base}{MARKER_SUFFIX}"
-    if marker_path.exists():
-        raise ValueError(f"checkpoint step {step} is already committed in {str(d)!r} ({marker_path.name}); steps must be new")
+    # In an object store a second writer of the same step must not overwrite the data
+    # object the first one committed: remote data objects get a unique name.
+    data_name = f"{base}.{secrets.token_hex(4)}.{format}" if store.remote else f"{base}.{format}"
+    marker_name = f"{base}{MARKER_SUFFIX}"
+    data_path, marker_path = store.path(data_name), store.path(marker_name)
+    where = store.url
+    if store.remote:
+        store.list()
+    if store.key(marker_name) is not None:
+        raise ValueError(f"checkpoint step {step} is already committed in {where!r} ({marker_name}); steps must be new")
 
     try:
         if format == "npz":
-            write_atomic(data_path, lambda f: _write_npz(f, arrays))
+            digest, nbytes = store.put(data_name, lambda f: _write_npz(f, arrays))
         else:
             st = _safetensors_numpy()
             blob = st.save({k: np.ascontiguousarray(a) for k, a in arrays.items()})
-            write_atomic(data_path, lambda f: f.write(blob))
+            digest, nbytes = store.put(data_name, lambda f: f.write(blob))
             del blob
     except OSError as e:
-        raise _write_error(e, step, data_path) from e
+        raise _write_error(e, step, data_name, where) from e
     try:
-        digest, nbytes = _sha256(data_path)
-        info = CheckpointInfo(step, data_path, marker_path, digest, nbytes, tuple(arrays), time.time(), run or "")
+        info = CheckpointInfo(step, data_path, marker_path, digest, nbytes, tuple(arrays), time.time(), run or "")  # type: ignore[arg-type]
         marker: dict[str, Any] = {
-            "format": CHECKPOINT_FORMAT, "version": CHECKPOINT_VERSION, "step": step, "file": data_path.name,
+            "format": CHECKPOINT_FORMAT, "version": CHECKPOINT_VERSION, "step": step, "file": data_name,
             "bytes": nbytes, "sha256": digest, "variables": list(arrays), "created": info.created,
         }
         if run is not None:
             marker["run"] = run
         text = (json.dumps(marker, indent=1) + "\n").encode()
-        write_atomic(marker_path, lambda f: f.write(text))  # the commit point
-        _fsync_dir(d)
+        store.put(marker_name, lambda f: f.write(text), exclusive=True)  # the commit point
+        if not store.remote:
+            _fsync_dir(store.root)
     except BaseException as e:
         try:
-            data_path.unlink()  # leave nothing visible of a checkpoint that did not commit
-        except OSError:
+            store.delete(data_name)  # leave nothing visible of a checkpoint that did not commit
+        except Exception:
             pass
+        if isinstance(e, FileExistsError):
+            raise ValueError(f"checkpoint step {step} is already committed in {where!r} ({marker_name}): another "
+                             "writer committed it first (the conditional write refused this one); steps must be new") from None
         if isinstance(e, OSError):
-            raise _write_error(e, step, marker_path) from e
+            raise _write_error(e, step, marker_name, where) from e
         raise
     log.debug("committed checkpoint step %d: %s (%d bytes)", step, data_path.name, nbytes)
     if keep is not None:
-        good, _ = _scan(d)
-        others = [c for c in good if c.marker.name != marker_path.name and c.marker.name.startswith(prefix + "-")]
+        good, _ = _scan(store)
+        others = [c for c in good if c.marker.name != marker_name and c.marker.name.startswith(prefix + "-")]
         others.sort(key=lambda c: (c.created, c.step, c.marker.name), reverse=True)
-        still = {c.path.name for c in others[: keep - 1]} | {data_path.name}
+        still = {c.path.name for c in others[: keep - 1]} | {data_name}
         for old in others[keep - 1:]:
-            _unlink(old.marker)
+            store.delete(old.marker.name)
             if old.path.name not in still:
-                _unlink(old.path)
-        clean_checkpoints(d, grace=grace, _markers=good)
+                store.delete(old.path.name)
+        if store.remote:
+            _clean_remote(store, grace, good)
+        else:
+            clean_checkpoints(store.root, grace=grace, _markers=good)
     return info
-
-
-def _unlink(p: Path) -> bool:
-    try:
-        p.unlink()
-        return True
-    except FileNotFoundError:
-        return False
 
 
 def _safetensors_numpy() -> Any:
@@ -574,16 +594,6 @@ def _safetensors_numpy() -> Any:
 
         raise ImportError(f"writing .safetensors checkpoints needs the safetensors package: {extra_hint('safetensors')}") from None
     return st_numpy
-
-
-def _sha256(path: Path) -> tuple[str, int]:
-    h = hashlib.sha256()
-    n = 0
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-            n += len(chunk)
-    return h.hexdigest(), n
 
 
 def clean_checkpoints(
@@ -647,15 +657,23 @@ def clean_checkpoints(
 
 
 # --------------------------------------------------------------------------- protocol: reader
-def read_marker(marker: str | os.PathLike[str]) -> CheckpointInfo:
+def read_marker(marker: str | os.PathLike[str], *, store: Store | None = None) -> CheckpointInfo:
     """Parse a ``*.ckpt.json`` marker; CheckpointError naming the file and the problem if malformed.
 
     The marker must be a regular file (not a symlink) of at most ``MAX_MARKER_BYTES``;
-    FileNotFoundError if it is gone.
+    FileNotFoundError if it is gone.  With ``store`` (a remote location) ``marker`` is
+    the marker's name there.
     """
-    p = Path(marker)
-    where = f"checkpoint marker {str(p)!r}"
-    raw, st = read_regular(p, where, limit=MAX_MARKER_BYTES)
+    p = Path(marker) if store is None else store.path(Path(marker).name)
+    if store is None:
+        store = LocalStore(p.parent)
+    where = f"checkpoint marker {store.name_url(p.name) if store.remote else str(p)!r}"
+    raw, mtime = store.read(p.name, where, limit=MAX_MARKER_BYTES)
+    return parse_marker(raw, where, p, mtime)
+
+
+def parse_marker(raw: bytes | bytearray, where: str, p: Any, mtime: float) -> CheckpointInfo:
+    """The checks of :func:`read_marker` on marker bytes ``raw`` (``p``: its path; ``mtime``: its commit time)."""
     data = load_json(raw, where)
     if not isinstance(data, dict) or data.get("format") != CHECKPOINT_FORMAT:
         raise CheckpointError(f"{where}: 'format' must be {CHECKPOINT_FORMAT!r}")
@@ -679,7 +697,7 @@ def read_marker(marker: str | os.PathLike[str]) -> CheckpointInfo:
     if not isinstance(run, str) or (run and not _RUN_RE.match(run)):
         problems.append(f"'run' must be 1-128 letters, digits, '_', '-', '.', got {run!r:.40}")
     if created is None:
-        created = st.st_mtime  # hand-written markers: the commit time is the file's
+        created = mtime  # hand-written markers: the commit time is the file's
     elif (isinstance(created, bool) or not isinstance(created, (int, float)) or not math.isfinite(created)
           or created < 0 or created > time.time() + MAX_FUTURE_SECONDS):
         problems.append(f"'created' must be a time in seconds no later than a day from now, got {created!r:.40}")
@@ -688,23 +706,34 @@ def read_marker(marker: str | os.PathLike[str]) -> CheckpointInfo:
     return CheckpointInfo(step, p.parent / file, p, digest, nbytes, tuple(names), float(created), run)  # type: ignore[arg-type]
 
 
-def _marker_names(directory: Path) -> list[str]:
-    """Marker names in ``directory``, found by name only (no stat per entry)."""
-    with os.scandir(directory) as it:
-        return [e.name for e in it if e.name.endswith(MARKER_SUFFIX) and not e.name.startswith(".")]
-
-
-def _scan(directory: Path) -> tuple[list[CheckpointInfo], list[tuple[str, str]]]:
+def _scan(store: Store | Path) -> tuple[list[CheckpointInfo], list[tuple[str, str]]]:
     """(valid markers, [(name, problem)]) without logging."""
+    if isinstance(store, (str, os.PathLike)):
+        store = LocalStore(store, suffixes=(MARKER_SUFFIX,))
     good, bad = [], []
-    for name in _marker_names(directory):
+    for name in [n for n in store.list() if n.endswith(MARKER_SUFFIX)]:
         try:
-            good.append(read_marker(directory / name))
+            good.append(read_marker(name, store=store) if store.remote else read_marker(store.path(name)))
         except FileNotFoundError:
             continue  # deleted meanwhile
         except CheckpointError as e:
             bad.append((name, str(e)))
     return good, bad
+
+
+def _clean_remote(store: Store, grace: float, good: list[CheckpointInfo]) -> list[str]:
+    """Remote crash debris: data objects no marker names, older than ``grace`` (by LastModified)."""
+    referenced = {c.path.name for c in good}
+    now = time.time()
+    removed = []
+    for name, key in store.list().items():
+        if name.endswith(SUFFIXES) and name not in referenced and now - store.key_time(key) > grace:
+            if store.delete(name):
+                removed.append(name)
+    if removed:
+        log.info("removed %d orphaned checkpoint object(s) older than %.0f s from %s: %s", len(removed), grace,
+                 store.url, _shown(removed))
+    return removed
 
 
 _warned: OrderedDict[tuple[str, str], None] = OrderedDict()
@@ -730,15 +759,17 @@ def warn_bad_markers(directory: Path, bad: list[tuple[str, str]], *, shown: int 
         log.warning("skipping %d more malformed checkpoint markers in %s", len(new) - shown, directory)
 
 
-def list_checkpoints(directory: str | os.PathLike[str]) -> list[CheckpointInfo]:
+def list_checkpoints(directory: str | os.PathLike[str], *,
+                     storage_options: Mapping[str, Any] | None = None) -> list[CheckpointInfo]:
     """Return the committed checkpoints of ``directory`` with a valid marker, oldest step first.
 
-    Malformed markers are skipped with one warning each per process; data files
-    without a marker are not listed.
+    ``directory`` may be an fsspec URL (``s3://bucket/ckpts``; one LIST, then one GET
+    per marker).  Malformed markers are skipped with one warning each per process;
+    data files without a marker are not listed.
     """
-    d = Path(directory)
-    good, bad = _scan(d)
-    warn_bad_markers(d, bad)
+    store = open_store(directory, storage_options, suffixes=(MARKER_SUFFIX,))
+    good, bad = _scan(store)
+    warn_bad_markers(store.root, bad)
     return sorted(good, key=lambda c: (c.step, c.marker.name))
 
 
@@ -748,6 +779,7 @@ def verify_checkpoint(
     max_bytes: int | None = None,
     lazy: bool = False,
     stop: Callable[[], bool] | None = None,
+    store: Store | None = None,
 ) -> Mapping[str, np.ndarray]:
     """Read ``info``'s data file, check size, SHA-256 and names against the marker; return its arrays.
 
@@ -755,18 +787,22 @@ def verify_checkpoint(
     ``DEFAULT_MAX_BYTES``) before the file is read into one buffer.  ``lazy=True``
     returns a mapping whose arrays are read on access (headers already checked; see
     :func:`select_weights`), else a dict of every array.  ``stop()`` abandons a long
-    read.  Every problem is a CheckpointError naming the step and the file.
+    read.  ``store``: where ``info`` was listed (default: the local directory of its
+    marker).  Every problem is a CheckpointError naming the step and the file.
     """
-    where = f"checkpoint step {info.step}: {str(info.path)!r}"
+    if store is None:
+        store = LocalStore(info.path.parent)
+    shown = store.name_url(info.path.name) if store.remote else str(info.path)
+    where = f"checkpoint step {info.step}: {shown!r}"
     limit = _limit(max_bytes, DEFAULT_MAX_BYTES)
     suffix = info.path.suffix.lower()
     if suffix not in SUFFIXES:
         raise CheckpointError(f"checkpoint step {info.step}: data file {info.path.name!r} has suffix "
                               f"{info.path.suffix!r}; expected one of {list(SUFFIXES)}")
     try:
-        buf, _ = read_regular(info.path, where, limit=limit, expect=info.nbytes, stop=stop)
+        buf, _ = store.read(info.path.name, where, limit=limit, expect=info.nbytes, stop=stop)
     except FileNotFoundError:
-        raise CheckpointError(f"checkpoint step {info.step}: data file {str(info.path)!r} named by its marker is missing") from None
+        raise CheckpointError(f"checkpoint step {info.step}: data file {shown!r} named by its marker is missing") from None
     if hashlib.sha256(buf).hexdigest() != info.sha256:
         raise CheckpointError(f"{where} fails its SHA-256 check (corrupt or changed after commit)")
     archive = Archive(buf, suffix, where, limit=limit)  # the bytes just verified, not the file again

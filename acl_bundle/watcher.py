@@ -61,13 +61,14 @@ from pathlib import Path
 from typing import Any
 
 from . import checks as _checks
-from ._archive import stat_key
 from ._errors import ModelClosedError
+from ._storage import TransientError, open_store
 from .checkpoint import (
+    MARKER_SUFFIX,
+    SUFFIXES,
     CheckpointError,
     CheckpointInfo,
     Rename,
-    _marker_names,
     _variable_specs,
     limit_for,
     read_marker,
@@ -85,8 +86,7 @@ PROTOCOLS = ("auto", "acl_bundle", "tf")
 _Key = tuple[Any, ...]
 _DEFAULT: Any = object()  # check= not given: the finiteness check
 _SHOWN = 5  # bad entries logged one by one per poll; the rest as a count
-_RECENT_NS = 2_000_000_000  # a directory changed this recently is listed on every poll (timestamp granularity)
-_RELIST_NS = 60_000_000_000  # and every directory is listed at least this often
+MAX_BACKOFF = 60.0  # seconds: the longest wait between retries after transient store errors
 
 
 @dataclass(frozen=True)
@@ -95,7 +95,7 @@ class AppliedCheckpoint:
 
     ``read_seconds``: read + verify + map names + check; ``update_seconds``: the
     ``model.update`` call; ``lag_seconds``: from the marker's mtime (commit) to the
-    update's end.
+    update's end; ``bytes_read``: bytes of the data file read (local or remote).
     """
 
     step: int
@@ -107,13 +107,7 @@ class AppliedCheckpoint:
     lag_seconds: float
     run: str = ""
     created: float = 0.0
-
-
-def _lstat_key(p: Path) -> _Key | None:
-    try:
-        return stat_key(os.lstat(p))
-    except OSError:
-        return None
+    bytes_read: int = 0
 
 
 class CheckpointWatcher:
@@ -131,7 +125,14 @@ class CheckpointWatcher:
         (a :class:`~acl_bundle.BundleModel`); when its ``update`` takes ``step=`` (a
         BundleModel, a fleet) it is given the checkpoint's step, when it takes ``check=``
         the checks run on its staged weights.
-    directory: the checkpoint directory (must exist).
+    directory: the checkpoint directory (must exist), or an fsspec URL of a prefix in
+        an object store or remote filesystem (``s3://bucket/ckpts``, ``gs://...``,
+        ``hdfs://...``): then each poll is one LIST of the prefix, markers are read only
+        when the listing shows them new or changed (size, ETag, LastModified), and
+        transient store errors (5xx, timeouts, resets) are retried with backoff up to
+        ``MAX_BACKOFF`` seconds, logged, and never mark a checkpoint bad.
+    storage_options: the fsspec filesystem's options for a URL ``directory`` (e.g.
+        ``{"endpoint_url": "http://minio:9000", "key": ..., "secret": ...}`` for s3fs).
     poll_interval: seconds between directory scans (finite, > 0; also the fallback
         when watchdog notifications are missed).
     rename, strip_prefix, allow_partial, allow_unmatched: name mapping, as in
@@ -178,12 +179,19 @@ class CheckpointWatcher:
         golden: _checks.Golden | None = None,
         health_check: Callable[[Any], Any] | None = None,
         protocol: str = "auto",
+        storage_options: Any = None,
     ) -> None:
         if not hasattr(model, "update") or not hasattr(model, "variables"):
             raise TypeError(f"model must have .update() and .variables (a BundleModel), got {type(model).__name__}")
-        d = Path(directory)
-        if not d.is_dir():
-            raise FileNotFoundError(f"checkpoint directory {str(d)!r} does not exist or is not a directory")
+        store = open_store(directory, storage_options, suffixes=(MARKER_SUFFIX,))
+        if store.remote:
+            store = open_store(directory, storage_options, suffixes=(MARKER_SUFFIX,) + SUFFIXES)  # data keys too
+            if use_watchdog:
+                raise ValueError(f"use_watchdog=True watches a local directory; {store.url!r} is polled")
+            use_watchdog = False
+        elif not store.root.is_dir():
+            raise FileNotFoundError(f"checkpoint directory {str(store.root)!r} does not exist or is not a directory")
+        d = store.root
         if (isinstance(poll_interval, bool) or not isinstance(poll_interval, (int, float))
                 or not math.isfinite(poll_interval) or not poll_interval > 0):
             raise ValueError(f"poll_interval must be a positive number of seconds, got {poll_interval!r} (finite and > 0)")
@@ -191,6 +199,10 @@ class CheckpointWatcher:
             raise TypeError(f"start_after must be an int step or None, got {start_after!r}")
         if protocol not in PROTOCOLS:
             raise ValueError(f"protocol must be one of {list(PROTOCOLS)}, got {protocol!r}")
+        if store.remote:  # TF's protocol needs TF's reader on local files; an object store holds ours
+            if protocol == "tf":
+                raise ValueError(f"protocol='tf' reads TensorFlow checkpoints from a local directory, not {store.url!r}")
+            protocol = "acl_bundle"
         self._protocol = detect_protocol(d) if protocol == "auto" else protocol
         if self._protocol == "tf":
             require_tensorflow()  # ImportError naming the extra, now rather than in the thread
@@ -225,6 +237,7 @@ class CheckpointWatcher:
             raise ValueError(f"{' and '.join(needs_history)} need(s) the model's history to undo or roll back: "
                              "open it with BundleModel(..., history=N)")
         self._model = model
+        self._store = store
         self._dir = d
         self._interval = float(poll_interval)
         self._specs = _variable_specs(model.variables)
@@ -251,9 +264,8 @@ class CheckpointWatcher:
         self._bad: dict[str, tuple[_Key, _Key | None]] = {}  # marker name -> (marker, data) keys when it failed
         self._told: set[str] = set()  # markers already reported as ignored
         self._list_error: str | None = None
-        self._dir_key: tuple[int, int, int] | None = None  # (dev, inode, mtime_ns) when last listed
-        self._dir_names: list[str] = []
-        self._listed_at = 0
+        self._failures = 0  # consecutive polls that hit a transient store error
+        self._transient_error: str | None = None
         self._loop_error: str | None = None
         self._poll_lock = threading.Lock()
         self._cond = threading.Condition()
@@ -345,7 +357,7 @@ class CheckpointWatcher:
             self._observer = self._start_observer()
         self._thread = threading.Thread(target=self._run, name=f"acl_bundle-watcher:{self._dir.name}", daemon=True)
         self._thread.start()
-        log.info("watching %s for checkpoints (%s, poll every %.3g s)", self._dir,
+        log.info("watching %s for checkpoints (%s, poll every %.3g s)", self._store.url,
                  "watchdog" if self._observer else "polling", self._interval)
         return self
 
@@ -402,7 +414,7 @@ class CheckpointWatcher:
                 if what != self._loop_error:  # a traceback once, not every poll
                     self._loop_error = what
                     log.exception("checkpoint watcher on %s: unexpected error (keeps watching)", self._dir)
-            self._wake.wait(self._interval)
+            self._wake.wait(self.retry_delay)
         with self._cond:
             self._cond.notify_all()
 
@@ -421,40 +433,47 @@ class CheckpointWatcher:
                 self._cond.wait(min(left, 0.5) if left is not None else 0.5)
             return True
 
+    @property
+    def retry_delay(self) -> float:
+        """Seconds until the next poll: ``poll_interval``, doubled per consecutive transient failure up to ``MAX_BACKOFF``."""
+        if not self._failures:
+            return self._interval
+        return min(self._interval * 2.0 ** min(self._failures, 30), max(MAX_BACKOFF, self._interval))
+
     def poll(self) -> AppliedCheckpoint | None:
-        """Scan once and apply the newest good checkpoint above the applied step; return what was applied."""
-        with self._poll_lock:
-            for info in self._candidates():
-                if self._stop.is_set() and self.running:
-                    return None
-                applied = self._try(info)
-                if applied is not None:
-                    return applied
-            return None
+        """Scan once and apply the newest good checkpoint above the applied step; return what was applied.
 
-    def _marker_names(self) -> list[str]:
-        """The directory's marker names: listed again only when the directory changed.
-
-        Adding, removing or renaming an entry changes the directory's mtime, so while
-        (inode, mtime) stay the same the names do too and a poll costs one stat plus one
-        lstat per marker, however many other files the directory holds.  The listing is
-        redone anyway while the mtime is within ``_RECENT_NS`` of now (a second change
-        in the same timestamp tick would not move it) and every ``_RELIST_NS``.
+        A transient store error ends the poll (logged once per distinct error); the
+        next poll, after :attr:`retry_delay`, tries again from the listing.
         """
-        st = os.stat(self._dir)
-        key = (st.st_dev, st.st_ino, st.st_mtime_ns)
-        now = time.time_ns()
-        if (key == self._dir_key and abs(now - st.st_mtime_ns) > _RECENT_NS
-                and now - self._listed_at < _RELIST_NS):
-            return self._dir_names
-        names = _marker_names(self._dir)
-        self._dir_key, self._dir_names, self._listed_at = key, names, now
-        return names
+        with self._poll_lock:
+            try:
+                for info in self._candidates():
+                    if self._stop.is_set() and self.running:
+                        return None
+                    applied = self._try(info)
+                    if applied is not None:
+                        break
+                else:
+                    applied = None
+            except TransientError as e:
+                self._failures += 1
+                if str(e) != self._transient_error:
+                    self._transient_error = str(e)
+                    log.warning("checkpoint store %s: %s; keeping the weights of step %s, retrying in %.3g s",
+                                self._store.url, e, self._applied_step, self.retry_delay)
+                return None
+            if self._failures:
+                log.info("checkpoint store %s reachable again after %d failed poll(s)", self._store.url, self._failures)
+            self._failures, self._transient_error = 0, None
+            return applied
 
     def _scan(self) -> list[CheckpointInfo]:
-        """Every valid committed marker (cached by lstat); bad ones logged once."""
+        """Every valid committed marker (cached by its listing key); bad ones logged once."""
         try:
-            names = self._marker_names()
+            listing = self._store.list()
+        except TransientError:
+            raise
         except OSError as e:
             why = e.strerror or str(e)
             if why != self._list_error:
@@ -463,25 +482,27 @@ class CheckpointWatcher:
                             self._dir, why, self._applied_step)
             return []
         self._list_error = None
+        names = [n for n in listing if n.endswith(MARKER_SUFFIX)]
         live = set(names)
         for cache in (self._markers, self._bad):
             for name in [n for n in cache if n not in live]:
                 del cache[name]
         self._told &= live
         infos, bad = [], []
+        remote = self._store.remote
         for name in names:
             p = self._dir / name
-            key = _lstat_key(p)
-            if key is None:
-                continue  # deleted meanwhile
+            key = listing[name]
             cached = self._markers.get(name)
             if cached is not None and cached[0] == key:
                 info = cached[1]
             else:
                 try:
-                    info = read_marker(p)
+                    info = read_marker(name, store=self._store) if remote else read_marker(p)
                 except FileNotFoundError:
-                    continue
+                    continue  # deleted meanwhile
+                except TransientError:
+                    raise  # not the marker's fault: the poll ends and is retried
                 except Exception as e:  # CheckpointError, or anything else: one bad entry never stops the scan
                     info = None
                     bad.append(f"{e}" if isinstance(e, CheckpointError) else f"{name}: {type(e).__name__}: {e}")
@@ -520,7 +541,7 @@ class CheckpointWatcher:
             for name in [n for n in cache if n not in live]:
                 del cache[name]
         for i in infos:  # the .index file stands for the marker (retried when it changes)
-            self._markers[i.marker.name] = (_lstat_key(i.marker) or (), i)
+            self._markers[i.marker.name] = (self._store.key(i.marker.name) or (), i)
         return infos
 
     def _candidates(self) -> list[CheckpointInfo]:
@@ -551,7 +572,7 @@ class CheckpointWatcher:
                                 "allow_step_reset=True)", info.step, name, self._dir, served.step)
                 continue
             bad = self._bad.get(name)
-            if bad is not None and bad == (self._markers.get(name, (None,))[0], _lstat_key(info.path)):
+            if bad is not None and bad == (self._markers.get(name, (None,))[0], self._store.key(info.path.name)):
                 continue  # the same bad entry as before: do not retry or re-log
             found.append(info)
         if self._allow_reset:
@@ -565,7 +586,8 @@ class CheckpointWatcher:
 
     def _mark_bad(self, info: CheckpointInfo, why: str) -> None:
         name = info.marker.name
-        self._bad[name] = (self._markers[name][0] if name in self._markers else None, _lstat_key(info.path))  # type: ignore[assignment]
+        self._bad[name] = (self._markers[name][0] if name in self._markers else None,  # type: ignore[assignment]
+                           self._store.key(info.path.name))
         self._skipped += 1
         log.warning("skipping checkpoint %s in %s: %s; keeping the weights of step %s",
                     name, self._dir, why, self._applied_step)
@@ -577,7 +599,8 @@ class CheckpointWatcher:
             if self._protocol == "tf":  # read by TensorFlow's own reader (CRC32C-checked)
                 weights = load_tf_checkpoint(info.path, self._specs, **self._names)  # type: ignore[arg-type]
             else:
-                arrays = verify_checkpoint(info, max_bytes=self._max_bytes, lazy=True, stop=self._stop.is_set)
+                arrays = verify_checkpoint(info, max_bytes=self._max_bytes, lazy=True, stop=self._stop.is_set,
+                                           store=self._store)
                 weights = select_weights(arrays, self._specs, source=f"checkpoint step {info.step} ({info.path.name})",
                                          **self._names)  # type: ignore[arg-type]
             if not self._model_checks:
@@ -586,6 +609,8 @@ class CheckpointWatcher:
             self._refused += 1
             self._mark_bad(info, f"refused: {e}")
             return None
+        except TransientError:
+            raise  # the store failed, not the checkpoint: retried (poll)
         except Exception as e:  # any per-entry failure (CheckpointError, OSError, a surprise): skip this entry
             if self._stop.is_set():
                 return None  # abandoned because we are stopping: not the file's fault
@@ -610,9 +635,9 @@ class CheckpointWatcher:
         if self._health is not None and not self._healthy(info, before):
             return None
         key = self._markers.get(info.marker.name, (None,))[0]
-        lag = max(0.0, time.time() - key[3] / 1e9) if key else float("nan")
+        lag = max(0.0, time.time() - self._store.key_time(key)) if key else float("nan")
         applied = AppliedCheckpoint(info.step, version, info.path, len(weights), t1 - t0, t2 - t1, lag,
-                                    info.run, info.created)
+                                    info.run, info.created, info.nbytes)
         with self._cond:
             self._served = info
             self._applied_step = info.step

@@ -648,14 +648,16 @@ def test_crash_debris_older_than_the_grace_period_is_removed(tmp_path):
 
 
 def test_failed_marker_write_leaves_nothing_and_names_step_and_file(tmp_path, monkeypatch):
-    real = ck.write_atomic
+    import acl_bundle._storage as storage
+
+    real = storage.write_atomic
 
     def flaky(path, write):
         if path.name.endswith(".ckpt.json"):
             raise OSError(28, "No space left on device")
         return real(path, write)
 
-    monkeypatch.setattr(ck, "write_atomic", flaky)
+    monkeypatch.setattr(storage, "write_atomic", flaky)
     with pytest.raises(OSError, match=r"cannot write checkpoint step 9: step-00000009.ckpt.json in .*No space left") as ei:
         write_checkpoint(tmp_path, {"a": np.ones(3, np.float32)}, 9)
     assert ei.value.errno == 28
@@ -824,7 +826,7 @@ def test_a_surprise_exception_in_one_entry_does_not_stop_the_scan(served, caplog
     import acl_bundle.watcher as watcher_mod
 
     monkeypatch.setattr(watcher_mod, "read_marker",
-                        lambda p: (_ for _ in ()).throw(RuntimeError("surprise")) if "00000002" in str(p) else real(p))
+                        lambda p, **k: (_ for _ in ()).throw(RuntimeError("surprise")) if "00000002" in str(p) else real(p, **k))
     wt = CheckpointWatcher(m, d, use_watchdog=False)
     with caplog.at_level(logging.WARNING, logger="acl_bundle"):
         assert wt.poll().step == 1
