@@ -257,7 +257,8 @@ class FsspecStore:
 
         bio = io.BytesIO()
         write(bio)
-        data = bio.getbuffer()
+        data = bio.getvalue()  # botocore takes bytes, not a memoryview
+        bio.close()
         digest, nbytes = hashlib.sha256(data).hexdigest(), len(data)
         path = str(self.root / name)
         try:
@@ -276,8 +277,6 @@ class FsspecStore:
             if exclusive and "PreconditionFailed" in str(e):  # drivers that do not map the 412
                 raise FileExistsError(path) from e
             raise
-        finally:
-            data.release()
         return digest, nbytes
 
     def delete(self, name: str) -> bool:
