@@ -44,6 +44,12 @@ directory: symlinks are never followed, FIFOs and devices never opened, sizes
 checked before reading (markers at most ``MAX_MARKER_BYTES``, JSON at most
 ``MAX_JSON_DEPTH`` deep with integers of at most 20 digits).
 A trainer in another language follows the same three steps.
+
+In an object store (an fsspec URL such as ``s3://bucket/ckpts``) there is no rename:
+the data object is PUT under a final name with a random tag
+(``step-00000012.<8 hex>.npz``), then the marker with a create-only conditional
+write (``If-None-Match: *``), so each step commits once; readers verify size and
+SHA-256 the same way (see :mod:`acl_bundle._storage`).
 """
 from __future__ import annotations
 
@@ -600,6 +606,7 @@ def clean_checkpoints(
     directory: str | os.PathLike[str],
     *,
     grace: float = DEBRIS_GRACE_SECONDS,
+    storage_options: Mapping[str, Any] | None = None,
     _markers: list[CheckpointInfo] | None = None,
 ) -> list[str]:
     """Remove crash debris older than ``grace`` seconds; return the names removed.
@@ -609,10 +616,14 @@ def clean_checkpoints(
     ``grace`` (by mtime) is left alone: a live writer may still be writing it, and a
     data file whose marker is being written right now is protected by that marker's
     temp file.  Only regular files are removed; symlinks and other names are never
-    touched.
+    touched.  For an fsspec URL: data objects no marker names whose LastModified is
+    older than ``grace`` (there are no temp files in an object store).
     """
     if isinstance(grace, bool) or not isinstance(grace, (int, float)) or not grace >= 0:
         raise ValueError(f"grace must be a non-negative number of seconds, got {grace!r}")
+    if is_url(directory):
+        store = open_store(directory, storage_options, suffixes=(MARKER_SUFFIX,) + SUFFIXES)
+        return _clean_remote(store, grace, _scan(store)[0] if _markers is None else _markers)
     d = Path(directory)
     good = _scan(d)[0] if _markers is None else _markers
     referenced = {c.path.name for c in good}

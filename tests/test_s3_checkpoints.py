@@ -375,3 +375,20 @@ def test_bad_arguments(moto, bucket, served, tmp_path):
     with pytest.raises(CheckpointError, match="suffix"):
         load_checkpoint(f"s3://{bucket}/x/step.bin", m, storage_options=s3help.options(moto.endpoint))
     assert hashlib  # (imported for readers comparing digests by hand)
+
+
+def test_keep_and_cleanup_on_the_store(moto, bucket, served):
+    m, w = served
+    url, opts = f"s3://{bucket}/ckpts", s3help.options(moto.endpoint)
+    _put(moto, bucket, "ckpts/step-00000099.orphan.npz", b"debris")  # an upload whose marker never came
+    for s in range(1, 6):
+        write_checkpoint(url, _shifted(w, s), s, keep=2, storage_options=opts)
+    assert [c.step for c in list_checkpoints(url, storage_options=opts)] == [4, 5]
+    import s3fs
+
+    names = sorted(p.rsplit("/", 1)[-1] for p in s3fs.S3FileSystem(**opts).ls(f"{bucket}/ckpts", refresh=True))
+    assert "step-00000099.orphan.npz" in names and len(names) == 5  # young debris is kept (grace)
+    from acl_bundle.checkpoint import clean_checkpoints
+
+    assert clean_checkpoints(url, grace=0, storage_options=opts) == ["step-00000099.orphan.npz"]
+    assert len(list_checkpoints(url, storage_options=opts)) == 2
