@@ -661,7 +661,7 @@ class CheckpointWatcher:
         if self._pass_step:
             kw["step"] = info.step
         if self._pass_source:
-            kw["source"] = str(info.path)
+            kw["source"] = self._store.name_url(info.path.name)  # the URL for a remote store
         if not self._model_checks:
             return int(self._model.update(weights, **kw))
         checks: list[Any] = [c for c in (self._check, self._golden) if c is not None]
