@@ -246,6 +246,14 @@ def test_oversized_object_is_refused_before_any_get(moto, bucket, served):
     moto.sync_log(bucket)
     gets = [p for meth, p in moto.requests(bucket)[start:] if meth == "GET" and "list-type" not in p]
     assert gets == [f"/{bucket}/ckpts/{info.marker.name}"]  # the data object was never fetched
+    # a marker object over the marker bound is refused from the listing alone
+    from acl_bundle.checkpoint import MAX_MARKER_BYTES
+
+    _put(moto, bucket, "ckpts/step-00000002.ckpt.json", b" " * (MAX_MARKER_BYTES + 1))
+    start = moto.sync_log(bucket)
+    assert wt.poll() is None and wt.skipped == 2
+    moto.sync_log(bucket)
+    assert [p for meth, p in moto.requests(bucket)[start:] if meth == "GET" and "list-type" not in p] == []
 
 
 @pytest.mark.parametrize("mode", ["500", "503", "reset", "hang"])
@@ -335,6 +343,7 @@ def test_racing_writes_and_reads(moto, bucket, served):
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(1800)
 def test_racing_writes_and_reads_1000(moto, bucket, served):
     _racing(moto, bucket, served, steps=1000, writers=4)
 
