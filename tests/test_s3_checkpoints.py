@@ -347,7 +347,7 @@ def _racing(moto, bucket, served, steps, writers, *, keep=None, poll=0.01):
 
 
 def test_racing_writes_and_reads(moto, bucket, served):
-    _racing(moto, bucket, served, steps=60, writers=3)
+    _racing(moto, bucket, served, steps=30, writers=3)
 
 
 @pytest.mark.slow
@@ -363,7 +363,7 @@ def test_a_trainer_process_writes_while_the_watcher_applies(moto, bucket, served
     seen = []
     wt = CheckpointWatcher(m, url, storage_options=opts, poll_interval=0.02,
                            on_apply=lambda a: seen.append((a.step, _device_step(m, w), a.bytes_read)))
-    steps = 30
+    steps = 15
     with wt:
         proc = subprocess.Popen([sys.executable, str(TRAINER), url, str(steps), "0.02", json.dumps(opts)])
         try:
