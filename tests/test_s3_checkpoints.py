@@ -353,7 +353,7 @@ def test_racing_writes_and_reads(moto, bucket, served):
 @pytest.mark.slow
 @pytest.mark.timeout(1800)
 def test_racing_writes_and_reads_1000(moto, bucket, served):
-    seen, wt = _racing(moto, bucket, served, steps=1000, writers=4, keep=50, poll=0.05)
+    seen, wt = _racing(moto, bucket, served, steps=1000, writers=4, poll=0.05)
     assert len(seen) >= 10
 
 
