@@ -62,7 +62,7 @@ from typing import Any
 
 from . import checks as _checks
 from ._errors import ModelClosedError
-from ._storage import TransientError, open_store
+from ._storage import TransientError, is_url, open_store
 from .checkpoint import (
     MARKER_SUFFIX,
     SUFFIXES,
@@ -183,9 +183,9 @@ class CheckpointWatcher:
     ) -> None:
         if not hasattr(model, "update") or not hasattr(model, "variables"):
             raise TypeError(f"model must have .update() and .variables (a BundleModel), got {type(model).__name__}")
-        store = open_store(directory, storage_options, suffixes=(MARKER_SUFFIX,))
+        # a remote listing keeps the data objects' keys too (no request per object); a local one lstats markers only
+        store = open_store(directory, storage_options, suffixes=(MARKER_SUFFIX,) + (SUFFIXES if is_url(directory) else ()))
         if store.remote:
-            store = open_store(directory, storage_options, suffixes=(MARKER_SUFFIX,) + SUFFIXES)  # data keys too
             if use_watchdog:
                 raise ValueError(f"use_watchdog=True watches a local directory; {store.url!r} is polled")
             use_watchdog = False
