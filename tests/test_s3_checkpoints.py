@@ -334,6 +334,7 @@ def _racing(moto, bucket, served, steps, writers, *, keep=None, poll=0.01):
             for t in ws:
                 t.join(1500)
             assert wt.wait_for_step(steps, timeout=120)
+            wt.poll()  # one listing after the last junk marker was written
         finally:
             stop.set()
             r.join(30)
