@@ -325,9 +325,9 @@ def _describe_bundle(path: Any, acl: Any, manifest: str | None, device: int) -> 
 
     from ._buffers import Ledger
     from ._context import ModelContext
-    from ._description import Description
-    from ._errors import check, unwrap
     from ._manifest import manifest_path, read_manifest
+    from ._errors import unwrap
+    from .model import read_bundle
 
     man = Path(manifest) if manifest else manifest_path(path)
     if not man.is_file():
@@ -336,16 +336,10 @@ def _describe_bundle(path: Any, acl: Any, manifest: str | None, device: int) -> 
     ledger = Ledger(acl)
     try:
         ModelContext(acl, device, ledger)
-        bundle_id = unwrap(acl, "acl.mdl.bundle_load_from_file", acl.mdl.bundle_load_from_file(str(path)))
-        ledger.push("acl.mdl.bundle_unload", lambda: acl.mdl.bundle_unload(bundle_id))
-        n = unwrap(acl, "acl.mdl.bundle_get_model_num", acl.mdl.bundle_get_model_num(bundle_id))
-        if n not in (2, 3):
-            raise ValueError(f"a bundle must hold 2 (infer, update) or 3 (infer, init, update) graphs; this one holds {n}")
-        ids = [unwrap(acl, "acl.mdl.bundle_get_model_id", acl.mdl.bundle_get_model_id(bundle_id, i)) for i in range(n)]
-        descs = [ledger.create("acl.mdl.create_desc", acl.mdl.create_desc, acl.mdl.destroy_desc) for _ in ids]
-        for desc, mid in zip(descs, ids):
-            check(acl, "acl.mdl.get_desc", acl.mdl.get_desc(desc, mid))
-        d = Description.read(acl, descs, None, mvars)
+        def load(acl: Any) -> int:
+            return unwrap(acl, "acl.mdl.bundle_load_from_file", acl.mdl.bundle_load_from_file(str(path)))
+
+        bundle_id, ids, _descs, d = read_bundle(acl, ledger, load, None, mvars)
     finally:
         for p in ledger.release():
             logging.getLogger("acl_bundle").warning("inspect teardown: %s", p)

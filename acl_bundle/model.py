@@ -314,17 +314,9 @@ class BundleModel:
     ) -> None:
         acl, ledger = self._acl, self._ledger
         self._ctx = ctx = ModelContext(acl, self._device_id, ledger)
-        bundle_id = load(acl)
-        ledger.push("acl.mdl.bundle_unload", lambda: acl.mdl.bundle_unload(bundle_id))
+        bundle_id, ids, descs, d = read_bundle(acl, ledger, load, roles, manifest_vars, pad_batch)
         self.bundle_id: int = bundle_id
-        n = unwrap(acl, "acl.mdl.bundle_get_model_num", acl.mdl.bundle_get_model_num(bundle_id))
-        if n not in (2, 3):
-            raise ValueError(f"a bundle must hold 2 (infer, update) or 3 (infer, init, update) graphs; this one holds {n}")
-        ids = [unwrap(acl, "acl.mdl.bundle_get_model_id", acl.mdl.bundle_get_model_id(bundle_id, i)) for i in range(n)]
-        descs = [ledger.create("acl.mdl.create_desc", acl.mdl.create_desc, acl.mdl.destroy_desc) for _ in ids]
-        for desc, mid in zip(descs, ids):
-            check(acl, "acl.mdl.get_desc", acl.mdl.get_desc(desc, mid))
-        self._desc = d = Description.read(acl, descs, roles, manifest_vars, pad_batch)
+        self._desc = d
         self._profile_of = d.profile_of
         self.model_ids: dict[str, int] = {"infer": ids[d.infer], "update": ids[d.update]}
         if d.init is not None:
@@ -635,6 +627,25 @@ def _checks_of(check: Any, source: Any) -> tuple[list[Check], list[Golden]]:
     if source is not None and not isinstance(source, str):
         raise TypeError(f"source must be a str or None, got {type(source).__name__}")
     return split_checks(check)
+
+
+def read_bundle(acl: Any, ledger: Ledger, load: Callable[[Any], int], roles: Mapping[str, int] | None,
+                manifest_vars: list[ManifestVariable] | None, pad_batch: bool = True
+                ) -> tuple[int, list[int], list[int], Description]:
+    """Load a bundle and read its description: (bundle id, model ids, model descs, Description).
+
+    Every handle goes on ``ledger``.  Shared by :class:`BundleModel` and ``acl-bundle inspect``.
+    """
+    bundle_id = load(acl)
+    ledger.push("acl.mdl.bundle_unload", lambda: acl.mdl.bundle_unload(bundle_id))
+    n = unwrap(acl, "acl.mdl.bundle_get_model_num", acl.mdl.bundle_get_model_num(bundle_id))
+    if n not in (2, 3):
+        raise ValueError(f"a bundle must hold 2 (infer, update) or 3 (infer, init, update) graphs; this one holds {n}")
+    ids = [unwrap(acl, "acl.mdl.bundle_get_model_id", acl.mdl.bundle_get_model_id(bundle_id, i)) for i in range(n)]
+    descs = [ledger.create("acl.mdl.create_desc", acl.mdl.create_desc, acl.mdl.destroy_desc) for _ in ids]
+    for desc, mid in zip(descs, ids):
+        check(acl, "acl.mdl.get_desc", acl.mdl.get_desc(desc, mid))
+    return bundle_id, ids, descs, Description.read(acl, descs, roles, manifest_vars, pad_batch)
 
 
 def _check_step(step: Any) -> None:
