@@ -772,9 +772,13 @@ def _prepare_update(name: str, m: Model, ids: Any, in_dbs: list) -> tuple[int, W
         # All or nothing, even under a signal: every input was validated above, and Python
         # signal handlers (KeyboardInterrupt, sys.exit in a SIGTERM handler) are held back
         # until the last variable is written, as a C call of the real runtime would be.
-        with S.signals_deferred():
-            for v, src, n, _keep in copies:
-                ctypes.memmove(v.ptr, src, n)
+        if len(copies) == 1:  # one C call: nothing can run in between
+            v, src, n, _keep = copies[0]
+            ctypes.memmove(v.ptr, src, n)
+        elif copies:
+            with S.signals_deferred():
+                for v, src, n, _keep in copies:
+                    ctypes.memmove(v.ptr, src, n)
         bump("update_bytes_applied", sum(n for _, _, n, _ in copies))
         bump("executions", 1, m.id)
         return 0
