@@ -140,8 +140,8 @@ def _finish(proc: _Process) -> list[AclError]:
     Where the runtime has ``acl.finalize_reference``, every ``acl.init`` (including one
     that answered 100002, already initialised) counts a reference and only the last
     ``finalize_reference`` tears ACL down (hicann/runtime ``src/acl/aclrt_impl/acl.cpp``,
-    ``aclInitImpl``: ``aclInitRefCount++`` before returning ACL_ERROR_REPEAT_INITIALIZE;
-    ``aclFinalizeReferenceImpl``: decrement, finalize at 1), so we always give ours back
+    ``aclInitImpl`` lines 388-391: ``aclInitRefCount++`` before returning ACL_ERROR_REPEAT_INITIALIZE;
+    ``aclFinalizeReferenceImpl`` lines 648-683: decrement, finalize at 1), so we always give ours back
     and never finalize under another component.  Without it, ``acl.finalize`` is called
     only if we were the ones who initialised.
     """
