@@ -42,6 +42,9 @@ def build(ctx: ModelContext, accept: Sequence[tuple[np.dtype, dict[tuple[int, ..
     n_in = len(accept)
     ndarray, empty = np.ndarray, np.empty
 
+    if n_in == 1:
+        return _build_one(acl, handle, host_ptr, h2d, d2h, try_begin, end, accept[0], default_batch, model_id, updater)
+
     def fast(inputs: tuple[Any, ...]) -> tuple[list[np.ndarray], Any] | None:
         if len(inputs) != n_in:
             return None
@@ -82,6 +85,71 @@ def build(ctx: ModelContext, accept: Sequence[tuple[np.dtype, dict[tuple[int, ..
                 n = out.nbytes
                 if n:
                     ret = memcpy(host_ptr(out), n, ptr, n, d2h)
+                    if ret:
+                        raise AclError("acl.rt.memcpy", ret, recent_error(acl))
+                outs.append(out)
+            version = updater.current  # inside the reader section: no commit can run
+        finally:
+            if restore:
+                restore_context(acl, restore)
+            end(batch, slot)
+        return outs, version
+
+    return fast
+
+
+def _build_one(acl: Any, handle: int, host_ptr: Callable[[np.ndarray], int], h2d: int, d2h: int,
+               try_begin: Callable[[int], Any], end: Callable[[int, Any], None],
+               accept: tuple[np.dtype, dict[tuple[int, ...], int]], default_batch: int, model_id: int,
+               updater: Any) -> FastInfer:
+    """:func:`build`'s path for a one-input model (the common case), the same steps without the loops.
+
+    The dtype is compared by identity first (arrays of a builtin dtype share numpy's
+    canonical dtype object), then by equality.
+    """
+    want, shapes = accept
+    ndarray, empty, get_shape = np.ndarray, np.empty, shapes.get
+
+    def fast(inputs: tuple[Any, ...]) -> tuple[list[np.ndarray], Any] | None:
+        if len(inputs) != 1:
+            return None
+        a = inputs[0]
+        if type(a) is not ndarray:
+            return None
+        dt = a.dtype
+        if (dt is not want and dt != want) or not a.flags.c_contiguous:
+            return None
+        batch = get_shape(a.shape)
+        if batch is None:
+            return None
+        batch = batch or default_batch
+        slot = try_begin(batch)
+        if slot is None:
+            return None
+        restore = 0
+        try:
+            rt = acl.rt
+            cur, ret = rt.get_context()
+            if ret or cur != handle:  # ModelContext.enter, inline
+                ret2 = rt.set_context(handle)
+                if ret2:
+                    raise AclError("acl.rt.set_context", ret2, recent_error(acl))
+                restore = cur if ret == 0 else 0
+            n = a.nbytes
+            if n:
+                ptr, size = slot.inputs[0]
+                ret = rt.memcpy(ptr, size, host_ptr(a), n, h2d)
+                if ret:
+                    raise AclError("acl.rt.memcpy", ret, recent_error(acl))
+            ret = acl.mdl.execute(model_id, slot.in_ds, slot.out_ds)
+            if ret:
+                raise AclError("acl.mdl.execute", ret, recent_error(acl))
+            outs = []
+            for ptr, _size, shape, dtype in slot.outputs:
+                out = empty(shape, dtype)
+                n = out.nbytes
+                if n:
+                    ret = rt.memcpy(host_ptr(out), n, ptr, n, d2h)
                     if ret:
                         raise AclError("acl.rt.memcpy", ret, recent_error(acl))
                 outs.append(out)

@@ -111,3 +111,58 @@ def test_unusual_calls_take_the_general_path(make_bundle):
         t.join()
         assert m.version == 1
     assert m._fast((x1,)) is None  # closed
+
+
+def _two_input_bundle(tmp_path):
+    """y = x @ W + z: two data inputs, one variable (built here with onnx, checked against numpy)."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    from acl_bundle.sim import builder
+
+    w = np.random.default_rng(5).standard_normal((4, 3)).astype(np.float32)
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["x", "W"], ["xw"]), helper.make_node("Add", ["xw", "z"], ["y"])],
+        "two_inputs",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4]),
+         helper.make_tensor_value_info("z", TensorProto.FLOAT, [1, 3])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 3])],
+        [numpy_helper.from_array(w, "W")],
+    )
+    proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    onnx.checker.check_model(proto)
+    om, _ = builder.save(builder.build_bundle(proto), tmp_path / "two.om")
+    return om, w
+
+
+def test_two_inputs_take_the_general_fast_path_with_numpy_answers(tmp_path):
+    om, w = _two_input_bundle(tmp_path)
+    rng = np.random.default_rng(6)
+    with BundleModel(om, acl=ACL) as m:
+        x, z = rng.standard_normal((1, 4)).astype(np.float32), rng.standard_normal((1, 3)).astype(np.float32)
+        m.infer(x, z)  # builds the slot
+        assert ACL.rt.set_context(m._ctx.handle) == 0
+        with sim.record() as calls:
+            y = m.infer(x, z)
+        np.testing.assert_allclose(y, x @ w + z, rtol=1e-5, atol=1e-5)
+        assert calls == ["acl.rt.get_context", "acl.util.numpy_to_ptr", "acl.rt.memcpy", "acl.util.numpy_to_ptr",
+                         "acl.rt.memcpy", "acl.mdl.execute", "acl.util.numpy_to_ptr", "acl.rt.memcpy"]
+        assert m._fast((x, z)) is not None
+        for what, args in {"one argument": (x,), "z as float64": (x, z.astype(np.float64)),
+                           "x a strided view": (np.ones((1, 8), np.float32)[:, ::2], z)}.items():
+            assert m._fast(args) is None, what
+        np.testing.assert_allclose(m.infer(np.ones((1, 8), np.float32)[:, ::2], z), np.ones((1, 4)) @ w + z, rtol=1e-5)
+
+
+def test_an_equal_dtype_object_that_is_not_numpys_own_still_takes_the_fast_path(make_bundle):
+    """The one-input path compares the dtype by identity first, then by equality: both reach the fast path."""
+    om, w0 = make_bundle()
+    with BundleModel(om, acl=ACL) as m:
+        m.infer(_x())
+        native = np.dtype(np.float32).newbyteorder("=")
+        assert native is not np.dtype(np.float32) and native == np.float32
+        x = _x(seed=4).astype(native)
+        assert x.dtype is not np.dtype(np.float32)
+        done = m._fast((x,))
+        assert done is not None
+        np.testing.assert_allclose(done[0][0], reference(x, w0), rtol=1e-5, atol=1e-5)

@@ -410,10 +410,10 @@ def bytes_to_ptr(data: bytes) -> int:
     return ptr
 
 
-def _np_region(arr: np.ndarray) -> Block:
-    """A region that unregisters itself (lazily) when ``arr`` is garbage-collected."""
+def _np_region(arr: np.ndarray, ptr: int) -> Block:
+    """A region (``arr`` at ``ptr``) that unregisters itself (lazily) when ``arr`` is garbage-collected."""
     holder: list[Block] = []
-    blk = Block(arr.ctypes.data, arr.nbytes, "numpy", ref=weakref.ref(arr, lambda _r: _DEAD.extend(holder)))
+    blk = Block(ptr, arr.nbytes, "numpy", ref=weakref.ref(arr, lambda _r: _DEAD.extend(holder)))
     holder.append(blk)
     return blk
 
@@ -424,8 +424,9 @@ def numpy_to_ptr(ndarray: np.ndarray) -> int:
         raise TypeError(f"numpy_to_ptr: expected numpy.ndarray, not {type(ndarray).__name__}")
     if not ndarray.flags.c_contiguous:
         warnings.warn("numpy_to_ptr: array is not C-contiguous; use numpy_contiguous_to_ptr", stacklevel=2)
-    _register(_np_region(ndarray))
-    return int(ndarray.ctypes.data)
+    ptr = int(ndarray.ctypes.data)  # ~1.4 us each: read once
+    _register(_np_region(ndarray, ptr))
+    return ptr
 
 
 @api("acl.util.numpy_contiguous_to_ptr", "t1")
@@ -433,8 +434,9 @@ def numpy_contiguous_to_ptr(ndarray: np.ndarray) -> tuple[int, np.ndarray]:
     if not isinstance(ndarray, np.ndarray):
         raise TypeError(f"numpy_contiguous_to_ptr: expected numpy.ndarray, not {type(ndarray).__name__}")
     out = np.ascontiguousarray(ndarray)
-    _register(_np_region(out))
-    return int(out.ctypes.data), out
+    ptr = int(out.ctypes.data)
+    _register(_np_region(out, ptr))
+    return ptr, out
 
 
 def _host_view(name: str, ptr: int, nbytes: int) -> tuple[Block, Any]:

@@ -226,11 +226,13 @@ def set_context(context: int) -> int:
 
 @api("acl.rt.get_context", "t1")
 def get_context() -> tuple[int, int]:
-    with LOCK:
-        ctx = S.current_context()
-        if ctx is None:
-            return 0, set_err(S.E_CTX_NULL, "get_context: no current context in this thread")
-        return ctx.id, 0
+    # No LOCK: like aclrtGetCurrentContext (a thread-local read), this only reads the calling
+    # thread's own state and one dict lookup, each atomic under the GIL; a context destroyed
+    # by another thread meanwhile is answered as before or after that destroy, as on real ACL.
+    ctx = S.current_context()
+    if ctx is None:
+        return 0, set_err(S.E_CTX_NULL, "get_context: no current context in this thread")
+    return ctx.id, 0
 
 
 # ---- streams ------------------------------------------------------------------------------
