@@ -50,6 +50,7 @@ wrapper alike.
 """
 from __future__ import annotations
 
+import bisect
 import gc
 import json
 import os
@@ -828,25 +829,29 @@ def _s7_staging_memory(c: _Ctx) -> dict:
         "single-variable update atomic (the stress test's torn-output check runs on that configuration)"]}
 
 
-def _latencies(m: Any, xs: list[np.ndarray], threads: int, seconds: float, rate: float | None,
-               upd: dict) -> tuple[list[float], list[float]]:
-    """Every infer's latency (s) over ``seconds`` with ``threads`` infer threads, full updates at ``rate`` Hz
-    (None: none); and each update's commit duration (the only phase that excludes inference)."""
+def _timeline(m: Any, xs: list[np.ndarray], threads: int, seconds: float, rate: float | None,
+              upd: dict) -> tuple[list[tuple[float, float]], list[tuple[float, float, float]]]:
+    """Run ``threads`` infer threads for ``seconds`` with full updates at ``rate`` Hz (None: none).
+
+    Returns every infer call as ``(start, end)`` and every update as ``(start, end,
+    commit seconds)`` (the commit: the update graph's run, the only phase that excludes
+    inference), all on ``time.perf_counter``.
+    """
     stop = threading.Event()
     start = threading.Barrier(threads + 2)
-    lat: list[list[float]] = [[] for _ in range(threads)]
-    commits: list[float] = []
+    calls: list[list[tuple[float, float]]] = [[] for _ in range(threads)]
+    updates: list[tuple[float, float, float]] = []
     errors: list[BaseException] = []
     clock = time.perf_counter
 
     def infer(i: int) -> None:
         try:
-            mine, k, n = lat[i], 0, len(xs)
+            mine, k, n = calls[i], 0, len(xs)
             start.wait()
             while not stop.is_set():
                 t0 = clock()
                 m.infer(xs[k % n])
-                mine.append(clock() - t0)
+                mine.append((t0, clock()))
                 k += 1
         except BaseException as e:  # pragma: no cover - reported below
             errors.append(e)
@@ -863,8 +868,9 @@ def _latencies(m: Any, xs: list[np.ndarray], threads: int, seconds: float, rate:
                 delay = t_next - clock()
                 if delay > 0 and stop.wait(delay):
                     return
+                u0 = clock()
                 m.update(upd)
-                commits.append(m.stats["last_update"]["commit_seconds"])
+                updates.append((u0, clock(), m.stats["last_update"]["commit_seconds"]))
         except BaseException as e:  # pragma: no cover
             errors.append(e)
             stop.set()
@@ -880,7 +886,43 @@ def _latencies(m: Any, xs: list[np.ndarray], threads: int, seconds: float, rate:
         t.join()
     if errors:
         raise errors[0]
-    return [x for part in lat for x in part], commits
+    return [c for part in calls for c in part], updates
+
+
+def _latencies(m: Any, xs: list[np.ndarray], threads: int, seconds: float, rate: float | None,
+               upd: dict) -> tuple[list[float], list[float]]:
+    """:func:`_timeline` as every infer's latency (s) and every update's commit duration (s)."""
+    calls, updates = _timeline(m, xs, threads, seconds, rate, upd)
+    return [b - a for a, b in calls], [c for _, _, c in updates]
+
+
+def _stalls(calls: list[tuple[float, float]], updates: list[tuple[float, float, float]],
+            typical: float) -> tuple[list[float], float]:
+    """Per update, the longest extra wait of an infer call that overlapped it, over that update's own commit.
+
+    Extra wait = latency - ``typical`` (the median latency without updates).  Returns the
+    per-update ratios and the longest extra wait among the calls that overlapped no
+    update (what the machine alone does to a call in the same window).
+    """
+    updates = sorted(updates)
+    starts = [u0 for u0, _, _ in updates]
+    worst = [0.0] * len(updates)
+    alone = 0.0
+    for a, b in calls:
+        extra = (b - a) - typical
+        hit = False
+        j = bisect.bisect_left(starts, b)  # updates starting before the call ended
+        for k in range(j - 1, -1, -1):
+            u0, u1, _ = updates[k]
+            if u1 <= a:
+                if u1 < a - 1.0:  # updates are far shorter than a second: none further back overlaps
+                    break
+                continue
+            hit = True
+            worst[k] = max(worst[k], extra)
+        if not hit:
+            alone = max(alone, extra)
+    return [w / c for w, (_, _, c) in zip(worst, updates) if c > 0], alone
 
 
 def _p99(xs: Sequence[float]) -> float:
@@ -891,10 +933,11 @@ def _s8_pause(c: _Ctx) -> dict:
     """The longest infer stall an update causes, against the commit's own duration and the no-update p99.
 
     Per round, interleaved: a window without updates, a window with full updates at the
-    bundle's rate.  stall = the longest infer latency under updates minus the median
-    latency without (what the longest call waited beyond its own work); ratio to the
-    median commit of that window (goal <= 1.2x: a call waits about one commit, no more)
-    and to the no-update p99; then p99 under updates / p99 without (goal <= 1.2x).
+    bundle's rate.  Per update, its stall = the longest extra wait (latency minus the
+    median latency without updates) of a call that overlapped it, as a ratio to that
+    update's own commit (goal <= 1.2x: a call waits about one commit, no more); the worst
+    update of the window counts.  Calls that overlapped no update give the noise floor;
+    then p99 under updates / p99 without (goal <= 1.2x).
     """
     from .sim import models
 
@@ -918,50 +961,60 @@ def _s8_pause(c: _Ctx) -> dict:
         for threads in thread_counts:
             m = c.open(path, max_concurrency=threads)
             xs = _fresh(x, 64)
-            per: dict[str, list[float]] = {"stall/commit": [], "stall/p99": [], "p99": [], "stall_ms": [],
-                                           "commit_ms": [], "p99_none_ms": []}
+            per: dict[str, list[float]] = {"stall/commit": [], "stall/p99": [], "p99": [], "alone/commit": [],
+                                           "stall_ms": [], "commit_ms": [], "p99_none_ms": [], "alone_ms": []}
             try:
                 m.update(upd)
-                _latencies(m, xs, threads, min(0.2, cfg.s8_seconds), None, upd)  # warm: every slot built
+                _timeline(m, xs, threads, min(0.2, cfg.s8_seconds), None, upd)  # warm: every slot built
                 for r in range(cfg.s8_rounds):
-                    got: dict[str, tuple[list[float], list[float]]] = {}
+                    got: dict[str, tuple[list, list]] = {}
                     for side in (("none", "upd") if r % 2 == 0 else ("upd", "none")):
                         c.progress(f"8 pause: {label}, {threads} infer thread(s), round {r + 1}/{cfg.s8_rounds}, {side}")
-                        got[side] = _latencies(m, xs, threads, cfg.s8_seconds, None if side == "none" else rate, upd)
-                    base, (lat, commits) = got["none"][0], got["upd"]
-                    if not base or not lat or not commits:
+                        got[side] = _timeline(m, xs, threads, cfg.s8_seconds, None if side == "none" else rate, upd)
+                    base = [b - a for a, b in got["none"][0]]
+                    calls, updates = got["upd"]
+                    if not base or not calls or not updates:
                         continue
-                    stall = max(lat) - _median(base)
-                    commit = _median(commits)
-                    p99_none = _p99(base)
-                    per["stall/commit"].append(stall / commit)
+                    typical, p99_none = _median(base), _p99(base)
+                    ratios, alone = _stalls(calls, updates, typical)
+                    if not ratios:
+                        continue
+                    k = max(range(len(ratios)), key=ratios.__getitem__)  # the worst update of the window
+                    stall = ratios[k] * updates[k][2]
+                    commit = _median([u[2] for u in updates])
+                    per["stall/commit"].append(ratios[k])
                     per["stall/p99"].append(stall / p99_none)
-                    per["p99"].append(_p99(lat) / p99_none)
+                    per["p99"].append(_p99([b - a for a, b in calls]) / p99_none)
+                    per["alone/commit"].append(max(max(base) - typical, alone) / commit)
                     per["stall_ms"].append(1e3 * stall)
                     per["commit_ms"].append(1e3 * commit)
                     per["p99_none_ms"].append(1e3 * p99_none)
+                    per["alone_ms"].append(1e3 * max(max(base) - typical, alone))
             finally:
                 m.close()
             if not per["stall/commit"]:
                 continue
             what = f"{label}, {threads} infer thread{'s' if threads > 1 else ''}"
             detail = dict(stall_ms=_median(per["stall_ms"]), commit_ms=_median(per["commit_ms"]),
-                          p99_none_ms=_median(per["p99_none_ms"]), update_mib=nbytes / MiB, updates_hz=rate,
-                          gil_switch_ms=1e3 * sys.getswitchinterval())
-            for key, name, op, goal in (("stall/commit", "longest stall / commit", "<=", 1.2),
+                          p99_none_ms=_median(per["p99_none_ms"]), alone_ms=_median(per["alone_ms"]),
+                          update_mib=nbytes / MiB, updates_hz=rate, gil_switch_ms=1e3 * sys.getswitchinterval())
+            for key, name, op, goal in (("stall/commit", "longest stall / its commit", "<=", 1.2),
+                                        ("alone/commit", "longest wait without an update / commit", None, None),
                                         ("stall/p99", "longest stall / no-update p99", None, None),
                                         ("p99", f"p99 under {rate:g} Hz updates / no-update p99", "<=", 1.2)):
                 xs_r = per[key]
                 rows.append(_row(8, f"{name}, {what}", _median(xs_r), op, goal, **detail,
                                  paired_min=min(xs_r), paired_max=max(xs_r)))
     return {"rows": rows, "notes": [
-        "stall = longest infer latency under updates - median latency without; commit = the update graph's run "
-        "under the gate's writer side (median of the window); per round, interleaved with a no-update window; "
-        "ratio = median over rounds, 'rounds' = their range. A call that arrives while another reader is in "
-        "flight waits for that reader's remaining work and then the commit, so stall/commit > 1 grows with the "
-        "infer's own duration (the dense MLP reads all its weights per call; the embedding reads a few rows). "
-        "The update thread's own Python (stage, commit bookkeeping) competes for the GIL: a thread asking for it "
-        "may wait one switch interval (gil_switch_ms), which bounds the stall from below when commits are short"]}
+        "stall: per update, the longest extra wait (latency - median latency without updates) of an infer call "
+        "that overlapped the update (stage and commit), over that update's own commit (the update graph's run "
+        "under the gate's writer side); the row is the worst update of each window, median over rounds, "
+        "'rounds' = their range; each round interleaves a no-update window. A call that arrives while another "
+        "reader is in flight waits for that reader's remaining work and then the commit, so stall/commit > 1 "
+        "grows with the infer's own duration (the dense MLP reads all its weights per call; the embedding a few "
+        "rows). 'without an update' = the longest extra wait of a call that overlapped no update (both windows): "
+        "what the machine (scheduler, GIL hand-offs, gil_switch_ms) does to a call by itself, the noise floor of "
+        "the stall rows"]}
 
 
 _RUNNERS: dict[int, Callable[[_Ctx], dict]] = {

@@ -103,7 +103,8 @@ def test_serving_and_physical_bound_rows(quick):
 
 
 def test_pause_rows(quick):
-    """Scenario 8: per bundle and infer-thread count (1 and the cores), stall/commit and p99 rows with goals."""
+    """Scenario 8: per bundle and infer-thread count (1 and the cores), stall/commit and p99 rows with goals,
+    the noise floor and the stall/p99 rows for information."""
     import os
 
     rows = _rows(quick, 8)
@@ -111,14 +112,39 @@ def test_pause_rows(quick):
     for label in ("0.4 MiB MLP", "4 MiB embedding"):
         for t in threads:
             what = f"{label}, {t} infer thread{'s' if t > 1 else ''}"
-            stall = _row(quick, 8, f"longest stall / commit, {what}")
+            stall = _row(quick, 8, f"longest stall / its commit, {what}")
             p99 = _row(quick, 8, f"p99 under 10 Hz updates / no-update p99, {what}")
             info = _row(quick, 8, f"longest stall / no-update p99, {what}")
-            assert (stall["op"], stall["goal"], p99["op"], p99["goal"], info["op"]) == ("<=", 1.2, "<=", 1.2, None)
+            floor = _row(quick, 8, f"longest wait without an update / commit, {what}")
+            assert (stall["op"], stall["goal"], p99["op"], p99["goal"], info["op"], floor["op"]) == \
+                ("<=", 1.2, "<=", 1.2, None, None)
             d = stall["detail"]
-            assert d["commit_ms"] > 0 and d["p99_none_ms"] > 0
+            assert d["commit_ms"] > 0 and d["p99_none_ms"] > 0 and d["alone_ms"] >= 0
             assert d["paired_min"] <= stall["ratio"] <= d["paired_max"]
-    assert len(rows) == 3 * 2 * len(threads)
+    assert len(rows) == 4 * 2 * len(threads)
+
+
+def test_stalls_pair_each_update_with_the_calls_that_overlapped_it():
+    """_stalls: a call counts against every update it overlapped, divided by that update's own commit;
+    calls that overlapped none give the noise floor."""
+    from acl_bundle.bench import _stalls
+
+    typical = 1.0
+    updates = [(10.0, 12.0, 2.0), (20.0, 21.0, 0.5), (30.0, 31.0, 1.0)]  # (start, end, commit)
+    calls = [
+        (0.0, 1.0),    # before any update: extra 0
+        (9.0, 13.0),   # overlaps update 0: extra 3 -> 3 / 2.0
+        (11.0, 12.5),  # overlaps update 0 too, less: extra 0.5
+        (14.0, 18.0),  # between updates: extra 3 -> the noise floor
+        (20.5, 22.0),  # overlaps update 1: extra 0.5 -> 0.5 / 0.5
+        (31.0, 32.0),  # starts as update 2 ends: no overlap, extra 0
+        (29.0, 30.5),  # overlaps update 2: extra 0.5 -> 0.5 / 1.0
+    ]
+    ratios, alone = _stalls(calls, updates, typical)
+    assert ratios == [1.5, 1.0, 0.5]
+    assert alone == 3.0
+    # unordered input gives the same answer (updates are sorted, calls may come from several threads)
+    assert _stalls(calls[::-1], updates[::-1], typical) == ([1.5, 1.0, 0.5], 3.0)
 
 
 def test_no_mallocs_in_steady_state(quick):
