@@ -5,7 +5,7 @@ current in the calling thread, and gives the thread back the context it had
 (:meth:`ModelContext.enter` / :func:`restore_context`): an application that mixes
 BundleModel with its own pyACL code keeps using its own context and streams.  The copy kinds follow ``acl.rt.get_run_mode()``: in
 host run mode the application's memory is host memory (host<->device copies); when
-the application itself runs on the device, its memory is device memory (reference §1).
+the application itself runs on the device, its memory is device memory (pyACL documentation).
 """
 from __future__ import annotations
 

@@ -19,7 +19,7 @@ from ._constants import ACL_DYNAMIC_TENSOR_NAME, ACL_TO_NUMPY
 from ._errors import AclError, UnknownVariableError, recent_error, unwrap
 from ._manifest import ManifestVariable
 
-VAR_SUFFIX = "_var_data"  # GE names update-graph input i "<const>_var_data" (reference §5.3)
+VAR_SUFFIX = "_var_data"  # GE names update-graph input i "<const>_var_data" (pyACL documentation)
 
 
 @dataclass(frozen=True)
@@ -135,7 +135,7 @@ def _roles(acl: Any, descs: list[int], roles: Mapping[str, int] | None) -> tuple
         return idx[0], idx[1], idx[2]  # type: ignore[return-value]
     looks = [_looks_like_update(acl, d) for d in descs]
     if n == 3:
-        # The standard layout [infer, init, update] is fixed (reference §5.2); check it.
+        # The standard layout [infer, init, update] is fixed (pyACL documentation); check it.
         if not looks[2] or looks[0]:
             raise ValueError("graph 2 of this bundle does not look like an update graph; pass roles=")
         return 0, 1, 2
@@ -183,7 +183,7 @@ class Description:
     def _read_infer(self, acl: Any, desc: int) -> None:
         info = unwrap(acl, "acl.mdl.get_dynamic_batch", acl.mdl.get_dynamic_batch(desc))
         batches = sorted(int(b) for b in info["batch"][: info["batchCount"]])
-        # ATC adds an input that carries the batch / image size / dims (reference §3); a
+        # ATC adds an input that carries the batch / image size / dims (pyACL documentation); a
         # model without it answers an error here, which only means "static".
         idx, ret = acl.mdl.get_input_index_by_name(desc, ACL_DYNAMIC_TENSOR_NAME)
         self.mb_index = idx if ret == 0 else None

@@ -1,6 +1,6 @@
 """Bundle manifests: the variable shapes that real bundles do not report.
 
-Update-graph inputs have unknown rank on real hardware (reference §5.3), so the only
+Update-graph inputs have unknown rank on real hardware (pyACL documentation), so the only
 way to know a variable's shape is a JSON manifest beside the bundle
 (``bundle.om`` -> ``bundle.manifest.json``).  The simulator's builder writes one; for a
 bundle built by GE, write it by hand.  Readers need only::

@@ -298,7 +298,7 @@ class Updater:
                 try:
                     self._attach(i, _CUSTOM, td)
                 finally:
-                    acl.destroy_tensor_desc(td)  # the dataset keeps its own copy (reference §4)
+                    acl.destroy_tensor_desc(td)  # the dataset keeps its own copy (pyACL documentation)
         return nbytes
 
     def _commit(self, step: int | None, verify: Callable[[], None] | None = None,

@@ -298,7 +298,7 @@ class _Ctx:
 
 
 class RawInfer:
-    """The minimal hand-written pyACL inference sequence for one bundle file (reference §7.1).
+    """The minimal hand-written pyACL inference sequence for one bundle file (pyACL documentation).
 
     Loads its own copy of the bundle, runs the init graph, pre-builds the infer
     graph's datasets for one batch size; ``__call__`` is then memcpy in, execute,

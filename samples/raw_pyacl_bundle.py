@@ -1,4 +1,4 @@
-"""The documented pyACL bundle weight-update sequence (reference §7.1), with acl.* calls only.
+"""The documented pyACL bundle weight-update sequence (pyACL documentation), with acl.* calls only.
 
 Runs on real pyACL when ``import acl`` works, else on the simulator
 (``acl_bundle.sim.install()``).  Builds a small MLP bundle into a temp dir with the

@@ -13,7 +13,7 @@ from acl_bundle import sim
 
 from helpers import reference
 
-# Every pyACL name the reference (../shared/reference/pyacl-api.md §1-5) documents, by submodule.
+# Every pyACL name the public pyACL documentation lists, by submodule.
 PYACL = {
     "": {"init", "finalize", "get_version", "get_recent_err_msg", "create_data_buffer", "destroy_data_buffer",
          "get_data_buffer_addr", "get_data_buffer_size", "get_data_buffer_size_v2", "update_data_buffer",

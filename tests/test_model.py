@@ -388,7 +388,7 @@ def _constructor_trace(om):
     return list(calls)
 
 
-# Getters that pyACL defines with no error path (a bare int/str, reference §0): a failure there is
+# Getters that pyACL defines with no error path (a bare int/str, per the pyACL documentation): a failure there is
 # indistinguishable from a value, so the sweep cannot expect an exception from them. get_context failing
 # means "no current context" (the wrapper then sets its own and has nothing to restore); get_input_index_by_name
 # failing means "no dynamic-shape input" (a static model).

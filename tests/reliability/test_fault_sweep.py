@@ -6,7 +6,7 @@ occurrence failing (``sim.fault(name, CODE, on_call=k)``, ``k`` = the occurrence
 index of the call among same-named calls of the trace).  New ACL calls in the
 wrapper are therefore swept automatically.
 
-What each injected failure must produce, by kind of call (pyACL reference §0):
+What each injected failure must produce, by kind of call (the pyACL documentation):
 
 * a call that returns a status code: an ``AclError`` whose ``func`` is that call
   and whose ``code`` is the injected code;
