@@ -171,10 +171,16 @@ def test_a_signal_during_the_simulated_update_graph_cannot_tear_it(make_bundle, 
                 os.kill(os.getpid(), signal.SIGINT)
             return ret
 
+        # Python's own SIGINT handler, whatever this process inherited: a shell starts background
+        # jobs with SIGINT ignored, and Python then installs no handler at all.
+        previous = signal.signal(signal.SIGINT, signal.default_int_handler)
         monkeypatch.setattr(ctypes, "memmove", memmove_then_sigint)
-        with pytest.raises(KeyboardInterrupt):
-            m.update(new)
-        monkeypatch.setattr(ctypes, "memmove", real)
+        try:
+            with pytest.raises(KeyboardInterrupt):
+                m.update(new)
+        finally:
+            monkeypatch.setattr(ctypes, "memmove", real)
+            signal.signal(signal.SIGINT, previous)
         assert sent
         dev = device_weights(m)
         assert all(np.array_equal(dev[k], new[k]) for k in new), "the update graph was torn by the signal"
