@@ -36,6 +36,8 @@ The scenarios and their goals:
 7. staging memory: ``device_bytes`` beyond the variables, as a fraction of their bytes,
    for 100 x 1 MiB variables updated one at a time through a one-variable staging pool
    (goal <= 0.10); the default pool (every update fits) beside it, for information.
+9. start-up: ``acl-bundle --help`` and ``acl-bundle serve --help`` as whole processes vs
+   ``python -c pass``; goal <= 2.5x.
 
 Every timed row carries a reliability verdict: a wrapper faster than the raw sequence
 it wraps (negative overhead), or per-round ratios spreading more than
@@ -92,6 +94,7 @@ SCENARIOS: dict[int, str] = {
     5: "serving under updates",
     6: "allocation discipline",
     8: "pause caused by an update",
+    9: "start-up",
 }
 
 Progress = Callable[[str], None]
@@ -102,7 +105,7 @@ class BenchConfig:
     """Sizes and repetitions; the defaults run in well under 2 minutes on 2 cores.
 
     ``quick=True`` replaces every size by a small one (CI smoke test, a few seconds).
-    ``only`` restricts the run to some scenario numbers (1..8).
+    ``only`` restricts the run to some scenario numbers (1..9).
     """
 
     quick: bool = False
@@ -144,6 +147,8 @@ class BenchConfig:
     s8_threads: tuple[int, ...] = ()
     s8_seconds: float = 1.0
     s8_rounds: int = 5
+    # 9. start-up: interleaved whole-process runs of each command and of ``python -c pass``
+    s9_rounds: int = 20
 
     def __post_init__(self) -> None:
         if self.quick:
@@ -168,6 +173,7 @@ class BenchConfig:
                                "4 MiB embedding": ("embedding", (4, 4096, 64), 10.0)}
             self.s8_seconds = 0.3
             self.s8_rounds = 2
+            self.s9_rounds = 3
         if self.only is not None:
             bad = [s for s in self.only if s not in SCENARIOS]
             if bad or not self.only:
@@ -1017,6 +1023,37 @@ def _s8_pause(c: _Ctx) -> dict:
         "the stall rows"]}
 
 
+def _s9_startup(c: _Ctx) -> dict:
+    """Whole-process start-up: ``acl-bundle --help`` and ``acl-bundle serve --help`` vs ``python -c pass``.
+
+    The commands run as the console script does (``acl_bundle.cli.main``) in a new
+    interpreter each time, interleaved with the bare interpreter in rotating order.
+    """
+    import subprocess
+
+    cfg = c.cfg
+    run = [sys.executable, "-c", "import sys; from acl_bundle.cli import main; sys.exit(main(sys.argv[1:]))"]
+    cmds = {"bare": [sys.executable, "-c", "pass"], "--help": run + ["--help"], "serve --help": run + ["serve", "--help"]}
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONSTARTUP"}
+    times: dict[str, list[float]] = {k: [] for k in cmds}
+    for r in range(cfg.s9_rounds):
+        c.progress(f"9 start-up: round {r + 1}/{cfg.s9_rounds}")
+        names = list(cmds)
+        names = names[r % len(names):] + names[:r % len(names)]  # rotate: no command always goes first
+        for name in names:
+            t0 = time.perf_counter()
+            subprocess.run(cmds[name], check=True, stdout=subprocess.DEVNULL, env=env)
+            times[name].append(time.perf_counter() - t0)
+    rows = []
+    for name in ("--help", "serve --help"):
+        q = _ratio(times[name], times["bare"])
+        rows.append(_row(9, f"acl-bundle {name} vs python -c pass", q["ratio"], "<=", 2.5,
+                         ms=1e3 * _median(times[name]), bare_ms=1e3 * _median(times["bare"]),
+                         paired_min=q["paired_min"], paired_max=q["paired_max"]))
+    return {"rows": rows, "notes": ["whole process, wall clock: a new interpreter per run, the command as the "
+                                    "console script runs it; python -c pass is the floor"]}
+
+
 _RUNNERS: dict[int, Callable[[_Ctx], dict]] = {
     1: _s1_wrapper_overhead,
     2: _s2_update_proportional,
@@ -1026,6 +1063,7 @@ _RUNNERS: dict[int, Callable[[_Ctx], dict]] = {
     6: _s6_allocations,
     7: _s7_staging_memory,
     8: _s8_pause,
+    9: _s9_startup,
 }
 
 

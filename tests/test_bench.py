@@ -147,6 +147,16 @@ def test_stalls_pair_each_update_with_the_calls_that_overlapped_it():
     assert _stalls(calls[::-1], updates[::-1], typical) == ([1.5, 1.0, 0.5], 3.0)
 
 
+def test_startup_rows_time_whole_processes(quick):
+    """Scenario 9: each command against the bare interpreter, goal 2.5x, the ratio of the two medians."""
+    for name in ("--help", "serve --help"):
+        row = _row(quick, 9, f"acl-bundle {name} vs python -c pass")
+        assert (row["op"], row["goal"]) == ("<=", 2.5)
+        d = row["detail"]
+        assert d["ms"] > 0 and d["bare_ms"] > 0
+        assert math.isclose(row["ratio"], d["ms"] / d["bare_ms"])
+
+
 def test_no_mallocs_in_steady_state(quick):
     row = _row(quick, 6, "device mallocs per 1000")
     assert row["ratio"] == 0.0 and row["pass"] is True
@@ -205,7 +215,7 @@ def test_raw_sequence_matches_wrapper(tmp_path):
 
 
 def test_config_validation():
-    with pytest.raises(ValueError, match=r"^only must name scenarios among \[1, 2, 3, 4, 5, 6, 7, 8\], got \[0\]$"):
+    with pytest.raises(ValueError, match=r"^only must name scenarios among \[1, 2, 3, 4, 5, 6, 7, 8, 9\], got \[0\]$"):
         BenchConfig(only=[0])
     assert BenchConfig(only=[3, 1, 3]).selected() == [1, 3]
 
@@ -223,7 +233,7 @@ def test_cli_json_only_and_progress(tmp_path, capsys):
 
 
 def test_cli_rejects_unknown_scenario(capsys):
-    assert cli.main(["bench", "--only", "1,9"]) == 2
+    assert cli.main(["bench", "--only", "1,10"]) == 2
     assert "--only takes scenario numbers" in capsys.readouterr().err
 
 
