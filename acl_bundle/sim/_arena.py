@@ -49,6 +49,12 @@ class Arena:
             except (OSError, ValueError, OverflowError, TypeError) as e:
                 last = e
                 continue
+            huge = getattr(mmap, "MADV_HUGEPAGE", None)
+            if huge is not None:  # numpy asks the same for its large arrays: copies then cost what numpy's do
+                try:
+                    mm.madvise(huge)
+                except OSError:  # THP off or unsupported: 4 KiB pages, slower copies, same results
+                    pass
             self._mm = mm
             self.base = ctypes.addressof(ctypes.c_char.from_buffer(mm))
             self.end = self.base + size
