@@ -28,13 +28,16 @@ import numpy as np
 from ._context import ModelContext, restore_context
 from ._errors import AclError, recent_error
 
-FastInfer = Callable[[tuple[Any, ...]], "tuple[list[np.ndarray], Any] | None"]
+FastInfer = Callable[[tuple[Any, ...]], "tuple[Any, Any] | None"]
 
 
 def build(ctx: ModelContext, accept: Sequence[tuple[np.dtype, dict[tuple[int, ...], int]]], default_batch: int,
           fast_reader: tuple[Callable[[int], Any], Callable[[int, Any], None]], model_id: int,
           updater: Any) -> FastInfer:
-    """The fast path of one model: ``fast(inputs)`` -> ``(outputs, version)``, or None = take the general path."""
+    """The fast path of one model: ``fast(inputs)`` -> ``(result, version)``, or None = take the general path.
+
+    ``result`` is what ``infer`` returns: the array of a one-output model, else a tuple.
+    """
     if not accept:  # image-size / dims gears (or no data input): always the general path
         return lambda inputs: None
     acl, handle, host_ptr, h2d, d2h = ctx.acl, ctx.handle, ctx.host_ptr, ctx.h2d, ctx.d2h
@@ -45,7 +48,7 @@ def build(ctx: ModelContext, accept: Sequence[tuple[np.dtype, dict[tuple[int, ..
     if n_in == 1:
         return _build_one(acl, handle, host_ptr, h2d, d2h, try_begin, end, accept[0], default_batch, model_id, updater)
 
-    def fast(inputs: tuple[Any, ...]) -> tuple[list[np.ndarray], Any] | None:
+    def fast(inputs: tuple[Any, ...]) -> tuple[Any, Any] | None:
         if len(inputs) != n_in:
             return None
         batch = 0
@@ -93,7 +96,7 @@ def build(ctx: ModelContext, accept: Sequence[tuple[np.dtype, dict[tuple[int, ..
             if restore:
                 restore_context(acl, restore)
             end(batch, slot)
-        return outs, version
+        return (outs[0] if len(outs) == 1 else tuple(outs)), version
 
     return fast
 
@@ -110,7 +113,7 @@ def _build_one(acl: Any, handle: int, host_ptr: Callable[[np.ndarray], int], h2d
     want, shapes = accept
     ndarray, empty, get_shape = np.ndarray, np.empty, shapes.get
 
-    def fast(inputs: tuple[Any, ...]) -> tuple[list[np.ndarray], Any] | None:
+    def fast(inputs: tuple[Any, ...]) -> tuple[Any, Any] | None:
         if len(inputs) != 1:
             return None
         a = inputs[0]
@@ -158,6 +161,6 @@ def _build_one(acl: Any, handle: int, host_ptr: Callable[[np.ndarray], int], h2d
             if restore:
                 restore_context(acl, restore)
             end(batch, slot)
-        return outs, version
+        return (outs[0] if len(outs) == 1 else tuple(outs)), version
 
     return fast

@@ -47,8 +47,8 @@ class Gate:
         self._max_slots = max_slots
         # All of the following is guarded by _cond.
         self.closed = False  # set once by shutdown(); read without the lock as a hint
-        self._ops = 0  # public calls in flight (reads included); shutdown waits for 0
-        self._readers = 0  # reads between begin_read and end_read
+        self._ops = 0  # public calls in flight other than reads; shutdown waits for 0 of both
+        self._readers = 0  # reads between begin_read and end_read (in flight too)
         self._writer = False  # a commit runs
         self._writers_waiting = 0
         self._readers_waiting = 0  # reads blocked by a running or waiting commit
@@ -86,7 +86,7 @@ class Gate:
     def exit(self) -> None:
         with self._cond:
             self._ops -= 1
-            if not self._ops:
+            if not self._ops and not self._readers:
                 self._cond.notify_all()
 
     def shutdown(self, timeout: float | None = None) -> bool:
@@ -94,7 +94,7 @@ class Gate:
         with self._cond:
             self.closed = True
             self._cond.notify_all()
-            return self._cond.wait_for(lambda: self._ops == 0, timeout)
+            return self._cond.wait_for(lambda: self._ops == 0 and self._readers == 0, timeout)
 
     # -------------------------------------------------------------- readers
     def begin_read(self, batch: int) -> Any:
@@ -104,7 +104,6 @@ class Gate:
                 self._wait_to_read()
             if self.closed:
                 raise self._refuse()
-            self._ops += 1
             self._readers += 1
             free = self._free.get(batch)
             return free.pop() if free else None
@@ -136,8 +135,7 @@ class Gate:
                 self._free[batch].append(slot)
                 self.reads += 1
             self._readers -= 1
-            self._ops -= 1
-            if self._slot_waiters or (not self._readers and self._writers_waiting) or (self.closed and not self._ops):
+            if self._slot_waiters or (not self._readers and (self._writers_waiting or (self.closed and not self._ops))):
                 self._cond.notify_all()
 
     def fast_reader(self) -> tuple[Callable[[int], Any], Callable[[int, Any], None]]:
@@ -162,7 +160,6 @@ class Gate:
                 idle = free.get(batch)
                 if not idle:
                     return None
-                self._ops += 1
                 self._readers += 1
                 return idle.pop()
 
@@ -171,8 +168,7 @@ class Gate:
                 free[batch].append(slot)
                 self.reads += 1
                 self._readers -= 1
-                self._ops -= 1
-                if self._slot_waiters or (not self._readers and self._writers_waiting) or (self.closed and not self._ops):
+                if self._slot_waiters or (not self._readers and (self._writers_waiting or (self.closed and not self._ops))):
                     self._cond.notify_all()
 
         return try_begin, end

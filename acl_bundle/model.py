@@ -354,9 +354,7 @@ class BundleModel:
         """
         done = self._fast(inputs)  # the plain case (see _fastinfer); None: anything else, below
         if done is not None:
-            outs, version = done
-            result = outs[0] if len(outs) == 1 else tuple(outs)
-            return (result, version) if return_version else result
+            return done if return_version else done[0]
         gate = self._gate
         if gate.closed:  # type: ignore[union-attr]
             raise ModelClosedError(f"BundleModel({self._source!r}) is closed")

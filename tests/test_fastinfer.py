@@ -165,4 +165,4 @@ def test_an_equal_dtype_object_that_is_not_numpys_own_still_takes_the_fast_path(
         assert x.dtype is not np.dtype(np.float32)
         done = m._fast((x,))
         assert done is not None
-        np.testing.assert_allclose(done[0][0], reference(x, w0), rtol=1e-5, atol=1e-5)
+        np.testing.assert_allclose(done[0], reference(x, w0), rtol=1e-5, atol=1e-5)
