@@ -188,6 +188,7 @@ class Updater:
         self._not_empty: set[int] = set()
         self.lock = threading.Lock()  # serialises updates: held from stage to commit or abort
         self.current = WeightVersion(0)  # what the served weights are; read by infer inside its reader section
+        self.commit_ended = 0.0  # perf_counter at the last commit's end_write (before the hand-off)
         self._stats_lock = threading.Lock()  # held only to change or copy the counters
         self._stats: dict[str, Any] = {
             "updates": 0, "failed_updates": 0, "update_bytes": 0,
@@ -257,9 +258,9 @@ class Updater:
             raise
         finally:
             restore_context(self._ctx.acl, restore)
+        t2 = self.commit_ended
         if staged.kept is not None:
             self.history.record(int(version), staged.kept, staged.source, staged.step)
-        t2 = time.perf_counter()
         with self._stats_lock:
             st = self._stats
             st["updates"] += 1
@@ -330,6 +331,8 @@ class Updater:
             version = self.current
         finally:
             self._gate.end_write()
+            self.commit_ended = time.perf_counter()  # the commit's end: readers may run from here
+            self._gate.hand_off()
         if refusal is not None:
             raise refusal
         if ret != 0:
