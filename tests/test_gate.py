@@ -140,3 +140,33 @@ def test_shutdown_timeout_reports_calls_still_in_flight():
     assert g.shutdown(timeout=0.01) is False
     g.end_read(1, None)
     assert g.shutdown(timeout=5) is True
+
+
+def test_hand_off_returns_once_the_held_back_readers_started_and_never_waits_for_none():
+    g = Gate(max_slots=2, what="m")
+    g.begin_write()
+    readers = [Runner(lambda: g.begin_read(1)) for _ in range(2)]
+    _until(lambda: g._readers_waiting == 2, "two readers held back by the commit")
+    g.end_write()
+    assert g._admit == 2  # admitted ahead of any next commit
+    h = Runner(lambda: g.hand_off(timeout=None))  # returns once both have taken their admission
+    assert h.done.wait(20) and h.error is None
+    assert g._admit == 0 and g._readers == 2
+    for r in readers:
+        assert r.done.wait(20) and r.error is None
+        g.end_read(1, r.result)
+    # no reader held back: nothing to wait for, however long the timeout
+    g.begin_write()
+    g.end_write()
+    h = Runner(lambda: g.hand_off(timeout=None))  # a wait here would never end
+    assert h.done.wait(20) and h.error is None
+
+
+def test_hand_off_gives_up_after_its_timeout_when_an_admitted_reader_does_not_start():
+    g = Gate(max_slots=1, what="m")
+    g.begin_write()
+    g._readers_waiting = 1  # a reader that was held back and is descheduled: counted, never resumes here
+    g.end_write()
+    assert g._admit == 1
+    g.hand_off(timeout=0.01)  # returns (the commit is not held hostage), leaving the admission in place
+    assert g._admit == 1
