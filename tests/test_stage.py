@@ -90,3 +90,40 @@ def test_commit_after_close_is_refused_and_bad_step_before_any_copy(make_bundle)
     with pytest.raises(ModelClosedError):
         s.commit()
     assert not s.open
+
+
+def test_a_call_held_back_by_a_commit_has_started_when_update_returns(make_bundle):
+    """The commit hands off: update() returns only after the reader it held back was admitted (Gate.hand_off)."""
+    import threading
+    import time
+
+    om, w0 = make_bundle()
+    with BundleModel(om, acl=ACL) as m:
+        x = _x()
+        m.infer(x)
+        gate = m._gate
+        real_begin_write = gate.begin_write
+        held = threading.Event()
+        out = {}
+
+        def begin_write_then_hold_a_reader():
+            real_begin_write()
+            t = threading.Thread(target=lambda: out.setdefault("y", m.infer(x, return_version=True)))
+            t.start()
+            out["t"] = t
+            while gate._readers_waiting < 1:  # the reader is held back by this commit
+                time.sleep(0.0005)
+            held.set()
+
+        gate.begin_write = begin_write_then_hold_a_reader
+        real_hand_off = gate.hand_off
+        seen = []
+        gate.hand_off = lambda timeout=None: (seen.append(gate._admit), real_hand_off(timeout=20.0))[1]
+        new = _new(w0)
+        assert m.update(new) == 1
+        assert held.is_set() and seen == [1]  # one reader was admitted when the hand-off began ...
+        assert gate._admit == 0  # ... and had taken its admission when update() returned
+        out["t"].join(20)
+        y, v = out["y"]
+        assert v == 1
+        np.testing.assert_allclose(y, reference(x, new), rtol=1e-5, atol=1e-5)
