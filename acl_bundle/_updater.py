@@ -258,17 +258,21 @@ class Updater:
             raise
         finally:
             restore_context(self._ctx.acl, restore)
-        t2 = self.commit_ended
-        if staged.kept is not None:
-            self.history.record(int(version), staged.kept, staged.source, staged.step)
-        with self._stats_lock:
-            st = self._stats
-            st["updates"] += 1
-            st["update_bytes"] += staged.nbytes
-            st["stage_seconds"] += staged.stage_seconds
-            st["commit_seconds"] += t2 - t1
-            st["last_update"] = {"version": int(version), "step": version.step, "variables": staged.variables,
-                                 "bytes": staged.nbytes, "stage_seconds": staged.stage_seconds, "commit_seconds": t2 - t1}
+        try:
+            self._gate.hand_off()  # the readers this commit held back go first (see Gate.hand_off)
+        finally:  # applied and live even if an interrupt lands in the hand-off: counted as an update
+            t2 = self.commit_ended
+            if staged.kept is not None:
+                self.history.record(int(version), staged.kept, staged.source, staged.step)
+            with self._stats_lock:
+                st = self._stats
+                st["updates"] += 1
+                st["update_bytes"] += staged.nbytes
+                st["stage_seconds"] += staged.stage_seconds
+                st["commit_seconds"] += t2 - t1
+                st["last_update"] = {"version": int(version), "step": version.step, "variables": staged.variables,
+                                     "bytes": staged.nbytes, "stage_seconds": staged.stage_seconds,
+                                     "commit_seconds": t2 - t1}
         log.debug("update v%d (step %s): %d variables, %d bytes, stage %.3f ms, commit %.3f ms", version, version.step,
                   staged.variables, staged.nbytes, 1e3 * staged.stage_seconds, 1e3 * (t2 - t1))
         return version
@@ -332,7 +336,6 @@ class Updater:
         finally:
             self._gate.end_write()
             self.commit_ended = time.perf_counter()  # the commit's end: readers may run from here
-            self._gate.hand_off()
         if refusal is not None:
             raise refusal
         if ret != 0:

@@ -127,3 +127,27 @@ def test_a_call_held_back_by_a_commit_has_started_when_update_returns(make_bundl
         y, v = out["y"]
         assert v == 1
         np.testing.assert_allclose(y, reference(x, new), rtol=1e-5, atol=1e-5)
+
+
+def test_an_interrupt_in_the_hand_off_still_counts_the_applied_update(make_bundle):
+    """The weights are live once the commit ends: a KeyboardInterrupt during the hand-off reaches the caller,
+    but stats count an update (not a failure) and infer serves the new weights under the new version."""
+    om, w0 = make_bundle()
+    with BundleModel(om, acl=ACL) as m:
+        x = _x()
+        m.infer(x)
+
+        def interrupted(timeout=None):
+            raise KeyboardInterrupt
+
+        m._gate.hand_off = interrupted
+        new = _new(w0)
+        with pytest.raises(KeyboardInterrupt):
+            m.update(new)
+        del m._gate.hand_off
+        s = m.stats
+        assert s["updates"] == 1 and s["failed_updates"] == 0 and s["last_update"]["version"] == 1
+        y, v = m.infer(x, return_version=True)
+        assert v == 1
+        np.testing.assert_allclose(y, reference(x, new), rtol=1e-5, atol=1e-5)
+        assert m.update(_new(w0, 3.0)) == 2  # the update lock was released
