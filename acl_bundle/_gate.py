@@ -221,12 +221,13 @@ class Gate:
         A woken reader needs the GIL, and the committing thread keeps it for its own
         bookkeeping until it next blocks (up to a switch interval, 5 ms by default).
         Blocking here for the few microseconds the readers take to start gives them the
-        GIL at once.  ``scripts/hand_off.py --threads 1 2 --rounds 6`` (7 MiB MLP, with and
-        without, interleaved, one run on the 2-core machine): longest stall / its commit
-        1.42 -> 1.33 with one infer thread and 1.88 -> 1.70 with two, p99 under 10 Hz
-        updates / p99 without 1.18 -> 1.05 and 1.29 -> 1.33.  A modest gain, at the cost
-        of ``update`` returning after its readers started; nothing waits when no reader
-        was held back.
+        GIL at once.  Measured with ``scripts/hand_off.py --threads 1 2 --rounds 6`` (7 MiB
+        MLP, with and without, interleaved; three runs on the 2-core machine, the last with
+        ``--rounds 8``), longest stall / its commit, without -> with: one infer thread
+        1.42 -> 1.33, 1.32 -> 1.39, 1.51 -> 1.78 (no gain above the noise); two threads
+        1.88 -> 1.70, 2.82 -> 1.83, 2.00 -> 1.98.  Kept for the two-thread case, at the cost
+        of ``update`` returning after its readers started (at most ``timeout``); nothing
+        waits when no reader was held back.
         """
         with self._cond:
             if self._admit and not self.closed:
