@@ -33,10 +33,12 @@ FastInfer = Callable[[tuple[Any, ...]], "tuple[Any, Any] | None"]
 
 def build(ctx: ModelContext, accept: Sequence[tuple[np.dtype, dict[tuple[int, ...], int]]], default_batch: int,
           fast_reader: tuple[Callable[[int], Any], Callable[[int, Any], None]], model_id: int,
-          updater: Any) -> FastInfer:
+          updater: Any, *, one_input_copy: bool = True) -> FastInfer:
     """The fast path of one model: ``fast(inputs)`` -> ``(result, version)``, or None = take the general path.
 
     ``result`` is what ``infer`` returns: the array of a one-output model, else a tuple.
+    ``one_input_copy=False`` builds the loop version even for one input (for
+    ``scripts/fast_one_input.py``, which compares the two).
     """
     if not accept:  # image-size / dims gears (or no data input): always the general path
         return lambda inputs: None
@@ -45,7 +47,7 @@ def build(ctx: ModelContext, accept: Sequence[tuple[np.dtype, dict[tuple[int, ..
     n_in = len(accept)
     ndarray, empty = np.ndarray, np.empty
 
-    if n_in == 1:
+    if n_in == 1 and one_input_copy:
         return _build_one(acl, handle, host_ptr, h2d, d2h, try_begin, end, accept[0], default_batch, model_id, updater)
 
     def fast(inputs: tuple[Any, ...]) -> tuple[Any, Any] | None:
@@ -107,10 +109,10 @@ def _build_one(acl: Any, handle: int, host_ptr: Callable[[np.ndarray], int], h2d
                updater: Any) -> FastInfer:
     """:func:`build`'s path for a one-input model (the common case), the same steps without the loops.
 
-    A deliberate second copy of ``fast``'s steps: on the tiny MLP it costs 1.041x the raw
-    sequence against 1.052x for ``fast`` itself (medians of 10 rounds, both built on one
-    model and called alternately with the raw sequence, two runs), and the goal is
-    1.05x.  The dtype is compared by identity first (arrays of a builtin dtype share
+    A deliberate second copy of ``fast``'s steps: on the tiny MLP it costs 1.040-1.046x
+    the raw sequence against 1.051-1.057x for ``fast`` itself (``scripts/fast_one_input.py
+    --rounds 10``, both built on one model and called alternately with the raw sequence;
+    two runs), and the goal is 1.05x.  The dtype is compared by identity first (arrays of a builtin dtype share
     numpy's canonical dtype object), then by equality.
     """
     want, shapes = accept
