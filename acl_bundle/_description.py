@@ -19,7 +19,7 @@ from ._constants import ACL_DYNAMIC_TENSOR_NAME, ACL_TO_NUMPY
 from ._errors import AclError, UnknownVariableError, recent_error, unwrap
 from ._manifest import ManifestVariable
 
-VAR_SUFFIX = "_var_data"  # GE names update-graph input i "<const>_var_data" (pyACL documentation)
+VAR_SUFFIX = "_var_data"  # GE names update-graph input i "<const>_var_data" (CANN bundle documentation)
 
 
 @dataclass(frozen=True)

@@ -112,8 +112,8 @@ def _build_one(acl: Any, handle: int, host_ptr: Callable[[np.ndarray], int], h2d
     A deliberate second copy of ``fast``'s steps: on the tiny MLP it costs 1.040-1.046x
     the raw sequence against 1.051-1.057x for ``fast`` itself (``scripts/fast_one_input.py
     --rounds 10``, both built on one model and called alternately with the raw sequence;
-    two runs), and the goal is 1.05x.  The dtype is compared by identity first (arrays of a builtin dtype share
-    numpy's canonical dtype object), then by equality.
+    two runs), and the goal is 1.05x.  The dtype is compared by identity first (arrays
+    of a builtin dtype share numpy's canonical dtype object), then by equality.
     """
     want, shapes = accept
     ndarray, empty, get_shape = np.ndarray, np.empty, shapes.get

@@ -226,8 +226,10 @@ def set_context(context: int) -> int:
 
 @api("acl.rt.get_context", "t1")
 def get_context() -> tuple[int, int]:
-    # No LOCK: like aclrtGetCurrentContext (a thread-local read), this only reads the calling
-    # thread's own state and one dict lookup, each atomic under the GIL; a context destroyed
+    # No LOCK: aclrtGetCurrentContextImpl takes none either (hicann/runtime
+    # src/acl/aclrt_impl/context.cpp:74-87: one rtCtxGetCurrent, the calling thread's
+    # current context). This reads the calling thread's own state and one dict lookup, each
+    # atomic under the GIL; a context destroyed
     # by another thread meanwhile is answered as before or after that destroy, as on real ACL.
     ctx = S.current_context()
     if ctx is None:

@@ -1,7 +1,7 @@
 """Build simulator model files from ONNX: the stand-in for ATC and the GE bundle API.
 
 Real Ascend bundles come from ``aclgrphConvertToWeightRefreshableGraphs`` +
-``aclgrphBundleBuildModel`` + ``aclgrphBundleSaveModel`` (pyACL documentation); plain
+``aclgrphBundleBuildModel`` + ``aclgrphBundleSaveModel`` (CANN GE graph API documentation); plain
 models from ATC.  :func:`build_bundle` and :func:`build_plain` produce the
 equivalent :class:`~acl_bundle.sim.format.ModelFile`; :func:`save` writes it.
 **The files load on the simulator (``acl_bundle.sim``) only**, never on a device.
