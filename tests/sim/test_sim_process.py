@@ -264,3 +264,22 @@ def test_repeat_init_changes_nothing():
     assert acl.rt.free(p) == 0
     assert acl.rt.reset_device(0) == 0
     assert acl.finalize() == 0
+
+
+def test_get_context_answers_the_same_on_its_short_path_counted_recorded_and_faultable(dev):
+    """get_context's one-frame path (a created context current, no recorder, no fault) answers and counts
+    as the decorated call does; a recorder or a fault still sees it; a destroyed context is 107002 again."""
+    ctx, ret = acl.rt.create_context(0)
+    assert ret == 0
+    before = sim.stats()["calls"].get("acl.rt.get_context", 0)
+    assert [acl.rt.get_context() for _ in range(3)] == [(ctx, 0)] * 3
+    assert sim.stats()["calls"]["acl.rt.get_context"] == before + 3
+    with sim.record() as calls:
+        assert acl.rt.get_context() == (ctx, 0)
+    assert calls == ["acl.rt.get_context"]
+    with sim.fault("acl.rt.get_context", 107002):
+        assert acl.rt.get_context() == (0, 107002)
+    assert acl.rt.get_context() == (ctx, 0)
+    assert acl.rt.destroy_context(ctx) == 0
+    assert acl.rt.get_context() == (0, 107002)  # not a live context any more: the decorated path answers
+    assert sim.stats()["calls"]["acl.rt.get_context"] == before + 7  # every call counted once, faulted too
