@@ -227,7 +227,7 @@ def set_context(context: int) -> int:
 @api("acl.rt.get_context", "t1")
 def get_context() -> tuple[int, int]:
     # No LOCK: aclrtGetCurrentContextImpl takes none either (hicann/runtime
-    # src/acl/aclrt_impl/context.cpp:74-87: one rtCtxGetCurrent, the calling thread's
+    # src/acl/aclrt_impl/context.cpp:74-88: one rtCtxGetCurrent, the calling thread's
     # current context). This reads the calling thread's own state and one dict lookup, each
     # atomic under the GIL; a context destroyed
     # by another thread meanwhile is answered as before or after that destroy, as on real ACL.
