@@ -49,7 +49,7 @@ In an object store (an fsspec URL such as ``s3://bucket/ckpts``) there is no ren
 the data object is PUT under a final name with a random tag
 (``step-00000012.<8 hex>.npz``), then the marker with a create-only conditional
 write (``If-None-Match: *``), so each step commits once; readers verify size and
-SHA-256 the same way (see :mod:`acl_bundle._storage`).
+SHA-256 the same way (see :mod:`acl_bundle._checkpoint.storage`).
 """
 from __future__ import annotations
 
@@ -74,7 +74,7 @@ import numpy as np
 
 from ._archive import Archive, CheckpointError, load_json
 from ._files import TEMP_SUFFIX
-from ._storage import LocalStore, Store, is_url, open_store
+from ._checkpoint.storage import LocalStore, Store, is_url, open_store
 
 log = logging.getLogger("acl_bundle")
 

@@ -50,15 +50,15 @@ from typing import Any
 import numpy as np
 
 from . import _backend
-from ._buffers import Ledger, Slot, build_slot, probe_output_shapes
-from ._context import ModelContext, current_context, restore_context
-from ._description import Description, TensorInfo, Variable
+from ._model.buffers import Ledger, Slot, build_slot, probe_output_shapes
+from ._model.context import ModelContext, current_context, restore_context
+from ._model.description import Description, TensorInfo, Variable
 from ._errors import AclCleanupWarning, ModelClosedError, check, unwrap
-from ._fastinfer import build as build_fast_infer
-from ._gate import Gate
-from ._history import History, HistoryEntry
+from ._model.fastinfer import build as build_fast_infer
+from ._model.gate import Gate
+from ._model.history import History, HistoryEntry
 from ._manifest import ManifestArg, ManifestVariable, manifest_path, read_manifest
-from ._updater import StagedUpdate, Updater, WeightVersion, run_init
+from ._model.updater import StagedUpdate, Updater, WeightVersion, run_init
 from .checks import Check, Golden, WeightsRefused, run_check, split_checks
 
 __all__ = ["BundleModel", "StagedUpdate", "TensorInfo", "Variable", "WeightVersion"]

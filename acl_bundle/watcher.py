@@ -62,7 +62,7 @@ from typing import Any
 
 from . import checks as _checks
 from ._errors import ModelClosedError
-from ._storage import TransientError, is_url, open_store
+from ._checkpoint.storage import TransientError, is_url, open_store
 from .checkpoint import (
     MARKER_SUFFIX,
     SUFFIXES,

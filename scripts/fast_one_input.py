@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""Experiment behind the one-input copy of the fast path (acl_bundle/_fastinfer.py, issue 16).
+"""Experiment behind the one-input copy of the fast path (acl_bundle/_model/fastinfer.py, issue 16).
 
 Builds, on one loaded tiny MLP bundle (8-16-4, batch 1), the fast path as shipped (the
 one-input variant) and the same module's loop version (``fast`` for any input count),
@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from acl_bundle import BundleModel, sim
-from acl_bundle import _fastinfer
+from acl_bundle._model import fastinfer as _fastinfer
 from acl_bundle.bench import RawInfer
 from acl_bundle.sim import builder, models
 

@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""Experiment behind ``Gate.hand_off`` (acl_bundle/_gate.py, issue 16).
+"""Experiment behind ``Gate.hand_off`` (acl_bundle/_model/gate.py, issue 16).
 
 After a commit, the readers it held back are woken but need the GIL, which the
 committing thread keeps for its own bookkeeping until it next blocks.  ``hand_off``
@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from acl_bundle import BundleModel, sim
-from acl_bundle._gate import Gate
+from acl_bundle._model.gate import Gate
 from acl_bundle.bench import _fresh, _stalls, _timeline
 from acl_bundle.sim import builder, models
 

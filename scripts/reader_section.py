@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""Experiment behind the reader-section choice in acl_bundle/_gate.py (issue 16).
+"""Experiment behind the reader-section choice in acl_bundle/_model/gate.py (issue 16).
 
 Today an ``infer`` is a reader of the gate across copy-in, execute and copy-out.  The
 alternative holds the reader side only around ``execute`` (and the version read): the

@@ -70,7 +70,7 @@ def test_patched_and_faulted_acl_functions_reach_the_fast_path(make_bundle, monk
                 with pytest.raises(AclError) as ei:
                     m.infer(_x())
             assert (ei.value.func, ei.value.code) == (name, 500000)
-            assert any(f.filename.endswith("_fastinfer.py") for f in traceback.extract_tb(ei.value.__traceback__))
+            assert any(f.filename.endswith("_model/fastinfer.py") for f in traceback.extract_tb(ei.value.__traceback__))
             x = _x(seed=3)
             np.testing.assert_allclose(m.infer(x), reference(x, w0), rtol=1e-5, atol=1e-5)  # slot given back
 

@@ -11,7 +11,7 @@ import time
 import pytest
 
 from acl_bundle import ModelClosedError
-from acl_bundle._gate import Gate
+from acl_bundle._model.gate import Gate
 
 
 def _until(pred, what: str, timeout: float = 20.0) -> None:

@@ -648,7 +648,7 @@ def test_crash_debris_older_than_the_grace_period_is_removed(tmp_path):
 
 
 def test_failed_marker_write_leaves_nothing_and_names_step_and_file(tmp_path, monkeypatch):
-    import acl_bundle._storage as storage
+    import acl_bundle._checkpoint.storage as storage
 
     real = storage.write_atomic
 

@@ -140,7 +140,7 @@ def test_duplicate_step_is_refused_by_the_conditional_write(moto, bucket, served
     url, opts = f"s3://{bucket}/ckpts", s3help.options(moto.endpoint)
     first = write_checkpoint(url, _shifted(w, 1), 7, storage_options=opts)
     # a writer that lost the race: its exists-check saw nothing, so the PUT's If-None-Match decides
-    import acl_bundle._storage as storage
+    import acl_bundle._checkpoint.storage as storage
 
     monkeypatch.setattr(storage.FsspecStore, "key", lambda self, name: None)
     with pytest.raises(ValueError, match=r"step 7 is already committed .*another writer committed it first"):
@@ -411,7 +411,7 @@ def test_keep_and_cleanup_on_the_store(moto, bucket, served):
 def test_a_large_object_streams_into_about_one_copy(moto, bucket):
     import tracemalloc
 
-    from acl_bundle._storage import CHUNK, open_store
+    from acl_bundle._checkpoint.storage import CHUNK, open_store
     from acl_bundle.checkpoint import MARKER_SUFFIX, SUFFIXES, verify_checkpoint
 
     url, opts = f"s3://{bucket}/big", s3help.options(moto.endpoint, timeout=30)

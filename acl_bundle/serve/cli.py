@@ -67,7 +67,7 @@ def serve_command(args: argparse.Namespace) -> int:
 
 
 def bench_command(args: argparse.Namespace) -> int:
-    from . import bench
+    from ..bench import serve as bench
 
     t0 = time.perf_counter()
 

@@ -7,7 +7,7 @@ pytest.importorskip("tritonclient.grpc")
 
 
 def test_serve_bench_quick_reports_all_rows():
-    from acl_bundle.serve import bench
+    from acl_bundle.bench import serve as bench
 
     res = bench.run(bench.ServeBenchConfig(quick=True))
     rows = {r["measurement"]: r for r in res["rows"]}

@@ -28,8 +28,8 @@ from collections.abc import Callable, Mapping
 from pathlib import Path, PurePosixPath
 from typing import Any, Union
 
-from ._archive import CheckpointError, read_regular, stat_key
-from ._files import write_atomic
+from .._archive import CheckpointError, read_regular, stat_key
+from .._files import write_atomic
 
 Key = tuple[Any, ...]
 CHUNK = 8 << 20  # bytes per ranged GET when reading a remote object
@@ -144,7 +144,7 @@ class FsspecStore:
         try:
             import fsspec
         except ImportError:
-            from ._errors import extra_hint
+            from .._errors import extra_hint
 
             raise ImportError(f"checkpoints at {url!r} need fsspec (and s3fs for s3://): {extra_hint('s3')}") from None
         if storage_options is not None and not isinstance(storage_options, Mapping):
@@ -152,7 +152,7 @@ class FsspecStore:
         try:
             self.fs, root = fsspec.core.url_to_fs(url, **dict(storage_options or {}))
         except ImportError as e:
-            from ._errors import extra_hint
+            from .._errors import extra_hint
 
             raise ImportError(f"checkpoints at {url!r}: {e} ({extra_hint('s3')} for s3://)") from None
         except ValueError as e:

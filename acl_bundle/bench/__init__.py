@@ -69,8 +69,8 @@ from typing import Any
 
 import numpy as np
 
-from . import _backend
-from ._constants import (
+from .. import _backend
+from .._constants import (
     ACL_DYNAMIC_TENSOR_NAME,
     ACL_MEMCPY_DEVICE_TO_HOST,
     ACL_MEMCPY_HOST_TO_DEVICE,
@@ -276,7 +276,7 @@ class _Ctx:
     """Temporary directory, bundle builder and the set of open models, closed on exit."""
 
     def __init__(self, cfg: BenchConfig, progress: Progress) -> None:
-        from . import sim
+        from .. import sim
 
         self.cfg = cfg
         self.progress = progress
@@ -287,7 +287,7 @@ class _Ctx:
         self._n = 0
 
     def build(self, proto: Any, *, batch_sizes: Sequence[int] | None = None, init: bool = True) -> str:
-        from .sim import builder
+        from ..sim import builder
 
         self._n += 1
         mf = builder.build_bundle(proto, init=init, batch_sizes=list(batch_sizes) if batch_sizes else None)
@@ -295,7 +295,7 @@ class _Ctx:
         return str(om)
 
     def open(self, path: str, **kw: Any) -> Any:
-        from .model import BundleModel
+        from ..model import BundleModel
 
         return BundleModel(path, acl=self.acl, **kw)
 
@@ -469,7 +469,7 @@ def _alternate(fw: Callable[[Any], Any], fr: Callable[[Any], Any], xw: Sequence[
 
 
 def _s1_models(c: _Ctx, cfg: BenchConfig, rows: list) -> None:
-    from .sim import models
+    from ..sim import models
 
     for name, sizes in cfg.s1_models.items():
         proto, _ = models.mlp(sizes, seed=cfg.seed)
@@ -510,7 +510,7 @@ def _s1_models(c: _Ctx, cfg: BenchConfig, rows: list) -> None:
 
 
 def _s2_update_proportional(c: _Ctx) -> dict:
-    from .sim import models
+    from ..sim import models
 
     cfg = c.cfg
     n, size = cfg.s2_variables, cfg.s2_size
@@ -567,7 +567,7 @@ def _s2_update_proportional(c: _Ctx) -> dict:
 
 
 def _s3_update_bandwidth(c: _Ctx) -> dict:
-    from .sim import models
+    from ..sim import models
 
     cfg = c.cfg
     nv = cfg.s3_variables
@@ -640,7 +640,7 @@ def _s4_update_vs_copy(c: _Ctx) -> dict:
     into the variables), so it cannot beat half of one ``numpy.copyto`` of the same bytes
     on the same host; goal >= 0.45x (throughput, copyto time / update time).
     """
-    from .sim import models
+    from ..sim import models
 
     cfg = c.cfg
     proto, w0 = models.mlp(cfg.s4_model, seed=cfg.seed)
@@ -733,7 +733,7 @@ def _serve(m: Any, x: np.ndarray, threads: int, seconds: float, rate: float | No
 
 
 def _s5_serving(c: _Ctx) -> dict:
-    from .sim import models
+    from ..sim import models
 
     cfg = c.cfg
     proto, w0 = models.mlp(cfg.s5_model, seed=cfg.seed)
@@ -771,7 +771,7 @@ def _s5_serving(c: _Ctx) -> dict:
 
 
 def _s6_allocations(c: _Ctx) -> dict:
-    from .sim import models
+    from ..sim import models
 
     cfg = c.cfg
     sizes = cfg.s4_model
@@ -807,7 +807,7 @@ def _s6_allocations(c: _Ctx) -> dict:
 
 
 def _s7_staging_memory(c: _Ctx) -> dict:
-    from .sim import models
+    from ..sim import models
 
     cfg = c.cfg
     n, size = cfg.s2_variables, cfg.s2_size
@@ -948,7 +948,7 @@ def _s8_pause(c: _Ctx) -> dict:
     update of the window counts.  Calls that overlapped no update give the noise floor;
     then p99 under updates / p99 without (goal <= 1.2x).
     """
-    from .sim import models
+    from ..sim import models
 
     cfg = c.cfg
     cores = os.cpu_count() or 1
@@ -1081,7 +1081,7 @@ def run_bench(config: BenchConfig | None = None, *, progress: Progress | None = 
     """
     cfg = config or BenchConfig()
     say: Progress = progress or (lambda _msg: None)
-    from . import sim
+    from .. import sim
 
     leaks_before = sim.leaks()
     c = _Ctx(cfg, say)
@@ -1185,7 +1185,7 @@ def write_plot(results: dict[str, Any], path: str | os.PathLike[str]) -> None:
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
     except ImportError:
-        from ._errors import extra_hint
+        from .._errors import extra_hint
 
         raise ValueError(f"--plot needs matplotlib: {extra_hint('plot')}") from None
     rows = [r for r in results["rows"] if r["op"] in ("<=", ">=") and r["ratio"] > 0]

@@ -35,7 +35,7 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
-from ._errors import ModelClosedError
+from .._errors import ModelClosedError
 
 #: longest time a committing thread waits for the readers it held back to start (see Gate.hand_off)
 HAND_OFF_S = 0.002

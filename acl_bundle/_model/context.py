@@ -14,12 +14,12 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from . import _backend
-from ._constants import ACL_HOST, ACL_MEMCPY_DEVICE_TO_DEVICE, ACL_MEMCPY_DEVICE_TO_HOST, ACL_MEMCPY_HOST_TO_DEVICE
-from ._errors import AclError, check, code_message, recent_error, unwrap
+from .. import _backend
+from .._constants import ACL_HOST, ACL_MEMCPY_DEVICE_TO_DEVICE, ACL_MEMCPY_DEVICE_TO_HOST, ACL_MEMCPY_HOST_TO_DEVICE
+from .._errors import AclError, check, code_message, recent_error, unwrap
 
 if TYPE_CHECKING:
-    from ._buffers import Ledger
+    from .buffers import Ledger
 
 
 log = logging.getLogger("acl_bundle")

@@ -163,7 +163,7 @@ def _build_tf(args: argparse.Namespace, src: Any, batch_sizes: list[int] | None)
     if args.plain:
         raise UsageError("--plain applies to ONNX models; a TensorFlow model is built as a bundle")
     try:
-        from .sim import tf_builder
+        from ..sim import tf_builder
 
         return tf_builder.build_bundle_from_tf(
             src,
@@ -179,8 +179,8 @@ def _build_tf(args: argparse.Namespace, src: Any, batch_sizes: list[int] | None)
 def _cmd_build(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from .sim import builder
-    from .sim.tf_builder import is_tf_source as tf_builder_source
+    from ..sim import builder
+    from ..sim.tf_builder import is_tf_source as tf_builder_source
 
     srcs = [Path(m) for m in args.model]
     tf_model = len(srcs) == 1 and tf_builder_source(srcs[0])
@@ -223,7 +223,7 @@ def _cmd_build(args: argparse.Namespace) -> int:
             raise UsageError(f"cannot build from {src}: {e}") from None
         raise
     if mf.batch_sizes:
-        from .sim._state import Config
+        from ..sim._state import Config
 
         budget = Config().device_memory
         big = max(mf.batch_sizes)
@@ -281,7 +281,7 @@ def _add_inspect(sub: Any) -> None:
 
 
 def _is_sim_file(path: Any) -> bool:
-    from .sim.format import MAGIC
+    from ..sim.format import MAGIC
 
     try:
         with open(path, "rb") as f:
@@ -295,12 +295,12 @@ def _inspect_backend(path: Any, force_sim: bool) -> tuple[Any, str]:
 
     A device .om never falls back to the simulator: without pyACL it is an error.
     """
-    from . import _backend
-    from ._errors import BackendNotFoundError
+    from .. import _backend
+    from .._errors import BackendNotFoundError
 
     choice = os.environ.get("ACL_BUNDLE_BACKEND", "").strip().lower()
     if force_sim or (_is_sim_file(path) and choice != "pyacl"):
-        from . import sim
+        from .. import sim
 
         return sim.acl, "simulator"
     try:
@@ -309,7 +309,7 @@ def _inspect_backend(path: Any, force_sim: bool) -> tuple[Any, str]:
         why = ("is a simulator bundle but ACL_BUNDLE_BACKEND=pyacl forbids the simulator" if _is_sim_file(path)
                else "is not a simulator bundle, so it needs pyACL")
         raise UsageError(f"{path} {why}: {e}") from None
-    from . import sim as _sim
+    from .. import sim as _sim
 
     return acl, "simulator" if acl is _sim.acl else "pyACL"
 
@@ -323,11 +323,11 @@ def _describe_bundle(path: Any, acl: Any, manifest: str | None, device: int) -> 
     """
     from pathlib import Path
 
-    from ._buffers import Ledger
-    from ._context import ModelContext
-    from ._manifest import manifest_path, read_manifest
-    from ._errors import unwrap
-    from .model import read_bundle
+    from .._model.buffers import Ledger
+    from .._model.context import ModelContext
+    from .._manifest import manifest_path, read_manifest
+    from .._errors import unwrap
+    from ..model import read_bundle
 
     man = Path(manifest) if manifest else manifest_path(path)
     if not man.is_file():
@@ -358,7 +358,7 @@ def _cmd_inspect(args: argparse.Namespace) -> int:
 
     import numpy as np
 
-    from ._errors import AclError
+    from .._errors import AclError
 
     path = Path(args.bundle)
     if not path.is_file():
@@ -472,7 +472,7 @@ def _add_demo(sub: Any) -> None:
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
-    from . import demo
+    from .. import demo
 
     if args.ticks < 20:
         raise UsageError(f"--ticks must be at least 20, got {args.ticks}")
@@ -536,7 +536,7 @@ def _add_bench(sub: Any) -> None:
 def _cmd_bench(args: argparse.Namespace) -> int:
     import time
 
-    from . import bench
+    from .. import bench
 
     only = _int_list(args.only, "--only") if args.only is not None else None
     if only is not None and any(n not in bench.SCENARIOS for n in only):
@@ -549,7 +549,7 @@ def _cmd_bench(args: argparse.Namespace) -> int:
         try:
             import matplotlib  # noqa: F401
         except ImportError:
-            from ._errors import extra_hint
+            from .._errors import extra_hint
 
             raise UsageError(f"--plot needs matplotlib: {extra_hint('plot')}") from None
     if args.json:
@@ -631,7 +631,7 @@ def _add_serve(sub: Any) -> None:
 
 
 def _cmd_serve(args: argparse.Namespace) -> int:
-    from .serve.cli import serve_command
+    from ..serve.cli import serve_command
 
     if args.max_queue_delay_us < 0:
         raise UsageError(f"--max-queue-delay-us must be >= 0, got {args.max_queue_delay_us}")
@@ -653,7 +653,7 @@ def _add_serve_bench(sub: Any) -> None:
 
 
 def _cmd_serve_bench(args: argparse.Namespace) -> int:
-    from .serve.cli import bench_command
+    from ..serve.cli import bench_command
 
     return bench_command(args)
 
@@ -679,7 +679,7 @@ def _cmd_fleet_bench(args: argparse.Namespace) -> int:
         import ray  # noqa: F401
     except ImportError:
         raise UsageError("fleet-bench needs Ray: pip install -e '.[ray,sim]' in a checkout of acl_bundle") from None
-    from . import fleet_bench
+    from ..bench import fleet as fleet_bench
 
     if args.replicas < 1 or args.rounds < 1:
         raise UsageError("--replicas and --rounds must be >= 1")
@@ -732,7 +732,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     Tracebacks are shown only with ``ACL_BUNDLE_DEBUG=1``.
     """
-    from . import __version__
+    from .. import __version__
 
     lib_log = logging.getLogger("acl_bundle")
     handler = _WarningLine(logging.WARNING)

@@ -28,13 +28,13 @@ from typing import Any
 
 import numpy as np
 
-from ._buffers import Ledger
-from ._constants import ACL_FORMAT_ND, NUMPY_TO_ACL
-from ._context import ModelContext, restore_context
-from ._description import Description, check_array, tensor_info
-from ._errors import AclCleanupWarning, AclError, check, null_handle, recent_error, unwrap
-from ._gate import Gate
-from ._history import History
+from .buffers import Ledger
+from .._constants import ACL_FORMAT_ND, NUMPY_TO_ACL
+from .context import ModelContext, restore_context
+from .description import Description, check_array, tensor_info
+from .._errors import AclCleanupWarning, AclError, check, null_handle, recent_error, unwrap
+from .gate import Gate
+from .history import History
 
 log = logging.getLogger("acl_bundle")
 

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ._description import Variable
+from .description import Variable
 
 
 @dataclass(frozen=True)

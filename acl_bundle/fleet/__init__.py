@@ -129,12 +129,12 @@ class ReplicaActor:
 
     def __init__(self, name: str, bundle: str, device_id: int, backend: str | None,
                  model_options: Mapping[str, Any], transport: Transport, hooks: Mapping[str, float] | None) -> None:
-        from .model import BundleModel
+        from ..model import BundleModel
 
         acl = None
         if backend == "sim":
-            from . import sim
-            from .sim import acl as sim_acl
+            from .. import sim
+            from ..sim import acl as sim_acl
 
             # This process's simulated host has as many devices as the fleet needs (one per replica).
             sim.configure(device_count=max(2, device_id + 1))
@@ -601,7 +601,7 @@ class Fleet:
         """Drive the fleet from a checkpoint directory: each newer committed checkpoint becomes one publish.
 
         Returns a started :class:`~acl_bundle.CheckpointWatcher` (stop it to stop following)."""
-        from .watcher import CheckpointWatcher
+        from ..watcher import CheckpointWatcher
 
         return CheckpointWatcher(_FleetAsModel(self), directory, **watcher_options).start()
 

@@ -15,9 +15,9 @@ from typing import Any
 
 import numpy as np
 
-from ._constants import ACL_DYNAMIC_TENSOR_NAME, ACL_TO_NUMPY
-from ._errors import AclError, UnknownVariableError, recent_error, unwrap
-from ._manifest import ManifestVariable
+from .._constants import ACL_DYNAMIC_TENSOR_NAME, ACL_TO_NUMPY
+from .._errors import AclError, UnknownVariableError, recent_error, unwrap
+from .._manifest import ManifestVariable
 
 VAR_SUFFIX = "_var_data"  # GE names update-graph input i "<const>_var_data" (CANN bundle documentation)
 

@@ -20,10 +20,10 @@ from typing import Any
 
 import numpy as np
 
-from ._constants import ACL_MEM_MALLOC_HUGE_FIRST
-from ._context import ModelContext, current_context, restore_context
-from ._description import Description
-from ._errors import AclCleanupWarning, AclError, check, code_message, null_handle, recent_error, unwrap
+from .._constants import ACL_MEM_MALLOC_HUGE_FIRST
+from .context import ModelContext, current_context, restore_context
+from .description import Description
+from .._errors import AclCleanupWarning, AclError, check, code_message, null_handle, recent_error, unwrap
 
 log = logging.getLogger("acl_bundle")
 

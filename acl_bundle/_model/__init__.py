@@ -1,0 +1,1 @@
+"""The device runtime behind :class:`acl_bundle.BundleModel` (see docs/development.md)."""
