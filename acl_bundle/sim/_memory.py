@@ -170,6 +170,9 @@ def resolve(addr: Any, n: int, *, write: bool = False) -> tuple[Block | None, st
         b = WORLD.regions.find(addr, span, alive=lambda r: r.owner() is not None)
     if b is not None:
         return b, ""
+    dead = WORLD.freed_host.find(addr, 1)
+    if dead is not None:
+        return None, f"{addr:#x} is in malloc_host block {dead.ptr:#x}+{dead.size}, which free_host gave back (use after free)"
     if _procmaps.mapped(addr, span, write=write):
         return Block(addr, span, "foreign"), ""
     need = "readable and writable" if write else "readable"
@@ -197,6 +200,9 @@ def describe(addr: int) -> str:
         return f"{addr:#x}" if addr else "NULL"
     b = locate(addr, 1)
     if b is None:
+        dead = WORLD.freed_host.find(addr, 1)
+        if dead is not None:
+            return f"{addr:#x} (in malloc_host block {dead.ptr:#x}+{dead.size}, freed already)"
         return f"{addr:#x} (not in any live allocation)"
     if b.kind == "foreign":
         return f"{addr:#x} (host memory the simulator did not allocate)"
@@ -229,13 +235,53 @@ def free(dev_ptr: int) -> int:
     return 0
 
 
+# Freed malloc_host blocks keep their memory (so nothing else of the process can be given
+# their addresses) and are refused until malloc_host hands the same block out again; past
+# these bounds the oldest are let go (their addresses can then be reused by anyone).
+QUARANTINE_BYTES = 256 << 20
+QUARANTINE_BLOCKS = 4096
+
+
+def _quarantine(blk: Block) -> None:
+    """Keep a block free_host gave back: its range is refused as freed (LOCK held)."""
+    WORLD.freed_host.add(blk.ptr, blk)
+    WORLD.freed_host_order[blk.ptr] = blk
+    WORLD.freed_host_bytes += blk.accounted
+    while WORLD.freed_host_bytes > QUARANTINE_BYTES or len(WORLD.freed_host_order) > QUARANTINE_BLOCKS:
+        old = WORLD.freed_host_order.pop(next(iter(WORLD.freed_host_order)))
+        _unquarantine(old)
+
+
+def _unquarantine(blk: Block) -> None:
+    WORLD.freed_host.remove(blk.ptr, blk)
+    WORLD.freed_host_order.pop(blk.ptr, None)
+    WORLD.freed_host_bytes -= blk.accounted
+
+
+def _reuse_freed_host(rounded: int) -> Block | None:
+    """The most recently freed block of this rounded size, out of quarantine (LOCK held)."""
+    for blk in reversed(WORLD.freed_host_order.values()):
+        if blk.accounted == rounded:
+            _unquarantine(blk)
+            return blk
+    return None
+
+
 @api("acl.rt.malloc_host", "t1", ctx=True, pre=ints("size"))
 def malloc_host(size: int) -> tuple[int, int]:
+    """Host memory, 64-B aligned, uninitialised (0xCD); a freed block of the same size is handed out again first."""
     if size <= 0:
         return 0, set_err(S.E_PARAM, f"malloc_host: size {size} must be > 0")
-    view, ptr, _ = alloc_aligned(size)
     with LOCK:
-        WORLD.host_blocks.add(ptr, Block(ptr, size, "host", buf=view))
+        old = _reuse_freed_host(device_rounding(size))
+    if old is not None:
+        view, ptr, rounded = old.buf, old.ptr, old.accounted
+        if rounded <= BIG_FILL:
+            view.fill(0xCD)
+    else:
+        view, ptr, rounded = alloc_aligned(size)
+    with LOCK:
+        WORLD.host_blocks.add(ptr, Block(ptr, size, "host", buf=view, accounted=rounded))
     bump("host_mallocs")
     return ptr, 0
 
@@ -247,6 +293,7 @@ def free_host(host_ptr: int) -> int:
         if blk is None:
             return set_err(S.E_RT_PARAM, f"free_host: {describe(host_ptr)} is not the start of a live malloc_host block")
         WORLD.host_blocks.remove(host_ptr, blk)
+        _quarantine(blk)
     return 0
 
 
@@ -329,20 +376,73 @@ def memcpy_async(dst: int, dest_max: int, src: int, count: int, kind: int, strea
     return 0
 
 
-@api("acl.rt.memset", "ret", ctx=True, pre=ints("dev_ptr", "max_count", "value", "count"))
-def memset(dev_ptr: int, max_count: int, value: int, count: int) -> int:
-    if count == 0:  # api_c.cc:974
+def _memset_checks(name: str, dev_ptr: int, max_count: int, count: int) -> int | None:
+    """The checks both memsets share, in the runtime's order: a code, 0 for "nothing to do", or None.
+
+    count 0 succeeds before anything else (hicann/runtime src/acl/aclrt_impl/memory.cpp:674-677,
+    :742-745); a NULL pointer is ACL_ERROR_INVALID_PARAM (memory.cpp:678, :746); then the
+    runtime needs a current context (api_impl.cc:3205-3206 MemSetSync, :3219-3220 MemsetAsync).
+    count > max_count is 107000: the async path checks it itself (api_error.cc:3133-3135), the
+    sync one in the driver (drvMemsetD8, npu_driver_mem.cc:772-784: DRV_ERROR_INVALID_VALUE ->
+    RT_ERROR_DRV_INPUT -> 107000, errcode_manage.cc:565, :86).
+    """
+    if count % _U64 == 0:
         return 0
-    if count < 0 or max_count < 0 or count > max_count:
-        return set_err(S.E_PARAM, f"memset: count {count} exceeds max_count {max_count}")
+    if dev_ptr == 0:
+        return set_err(S.E_PARAM, f"{name}: dev_ptr is NULL")
+    if S.current_context() is None:
+        return set_err(S.E_CTX_NULL, f"{name}: no current context in this thread (call acl.rt.set_device or set_context)")
+    if count % _U64 > max_count % _U64:
+        return set_err(S.E_RT_PARAM, f"{name}: count {count} exceeds max_count {max_count}")
+    return None
+
+
+def _prepare_memset(name: str, dev_ptr: int, value: int, count: int) -> tuple[int, Callable[[], int] | None]:
+    """Validate the range (LOCK held); the work writes the value's low byte (the driver's UINT8 cast)."""
+    blk, msg = resolve(dev_ptr, count, write=True)
+    if blk is None:
+        return set_err(S.E_RT_PARAM, f"{name}: dev_ptr {msg}"), None
+    keep = blk.owner()
+    byte = value & 0xFF
+
+    def do() -> int:
+        _ = keep
+        ctypes.memset(dev_ptr, byte, count)
+        return 0
+
+    return 0, do
+
+
+@api("acl.rt.memset", "ret", pre=ints("dev_ptr", "max_count", "value", "count"))
+def memset(dev_ptr: int, max_count: int, value: int, count: int) -> int:
+    """Synchronous memset of host or device memory by address (aclrtMemset)."""
     with LOCK:
-        blk, msg = resolve(dev_ptr, count, write=True)
-        if blk is None:
-            return set_err(S.E_RT_PARAM, f"memset: dev_ptr {msg}")
-        keep = blk.owner()
-    ctypes.memset(dev_ptr, value & 0xFF, count)
-    del keep
-    return 0
+        ret = _memset_checks("memset", dev_ptr, max_count, count)
+        if ret is not None:
+            return ret
+        ret, do = _prepare_memset("memset", dev_ptr, value, count)
+    return do() if do is not None else ret
+
+
+@api("acl.rt.memset_async", "ret", pre=ints("dev_ptr", "max_count", "value", "count", "stream"))
+def memset_async(dev_ptr: int, max_count: int, value: int, count: int, stream: int) -> int:
+    """aclrtMemsetAsync: validated now, written when the stream runs; another context's stream -> 107003
+    (api_impl.cc:3227-3228)."""
+    from ._rt import check_stream, enqueue
+
+    with LOCK:
+        ret = _memset_checks("memset_async", dev_ptr, max_count, count)
+        if ret is not None:
+            return ret
+        ret = check_stream("memset_async", stream)
+        if ret:
+            return ret
+        ret, do = _prepare_memset("memset_async", dev_ptr, value, count)
+        if do is None:
+            return ret
+        if stream != 0:
+            return enqueue(stream, do)
+    return do()
 
 
 @api("acl.rt.get_mem_info", "t2", ctx=True, pre=ints("attr"))

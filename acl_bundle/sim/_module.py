@@ -46,6 +46,17 @@ memcpy/memset: a device-side range not inside ONE live      107000  U (the drive
   device allocation; a host-side range not in a malloc_host
   block, registered region or mapped (readable, writable
   for dst) host memory
+any use of a malloc_host block after free_host (until      107000  U (our choice: the address stays refused
+  malloc_host hands it out again)                                   while its memory is kept, up to 256 MiB)
+memset/memset_async: count 0 -> 0 first; NULL dev_ptr       0/100000 RT: aclrt_impl/memory.cpp:674-678, :742-746
+memset/memset_async without a current context               107002  RT: api_impl.cc:3205-3206, :3219-3220
+memset_async: count > max_count; memset: the same (driver)  107000  RT: api_error.cc:3133-3135; npu_driver_mem.cc
+                                                                    :772-784 -> errcode_manage.cc:565, :86
+memset_async on a stream of another context                 107003  RT: api_impl.cc:3227-3228
+get_aipp_type / get_first_aipp_info: unknown model id;      145003  GE: acl_aipp.cpp:264-276 (VerifyIndex)
+  index >= the model's inputs                               100000
+get_aipp_type of a model without AIPP: (0, 0xFFFFFFFF, 0)   0       GE: davinci_model.cc:4247-4254
+get_first_aipp_info of a model without AIPP: ({}, 145015)   145015  GE: acl_aipp.cpp:510-515
 get_mem_info attr outside 0..17 (aclrtMemAttr)              107016  RT: api_error.cc:3185-3188
 dead dataset/data buffer/model desc/tensor desc handle      100000  U (NULL checks answer 100000)
   (where a ret exists); create_data_buffer(0, n) succeeds           RT: data_buffer.cpp:60-66
@@ -105,7 +116,7 @@ import types
 from typing import Any
 
 from .. import _constants
-from . import _callbacks, _data, _events, _mdl, _memory, _rt
+from . import _aipp, _callbacks, _data, _events, _mdl, _memory, _rt
 from ._arena import ARENA
 from . import _state as S
 from ._state import LOCK, WORLD, NotImplementedInSimulator
@@ -244,4 +255,4 @@ fault = S.fault
 record = S.record
 variables = _mdl.variables
 
-_ = (_data, _events, _rt)
+_ = (_aipp, _data, _events, _rt)

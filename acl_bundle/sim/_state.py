@@ -42,6 +42,7 @@ E_GE_PATH = CODES["ACL_ERROR_GE_EXEC_MODEL_PATH_INVALID"]  # 145002
 E_MODEL_ID = CODES["ACL_ERROR_GE_EXEC_MODEL_ID_INVALID"]  # 145003
 E_DYN_LENGTH = CODES["ACL_ERROR_GE_DYNAMIC_INPUT_LENGTH_INVALID"]  # 145012
 E_BATCH = CODES["ACL_ERROR_GE_DYNAMIC_BATCH_SIZE_INVALID"]  # 145013
+E_AIPP_NOT_EXIST = CODES["ACL_ERROR_GE_AIPP_NOT_EXIST"]  # 145015
 E_SHAPE = CODES["ACL_ERROR_GE_SHAPE_INVALID"]  # 145021
 E_DTYPE = CODES["ACL_ERROR_GE_DATATYPE_INVALID"]  # 145022
 E_LOAD = CODES["ACL_ERROR_GE_LOAD_MODEL"]  # 545001
@@ -164,6 +165,9 @@ class World:
         self.reports: dict[int, Any] = {}  # thread id -> deque of queued callbacks (launch_callback)
         self.device_blocks = Intervals()  # acl.rt.malloc (and runtime-allocated outputs)
         self.host_blocks = Intervals()  # acl.rt.malloc_host
+        self.freed_host = Intervals()  # malloc_host blocks given back by free_host, memory kept (use after free)
+        self.freed_host_order: dict[int, Any] = {}  # the same, oldest first
+        self.freed_host_bytes = 0
         self.regions = Intervals(multi=True)  # bytes_to_ptr / numpy_to_ptr registrations
         self.device_used: dict[int, int] = {}  # device -> accounted bytes
         self.device_frees = 0  # device memory given back so far: a cached "this address is live" is stale after one

@@ -204,9 +204,86 @@ def test_memset(dev):
     out = np.zeros(32, np.uint8)
     acl.rt.memcpy(acl.util.numpy_to_ptr(out), 32, p, 32, D2H)
     assert (out == 7).all()
-    assert acl.rt.memset(p, 16, 0, 32) == 100000
-    assert acl.rt.memset(p, 64, 0, 64) == 107000
-    assert acl.rt.memset(0, 0, 0, 0) == 0  # count 0 first (api_c.cc:974)
+    assert acl.rt.memset(p, 16, 0, 32) == 107000  # count > max_count: the driver refuses it
+    assert acl.rt.memset(p, 64, 0, 64) == 107000  # past the block
+    assert acl.rt.memset(0, 0, 0, 0) == 0  # count 0 first (memory.cpp:674)
+    assert acl.rt.memset(0, 8, 0, 8) == 100000  # NULL (memory.cpp:678)
+    assert acl.rt.memset(p, 32, 0x1FF, 4) == 0  # the driver writes the value's low byte
+    acl.rt.memcpy(acl.util.numpy_to_ptr(out), 32, p, 32, D2H)
+    assert list(out[:5]) == [0xFF, 0xFF, 0xFF, 0xFF, 7]
+    acl.rt.free(p)
+
+
+def test_memset_of_host_memory_and_without_a_context(dev):
+    h, _ = acl.rt.malloc_host(64)
+    assert acl.rt.memset(h, 64, 3, 64) == 0
+    assert acl.util.ptr_to_bytes(h, 64) == b"\x03" * 64
+    arr = np.zeros(16, np.uint8)
+    assert acl.rt.memset(acl.util.numpy_to_ptr(arr), 16, 9, 16) == 0 and (arr == 9).all()
+    acl.rt.free_host(h)
+    import threading
+    got = []
+    t = threading.Thread(target=lambda: got.append((acl.rt.memset(acl.util.numpy_to_ptr(arr), 16, 1, 16),
+                                                    acl.rt.memset(0, 0, 1, 0))))
+    t.start()
+    t.join()
+    assert got == [(107002, 0)] and (arr == 9).all()  # no context in that thread; count 0 needs none
+
+
+def test_memset_async_runs_with_its_stream(dev):
+    st, _ = acl.rt.create_stream()
+    p, _ = acl.rt.malloc(32, 2)
+    h, _ = acl.rt.malloc_host(32)
+    assert acl.rt.memset(p, 32, 1, 32) == 0
+    assert acl.rt.memset_async(p, 32, 5, 16, st) == 0
+    assert acl.rt.memset_async(h, 32, 6, 32, st) == 0  # host memory by address, as the docs allow
+    out = np.zeros(32, np.uint8)
+    acl.rt.memcpy(acl.util.numpy_to_ptr(out), 32, p, 32, D2H)
+    assert (out == 1).all()  # not synchronised yet: the stream has not run
+    assert acl.rt.synchronize_stream(st) == 0
+    acl.rt.memcpy(acl.util.numpy_to_ptr(out), 32, p, 32, D2H)
+    assert (out[:16] == 5).all() and (out[16:] == 1).all()
+    assert acl.util.ptr_to_bytes(h, 32) == b"\x06" * 32
+    assert acl.rt.memset_async(p, 8, 0, 16, st) == 107000  # count > max_count (api_error.cc:3133)
+    assert acl.rt.memset_async(0, 8, 0, 8, st) == 100000
+    assert acl.rt.memset_async(p, 8, 0, 0, 12345) == 0  # count 0 before the stream is looked at
+    assert acl.rt.memset_async(p, 8, 0, 8, 12345) == 107000
+    ctx, _ = acl.rt.create_context(0)
+    assert acl.rt.memset_async(p, 8, 0, 8, st) == 107003  # another context's stream
+    assert acl.rt.destroy_context(ctx) == 0
+    default_ctx = [c for c in sim.live_resources()["devices"]]
+    assert default_ctx == [0]
+    assert acl.rt.set_device(0) == 0  # back to the default context (a second reference)
+    assert acl.rt.reset_device(0) == 0
+    acl.rt.destroy_stream(st)
+    acl.rt.free(p)
+    acl.rt.free_host(h)
+
+
+def test_freed_host_memory_is_refused_until_malloc_host_reuses_it(dev):
+    h, _ = acl.rt.malloc_host(100)
+    p, _ = acl.rt.malloc(100, 2)
+    src = np.arange(100, dtype=np.uint8)
+    assert acl.rt.memcpy(h, 100, acl.util.numpy_to_ptr(src), 100, H2H) == 0
+    assert acl.rt.free_host(h) == 0
+    # every use of the stale address is refused, though its memory is still mapped
+    assert acl.rt.memcpy(p, 100, h, 100, H2D) == 107000
+    assert "use after free" in acl.get_recent_err_msg()
+    assert acl.rt.memcpy(h + 8, 16, p, 16, D2H) == 107000
+    assert acl.rt.memset(h, 100, 0, 100) == 107000
+    st, _ = acl.rt.create_stream()
+    assert acl.rt.memcpy_async(p, 100, h, 100, H2D, st) == 107000
+    assert acl.rt.free_host(h) == 107000  # double free
+    with pytest.raises(sim.SimulatorMisuse, match="use after free"):
+        acl.util.ptr_to_bytes(h, 4)
+    assert sim.leaks().get("host_blocks") is None
+    # malloc_host of the same size hands the block out again: the address is valid once more
+    h2, _ = acl.rt.malloc_host(100)
+    assert h2 == h
+    assert acl.util.ptr_to_bytes(h2, 4) == b"\xcd" * 4  # uninitialised again
+    assert acl.rt.memcpy(p, 100, h2, 100, H2D) == 0
+    assert acl.rt.free_host(h2) == 0
+    acl.rt.destroy_stream(st)
     acl.rt.free(p)
 
 
