@@ -20,6 +20,7 @@ from . import _state as S
 from ._data import get_db, get_ds, get_td
 from ._dynamic import Dynamic, read_values, write_values
 from ._memory import describe, device_alloc, device_range, device_release, free_device_block, new_device_block, resolve
+from ._precision import emulate as emulate_precision
 from ._state import LOCK, WORLD, api, bump, ints, new_bundle_id, new_handle, new_model_id, set_err
 from .format import FormatError, GraphSpec, ModelFile, TensorSpec, loads
 
@@ -106,14 +107,15 @@ def _ort() -> Any:
     return onnxruntime
 
 
-def _session(ort: Any, g: GraphSpec, extra_inputs: list[str]) -> tuple[Any, str]:
-    """An InferenceSession for ``g`` or (None, reason)."""
+def _session(ort: Any, g: GraphSpec, extra_inputs: list[str], precision_mode: str = "") -> tuple[Any, str]:
+    """An InferenceSession for ``g`` (computing as ``precision_mode`` says) or (None, reason)."""
     so = ort.SessionOptions()
     so.intra_op_num_threads = 1
     so.inter_op_num_threads = 1
     so.log_severity_level = 3
     try:
-        sess = ort.InferenceSession(g.onnx, so, providers=["CPUExecutionProvider"])
+        graph = emulate_precision(g.onnx, precision_mode) if precision_mode else g.onnx
+        sess = ort.InferenceSession(graph, so, providers=["CPUExecutionProvider"])
     except Exception as e:  # onnxruntime raises assorted exception types
         return None, f"onnxruntime rejected the {g.role} graph: {e}"
     have_in = {i.name for i in sess.get_inputs()}
@@ -172,7 +174,7 @@ def _sessions(name: str, mf: ModelFile) -> tuple[dict[int, Any] | None, int]:
             if ort is None:
                 return None, set_err(S.E_LOAD, f"{name}: onnxruntime is not installed (pip install -e '.[sim]' in a checkout of acl_bundle)")
         extra = [v.name for v in mf.variables] if g.role == "infer" else []
-        sess, why = _session(ort, g, extra)
+        sess, why = _session(ort, g, extra, mf.precision_mode)
         if sess is None:
             return None, set_err(S.E_LOAD, f"{name}: {why}")
         out[i] = sess

@@ -41,8 +41,13 @@ bundle with variables; for a bundle built by GE, write it by hand.  Schema (vers
       "outputs": [{"name", "dtype", "shape"}],   # optional
       "batch_sizes": [1, 8], "has_init": true,   # optional
       "dynamic_image_size": [[224, 224]],        # optional, (height, width) gears
-      "dynamic_dims": [[1, 224]]                 # optional, one value per -1 input dim
+      "dynamic_dims": [[1, 224]],                # optional, one value per -1 input dim
+      "precision_mode": "force_fp16"             # optional, ATC --precision_mode built with
     }
+
+The native builder (``native/bundle_builder``, ``acl-bundle build --target ascend``) writes the same
+schema, without ``outputs`` (the device reports them) and with ``precision_mode`` always (GE's default
+``force_fp16`` when none is given), ``"target": "ascend"`` and ``"soc_version"``.
 
 Readers rely only on ``variables[].name/dtype/shape``; :func:`load_manifest`
 validates those and keeps every other key as written.
@@ -62,6 +67,7 @@ import numpy as np
 from .._constants import ACL_DYNAMIC_TENSOR_NAME, ACL_MAX_DIM_CNT
 from .._files import write_atomic
 from .._manifest import MANIFEST_FORMAT, MANIFEST_VERSION, load_manifest, manifest_path
+from ._precision import check_mode as check_precision_mode
 from .format import GraphSpec, ModelFile, TensorSpec, dumps
 
 __all__ = [
@@ -580,6 +586,7 @@ def build_bundle(
     batch_sizes: Sequence[int] | None = None,
     dynamic_image_size: Sequence[Sequence[int]] | None = None,
     dynamic_dims: Sequence[Sequence[int]] | None = None,
+    precision_mode: str | None = None,
 ) -> ModelFile:
     """Build a bundle (infer, [init], update) whose variables are the chosen initializers.
 
@@ -590,15 +597,19 @@ def build_bundle(
     ``batch_sizes`` makes dim 0 of every data input and output the dynamic batch dim;
     ``dynamic_image_size`` [(h, w), ...] and ``dynamic_dims`` [(v, ...), ...] are ATC's
     other dynamic-shape options (at most one of the three; see the module docstring).
+    ``precision_mode`` is ATC's ``--precision_mode`` (``"force_fp16"``, GE's inference default, ...): the
+    simulator then computes the way the device would (:mod:`acl_bundle.sim._precision`); None keeps
+    exact float32 arithmetic.
     Raises ValueError (TypeError for a wrong ``model`` type, FileNotFoundError for a
     missing path) with what is wrong.
     """
+    mode = check_precision_mode(precision_mode) or ""
     b = _build(model, variables, batch_sizes, True, dynamic_image_size, dynamic_dims)
     graphs = [b.graph]
     if init:
         graphs.append(GraphSpec("init", (), ()))
     graphs.append(GraphSpec("update", (), ()))
-    return ModelFile("bundle", graphs, b.variables, b.values if init else [], b.batch_sizes, b.hw, b.dims, b.gear_outputs)
+    return ModelFile("bundle", graphs, b.variables, b.values if init else [], b.batch_sizes, b.hw, b.dims, b.gear_outputs, mode)
 
 
 def build_plain(
@@ -607,10 +618,12 @@ def build_plain(
     batch_sizes: Sequence[int] | None = None,
     dynamic_image_size: Sequence[Sequence[int]] | None = None,
     dynamic_dims: Sequence[Sequence[int]] | None = None,
+    precision_mode: str | None = None,
 ) -> ModelFile:
     """Build a plain single-graph model file (what ATC makes): every initializer stays a constant."""
+    mode = check_precision_mode(precision_mode) or ""
     b = _build(model, None, batch_sizes, False, dynamic_image_size, dynamic_dims)
-    return ModelFile("plain", [b.graph], [], [], b.batch_sizes, b.hw, b.dims, b.gear_outputs)
+    return ModelFile("plain", [b.graph], [], [], b.batch_sizes, b.hw, b.dims, b.gear_outputs, mode)
 
 
 def build_plain_bundle(models: Sequence[ModelSource]) -> ModelFile:
@@ -648,6 +661,7 @@ def manifest(mf: ModelFile) -> dict[str, Any]:
         "dynamic_image_size": [list(g) for g in mf.dynamic_hw],
         "dynamic_dims": [list(g) for g in mf.dynamic_dims],
         "has_init": mf.has_init,
+        **({"precision_mode": mf.precision_mode} if mf.precision_mode else {}),
     }
 
 

@@ -28,6 +28,8 @@ reference lists per-cause load codes as unconfirmed):
 Version 1.1 adds ``dynamic_hw`` / ``dynamic_dims`` (ATC ``--dynamic_image_size`` /
 ``--dynamic_dims``) with the output shapes of every gear, and bundles of plain graphs
 (GE's ``aclgrphBundleBuildModel`` of arbitrary graphs); 1.0 files read unchanged.
+Version 1.2 adds ``precision_mode`` (ATC ``--precision_mode``, see :mod:`acl_bundle.sim._precision`);
+a file built without one is written as 1.1, byte for byte as before, and computes in float32.
 """
 from __future__ import annotations
 
@@ -39,10 +41,12 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from .._constants import CODES, NUMPY_TO_ACL
+from ._precision import MODES as PRECISION_MODES
 
 MAGIC = b"ACLBSIM\x00"
 FORMAT_MAJOR = 1
 FORMAT_MINOR = 1
+PRECISION_MINOR = 2  # the minor version of a file with a precision mode (1.1 files are written as before)
 _HEADER = struct.Struct("<8sHHI")
 _SECTION = struct.Struct("<4sQI")
 MAX_SECTIONS = 1 << 16
@@ -141,6 +145,7 @@ class ModelFile:
     dynamic_hw: list[tuple[int, int]] = field(default_factory=list)
     dynamic_dims: list[tuple[int, ...]] = field(default_factory=list)
     gear_outputs: list[list[tuple[int, ...]]] = field(default_factory=list)
+    precision_mode: str = ""  # ATC --precision_mode the graphs compute in; "" = exact float32 (no mode)
 
     @property
     def has_init(self) -> bool:
@@ -181,10 +186,13 @@ def dumps(model: ModelFile) -> bytes:
         meta["dynamic_hw"] = [list(g) for g in model.dynamic_hw]
         meta["dynamic_dims"] = [list(g) for g in model.dynamic_dims]
         meta["gear_outputs"] = [[list(s) for s in gear] for gear in model.gear_outputs]
+    if model.precision_mode:
+        meta["precision_mode"] = model.precision_mode
     sections = [(b"META", json.dumps(meta, sort_keys=True).encode())]
     sections += [(b"ONNX", g.onnx) for g in onnx_graphs]
     sections += [(b"VARV", v) for v in model.initial_values]
-    out = [_HEADER.pack(MAGIC, FORMAT_MAJOR, FORMAT_MINOR, len(sections))]
+    minor = PRECISION_MINOR if model.precision_mode else FORMAT_MINOR
+    out = [_HEADER.pack(MAGIC, FORMAT_MAJOR, minor, len(sections))]
     for tag, payload in sections:
         out.append(_SECTION.pack(tag, len(payload), zlib.crc32(payload)))
         out.append(payload)
@@ -298,6 +306,10 @@ def _from_sections(sections: list[tuple[bytes, memoryview]]) -> ModelFile:
     for g in graphs:
         _check_dynamic(mf, g, meta.get("gear_outputs", []))
     mf.gear_outputs = [[tuple(s) for s in gear] for gear in meta.get("gear_outputs", [])]
+    mode = meta.get("precision_mode", "")
+    if not isinstance(mode, str) or (mode and mode not in PRECISION_MODES):
+        raise FormatError(ERR_CORRUPT, f"unknown precision_mode {mode!r}")
+    mf.precision_mode = mode
     return mf
 
 

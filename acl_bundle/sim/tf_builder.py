@@ -544,13 +544,15 @@ def build_bundle_from_tf(
     batch_sizes: Sequence[int] | None = None,
     opset: int | None = None,
     verify: bool = True,
+    precision_mode: str | None = None,
 ) -> ModelFile:
     """Build a simulator bundle from a frozen GraphDef or SavedModel (see :func:`tf_to_onnx`).
 
-    ``init`` and ``batch_sizes`` as in :func:`acl_bundle.sim.builder.build_bundle`; with
+    ``init``, ``batch_sizes`` and ``precision_mode`` as in :func:`acl_bundle.sim.builder.build_bundle`; with
     ``batch_sizes`` a TF input of shape ``[None, ...]`` keeps its batch dim dynamic.
     """
     sizes = list(batch_sizes) if batch_sizes is not None else None
     conv = tf_to_onnx(source, inputs=inputs, outputs=outputs, variables=variables, signature=signature,
                       opset=opset, verify=verify, probe_batch=min(sizes) if sizes else 1)
-    return builder.build_bundle(conv.model, variables=list(conv.variables), init=init, batch_sizes=sizes)
+    return builder.build_bundle(conv.model, variables=list(conv.variables), init=init, batch_sizes=sizes,
+                                precision_mode=precision_mode)
