@@ -24,6 +24,7 @@ import base64
 import binascii
 import json
 import logging
+import sys
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -91,6 +92,8 @@ def _parse_json(raw: bytes, what: str) -> dict[str, Any]:
         raise ServeError(400, f"{what} is not valid JSON: {e}") from None
     except RecursionError:
         raise ServeError(400, f"{what} is nested too deeply") from None
+    except ValueError:  # json.loads: an integer literal past Python's int-string limit
+        raise ServeError(400, f"{what} holds an integer of more than {sys.get_int_max_str_digits()} digits") from None
     if not isinstance(obj, dict):
         raise ServeError(400, f"{what} must be a JSON object, got {type(obj).__name__}")
     return obj
