@@ -29,7 +29,8 @@ def run_fleet_bench(*, replicas: int = 4, sizes_mib: tuple[int, ...] = (4, 64), 
     """Return one row per size: publish p50/p99 and ratios to a single update, commit skew p50/p99."""
     import ray
 
-    from ..fleet import Fleet, ObjectStoreTransport, ReplicaActor
+    from ..fleet import Fleet, ObjectStoreTransport
+    from ..fleet.replica import ReplicaActor
     from ..sim import builder, models
 
     started = not ray.is_initialized()
