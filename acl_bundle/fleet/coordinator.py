@@ -92,6 +92,8 @@ class Fleet:
         self._mu = threading.Lock()           # the replica table and the round-robin cursor
         self._publish_lock = threading.Lock()  # publishes and catch-ups, one at a time
         self._replicas: dict[str, _Replica] = {}
+        self._starting: set[str] = set()       # names reserved by an add_replica whose process is starting
+        self._closed = False
         self._cursor = itertools.count()
         self._txn = itertools.count(1)
         self._step: int | None = None
@@ -108,7 +110,8 @@ class Fleet:
             raise
 
     # ---------------------------------------------------------------- replicas
-    def _spawn(self, name: str, index: int, hooks: Mapping[str, float] | None) -> _Replica:
+    def _spawn(self, name: str, index: int, hooks: Mapping[str, float] | None, timeout: float) -> _Replica:
+        """Start the actor and wait for its first answer; on any failure (timeout included) kill it."""
         ray = import_ray()
         device_id = (self._device_ids[index] if self._device_ids is not None and index < len(self._device_ids)
                      else 0 if self._npus else index)
@@ -118,10 +121,11 @@ class Fleet:
         actor = ray.remote(ReplicaActor).options(**opts).remote(
             name, self._bundle, device_id, self._backend, self._options, self._transport, hooks)
         try:
-            info = ray.get(actor.info.remote(), timeout=self._timeout)
+            info = ray.get(actor.info.remote(), timeout=timeout)
         except BaseException as e:
-            ray.kill(actor)
-            raise FleetError(f"replica {name} did not start: {type(e).__name__}: {e}", {name: "did not start"}) from e
+            ray.kill(actor, no_restart=True)  # also a creation still pending or running: no process left behind
+            raise FleetError(f"replica {name} did not start: {failure_reason(e, timeout)}",
+                             {name: "did not start"}) from e
         if not self._variables:
             self._variables = {n: (tuple(s) if s is not None else None, np.dtype(d)) for n, s, d in info["variables"]}
             self._names = [n for n, _, _ in info["variables"]]
@@ -131,24 +135,52 @@ class Fleet:
                     hooks: Mapping[str, float] | None = None, timeout: float | None = None) -> str:
         """Start a replica (a late joiner, or a replacement for an evicted one); return its name.
 
-        It is not routed until it has applied the fleet's latest weights, which it reads from
-        the object store.  ``block=False`` returns at once and catches up in a thread
+        The name is reserved before the process is spawned: a second ``add_replica`` of a name in
+        the fleet or being added raises ``ValueError`` (nothing is started).  A replica that does
+        not start within ``timeout`` is killed (``FleetError``) and its name freed.  It is not
+        routed until it has applied the fleet's latest weights, which it reads from the object
+        store.  ``block=False`` returns once it has started and catches up in a thread
         (:meth:`wait_ready`).  ``hooks``: test fault injection (see :class:`ReplicaActor`)."""
+        if name is not None and (not isinstance(name, str) or not name):
+            raise ValueError(f"a replica name must be a non-empty str, got {name!r}")
+        t = self._timeout if timeout is None else check_timeout(timeout)
         index = next(self._next_index)
         name = name or f"replica-{index}"
         with self._mu:
-            if name in self._replicas:
-                raise ValueError(f"a replica named {name!r} is already in the fleet")
-        r = self._spawn(name, index, hooks)
+            if self._closed:
+                raise FleetError(f"add_replica({name!r}): the fleet is shut down")
+            if name in self._replicas or name in self._starting:
+                raise ValueError(f"a replica named {name!r} is already in the fleet"
+                                 + (" (being started)" if name in self._starting else ""))
+            self._starting.add(name)
+        try:
+            r = self._spawn(name, index, hooks, t)
+        except BaseException:
+            with self._mu:
+                self._starting.discard(name)
+            raise
         with self._mu:
-            self._replicas[name] = r
-            self.evicted.pop(name, None)
+            self._starting.discard(name)
+            closed = self._closed
+            if not closed:
+                self._replicas[name] = r
+                self.evicted.pop(name, None)
+        if closed:  # shutdown() ran while this one started: it must not outlive the fleet
+            self._kill(r)
+            raise FleetError(f"add_replica({name!r}): the fleet was shut down while the replica started")
         if block:
             self._catch_up(r, timeout)
         else:
             threading.Thread(target=self._catch_up_quietly, args=(r, timeout), daemon=True,
                              name=f"acl_bundle-fleet-join-{name}").start()
         return name
+
+    @staticmethod
+    def _kill(r: _Replica) -> None:
+        try:
+            import_ray().kill(r.actor, no_restart=True)
+        except Exception:  # already gone
+            log.debug("fleet: replica %s was already gone", r.name)
 
     def _catch_up_quietly(self, r: _Replica, timeout: float | None) -> None:
         try:
@@ -194,10 +226,7 @@ class Fleet:
             if self._replicas.get(r.name) is r:
                 del self._replicas[r.name]
                 self.evicted[r.name] = why
-        try:
-            import_ray().kill(r.actor, no_restart=True)
-        except Exception:  # already gone
-            pass
+        self._kill(r)
         log.warning("fleet: evicted replica %s (%s)", r.name, why)
 
     def set_hooks(self, name: str, **hooks: float) -> None:
@@ -457,6 +486,7 @@ class Fleet:
         """Close every replica's model and stop its actor (bounded by the fleet timeout)."""
         ray = import_ray()
         with self._mu:
+            self._closed = True
             rs = list(self._replicas.values())
             self._replicas.clear()
         refs = [r.actor.close.remote() for r in rs]

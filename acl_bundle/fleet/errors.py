@@ -51,6 +51,9 @@ def failure_reason(e: BaseException, timeout: float) -> str:
     if isinstance(e, ray.exceptions.GetTimeoutError):
         return f"did not answer within {timeout} s"
     if isinstance(e, ray.exceptions.RayActorError):
+        if getattr(e, "_actor_init_failed", False):  # Ray: "... raised in its creation task ... <last line>"
+            last = str(e).strip().splitlines()[-1] if str(e).strip() else ""
+            return f"its __init__ raised {last}" if last else "its __init__ raised"
         return "the replica process died"
     if isinstance(e, ray.exceptions.RayTaskError):
         cause = e.cause if getattr(e, "cause", None) is not None else e

@@ -20,13 +20,16 @@ class StageCancelled(Exception):
 class ReplicaActor:
     """The body of one replica (run as a Ray actor with several threads: infer goes on during a stage).
 
-    ``hooks`` are for fault-injection tests: ``stage_delay`` / ``commit_delay`` / ``catch_up_delay``
-    (seconds, one-shot: the call waits that long, or until aborted, before doing its work)."""
+    ``hooks`` are for fault-injection tests: ``init_delay`` / ``stage_delay`` / ``commit_delay`` /
+    ``catch_up_delay`` (seconds, one-shot: the call waits that long, or until aborted, before doing its work)."""
 
     def __init__(self, name: str, bundle: str, device_id: int, backend: str | None,
                  model_options: Mapping[str, Any], transport: Transport, hooks: Mapping[str, float] | None) -> None:
         from ..model import BundleModel
 
+        self._hooks = dict(hooks or {})
+        self._wake = threading.Event()
+        self._delay("init_delay")
         acl = None
         if backend == "sim":
             from .. import sim
@@ -38,11 +41,9 @@ class ReplicaActor:
         self._name = name
         self._model = BundleModel(bundle, device_id=device_id, acl=acl, **dict(model_options))
         self._transport = transport
-        self._hooks = dict(hooks or {})
         self._lock = threading.Lock()
         self._staged: tuple[int, Any] | None = None
         self._aborted: set[int] = set()
-        self._wake = threading.Event()
         self._ready = False
 
     def info(self) -> dict[str, Any]:
