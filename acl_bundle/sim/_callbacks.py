@@ -19,16 +19,17 @@ from __future__ import annotations
 import collections
 import logging
 import threading
+import time
 from typing import Any, Callable
 
 from .._constants import ACL_CALLBACK_BLOCK, ACL_CALLBACK_NO_BLOCK
 from . import _state as S
-from ._rt import check_stream, enqueue
+from ._rt import REPORTS, Stream, check_stream, enqueue
 from ._state import LOCK, WORLD, api, ints, set_err
 
 log = logging.getLogger("acl_bundle.sim")
 
-REPORTS = threading.Condition(LOCK)  # signalled when a report is queued for some thread
+__all__ = ["REPORTS"]  # signalled when work or a report is queued (defined with the streams)
 _POLL = 0.05  # seconds between checks of a blocked callback's fate
 
 
@@ -118,6 +119,7 @@ def launch_callback(fn: Callable[[Any], Any], user_data: Any, block_type: int, s
         gen = WORLD.gen
 
         def work() -> int:
+            """Run by a thread that waits for the stream: hand the report to the subscribed thread."""
             done = threading.Event() if block_type == ACL_CALLBACK_BLOCK else None
             with LOCK:
                 if WORLD.gen != gen:
@@ -130,26 +132,48 @@ def launch_callback(fn: Callable[[Any], Any], user_data: Any, block_type: int, s
                         return 0
             return 0
 
-        if stream != 0:
-            return enqueue(stream, work)
-    return work()
+        work.report = (tid, fn, user_data, gen)  # type: ignore[attr-defined]  # process_report forces it
+        return enqueue(stream, work)
 
 
-@api("acl.rt.process_report", "ret", pre=ints("timeout"))
-def process_report(timeout: int) -> int:
-    """Run one queued callback of a stream this thread subscribed to; wait up to ``timeout`` ms (-1: forever)."""
-    if timeout < -1 or timeout == 0:
-        return set_err(S.E_PARAM, f"process_report: timeout {timeout} must be -1 (wait forever) or > 0 ms")
-    tid = threading.get_native_id()
-    with LOCK:
-        if tid not in WORLD.subscriptions.values():
-            return set_err(S.E_THREAD_SUB, f"process_report: thread {tid} is not subscribed to any stream (acl.rt.subscribe_report)")
-        gen = WORLD.gen
-        q = _queue(tid)
-        ok = REPORTS.wait_for(lambda: bool(q) or WORLD.gen != gen, None if timeout == -1 else timeout / 1000)
-        if not ok or WORLD.gen != gen:
-            return set_err(S.E_REPORT_TIMEOUT, f"process_report: no callback within {timeout} ms")
-        fn, user_data, done = q.popleft()
+def _forced(tid: int) -> Stream | None:
+    """A stream subscribed to ``tid`` with a callback of ``tid`` queued and nobody running it,
+    its run lock taken (LOCK held)."""
+    for key, who in WORLD.subscriptions.items():
+        if who != tid:
+            continue
+        st = WORLD.streams.get(key) if key > 0 else WORLD.default_streams.get(-key)
+        if st is None or not any(getattr(w, "report", (None,))[0] == tid for w in st.pending):
+            continue
+        if st.run_lock.acquire(blocking=False):
+            return st
+    return None
+
+
+def _run_to_callback(st: Stream, tid: int) -> bool:
+    """With ``st``'s run lock held: run its work in order up to ``tid``'s first callback and call that
+    here (the stream waits for it, whatever the block type); False if none was reached."""
+    try:
+        while True:
+            with LOCK:
+                if not st.pending:
+                    return False
+                work = st.pending.pop(0)
+            rep = getattr(work, "report", None)
+            if rep is None or rep[0] != tid:
+                work()
+                continue
+            _tid, fn, user_data, gen = rep
+            with LOCK:
+                if WORLD.gen != gen:
+                    continue
+            _call(fn, user_data, None)
+            return True
+    finally:
+        st.run_lock.release()
+
+
+def _call(fn: Callable[[Any], Any], user_data: Any, done: threading.Event | None) -> None:
     try:
         fn(user_data)
     except Exception:  # a callback error must not kill the reporting thread
@@ -157,4 +181,41 @@ def process_report(timeout: int) -> int:
     finally:
         if done is not None:
             done.set()
+
+
+@api("acl.rt.process_report", "ret", pre=ints("timeout"))
+def process_report(timeout: int) -> int:
+    """Run one callback of a stream this thread subscribed to; wait up to ``timeout`` ms (-1: forever).
+
+    A callback is reached when the stream's earlier work has run: a waiting thread that
+    synchronises the stream hands it over, and otherwise this thread runs the stream up to
+    the callback itself (on a device the stream progresses on its own; here, waiting for a
+    callback is what forces it).
+    """
+    if timeout < -1 or timeout == 0:
+        return set_err(S.E_PARAM, f"process_report: timeout {timeout} must be -1 (wait forever) or > 0 ms")
+    tid = threading.get_native_id()
+    deadline = None if timeout == -1 else time.monotonic() + timeout / 1000
+    with LOCK:
+        if tid not in WORLD.subscriptions.values():
+            return set_err(S.E_THREAD_SUB, f"process_report: thread {tid} is not subscribed to any stream (acl.rt.subscribe_report)")
+        gen = WORLD.gen
+    while True:
+        with LOCK:
+            q = _queue(tid)
+            if WORLD.gen != gen:
+                return set_err(S.E_REPORT_TIMEOUT, f"process_report: no callback within {timeout} ms")
+            if q:
+                fn, user_data, done = q.popleft()
+                break
+            st = _forced(tid)
+            if st is None:
+                left = None if deadline is None else deadline - time.monotonic()
+                if left is not None and left <= 0:
+                    return set_err(S.E_REPORT_TIMEOUT, f"process_report: no callback within {timeout} ms")
+                REPORTS.wait(left)
+                continue
+        if _run_to_callback(st, tid):
+            return 0
+    _call(fn, user_data, done)
     return 0

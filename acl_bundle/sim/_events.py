@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 from .._constants import ACL_EVENT_STATUS_COMPLETE
 from . import _state as S
-from ._rt import check_stream, drain_until, enqueue
+from ._rt import Stream, check_stream, drain_until, enqueue, stream_of
 from ._state import LOCK, WORLD, api, ints, new_handle, set_err
 
 
@@ -24,7 +24,7 @@ from ._state import LOCK, WORLD, api, ints, new_handle, set_err
 class Event:
     id: int
     ctx: int
-    stream: int = 0  # stream of the last record (0: none or the default stream)
+    stream: Stream | None = None  # the queue of the last record
     recorded: int = 0  # number of records
     reached: int = 0  # the latest record whose marker has run
 
@@ -64,11 +64,8 @@ def record_event(event: int, stream: int) -> int:
         if ev is None:
             return ret
         ev.recorded += 1
-        ev.stream = stream
+        ev.stream = stream_of(stream)
         mark = ev.recorded
-        if stream == 0:  # the default stream runs work synchronously
-            ev.reached = mark
-            return 0
 
         def marker() -> int:
             ev.reached = max(ev.reached, mark)
@@ -83,7 +80,7 @@ def _wait(name: str, event: int) -> int:
         if ev is None:
             return ret
         mark = ev.recorded
-        st = WORLD.streams.get(ev.stream)
+        st = ev.stream
     if ev.reached >= mark or st is None:
         return 0
     drain_until(st, lambda: ev.reached >= mark)

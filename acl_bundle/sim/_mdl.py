@@ -799,7 +799,7 @@ def execute(model_id: int, input: int, output: int) -> int:
 
 @api("acl.mdl.execute_async", "ret", ge_init=True, ctx=True, pre=ints("model_id", "input", "output", "stream"))
 def execute_async(model_id: int, input: int, output: int, stream: int) -> int:
-    """Validated now; runs at synchronize_stream (stream 0: immediately). Another context's stream -> 107003."""
+    """Validated now; runs when the stream is waited for (0: the context's default stream). Another context's stream -> 107003."""
     from ._rt import check_stream, enqueue
 
     with LOCK:
@@ -809,6 +809,4 @@ def execute_async(model_id: int, input: int, output: int, stream: int) -> int:
         ret, work = _prepare("execute_async", model_id, input, output)
         if work is None:
             return ret
-        if stream != 0:
-            return enqueue(stream, work)
-    return work()
+        return enqueue(stream, work)

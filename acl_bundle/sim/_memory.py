@@ -356,7 +356,7 @@ def memcpy(dst: int, dest_max: int, src: int, count: int, kind: int) -> int:
 
 @api("acl.rt.memcpy_async", "ret", pre=ints("dst", "dest_max", "src", "count", "kind", "stream"))
 def memcpy_async(dst: int, dest_max: int, src: int, count: int, kind: int, stream: int) -> int:
-    """Validated now; the copy runs at synchronize_stream (stream 0: immediately)."""
+    """Validated now; the copy runs when the stream is waited for (0: the context's default stream)."""
     from ._rt import check_stream, enqueue
 
     ret = _check_copy_args("memcpy_async", dst, dest_max, src, count, kind)
@@ -369,11 +369,7 @@ def memcpy_async(dst: int, dest_max: int, src: int, count: int, kind: int, strea
         ret, do = _prepare_copy("memcpy_async", dst, src, count)
         if ret:
             return ret
-        if stream != 0:
-            return enqueue(stream, do)
-    if do is not None:  # default stream: synchronous
-        do()
-    return 0
+        return enqueue(stream, do)
 
 
 def _memset_checks(name: str, dev_ptr: int, max_count: int, count: int) -> int | None:
@@ -440,9 +436,7 @@ def memset_async(dev_ptr: int, max_count: int, value: int, count: int, stream: i
         ret, do = _prepare_memset("memset_async", dev_ptr, value, count)
         if do is None:
             return ret
-        if stream != 0:
-            return enqueue(stream, do)
-    return do()
+        return enqueue(stream, do)
 
 
 @api("acl.rt.get_mem_info", "t2", ctx=True, pre=ints("attr"))

@@ -101,10 +101,14 @@ memcpy/memset ranges are the *requested* malloc size (not the padded size).
 Descs of update graphs: input i = variable i, named ``<var>_var_data``, dims [-2],
 size = the variable's bytes. A 0-d variable is applied by a desc with dims [] (U).
 Bundle variables without an init graph are zero-filled (real memory: uninitialised);
-malloc'd memory is filled with 0xCD (up to 64 MiB). Streams: stream 0 runs work
-synchronously; destroying a stream (or its context, or resetting the device that owns its
-default context) runs its pending work first. Events: a recorded event is complete once
-the work before it ran; query_event runs it (U). Model ids (plain and bundle-inner, one
+malloc'd memory is filled with 0xCD (up to 64 MiB). Streams: work queued on a
+stream (memcpy_async, memset_async, execute_async, DVPP, callbacks, event records), the
+default stream 0 included, runs in stream order only when something waits for it:
+synchronize_stream / synchronize_device, synchronize_event or query_event (up to the
+event), a subscribed thread's process_report (up to its callback, which it then runs), or
+the stream's, its context's or its device's teardown; a client that reads without waiting
+sees the old bytes, as on a device. Synchronous calls (memcpy, memset, execute) wait for no
+stream (U: the device's streams progress on their own; the simulator's when waited for). Model ids (plain and bundle-inner, one
 counter) and bundle ids both count from 1 and never repeat. finalize keeps leftover
 resources alive (they are leaks). ``acl.ACL_*`` names are not offered: real pyACL does not
 document them and Ascend's samples define their own (see :mod:`acl_bundle._constants`).

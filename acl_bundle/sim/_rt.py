@@ -7,8 +7,9 @@ reference count), ``src/acl/aclrt_impl/context.cpp`` and ``src/runtime/api/impl/
 from __future__ import annotations
 
 import os
+import threading
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import Any, Callable
 
 from . import _state as S
 from ._state import LOCK, TLS, WORLD, api, ints, new_handle, set_err
@@ -22,9 +23,19 @@ class Context:
 
 @dataclass(eq=False)
 class Stream:
+    """A stream's queue. Work runs in order, by one thread at a time (``run_lock``), when someone
+    waits for it: synchronize_stream, an event's synchronisation, a callback thread's
+    process_report, or the stream's (or its context's) destruction. ``id`` 0: a context's default stream."""
+
     id: int
     ctx: int
-    pending: list[Callable[[], object]] = field(default_factory=list)
+    pending: list[Callable[[], Any]] = field(default_factory=list)
+    run_lock: Any = field(default_factory=threading.RLock)
+
+
+# Signalled (LOCK held) when work is queued on a stream or a callback report for a thread:
+# process_report waits on it.
+REPORTS = threading.Condition(LOCK)
 
 
 # ---- process ---------------------------------------------------------------------------
@@ -49,7 +60,7 @@ def init(config_path: str | None = None) -> int:
 def _finalize_internal() -> None:
     """aclFinalizeInternal: tear the ACL layer down whatever the reference count (acl.cpp:547-627)."""
     with LOCK:
-        pending = [s for s in WORLD.streams.values() if s.pending]
+        pending = [s for s in (*WORLD.streams.values(), *WORLD.default_streams.values()) if s.pending]
         WORLD.initialized = False
         WORLD.init_refcount = 0
         WORLD.finalized = True
@@ -292,36 +303,50 @@ def check_stream(name: str, stream: int) -> int:
     return 0
 
 
+def drain_until(st: Stream, done: Callable[[], bool] | None = None) -> int:
+    """Run queued work in order, outside the world lock, until ``done()`` (an event's marker ran)
+    or the queue is empty; return the first error code of the work. One runner per stream."""
+    first = 0
+    with st.run_lock:
+        while True:
+            with LOCK:
+                if (done is not None and done()) or not st.pending:
+                    return first
+                work = st.pending.pop(0)
+            ret = work()
+            if ret and not first:
+                first = ret
+
+
 def _drain(st: Stream) -> int:
-    """Run queued work outside the lock, in order; return the first error code of the work."""
-    first = 0
-    while True:
-        with LOCK:
-            if not st.pending:
-                return first
-            work = st.pending.pop(0)
-        ret = work()
-        if ret and not first:
-            first = ret
+    return drain_until(st)
 
 
-def drain_until(st: Stream, done: Callable[[], bool]) -> int:
-    """Run queued work in order until ``done()`` (an event's marker ran) or the queue is empty."""
-    first = 0
-    while True:
-        with LOCK:
-            if done() or not st.pending:
-                return first
-            work = st.pending.pop(0)
-        ret = work()
-        if ret and not first:
-            first = ret
+def default_stream(cid: int) -> Stream:
+    """Context ``cid``'s default stream (LOCK held)."""
+    st = WORLD.default_streams.get(cid)
+    if st is None:
+        st = WORLD.default_streams[cid] = Stream(0, cid)
+    return st
 
 
-def enqueue(stream: int, work: Callable[[], object] | None) -> int:
-    """Queue ``work`` on a stream that :func:`check_stream` accepted (LOCK held)."""
+def stream_of(stream: int) -> Stream:
+    """The queue of a stream :func:`check_stream` accepted; 0 is the current context's default stream (LOCK held)."""
+    if stream == 0:
+        return default_stream(S.current_context().id)
+    return WORLD.streams[stream]
+
+
+def enqueue(stream: int, work: Callable[[], Any] | None) -> int:
+    """Queue ``work`` on a stream that :func:`check_stream` accepted, the default stream too (LOCK held).
+
+    Nothing runs now: on a device the work runs on the device, and the host sees its results
+    only after it waited for the stream, so a client that reads without synchronising reads
+    what was there before.
+    """
     if work is not None:
-        WORLD.streams[stream].pending.append(work)
+        stream_of(stream).pending.append(work)
+        REPORTS.notify_all()  # a callback thread waiting in process_report may have work to force
     return 0
 
 
@@ -332,6 +357,9 @@ def _streams_of(cid: int) -> list[Stream]:
         del WORLD.streams[s.id]
         WORLD.subscriptions.pop(s.id, None)
     WORLD.subscriptions.pop(-cid, None)  # its default stream
+    dflt = WORLD.default_streams.pop(cid, None)
+    if dflt is not None:
+        doomed.append(dflt)
     return doomed
 
 
@@ -343,12 +371,35 @@ def _tear_down(streams: list[Stream]) -> None:
 
 @api("acl.rt.synchronize_stream", "ret", ctx=True, pre=ints("stream"))
 def synchronize_stream(stream: int) -> int:
-    """Any live stream may be synchronised: the runtime switches to its context and back (api_impl.cc:1719)."""
+    """Any live stream may be synchronised: the runtime switches to its context and back (api_impl.cc:1719).
+
+    0 is the current context's default stream. Returns the first error of the work it ran.
+    """
     with LOCK:
-        st = WORLD.streams.get(stream)
-        if st is None and stream != 0:
-            return set_err(S.E_RT_PARAM, f"synchronize_stream: {stream:#x} is not a live stream")
+        if stream == 0:
+            st = WORLD.default_streams.get(S.current_context().id)
+        else:
+            st = WORLD.streams.get(stream)
+            if st is None:
+                return set_err(S.E_RT_PARAM, f"synchronize_stream: {stream:#x} is not a live stream")
     return _drain(st) if st is not None else 0
+
+
+@api("acl.rt.synchronize_device", "ret", ctx=True)
+def synchronize_device() -> int:
+    """Wait for every stream of the current context's device (each context on it, default streams too)."""
+    with LOCK:
+        dev = S.current_context().device
+        cids = {c.id for c in WORLD.contexts.values() if c.device == dev}
+        if dev in WORLD.default_ctx:
+            cids.add(WORLD.default_ctx[dev])
+        todo = [s for s in (*WORLD.streams.values(), *WORLD.default_streams.values()) if s.ctx in cids]
+    first = 0
+    for st in todo:
+        ret = _drain(st)
+        if ret and not first:
+            first = ret
+    return first
 
 
 @api("acl.rt.destroy_stream", "ret", pre=ints("stream"))

@@ -153,6 +153,7 @@ class World:
         self.default_ctx: dict[int, int] = {}  # device -> implicit context id (alive while set)
         self.contexts: dict[int, Any] = {}  # explicit contexts
         self.streams: dict[int, Any] = {}
+        self.default_streams: dict[int, Any] = {}  # context id -> its default stream (stream 0), made on first use
         self.datasets: dict[int, Any] = {}
         self.data_buffers: dict[int, Any] = {}
         self.tensor_descs: dict[int, Any] = {}  # includes dataset-owned copies

@@ -123,3 +123,62 @@ def test_events_mark_the_work_before_them(dev):
 
 def test_events_need_a_context_to_be_created():
     assert acl.rt.create_event() == (0, 107002)
+
+
+def test_a_client_that_does_not_synchronise_reads_stale_output(rig, mlp_plain):
+    """execute_async and memcpy_async on the default stream (0) and on a created one run only when the
+    stream is waited for; a synchronous memcpy does not wait for them (as on a device)."""
+    path, w = mlp_plain()
+    mid = rig.load(path)
+    ins, inp = rig.dataset([32])
+    outs, outp = rig.dataset([16])
+    x = np.linspace(-1, 1, 8, dtype=np.float32).reshape(1, 8)
+    rig.h2d(inp[0], x)
+    assert acl.rt.memset(outp[0], 16, 0, 16) == 0
+    for stream in (0, acl.rt.create_stream()[0]):
+        assert acl.rt.memset(outp[0], 16, 0, 16) == 0
+        assert acl.mdl.execute_async(mid, ins, outs, stream) == 0
+        host = np.full((1, 4), 7, np.float32)
+        assert acl.rt.memcpy_async(acl.util.numpy_to_ptr(host), 16, outp[0], 16, D2H, stream) == 0
+        assert (rig.d2h(outp[0], np.float32, (1, 4)) == 0).all()  # stale: the model has not run yet
+        assert (host == 7).all()  # and the queued copy has not either
+        assert sim.stats()["executions"].get(mid, 0) == (0 if stream == 0 else 1)
+        assert acl.rt.synchronize_stream(stream) == 0
+        np.testing.assert_allclose(host, ref(x, w), rtol=1e-5, atol=1e-5)  # in stream order: model, then copy
+        if stream:
+            assert acl.rt.destroy_stream(stream) == 0
+
+
+def test_streams_are_independent_and_events_force_only_their_stream(dev):
+    p, _ = acl.rt.malloc(16, 2)
+    s1, _ = acl.rt.create_stream()
+    s2, _ = acl.rt.create_stream()
+    ev, _ = acl.rt.create_event()
+    h1, h2 = np.zeros(16, np.uint8), np.zeros(16, np.uint8)
+    assert acl.rt.memset_async(p, 16, 3, 16, s1) == 0
+    assert acl.rt.record_event(ev, s1) == 0
+    assert acl.rt.memcpy_async(acl.util.numpy_to_ptr(h2), 16, p, 16, D2H, s2) == 0
+    assert acl.rt.memset_async(p, 16, 4, 16, s1) == 0
+    assert acl.rt.synchronize_stream(s2) == 0  # s2 does not wait for s1: it copies what is there
+    assert (h2 == 0xCD).all()  # malloc'd memory, not yet set
+    assert acl.rt.synchronize_event(ev) == 0  # s1 up to the event, not beyond
+    assert acl.rt.memcpy(acl.util.numpy_to_ptr(h1), 16, p, 16, D2H) == 0 and (h1 == 3).all()
+    assert acl.rt.synchronize_device() == 0  # every stream of the device
+    assert acl.rt.memcpy(acl.util.numpy_to_ptr(h1), 16, p, 16, D2H) == 0 and (h1 == 4).all()
+    assert acl.rt.record_event(ev, 0) == 0 and acl.rt.query_event(ev) == (C.ACL_EVENT_STATUS_COMPLETE, 0)
+    for s in (s1, s2):
+        acl.rt.destroy_stream(s)
+    acl.rt.destroy_event(ev)
+    acl.rt.free(p)
+
+
+def test_default_stream_work_runs_when_its_context_goes(dev):
+    p, _ = acl.rt.malloc(16, 2)
+    out = np.zeros(16, np.uint8)
+    ctx, _ = acl.rt.create_context(0)
+    assert acl.rt.memset_async(p, 16, 8, 16, 0) == 0
+    assert acl.rt.memcpy_async(acl.util.numpy_to_ptr(out), 16, p, 16, D2H, 0) == 0
+    assert not out.any()
+    assert acl.rt.destroy_context(ctx) == 0  # its default stream is torn down after its work ran
+    assert (out == 8).all()
+    assert acl.rt.set_device(0) == 0 and acl.rt.free(p) == 0 and acl.rt.reset_device(0) == 0
