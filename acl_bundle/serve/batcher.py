@@ -41,6 +41,8 @@ class BatchResult:
     queue_seconds: float
     compute_seconds: float
     batch_size: int
+    input_seconds: float = 0.0   # stacking the batch's inputs (its share of compute_input)
+    output_seconds: float = 0.0  # splitting the batch's outputs
 
 
 @dataclass
@@ -80,7 +82,7 @@ class Batcher:
     ``batch_sizes``: the model's dynamic batch sizes, ascending (empty for a static model).
     ``enabled``: coalesce requests (needs batch sizes); ``max_queue_delay``: seconds.
     ``slots``: batches (or single requests) executing at once.
-    ``on_batch(rows, size)``: called on the loop after each batch runs (metrics).
+    ``on_batch(rows, size, infer_s, stack_s, split_s)``: called on the loop after each batch runs (metrics).
     """
 
     def __init__(
@@ -92,7 +94,7 @@ class Batcher:
         enabled: bool,
         max_queue_delay: float,
         slots: int,
-        on_batch: Callable[[int, int, float], None] | None = None,
+        on_batch: Callable[[int, int, float, float, float], None] | None = None,
     ) -> None:
         if slots < 1:
             raise ValueError(f"slots must be >= 1, got {slots}")
@@ -149,10 +151,11 @@ class Batcher:
             async with self._free:
                 t1 = time.perf_counter()
                 size = pad_to(self._sizes, rows) if self._sizes else 0
-                outs, version, seconds = await loop.run_in_executor(self._executor, self._run, [arrays], rows, size)
+                outs, version, seconds, t_in, t_out = await loop.run_in_executor(
+                    self._executor, self._run, [arrays], rows, size)
             if self._on_batch is not None:
-                self._on_batch(rows, size, seconds)
-            return BatchResult(outs[0], version, t1 - t0, seconds, size)
+                self._on_batch(rows, size, seconds, t_in, t_out)
+            return BatchResult(outs[0], version, t1 - t0, seconds, size, t_in, t_out)
         item = _Item(arrays, rows, loop.create_future())
         self._queue.append(item)
         self._rows_queued += rows
@@ -160,21 +163,23 @@ class Batcher:
         self._wake.set()
         return await item.future
 
-    def _run(self, parts: list[list[np.ndarray]], rows: int, size: int) -> tuple[list[list[np.ndarray]], int, float]:
-        """Worker thread: stack, infer, split."""
+    def _run(self, parts: list[list[np.ndarray]], rows: int,
+             size: int) -> tuple[list[list[np.ndarray]], int, float, float, float]:
+        """Worker thread: stack, infer, split; returns (outputs per request, version, infer/stack/split seconds)."""
+        t_in = time.perf_counter()
         inputs = _stack(parts, rows, size) if size else parts[0]
         t0 = time.perf_counter()
         outs, version = self._infer(*inputs)
-        seconds = time.perf_counter() - t0
+        t1 = time.perf_counter()
         if not size:
-            return [list(outs)], version, seconds
+            return [list(outs)], version, t1 - t0, t0 - t_in, 0.0
         split = []
         n = 0
         for p in parts:
             r = p[0].shape[0]
             split.append([o[n:n + r] for o in outs])  # padding rows dropped
             n += r
-        return split, version, seconds
+        return split, version, t1 - t0, t0 - t_in, time.perf_counter() - t1
 
     async def _collect(self) -> None:
         assert self._free is not None and self._wake is not None
@@ -221,7 +226,7 @@ class Batcher:
         started = time.perf_counter()
         try:
             try:
-                split, version, seconds = await loop.run_in_executor(
+                split, version, seconds, t_in, t_out = await loop.run_in_executor(
                     self._executor, self._run, [it.arrays for it in batch], rows, size)
             except Exception as e:  # every request of the batch gets the error
                 for it in batch:
@@ -231,7 +236,7 @@ class Batcher:
         finally:
             self._free.release()
         if self._on_batch is not None:
-            self._on_batch(rows, size, seconds)
+            self._on_batch(rows, size, seconds, t_in, t_out)
         for it, outs in zip(batch, split):
             if not it.future.done():
-                it.future.set_result(BatchResult(outs, version, started - it.arrived, seconds, size))
+                it.future.set_result(BatchResult(outs, version, started - it.arrived, seconds, size, t_in, t_out))

@@ -6,7 +6,7 @@ The message and service stubs are the ones ``tritonclient`` ships
 server speaks exactly what ``tritonclient.grpc`` speaks.  Implemented: ServerLive,
 ServerReady, ModelReady, ServerMetadata, ModelMetadata, ModelConfig, ModelInfer
 (``raw_input_contents`` or typed ``contents``; outputs as ``raw_output_contents``),
-RepositoryIndex, RepositoryModelLoad (``file:`` parameters with ``bytes_param``, one
+ModelStatistics (the statistics extension), RepositoryIndex, RepositoryModelLoad (``file:`` parameters with ``bytes_param``, one
 atomic update; token in the ``authorization`` metadata) and RepositoryModelUnload
 (refused).  Others answer UNIMPLEMENTED.  Runs on grpc.aio in the server's event loop.
 """
@@ -19,6 +19,7 @@ from typing import Any
 
 import grpc
 import numpy as np
+from google.protobuf import json_format
 from tritonclient.grpc import model_config_pb2, service_pb2, service_pb2_grpc
 
 from .http_app import EXTENSIONS, SERVER_NAME
@@ -161,6 +162,12 @@ class _Servicer(service_pb2_grpc.GRPCInferenceServiceServicer):
                 resp.raw_output_contents.append(np.ascontiguousarray(a, a.dtype.newbyteorder("<")).tobytes())
             return resp
         return await self._call("infer", context, fn)
+
+    async def ModelStatistics(self, request: Any, context: Any) -> Any:
+        async def fn() -> Any:
+            stats = self.s.statistics(request.name, request.version or None)
+            return json_format.ParseDict(stats, service_pb2.ModelStatisticsResponse(), ignore_unknown_fields=True)
+        return await self._call("model_stats", context, fn)
 
     async def RepositoryIndex(self, request: Any, context: Any) -> Any:
         async def fn() -> Any:

@@ -7,6 +7,7 @@ Routes (``{v}`` = ``/versions/<version>``, optional)::
     GET  /v2/models/{name}[{v}]                       model metadata
     GET  /v2/models/{name}[{v}]/ready                 model ready
     GET  /v2/models/{name}[{v}]/config                Triton-style model configuration
+    GET  /v2/models[/{name}[{v}]]/stats               statistics extension (Triton's schema; serve/stats.py)
     POST /v2/models/{name}[{v}]/infer                 infer: JSON tensors and/or binary tensor data
     POST /v2/repository/index                         the one model, READY or UNAVAILABLE
     POST /v2/repository/models/{name}/load            apply "file:<path>" parameters as one update  [token]
@@ -45,7 +46,7 @@ access_log = logging.getLogger("acl_bundle.serve.access")
 __all__ = ["create_app", "EXTENSIONS", "SERVER_NAME"]
 
 SERVER_NAME = "acl_bundle"
-EXTENSIONS = ["binary_tensor_data", "model_repository", "model_configuration", "parameters"]
+EXTENSIONS = ["binary_tensor_data", "model_repository", "model_configuration", "parameters", "statistics"]
 HEADER_LENGTH = "inference-header-content-length"
 
 Handler = Callable[[Request], Awaitable[Response]]
@@ -293,6 +294,9 @@ def create_app(service: ModelService, *, max_request_bytes: int, server_version:
         fname = {"application/x-npz": "body.npz", "application/x-safetensors": "body.safetensors"}.get(ctype, "")
         return _json(await service.update_files(request.path_params["name"], {fname: body}, source="http"))
 
+    async def model_stats(request: Request) -> Response:
+        return _json(service.statistics(request.path_params.get("name", ""), request.path_params.get("version")))
+
     async def prometheus(request: Request) -> Response:
         return Response(metrics.render(), media_type=CONTENT_TYPE_LATEST)
 
@@ -305,6 +309,7 @@ def create_app(service: ModelService, *, max_request_bytes: int, server_version:
         Route("/v2/repository/models/{name}/unload", endpoint("unload", repository_unload), methods=["POST"]),
         Route("/v2/models/{name}/weights", endpoint("weights", put_weights), methods=["PUT", "POST"]),
         Route("/metrics", endpoint("metrics", prometheus), methods=["GET"]),
+        Route("/v2/models/stats", endpoint("model_stats", model_stats), methods=["GET"]),
     ]
     for prefix in ("/v2/models/{name}", "/v2/models/{name}/versions/{version}"):
         routes += [
@@ -312,6 +317,7 @@ def create_app(service: ModelService, *, max_request_bytes: int, server_version:
             Route(prefix + "/ready", endpoint("model_ready", model_ready), methods=["GET"]),
             Route(prefix + "/config", endpoint("model_config", model_config), methods=["GET"]),
             Route(prefix + "/infer", endpoint("infer", infer), methods=["POST"]),
+            Route(prefix + "/stats", endpoint("model_stats", model_stats), methods=["GET"]),
         ]
     app = Starlette(routes=routes)
 

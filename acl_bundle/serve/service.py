@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
+import time
 from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -19,7 +20,14 @@ import numpy as np
 from .auth import UpdateAuth
 from .batcher import Batcher, BatchResult
 from .metrics import Metrics
-from .protocol import InputTensor, ModelSpec, ServeError, decode_inputs, requested_outputs
+from .protocol import (
+    InputTensor,
+    ModelSpec,
+    ServeError,
+    decode_inputs,
+    requested_outputs,
+)
+from .stats import ModelStats
 from .updates import describe, merge_weight_files, update_error
 
 log = logging.getLogger("acl_bundle.serve")
@@ -77,6 +85,7 @@ class ModelService:
         self.require_weights = require_weights
         self.max_update_bytes = max_update_bytes
         self.model: Any = None
+        self.stats = ModelStats(name)
         self.spec: ModelSpec | None = None
         self.batcher: Batcher | None = None
         self.watcher: Any = None
@@ -120,29 +129,47 @@ class ModelService:
         out, version = self.model.infer(*arrays, return_version=True)  # a WeightVersion: .step is its checkpoint's
         return (list(out) if isinstance(out, tuple) else [out]), version
 
-    def _on_batch(self, rows: int, size: int, seconds: float) -> None:
+    def _on_batch(self, rows: int, size: int, seconds: float, stack: float, split: float) -> None:
+        self.stats.execution(size, stack, seconds, split)
         m = self.metrics
         m.compute_seconds.observe(seconds)
         if size:
             m.batch_size.observe(size)
             m.batch_rows.observe(rows)
 
+    def statistics(self, name: str = "", version: str | None = None) -> dict[str, Any]:
+        """``{"model_stats": [...]}`` for model ``name`` ("": every model; 404 for an unknown one)."""
+        if name == "" and not version:
+            return {"model_stats": [self.stats.as_json()] if self.spec is not None else []}
+        self.check_model(name, version)
+        return {"model_stats": [self.stats.as_json()]}
+
     async def infer(self, name: str, version: str | None, tensors: Sequence[InputTensor],
                     outputs: Sequence[str] | None) -> InferOutcome:
         spec = self.check_model(name, version)
-        which = requested_outputs(spec, outputs)
-        if not self.model_ready:
-            why = "shutting down" if self.shutting_down else "waiting for its first weight update (--require-weights)"
-            raise ServeError(503, f"model {self.name!r} is not ready: {why}")
-        arrays, rows = decode_inputs(spec, tensors)
-        assert self.batcher is not None
+        t0 = time.perf_counter()  # statistics: success/fail durations from here (the request read and parsed)
         try:
-            res: BatchResult = await self.batcher.submit(arrays, rows)
-        except ServeError:
+            which = requested_outputs(spec, outputs)
+            if not self.model_ready:
+                why = "shutting down" if self.shutting_down else "waiting for its first weight update (--require-weights)"
+                raise ServeError(503, f"model {self.name!r} is not ready: {why}")
+            t_dec = time.perf_counter()
+            arrays, rows = decode_inputs(spec, tensors)
+            t_dec = time.perf_counter() - t_dec
+            assert self.batcher is not None
+            try:
+                res: BatchResult = await self.batcher.submit(arrays, rows)
+            except ServeError:
+                raise
+            except Exception as e:
+                log.exception("infer failed")
+                raise ServeError(500, f"infer failed: {type(e).__name__}: {e}") from None
+        except BaseException:
+            self.stats.request(False, time.perf_counter() - t0)
             raise
-        except Exception as e:
-            log.exception("infer failed")
-            raise ServeError(500, f"infer failed: {type(e).__name__}: {e}") from None
+        self.stats.request(True, time.perf_counter() - t0, rows=rows, queue=res.queue_seconds,
+                           compute_input=t_dec + res.input_seconds, compute_infer=res.compute_seconds,
+                           compute_output=res.output_seconds)
         self.metrics.queue_seconds.observe(res.queue_seconds)
         return InferOutcome([(spec.outputs[i], res.outputs[i]) for i in which], int(res.version),
                             getattr(res.version, "step", None))

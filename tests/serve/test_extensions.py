@@ -1,0 +1,105 @@
+"""Triton's extensions beyond the core protocol, read by tritonclient (HTTP and gRPC) from a real server process:
+statistics."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import tritonclient.grpc as grpcclient
+import tritonclient.http as httpclient
+from helpers import reference
+from tritonclient.utils import InferenceServerException
+
+from conftest import serve_process
+
+
+@pytest.fixture(scope="module")
+def srv(tmp_path_factory):
+    with serve_process(tmp_path_factory.mktemp("ext"), token=False) as s:
+        yield s
+
+
+@pytest.fixture(scope="module")
+def http(srv):
+    c = httpclient.InferenceServerClient(srv.http_url)
+    yield c
+    c.close()
+
+
+@pytest.fixture(scope="module")
+def grpc(srv):
+    c = grpcclient.InferenceServerClient(srv.grpc_url)
+    yield c
+    c.close()
+
+
+def _x(rows: int, seed: int = 0) -> np.ndarray:
+    return np.random.default_rng(seed).standard_normal((rows, 8)).astype(np.float32)
+
+
+def _infer_http(c, x):
+    i = httpclient.InferInput("x", list(x.shape), "FP32")
+    i.set_data_from_numpy(x)
+    return c.infer("mlp", [i]).as_numpy("y")
+
+
+def _infer_grpc(c, x):
+    i = grpcclient.InferInput("x", list(x.shape), "FP32")
+    i.set_data_from_numpy(x)
+    return c.infer("mlp", [i]).as_numpy("y")
+
+
+def _stats(http, grpc, **kw):
+    """The model's entry from both clients (they must agree once no request runs)."""
+    h = http.get_inference_statistics("mlp", **kw)["model_stats"]
+    g = grpc.get_inference_statistics("mlp", as_json=True, **kw)["model_stats"]
+    assert len(h) == len(g) == 1
+    return h[0], g[0]
+
+
+def _count(entry, key):
+    return int(entry["inference_stats"][key].get("count", 0))
+
+
+def test_statistics_count_the_requests_made(srv, http, grpc):
+    h0, _ = _stats(http, grpc)
+    base = {k: _count(h0, k) for k in ("success", "fail")}
+    base_inf, base_exec = int(h0.get("inference_count", 0)), int(h0.get("execution_count", 0))
+    sizes0 = {int(b["batch_size"]): int(b["compute_infer"].get("count", 0)) for b in h0.get("batch_stats", [])}
+    for seed in range(3):  # sequential: each request is its own execution
+        x = _x(2, seed)
+        np.testing.assert_allclose(_infer_http(http, x), reference(x, srv.weights), rtol=1e-5, atol=1e-5)
+    for seed in range(2):
+        x = _x(1, 10 + seed)
+        np.testing.assert_allclose(_infer_grpc(grpc, x), reference(x, srv.weights), rtol=1e-5, atol=1e-5)
+    bad = httpclient.InferInput("x", [1, 7], "FP32")  # wrong shape: refused after naming the model
+    bad.set_data_from_numpy(np.zeros((1, 7), np.float32))
+    with pytest.raises(InferenceServerException):
+        http.infer("mlp", [bad])
+    h, g = _stats(http, grpc)
+    for e in (h, g):
+        assert e["name"] == "mlp" and e["version"] == "1"
+        assert _count(e, "success") - base["success"] == 5
+        assert _count(e, "fail") - base["fail"] == 1
+        assert int(e["inference_count"]) - base_inf == 3 * 2 + 2 * 1  # rows, not requests
+        assert int(e["execution_count"]) - base_exec == 5
+        for k in ("success", "queue", "compute_input", "compute_infer", "compute_output"):
+            assert int(e["inference_stats"][k]["ns"]) > 0, k
+        sizes = {int(b["batch_size"]): int(b["compute_infer"]["count"]) for b in e["batch_stats"]}
+        assert sizes.get(2, 0) - sizes0.get(2, 0) == 3 and sizes.get(1, 0) - sizes0.get(1, 0) == 2
+        assert int(e["last_inference"]) > 0
+    assert int(h["inference_stats"]["success"]["ns"]) >= int(h["inference_stats"]["compute_infer"]["ns"])
+
+
+def test_statistics_routes_and_errors(srv, http, grpc):
+    assert [m["name"] for m in http.get_inference_statistics()["model_stats"]] == ["mlp"]  # every model
+    assert [m["name"] for m in grpc.get_inference_statistics(as_json=True)["model_stats"]] == ["mlp"]
+    h, g = _stats(http, grpc, model_version="1")
+    assert h["name"] == g["name"] == "mlp"
+    status, body, _ = srv.request("GET", "/v2/models/mlp/versions/2/stats")
+    assert status == 404 and b"version" in body
+    status, body, _ = srv.request("GET", "/v2/models/nope/stats")
+    assert status == 404 and b"unknown model 'nope'" in body
+    with pytest.raises(InferenceServerException, match="unknown model 'nope'") as ei:
+        grpc.get_inference_statistics("nope")
+    assert "NOT_FOUND" in str(ei.value.status())
+    assert "statistics" in http.get_server_metadata()["extensions"]
