@@ -134,7 +134,8 @@ def test_help(capsys: pytest.CaptureFixture[str]) -> None:
     assert "build" in capsys.readouterr().out
     assert main(["build", "--help"]) == 0
     text = capsys.readouterr().out
-    for opt in ("--variables", "--no-init", "--plain", "--batch-sizes", "-o OM"):
+    for opt in ("--variables", "--no-init", "--plain", "--batch-sizes", "-o OM", "--target {sim,ascend}", "--soc-version SOC",
+                "--precision-mode MODE"):
         assert opt in text
     assert "simulator (acl_bundle.sim) only" in text
 

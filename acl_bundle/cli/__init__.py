@@ -14,6 +14,9 @@ import os
 import sys
 from typing import Any, Callable, NoReturn, Sequence
 
+from .._precision import GE_DEFAULT as PRECISION_DEFAULT
+from .._precision import MODES as PRECISION_MODES
+
 PROG = "acl-bundle"
 EXIT_USAGE = 2
 EXIT_INTERNAL = 1
@@ -89,9 +92,11 @@ def _name_list(text: str, option: str) -> list[str]:
 # --- build -------------------------------------------------------------------
 
 _BUILD_EPILOG = """\
-The output loads on the acl_bundle simulator (acl_bundle.sim) only, not on an
-Ascend device; build device bundles with the GE graph API
-(aclgrphConvertToWeightRefreshableGraphs + aclgrphBundleBuildModel).
+With --target sim (the default) the output loads on the
+simulator (acl_bundle.sim) only.  --target ascend builds a device bundle with CANN's
+GE graph API (the native tool in native/bundle_builder, compiled with CMake on first
+use) from an ONNX model or a TensorFlow frozen GraphDef (.pb): same options, plus
+--soc-version.  --precision-mode makes the simulator compute as the device would.
 
 examples:
   acl-bundle build mlp.onnx -o mlp.om
@@ -102,6 +107,8 @@ examples:
   acl-bundle build add.onnx mul.onnx -o two.om       (a bundle of plain graphs, no variables)
   acl-bundle build frozen.pb --inputs x:0 --outputs y:0 --batch-sizes 1,8     (TensorFlow: pip install -e '.[tf,sim]')
   acl-bundle build saved_model_dir/ -o model.om --variables dense/kernel:0,dense/bias:0
+  acl-bundle build mlp.onnx -o mlp.om --precision-mode force_fp16   (compute on the simulator as the device does)
+  acl-bundle build frozen.pb --inputs x:0[1,8] --outputs y:0 --target ascend --soc-version Ascend310P3
 """
 
 
@@ -134,6 +141,13 @@ def _add_build(sub: Any) -> None:
     p.add_argument("--inputs", metavar="X:0[,..]", help="TensorFlow only: input tensors, optionally with a static shape x:0[1,8] (default: every placeholder / the signature's)")
     p.add_argument("--outputs", metavar="Y:0[,..]", help="TensorFlow only: output tensors (required for a .pb; default: the signature's)")
     p.add_argument("--signature", metavar="KEY", help="TensorFlow SavedModel only: signature to build (default serving_default)")
+    p.add_argument("--precision-mode", "--precision_mode", metavar="MODE", choices=PRECISION_MODES,
+                   help="GE precision mode (ATC --precision_mode: " + ", ".join(PRECISION_MODES) + "); the simulator computes "
+                   f"as the device would. Default: sim exact float32, ascend GE's default {PRECISION_DEFAULT}")
+    p.add_argument("--target", choices=("sim", "ascend"), default="sim",
+                   help="sim: a simulator bundle (default); ascend: a device bundle built with CANN's GE graph API")
+    p.add_argument("--soc-version", "--soc_version", metavar="SOC", help="--target ascend: the chip (ATC --soc_version, e.g. Ascend310P3)")
+    p.add_argument("--input-format", "--input_format", metavar="FMT", help="--target ascend: data input format (ATC --input_format: NCHW, NHWC, ND, ...)")
     p.set_defaults(func=_cmd_build)
 
 
@@ -171,12 +185,14 @@ def _build_tf(args: argparse.Namespace, src: Any, batch_sizes: list[int] | None)
             outputs=_tensor_list(args.outputs, "--outputs") if args.outputs else None,
             variables=_name_list(args.variables, "--variables") if args.variables is not None else None,
             signature=args.signature, init=not args.no_init, batch_sizes=batch_sizes,
+            precision_mode=args.precision_mode,
         )
     except ImportError as e:
         raise UsageError(str(e)) from None
 
 
-def _cmd_build(args: argparse.Namespace) -> int:
+def _build_inputs(args: argparse.Namespace) -> tuple[list[Any], bool, Any, Any, Any, Any, Any]:
+    """Check the model paths, output path and dynamic-shape options both targets share."""
     from pathlib import Path
 
     from ..sim import builder
@@ -200,24 +216,77 @@ def _cmd_build(args: argparse.Namespace) -> int:
     batch_sizes = _batch_sizes(args.batch_sizes) if args.batch_sizes is not None else None
     hw = builder.parse_gears(args.dynamic_image_size, "--dynamic-image-size", width=2) if args.dynamic_image_size is not None else None
     dims = builder.parse_gears(args.dynamic_dims, "--dynamic-dims") if args.dynamic_dims is not None else None
+    if tf_model and (hw is not None or dims is not None):
+        raise UsageError("--dynamic-image-size and --dynamic-dims apply to ONNX models; give a TensorFlow model "
+                         "--batch-sizes or static shapes (--inputs x:0[1,8])")
+    return srcs, tf_model, src, out, batch_sizes, hw, dims
+
+
+def _build_ascend(args: argparse.Namespace) -> int:
+    """--target ascend: the native GE bundle builder (acl_bundle.device_builder), same options."""
+    from .. import device_builder
+    from ..sim.tf_builder import parse_tensor_spec
+
+    srcs, tf_model, src, out, batch_sizes, hw, dims = _build_inputs(args)
+    if len(srcs) > 1 or args.plain:
+        raise UsageError("--target ascend builds weight-update bundles of one model; --plain and several models are --target sim only")
+    if tf_model and src.is_dir():
+        raise UsageError(f"--target ascend takes a frozen GraphDef (.pb), not a SavedModel directory ({src}): freeze it "
+                         "first (samples/tf_device_bundle.py shows how)")
+    if args.signature:
+        raise UsageError("--signature applies to SavedModels, which --target ascend does not take")
+    if not args.soc_version:
+        raise UsageError("--target ascend needs --soc-version, the chip to build for (e.g. Ascend310P3; `npu-smi info` shows it)")
+    shapes: dict[str, tuple[int, ...]] = {}
+    names: list[str] = []
+    for spec in _tensor_list(args.inputs, "--inputs") if args.inputs else []:
+        name, shape = parse_tensor_spec(spec)
+        if not name.endswith(":0"):
+            raise UsageError(f"--inputs {spec}: a GE data input is a placeholder's output 0 (name:0)")
+        names.append(name[:-2])
+        if shape is not None:
+            shapes[name[:-2]] = shape
+    try:
+        _om, _man, text = device_builder.build_device_bundle(
+            src, out, soc_version=args.soc_version, precision_mode=args.precision_mode,
+            variables=_name_list(args.variables, "--variables") if args.variables is not None else None,
+            init=not args.no_init, input_shapes=shapes or None, input_names=names or None,
+            outputs=_tensor_list(args.outputs, "--outputs") if args.outputs else None, input_format=args.input_format,
+            batch_sizes=batch_sizes, dynamic_image_size=hw, dynamic_dims=dims)
+    except device_builder.DeviceBuildUnavailable as e:
+        raise UsageError(str(e)) from None
+    except device_builder.DeviceBuildError as e:
+        print(f"{PROG}: error: {_one_line(str(e))}", file=sys.stderr)
+        return EXIT_INTERNAL
+    print(text, end="")
+    return 0
+
+
+def _cmd_build(args: argparse.Namespace) -> int:
+    from ..sim import builder
+
+    if args.target == "ascend":
+        return _build_ascend(args)
+    if args.soc_version is not None or args.input_format is not None:
+        raise UsageError("--soc-version and --input-format apply to --target ascend")
+    srcs, tf_model, src, out, batch_sizes, hw, dims = _build_inputs(args)
     dynamic = {"batch_sizes": batch_sizes, "dynamic_image_size": hw, "dynamic_dims": dims}
+    mode = {"precision_mode": args.precision_mode}
     try:
         if tf_model:
-            if hw is not None or dims is not None:
-                raise UsageError("--dynamic-image-size and --dynamic-dims apply to ONNX models; give a TensorFlow model "
-                                 "--batch-sizes or static shapes (--inputs x:0[1,8])")
             mf = _build_tf(args, src, batch_sizes)
         elif len(srcs) > 1:
-            if args.plain or args.variables is not None or args.no_init or any(v is not None for v in dynamic.values()):
-                raise UsageError("several models make a bundle of plain static graphs: no --plain, --variables, --no-init or dynamic shapes")
+            if args.plain or args.variables is not None or args.no_init or args.precision_mode or any(v is not None for v in dynamic.values()):
+                raise UsageError("several models make a bundle of plain static graphs: no --plain, --variables, --no-init, "
+                                 "--precision-mode or dynamic shapes")
             mf = builder.build_plain_bundle(srcs)
         elif args.plain:
             if args.variables is not None or args.no_init:
                 raise UsageError("--plain takes no --variables or --no-init (a plain model has no variables)")
-            mf = builder.build_plain(src, **dynamic)
+            mf = builder.build_plain(src, **dynamic, **mode)
         else:
             variables = _name_list(args.variables, "--variables") if args.variables is not None else None
-            mf = builder.build_bundle(src, variables=variables, init=not args.no_init, **dynamic)
+            mf = builder.build_bundle(src, variables=variables, init=not args.no_init, **dynamic, **mode)
     except Exception as e:
         if type(e).__module__.split(".")[0] in ("onnx", "onnxruntime", "tensorflow", "tf2onnx"):  # e.g. missing external data
             raise UsageError(f"cannot build from {src}: {e}") from None
@@ -243,6 +312,8 @@ def _cmd_build(args: argparse.Namespace) -> int:
     if mf.dynamic_hw or mf.dynamic_dims:
         label = "image sizes" if mf.dynamic_hw else "dims gears"
         print(f"  {label} {';'.join(','.join(map(str, g)) for g in mf.gears)}")
+    if mf.precision_mode:
+        print(f"  precision_mode {mf.precision_mode}")
     if man_path is not None:
         print(f"wrote {man_path}")
     return 0

@@ -1,10 +1,8 @@
 """GE's ``precision_mode`` on the simulator: the infer graph rewritten to round where the device would.
 
-The names are ATC's ``--precision_mode`` values, the list GE accepts
-(hicann/ge ``compiler/api/aclgrph/option_utils.cc:1317-1326``).  GE's default for inference is
-``force_fp16`` (``docs/zh/api/graph_engine_api/cpp/ge/options_params/precision_tuning.md:189``,
-"在线推理场景下，参数默认值为force_fp16"; ATC ``api/atc/main_impl.cc:660`` "force_fp16(default)"), so
-that is what a device bundle built without the option computes in.  A simulator bundle built without
+The names are ATC's ``--precision_mode`` values (:mod:`acl_bundle._precision`: GE's list, and its
+inference default ``force_fp16``, which a device bundle built without the option computes in).
+A simulator bundle built without
 a mode keeps exact float32 arithmetic (the simulator's behaviour before modes existed) and is the
 reference the modes are compared with.
 
@@ -35,11 +33,10 @@ from __future__ import annotations
 
 from typing import Any
 
-MODES = (
-    "force_fp16", "force_fp32", "cube_fp16in_fp32out", "allow_mix_precision", "allow_fp32_to_fp16",
-    "must_keep_origin_dtype", "allow_mix_precision_fp16", "allow_mix_precision_bf16", "allow_fp32_to_bf16",
-)
-GE_DEFAULT = "force_fp16"
+from .._precision import GE_DEFAULT, MODES, check_mode
+
+__all__ = ["GE_DEFAULT", "MATRIX_OPS", "MODES", "check_mode", "emulate"]
+
 MATRIX_OPS = frozenset({"MatMul", "Gemm", "Conv", "ConvTranspose"})
 
 _FLOAT, _FLOAT16, _BFLOAT16 = 1, 10, 16  # onnx.TensorProto.DataType
@@ -55,13 +52,6 @@ _PLAN: dict[str, tuple[str, int] | None] = {
     "must_keep_origin_dtype": None,
     "allow_fp32_to_bf16": None,
 }
-
-
-def check_mode(mode: str | None) -> str | None:
-    """Return ``mode`` if GE accepts it (None: not set); ValueError naming the valid ones otherwise."""
-    if mode is None or mode in MODES:
-        return mode
-    raise ValueError(f"precision_mode {mode!r} is not one of GE's: {', '.join(MODES)}")
 
 
 def emulate(onnx_bytes: bytes, mode: str) -> bytes:

@@ -41,7 +41,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from .._constants import CODES, NUMPY_TO_ACL
-from ._precision import MODES as PRECISION_MODES
+from .._precision import MODES as PRECISION_MODES
 
 MAGIC = b"ACLBSIM\x00"
 FORMAT_MAJOR = 1
