@@ -68,24 +68,30 @@ class Arena:
     def overlaps(self, addr: int, n: int) -> bool:
         return self._mm is not None and addr < self.end and addr + max(n, 1) > self.base
 
-    def alloc(self, nbytes: int) -> int | None:
-        """Address of ``nbytes`` (rounded up to 64 B) of device address space, or None if full."""
+    def alloc(self, nbytes: int, align: int = ALIGN) -> int | None:
+        """Address of ``nbytes`` (rounded up to 64 B) of device address space aligned to ``align``
+        (a multiple of 64), or None if full."""
         size = max(ALIGN, (nbytes + ALIGN - 1) // ALIGN * ALIGN)
         with self._lock:
             if self._mm is None:
                 self._reserve()
-            if self._top + size <= self.end:
-                ptr = self._top
-                self._top += size
-                return ptr
-            for i, start in enumerate(self._free_starts):
-                have = self._free[start]
-                if have >= size:
+            start = (self._top + align - 1) // align * align
+            if start + size <= self.end:
+                if start > self._top:  # the alignment gap stays free space
+                    self._insert(self._top, start - self._top)
+                self._top = start + size
+                return start
+            for i, fstart in enumerate(self._free_starts):
+                have = self._free[fstart]
+                a = (fstart + align - 1) // align * align
+                if a + size <= fstart + have:
                     del self._free_starts[i]
-                    del self._free[start]
-                    if have > size:
-                        self._insert(start + size, have - size)
-                    return start
+                    del self._free[fstart]
+                    if a > fstart:
+                        self._insert(fstart, a - fstart)
+                    if fstart + have > a + size:
+                        self._insert(a + size, fstart + have - a - size)
+                    return a
         return None
 
     def free(self, ptr: int, nbytes: int) -> None:

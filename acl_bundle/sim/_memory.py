@@ -59,6 +59,7 @@ class Block:
     ref: Any = None  # weakref to a registered numpy array
     device: int = -1
     accounted: int = 0
+    dvpp: bool = False  # device memory from acl.media.dvpp_malloc
 
     def owner(self) -> Any:
         """A strong reference keeping the memory alive (None if it died, or is not ours to keep)."""
@@ -99,12 +100,12 @@ def unaccount(device: int, nbytes: int) -> None:
     WORLD.device_used[device] = WORLD.device_used.get(device, 0) - nbytes
 
 
-def device_alloc(device: int, size: int, *, fill: int | None = 0xCD) -> tuple[np.ndarray, int, int] | None:
+def device_alloc(device: int, size: int, *, fill: int | None = 0xCD, align: int = 64) -> tuple[np.ndarray, int, int] | None:
     """Device memory from the arena, accounted on ``device`` (LOCK held): (view, ptr, accounted) or None."""
     rounded = device_rounding(size)
     if not account(device, rounded):
         return None
-    ptr = ARENA.alloc(rounded)
+    ptr = ARENA.alloc(rounded, align)
     if ptr is None:
         unaccount(device, rounded)
         return None
@@ -121,13 +122,15 @@ def device_release(device: int, ptr: int, accounted: int) -> None:
     ARENA.free(ptr, accounted)
 
 
-def new_device_block(device: int, size: int) -> Block | None:
-    """Allocate a device block (LOCK held); None when device memory is exhausted."""
-    got = device_alloc(device, size)
+def new_device_block(device: int, size: int, *, dvpp: bool = False) -> Block | None:
+    """Allocate a device block (LOCK held); None when device memory is exhausted.
+
+    ``dvpp``: acl.media.dvpp_malloc memory, 128-B aligned (pyACL dvpp_malloc page)."""
+    got = device_alloc(device, size, align=128 if dvpp else 64)
     if got is None:
         return None
     view, ptr, rounded = got
-    blk = Block(ptr, size, "device", buf=view, device=device, accounted=rounded)
+    blk = Block(ptr, size, "device", buf=view, device=device, accounted=rounded, dvpp=dvpp)
     WORLD.device_blocks.add(ptr, blk)
     bump("mallocs")
     return blk
@@ -231,6 +234,8 @@ def free(dev_ptr: int) -> int:
         blk = WORLD.device_blocks.get(dev_ptr)
         if blk is None:
             return set_err(S.E_RT_PARAM, f"free: {describe(dev_ptr)} is not the start of a live device block (double free?)")
+        if blk.dvpp:
+            return set_err(S.E_RT_PARAM, f"free: {dev_ptr:#x} came from acl.media.dvpp_malloc; give it back with acl.media.dvpp_free")
         free_device_block(blk)
     return 0
 

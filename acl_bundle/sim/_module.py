@@ -57,6 +57,16 @@ get_aipp_type / get_first_aipp_info: unknown model id;      145003  GE: acl_aipp
   index >= the model's inputs                               100000
 get_aipp_type of a model without AIPP: (0, 0xFFFFFFFF, 0)   0       GE: davinci_model.cc:4247-4254
 get_first_aipp_info of a model without AIPP: ({}, 145015)   145015  GE: acl_aipp.cpp:510-515
+acl.media: dvpp_free of rt.malloc memory / rt.free of       107000  U (each API frees its own)
+  dvpp_malloc memory / not a block start
+acl.media: a documented DVPP constraint violated at         100000  DOC: pyACL DVPP V1 pages ("non-zero"); the
+  submission (channel not created, dead desc/config, not            value U -- see _media.py for each rule and
+  dvpp_malloc memory, odd size, stride alignment, buffer            its page
+  size, crop/paste offsets, area sizes, ratio, roi_nums)
+acl.media: JPEG the decoder does not support (progressive,  148052  RT: acl_base_rt.h:119; GE docs aclError.md:73
+  not a JPEG, CMYK, outside 32x32..8192x8192)                       (decode: at stream sync and in ret_code)
+acl.media: a documented format the simulator does not       raise   NotImplementedInSimulator (not a device code)
+  implement (VPC/JPEGE other than YUV420SP NV12/NV21)
 get_mem_info attr outside 0..17 (aclrtMemAttr)              107016  RT: api_error.cc:3185-3188
 dead dataset/data buffer/model desc/tensor desc handle      100000  U (NULL checks answer 100000)
   (where a ret exists); create_data_buffer(0, n) succeeds           RT: data_buffer.cpp:60-66
@@ -120,7 +130,7 @@ import types
 from typing import Any
 
 from .. import _constants
-from . import _aipp, _callbacks, _data, _events, _mdl, _memory, _rt
+from . import _aipp, _callbacks, _data, _events, _mdl, _media, _memory, _rt
 from ._arena import ARENA
 from . import _state as S
 from ._state import LOCK, WORLD, NotImplementedInSimulator
@@ -155,16 +165,17 @@ def _make_module(name: str, funcs: dict[str, Any], extra: dict[str, Any] | None 
 
 
 def _build() -> types.ModuleType:
-    groups: dict[str, dict[str, Any]] = {"acl": {}, "acl.rt": {}, "acl.mdl": {}, "acl.util": {}}
+    groups: dict[str, dict[str, Any]] = {"acl": {}, "acl.rt": {}, "acl.mdl": {}, "acl.util": {}, "acl.media": {}}
     for dotted, fn in S.REGISTRY.items():
         mod, _, short = dotted.rpartition(".")
         groups[mod][short] = fn
     util = _make_module("acl.util", groups["acl.util"])
     rt = _make_module("acl.rt", groups["acl.rt"])
     mdl = _make_module("acl.mdl", groups["acl.mdl"])
-    acl = _make_module("acl", groups["acl"], {"rt": rt, "mdl": mdl, "util": util})
+    media = _make_module("acl.media", groups["acl.media"])
+    acl = _make_module("acl", groups["acl"], {"rt": rt, "mdl": mdl, "util": util, "media": media})
     acl.__path__ = []  # type: ignore[attr-defined]  # a package, so "import acl.rt" works
-    _MODULES.update({"acl": acl, "acl.rt": rt, "acl.mdl": mdl, "acl.util": util})
+    _MODULES.update({"acl": acl, "acl.rt": rt, "acl.mdl": mdl, "acl.util": util, "acl.media": media})
     return acl
 
 
@@ -245,6 +256,7 @@ def live_resources() -> dict:
             "models": [m.id for m in WORLD.models.values() if m.bundle is None],
             "bundles": list(WORLD.bundles),
             "events": list(WORLD.events),
+            "dvpp_descs": [h for h, o in WORLD.media.items() if not getattr(o, "batch", 0)],
             "threads": list(WORLD.threads),
         }
 
@@ -259,4 +271,4 @@ fault = S.fault
 record = S.record
 variables = _mdl.variables
 
-_ = (_aipp, _data, _events, _rt)
+_ = (_aipp, _data, _events, _media, _rt)

@@ -161,6 +161,7 @@ class World:
         self.models: dict[int, Any] = {}  # plain and bundle-inner models
         self.bundles: dict[int, Any] = {}
         self.events: dict[int, Any] = {}
+        self.media: dict[int, Any] = {}  # acl.media descriptors and configs by handle
         self.threads: dict[int, Any] = {}  # acl.util.start_thread threads not yet stopped, by thread id
         self.subscriptions: dict[int, int] = {}  # stream id (-context: its default stream) -> thread id
         self.reports: dict[int, Any] = {}  # thread id -> deque of queued callbacks (launch_callback)
