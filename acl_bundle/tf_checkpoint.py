@@ -53,7 +53,9 @@ from typing import Any
 
 import numpy as np
 
-from .checkpoint import CheckpointError, CheckpointInfo, CheckpointMismatchError, Rename, _renamer, _variable_specs, select_weights
+from ._archive import CheckpointError
+from ._checkpoint.names import CheckpointMismatchError, Rename, renamer, select_weights, variable_specs
+from ._checkpoint.protocol import MARKER_SUFFIX, CheckpointInfo
 
 log = logging.getLogger("acl_bundle")
 
@@ -292,11 +294,11 @@ def load_tf_checkpoint(
     """
     del allow_unmatched  # TF checkpoints always hold entries the bundle does not serve
     prefix = _require_prefix(path)
-    specs = _variable_specs(variables)
+    specs = variable_specs(variables)
     reader = _Reader(prefix)
     keys = reader.numeric_keys()
     defaults = _default_names(keys, reader.object_names())
-    user = _renamer(rename, strip_prefix)
+    user = renamer(rename, strip_prefix)
     where = f"TF checkpoint {str(prefix)!r}"
     chosen: dict[str, str] = {}  # key -> variable
     by_var: dict[str, str] = {}
@@ -411,8 +413,6 @@ def list_tf_checkpoints(directory: str | os.PathLike[str]) -> list[CheckpointInf
 def detect_protocol(directory: str | os.PathLike[str]) -> str | None:
     """``"tf"`` if ``directory`` has TF's ``checkpoint`` state file, ``"acl_bundle"`` if it has
     ``*.ckpt.json`` markers, None if neither (yet); CheckpointError if both."""
-    from .checkpoint import MARKER_SUFFIX
-
     d = Path(directory)
     tf_state = (d / STATE_FILE).is_file()
     ours = any(p.name.endswith(MARKER_SUFFIX) and not p.name.startswith(".") for p in d.iterdir())

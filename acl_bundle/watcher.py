@@ -61,21 +61,23 @@ from pathlib import Path
 from typing import Any
 
 from . import checks as _checks
-from ._errors import ModelClosedError
-from ._checkpoint.storage import TransientError, is_url, open_store
-from .checkpoint import (
+from ._archive import CheckpointError
+from ._checkpoint.names import Rename, limit_for, select_weights, variable_specs
+from ._checkpoint.protocol import (
     MARKER_SUFFIX,
     SUFFIXES,
-    CheckpointError,
     CheckpointInfo,
-    Rename,
-    _variable_specs,
-    limit_for,
     read_marker,
-    select_weights,
     verify_checkpoint,
 )
-from .tf_checkpoint import detect_protocol, list_tf_checkpoints, load_tf_checkpoint, require_tensorflow
+from ._checkpoint.storage import TransientError, is_url, open_store
+from ._errors import ModelClosedError
+from .tf_checkpoint import (
+    detect_protocol,
+    list_tf_checkpoints,
+    load_tf_checkpoint,
+    require_tensorflow,
+)
 
 log = logging.getLogger("acl_bundle")
 
@@ -240,7 +242,7 @@ class CheckpointWatcher:
         self._store = store
         self._dir = d
         self._interval = float(poll_interval)
-        self._specs = _variable_specs(model.variables)
+        self._specs = variable_specs(model.variables)
         self._names = dict(rename=rename, strip_prefix=strip_prefix,
                            allow_partial=allow_partial, allow_unmatched=allow_unmatched)
         self._on_apply = on_apply
