@@ -25,8 +25,8 @@ import hashlib
 import os
 import time
 from collections.abc import Callable, Mapping
-from pathlib import Path, PurePosixPath
-from typing import Any, Union
+from pathlib import Path, PurePath, PurePosixPath
+from typing import Any, Protocol
 
 from .._archive import CheckpointError, read_regular, stat_key
 from .._files import write_atomic
@@ -180,15 +180,15 @@ class FsspecStore:
         except Exception as e:
             raise TransientError(f"cannot list {self.url}: {_why(e)}") from e
         out: dict[str, Key] = {}
-        for e in entries:
-            if e.get("type", "file") != "file":
+        for entry in entries:
+            if entry.get("type", "file") != "file":
                 continue
-            name = str(e.get("name", "")).rstrip("/").rsplit("/", 1)[-1]
+            name = str(entry.get("name", "")).rstrip("/").rsplit("/", 1)[-1]
             if not name or name.startswith(".") or (self._suffixes and not name.endswith(self._suffixes)):
                 continue
-            size = e.get("size")
-            etag = e.get("ETag") or e.get("etag") or e.get("md5Hash") or e.get("generation") or ""
-            out[name] = (size if isinstance(size, int) else -1, str(etag), _mtime(e))
+            size = entry.get("size")
+            etag = entry.get("ETag") or entry.get("etag") or entry.get("md5Hash") or entry.get("generation") or ""
+            out[name] = (size if isinstance(size, int) else -1, str(etag), _mtime(entry))
         self._listing = out
         return out
 
@@ -287,7 +287,25 @@ class FsspecStore:
             return False
 
 
-Store = Union[LocalStore, FsspecStore]
+class Store(Protocol):
+    """The seam the protocol and the watcher talk to (the module docstring); :class:`LocalStore` and
+    :class:`FsspecStore` implement it."""
+
+    remote: bool
+    url: str
+
+    @property
+    def root(self) -> PurePath: ...
+    def path(self, name: str) -> PurePath: ...
+    def name_url(self, name: str) -> str: ...
+    def names(self) -> list[str]: ...
+    def list(self) -> dict[str, Key]: ...
+    def key(self, name: str) -> Key | None: ...
+    def key_time(self, key: Key) -> float: ...
+    def read(self, name: str, what: str, *, limit: int, expect: int | None = None,
+             stop: Callable[[], bool] | None = None) -> tuple[bytearray, float]: ...
+    def put(self, name: str, write: Callable[[Any], object], *, exclusive: bool = False) -> tuple[str, int]: ...
+    def delete(self, name: str) -> bool: ...
 
 
 def open_store(location: str | os.PathLike[str], storage_options: Mapping[str, Any] | None = None,
@@ -303,8 +321,9 @@ def open_store(location: str | os.PathLike[str], storage_options: Mapping[str, A
 
 def _mtime(entry: Mapping[str, Any]) -> float:
     t = entry.get("LastModified") or entry.get("mtime") or entry.get("updated") or entry.get("modification_time")
-    if hasattr(t, "timestamp"):
-        return float(t.timestamp())
+    stamp = getattr(t, "timestamp", None)
+    if callable(stamp):
+        return float(stamp())
     if isinstance(t, (int, float)):
         return float(t)
     if isinstance(t, str):
