@@ -559,6 +559,11 @@ class BundleModel:
         """The applied updates the history still covers, oldest first (empty when history is off)."""
         return self._updater.history.entries
 
+    @property
+    def keeps_history(self) -> bool:
+        """True when host copies of applied weights are kept (``history=N``): rollback and golden checks can undo."""
+        return self._updater.history.enabled
+
     # ------------------------------------------------------------------ info / lifecycle
     @property
     def version(self) -> int:

@@ -51,7 +51,6 @@ from __future__ import annotations
 import collections
 import inspect
 import logging
-import math
 import os
 import threading
 import time
@@ -63,31 +62,23 @@ from typing import Any
 from . import checks as _checks
 from ._archive import CheckpointError
 from ._checkpoint.names import Rename, limit_for, select_weights, variable_specs
+from ._checkpoint.options import WatchOptions
 from ._checkpoint.protocol import (
     MARKER_SUFFIX,
     SUFFIXES,
     CheckpointInfo,
-    read_marker,
     verify_checkpoint,
 )
-from ._checkpoint.storage import TransientError, is_url, open_store
+from ._checkpoint.scan import Scanner, StepPolicy
+from ._checkpoint.storage import Store, TransientError, is_url, open_store
 from ._errors import ModelClosedError
-from .tf_checkpoint import (
-    detect_protocol,
-    list_tf_checkpoints,
-    load_tf_checkpoint,
-    require_tensorflow,
-)
+from .tf_checkpoint import detect_protocol, load_tf_checkpoint, require_tensorflow
 
 log = logging.getLogger("acl_bundle")
 
 __all__ = ["AppliedCheckpoint", "CheckpointWatcher"]
 
-PROTOCOLS = ("auto", "acl_bundle", "tf")
-
-_Key = tuple[Any, ...]
 _DEFAULT: Any = object()  # check= not given: the finiteness check
-_SHOWN = 5  # bad entries logged one by one per poll; the rest as a count
 MAX_BACKOFF = 60.0  # seconds: the longest wait between retries after transient store errors
 
 
@@ -185,87 +176,27 @@ class CheckpointWatcher:
     ) -> None:
         if not hasattr(model, "update") or not hasattr(model, "variables"):
             raise TypeError(f"model must have .update() and .variables (a BundleModel), got {type(model).__name__}")
-        # a remote listing keeps the data objects' keys too (no request per object); a local one lstats markers only
-        store = open_store(directory, storage_options, suffixes=(MARKER_SUFFIX,) + (SUFFIXES if is_url(directory) else ()))
-        if store.remote:
-            if use_watchdog:
-                raise ValueError(f"use_watchdog=True watches a local directory; {store.url!r} is polled")
-            use_watchdog = False
-        elif not store.root.is_dir():
-            raise FileNotFoundError(f"checkpoint directory {str(store.root)!r} does not exist or is not a directory")
-        d = store.root
-        if (isinstance(poll_interval, bool) or not isinstance(poll_interval, (int, float))
-                or not math.isfinite(poll_interval) or not poll_interval > 0):
-            raise ValueError(f"poll_interval must be a positive number of seconds, got {poll_interval!r} (finite and > 0)")
-        if start_after is not None and (isinstance(start_after, bool) or not isinstance(start_after, int)):
-            raise TypeError(f"start_after must be an int step or None, got {start_after!r}")
-        if protocol not in PROTOCOLS:
-            raise ValueError(f"protocol must be one of {list(PROTOCOLS)}, got {protocol!r}")
-        if store.remote:  # TF's protocol needs TF's reader on local files; an object store holds ours
-            if protocol == "tf":
-                raise ValueError(f"protocol='tf' reads TensorFlow checkpoints from a local directory, not {store.url!r}")
-            protocol = "acl_bundle"
-        self._protocol = detect_protocol(d) if protocol == "auto" else protocol
-        if self._protocol == "tf":
-            require_tensorflow()  # ImportError naming the extra, now rather than in the thread
-        self._protocol_problem = ""
-        if check is _DEFAULT:
-            check = _checks.finite
-        if check is not None and not callable(check):
-            raise TypeError(f"check must be a callable(weights) or None, got {type(check).__name__}")
-        if on_apply is not None and not callable(on_apply):
-            raise TypeError(f"on_apply must be a callable or None, got {type(on_apply).__name__}")
-        if max_bytes is not None and (isinstance(max_bytes, bool) or not isinstance(max_bytes, int) or max_bytes < 1):
-            raise ValueError(f"max_bytes must be a positive int or None, got {max_bytes!r}")
-        if isinstance(history_size, bool) or not isinstance(history_size, int) or history_size < 0:
-            raise ValueError(f"history_size must be a non-negative int, got {history_size!r}")
-        if not isinstance(allow_step_reset, bool):
-            raise TypeError(f"allow_step_reset must be a bool, got {allow_step_reset!r}")
-        if golden is not None and not isinstance(golden, _checks.Golden):
-            raise TypeError(f"golden must be an acl_bundle.checks.golden(...) check or None, got {type(golden).__name__}")
-        if health_check is not None and not callable(health_check):
-            raise TypeError(f"health_check must be a callable(model) or None, got {type(health_check).__name__}")
-        try:
-            params = inspect.signature(model.update).parameters
-        except (TypeError, ValueError):
-            params = {}  # type: ignore[assignment]
-        self._model_checks = "check" in params  # a BundleModel: checks run on its staged weights
-        # a BundleModel or a fleet takes the checkpoint's step (and a BundleModel a source label)
-        self._pass_step = "step" in params or any(p.kind is p.VAR_KEYWORD for p in params.values())
-        self._pass_source = "source" in params
-        needs_history = [n for n, v in (("golden", golden), ("health_check", health_check)) if v is not None]
-        history = getattr(getattr(model, "_updater", None), "history", None)  # a BundleModel's
-        if needs_history and not (history is not None and history.enabled):
-            raise ValueError(f"{' and '.join(needs_history)} need(s) the model's history to undo or roll back: "
-                             "open it with BundleModel(..., history=N)")
-        self._model = model
-        self._store = store
-        self._dir = d
-        self._interval = float(poll_interval)
+        opts = WatchOptions(
+            poll_interval=poll_interval, rename=rename, strip_prefix=strip_prefix, allow_partial=allow_partial,
+            allow_unmatched=allow_unmatched, start_after=start_after, use_watchdog=use_watchdog, on_apply=on_apply,
+            check=_checks.finite if check is _DEFAULT else check, max_bytes=max_bytes,
+            allow_step_reset=allow_step_reset, history_size=history_size, golden=golden, health_check=health_check,
+            protocol=protocol, storage_options=storage_options)
+        self._opts = opts
+        self._store = store = self._open(directory, opts)
+        self._dir = Path(str(store.root))
+        self._watchdog = False if store.remote else _want_watchdog(opts.use_watchdog)
+        self._bind_model(model, opts)
         self._specs = variable_specs(model.variables)
-        self._names = dict(rename=rename, strip_prefix=strip_prefix,
-                           allow_partial=allow_partial, allow_unmatched=allow_unmatched)
-        self._on_apply = on_apply
-        self._check = check
-        self._golden = golden
-        self._health = health_check
-        self._rolled_back = 0
-        self._max_bytes = max_bytes if max_bytes is not None else limit_for(self._specs)
-        self._allow_reset = allow_step_reset
-        self._watchdog = self._want_watchdog(use_watchdog)
+        self._max_bytes = opts.max_bytes if opts.max_bytes is not None else limit_for(self._specs)
+        self._policy = StepPolicy(opts.start_after, opts.allow_step_reset)
+        self._scanner = Scanner(store, self._protocol_at_start(opts), self._keeping)
 
-        self._start_after = start_after
         self._served: CheckpointInfo | None = None  # the checkpoint whose weights are served
-        self._applied_step: int | None = start_after
-        self._applied = 0
-        self._skipped = 0
-        self._refused = 0
+        self._applied_step: int | None = opts.start_after
+        self._applied = self._refused = self._rolled_back = 0
         self._last: AppliedCheckpoint | None = None
-        self._history: collections.deque[AppliedCheckpoint] = collections.deque(maxlen=history_size)
-        self._markers: dict[str, tuple[_Key, CheckpointInfo | None]] = {}  # parsed marker cache by lstat
-        self._bad: dict[str, tuple[_Key, _Key | None]] = {}  # marker name -> (marker, data) keys when it failed
-        self._told: set[str] = set()  # markers already reported as ignored
-        self._list_error: str | None = None
+        self._history: collections.deque[AppliedCheckpoint] = collections.deque(maxlen=opts.history_size)
         self._failures = 0  # consecutive polls that hit a transient store error
         self._transient_error: str | None = None
         self._loop_error: str | None = None
@@ -277,24 +208,48 @@ class CheckpointWatcher:
         self._observer: Any = None
 
     @staticmethod
-    def _want_watchdog(use: bool | None) -> bool:
-        if use is False:
-            return False
-        try:
-            import watchdog.observers  # noqa: F401
-        except ImportError:
-            if use:
-                from ._errors import extra_hint
+    def _open(directory: str | os.PathLike[str], opts: WatchOptions) -> Store:
+        # a remote listing keeps the data objects' keys too (no request per object); a local one lstats markers only
+        remote = is_url(directory)
+        store = open_store(directory, opts.storage_options, suffixes=(MARKER_SUFFIX,) + (SUFFIXES if remote else ()))
+        if store.remote:
+            if opts.use_watchdog:
+                raise ValueError(f"use_watchdog=True watches a local directory; {store.url!r} is polled")
+            if opts.protocol == "tf":  # TF's protocol needs TF's reader on local files; an object store holds ours
+                raise ValueError(f"protocol='tf' reads TensorFlow checkpoints from a local directory, not {store.url!r}")
+        elif not Path(str(store.root)).is_dir():
+            raise FileNotFoundError(f"checkpoint directory {str(store.root)!r} does not exist or is not a directory")
+        return store
 
-                raise ImportError(f"use_watchdog=True needs the watchdog package: {extra_hint('watch')}") from None
-            return False
-        return True
+    def _protocol_at_start(self, opts: WatchOptions) -> str | None:
+        if self._store.remote:
+            return "acl_bundle"
+        protocol = detect_protocol(self._dir) if opts.protocol == "auto" else opts.protocol
+        if protocol == "tf":
+            require_tensorflow()  # ImportError naming the extra, now rather than in the thread
+        return protocol
+
+    def _bind_model(self, model: Any, opts: WatchOptions) -> None:
+        """How to call ``model.update`` (what it takes), and whether it can undo what golden/health checks need."""
+        try:
+            params = inspect.signature(model.update).parameters
+        except (TypeError, ValueError):
+            params = {}  # type: ignore[assignment]
+        self._model_checks = "check" in params  # a BundleModel: checks run on its staged weights
+        # a BundleModel or a fleet takes the checkpoint's step (and a BundleModel a source label)
+        self._pass_step = "step" in params or any(p.kind is p.VAR_KEYWORD for p in params.values())
+        self._pass_source = "source" in params
+        needs_history = [n for n, v in (("golden", opts.golden), ("health_check", opts.health_check)) if v is not None]
+        if needs_history and not getattr(model, "keeps_history", False):
+            raise ValueError(f"{' and '.join(needs_history)} need(s) the model's history to undo or roll back: "
+                             "open it with BundleModel(..., history=N)")
+        self._model = model
 
     # ------------------------------------------------------------------ state
     @property
     def protocol(self) -> str | None:
         """The protocol in use: "acl_bundle", "tf", or None while an "auto" directory is still empty."""
-        return self._protocol
+        return self._scanner.protocol
 
     @property
     def applied_step(self) -> int | None:
@@ -319,7 +274,7 @@ class CheckpointWatcher:
     @property
     def skipped(self) -> int:
         """How many bad entries (corrupt, half-written, mismatched, malformed, refused by the check) were skipped."""
-        return self._skipped
+        return self._scanner.skipped
 
     @property
     def refused(self) -> int:
@@ -356,11 +311,11 @@ class CheckpointWatcher:
             raise RuntimeError("CheckpointWatcher already started (a watcher starts once)")
         self._stop.clear()
         if self._watchdog:
-            self._observer = self._start_observer()
+            self._observer = _start_observer(self._dir, self._wake)
         self._thread = threading.Thread(target=self._run, name=f"acl_bundle-watcher:{self._dir.name}", daemon=True)
         self._thread.start()
         log.info("watching %s for checkpoints (%s, poll every %.3g s)", self._store.url,
-                 "watchdog" if self._observer else "polling", self._interval)
+                 "watchdog" if self._observer else "polling", self._opts.poll_interval)
         return self
 
     def stop(self, timeout: float | None = None) -> None:
@@ -385,22 +340,6 @@ class CheckpointWatcher:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
-
-    def _start_observer(self) -> Any:
-        from watchdog.events import FileSystemEventHandler
-        from watchdog.observers import Observer
-
-        wake = self._wake
-
-        class _Handler(FileSystemEventHandler):
-            def on_any_event(self, event: Any) -> None:
-                wake.set()
-
-        obs = Observer()
-        obs.schedule(_Handler(), str(self._dir), recursive=False)
-        obs.daemon = True
-        obs.start()
-        return obs
 
     def _run(self) -> None:
         while not self._stop.is_set():
@@ -438,9 +377,10 @@ class CheckpointWatcher:
     @property
     def retry_delay(self) -> float:
         """Seconds until the next poll: ``poll_interval``, doubled per consecutive transient failure up to ``MAX_BACKOFF``."""
+        interval = self._opts.poll_interval
         if not self._failures:
-            return self._interval
-        return min(self._interval * 2.0 ** min(self._failures, 30), max(MAX_BACKOFF, self._interval))
+            return interval
+        return min(interval * 2.0 ** min(self._failures, 30), max(MAX_BACKOFF, interval))
 
     def poll(self) -> AppliedCheckpoint | None:
         """Scan once and apply the newest good checkpoint above the applied step; return what was applied.
@@ -450,7 +390,7 @@ class CheckpointWatcher:
         """
         with self._poll_lock:
             try:
-                for info in self._candidates():
+                for info in self._scanner.candidates(self._served, self._policy):
                     if self._stop.is_set() and self.running:
                         return None
                     applied = self._try(info)
@@ -462,161 +402,49 @@ class CheckpointWatcher:
                 self._failures += 1
                 if str(e) != self._transient_error:
                     self._transient_error = str(e)
-                    log.warning("checkpoint store %s: %s; keeping the weights of step %s, retrying in %.3g s",
-                                self._store.url, e, self._applied_step, self.retry_delay)
+                    log.warning("checkpoint store %s: %s; %s, retrying in %.3g s",
+                                self._store.url, e, self._keeping(), self.retry_delay)
                 return None
             if self._failures:
                 log.info("checkpoint store %s reachable again after %d failed poll(s)", self._store.url, self._failures)
             self._failures, self._transient_error = 0, None
             return applied
 
-    def _scan(self) -> list[CheckpointInfo]:
-        """Every valid committed marker (cached by its listing key); bad ones logged once."""
-        try:
-            listing = self._store.list()
-        except TransientError:
-            raise
-        except OSError as e:
-            why = e.strerror or str(e)
-            if why != self._list_error:
-                self._list_error = why
-                log.warning("cannot list checkpoint directory %s: %s (keeps the weights of step %s and retries)",
-                            self._dir, why, self._applied_step)
-            return []
-        self._list_error = None
-        names = [n for n in listing if n.endswith(MARKER_SUFFIX)]
-        live = set(names)
-        for cache in (self._markers, self._bad):
-            for name in [n for n in cache if n not in live]:
-                del cache[name]
-        self._told &= live
-        infos, bad = [], []
-        remote = self._store.remote
-        for name in names:
-            p = self._dir / name
-            key = listing[name]
-            cached = self._markers.get(name)
-            if cached is not None and cached[0] == key:
-                info = cached[1]
-            else:
-                try:
-                    info = read_marker(name, store=self._store) if remote else read_marker(p)
-                except FileNotFoundError:
-                    continue  # deleted meanwhile
-                except TransientError:
-                    raise  # not the marker's fault: the poll ends and is retried
-                except Exception as e:  # CheckpointError, or anything else: one bad entry never stops the scan
-                    info = None
-                    bad.append(f"{e}" if isinstance(e, CheckpointError) else f"{name}: {type(e).__name__}: {e}")
-                self._markers[name] = (key, info)
-            if info is not None:
-                infos.append(info)
-        self._skipped += len(bad)
-        for why in bad[:_SHOWN]:
-            log.warning("skipping %s; keeping the weights of step %s", why, self._applied_step)
-        if len(bad) > _SHOWN:
-            log.warning("skipping %d more malformed checkpoint markers in %s", len(bad) - _SHOWN, self._dir)
-        return infos
-
-    def _acceptable(self, info: CheckpointInfo) -> bool:
-        served = self._served
-        if served is None:
-            return self._start_after is None or info.step > self._start_after
-        if self._allow_reset:
-            return info.created > served.created
-        if info.run == served.run:
-            return info.step > served.step
-        return info.created > served.created  # another run committed later: a new sequence
-
-    def _tf_scan(self) -> list[CheckpointInfo]:
-        """The checkpoints TF's state file names (complete on disk); a malformed state file is logged once."""
-        try:
-            infos = list_tf_checkpoints(self._dir)
-            self._protocol_problem = ""
-        except CheckpointError as e:  # keep serving, look again next time
-            if str(e) != self._protocol_problem:
-                self._protocol_problem = str(e)
-                log.warning("checkpoint watcher on %s: %s; keeping the weights of step %s", self._dir, e, self._applied_step)
-            return []
-        live = {i.marker.name for i in infos}
-        for cache in (self._bad, self._markers):
-            for name in [n for n in cache if n not in live]:
-                del cache[name]
-        for i in infos:  # the .index file stands for the marker (retried when it changes)
-            self._markers[i.marker.name] = (self._store.key(i.marker.name) or (), i)
-        return infos
-
-    def _candidates(self) -> list[CheckpointInfo]:
-        """Acceptable, not-known-bad checkpoints, best first."""
-        if self._protocol is None:
-            try:
-                protocol = detect_protocol(self._dir)
-                if protocol == "tf":
-                    require_tensorflow()
-            except (CheckpointError, ImportError, OSError) as e:
-                if str(e) != self._protocol_problem:  # once, not every poll
-                    self._protocol_problem = str(e)
-                    log.warning("checkpoint watcher on %s: %s", self._dir, e)
-                return []
-            self._protocol = protocol
-            if protocol is None:
-                return []
-        found = []
-        served = self._served
-        for info in (self._tf_scan() if self._protocol == "tf" else self._scan()):
-            name = info.marker.name
-            if not self._acceptable(info):
-                if (served is not None and name not in self._told and info.created > served.created
-                        and info.run == served.run):
-                    self._told.add(name)
-                    log.warning("ignoring checkpoint step %d (%s in %s), committed after the applied step %d: steps "
-                                "must increase (a restarted trainer? write with a new run id, or pass "
-                                "allow_step_reset=True)", info.step, name, self._dir, served.step)
-                continue
-            bad = self._bad.get(name)
-            if bad is not None and bad == (self._markers.get(name, (None,))[0], self._store.key(info.path.name)):
-                continue  # the same bad entry as before: do not retry or re-log
-            found.append(info)
-        if self._allow_reset:
-            found.sort(key=lambda c: (c.created, c.step, c.marker.name), reverse=True)
-        else:  # the run committed most recently first; within a run, the highest step
-            rank: dict[str, float] = {}
-            for c in found:
-                rank[c.run] = max(rank.get(c.run, -math.inf), c.created)
-            found.sort(key=lambda c: (rank[c.run], c.step, c.marker.name), reverse=True)
-        return found
-
-    def _mark_bad(self, info: CheckpointInfo, why: str) -> None:
-        name = info.marker.name
-        self._bad[name] = (self._markers[name][0] if name in self._markers else None,  # type: ignore[assignment]
-                           self._store.key(info.path.name))
-        self._skipped += 1
-        log.warning("skipping checkpoint %s in %s: %s; keeping the weights of step %s",
-                    name, self._dir, why, self._applied_step)
+    def _keeping(self) -> str:
+        """What the model serves while the watcher skips or waits, for log lines."""
+        version = getattr(self._model, "version", None)
+        last = self._last
+        if last is None:
+            return ("the model keeps its current weights" if version is None
+                    else f"the model keeps its current weights (version {version}; nothing applied from here yet)")
+        if version is None or version == last.version:
+            return f"the model keeps the weights of step {last.step}" + ("" if version is None else f" (version {version})")
+        return (f"the model keeps its current weights (version {version}; the last checkpoint applied from here "
+                f"was step {last.step}, version {last.version})")
 
     def _try(self, info: CheckpointInfo) -> AppliedCheckpoint | None:
         t0 = time.perf_counter()
         arrays: Any = None
         try:
-            if self._protocol == "tf":  # read by TensorFlow's own reader (CRC32C-checked)
-                weights = load_tf_checkpoint(info.path, self._specs, **self._names)  # type: ignore[arg-type]
+            if self._scanner.protocol == "tf":  # read by TensorFlow's own reader (CRC32C-checked)
+                weights = load_tf_checkpoint(info.path, self._specs, **self._opts.names)  # type: ignore[arg-type]
             else:
                 arrays = verify_checkpoint(info, max_bytes=self._max_bytes, lazy=True, stop=self._stop.is_set,
                                            store=self._store)
                 weights = select_weights(arrays, self._specs, source=f"checkpoint step {info.step} ({info.path.name})",
-                                         **self._names)  # type: ignore[arg-type]
+                                         **self._opts.names)
             if not self._model_checks:
-                _checks.run_check(self._check, weights)
+                _checks.run_check(self._opts.check, weights)
         except _checks.WeightsRefused as e:
             self._refused += 1
-            self._mark_bad(info, f"refused: {e}")
+            self._scanner.mark_bad(info, f"refused: {e}")
             return None
         except TransientError:
             raise  # the store failed, not the checkpoint: retried (poll)
         except Exception as e:  # any per-entry failure (CheckpointError, OSError, a surprise): skip this entry
             if self._stop.is_set():
                 return None  # abandoned because we are stopping: not the file's fault
-            self._mark_bad(info, str(e) if isinstance(e, CheckpointError) else f"{type(e).__name__}: {e}")
+            self._scanner.mark_bad(info, str(e) if isinstance(e, CheckpointError) else f"{type(e).__name__}: {e}")
             return None
         t1 = time.perf_counter()
         before = getattr(self._model, "version", None)
@@ -626,17 +454,17 @@ class CheckpointWatcher:
             raise
         except _checks.WeightsRefused as e:
             self._refused += 1
-            self._mark_bad(info, f"refused: {e}")
+            self._scanner.mark_bad(info, f"refused: {e}")
             return None
         except Exception as e:  # a mismatched checkpoint, or the device refused: keep the last good weights
-            self._mark_bad(info, f"model.update failed: {type(e).__name__}: {e}")
+            self._scanner.mark_bad(info, f"model.update failed: {type(e).__name__}: {e}")
             return None
         finally:
             del arrays
         t2 = time.perf_counter()
-        if self._health is not None and not self._healthy(info, before):
+        if self._opts.health_check is not None and not self._healthy(info, before):
             return None
-        key = self._markers.get(info.marker.name, (None,))[0]
+        key = self._scanner.commit_key(info)
         lag = max(0.0, time.time() - self._store.key_time(key)) if key else float("nan")
         applied = AppliedCheckpoint(info.step, version, info.path, len(weights), t1 - t0, t2 - t1, lag,
                                     info.run, info.created, info.nbytes)
@@ -650,9 +478,9 @@ class CheckpointWatcher:
         log.info("applied checkpoint step %d%s (%s) as version %d: %d variables, read %.1f ms, update %.1f ms",
                  info.step, f" of run {info.run}" if info.run else "", info.path.name, version, len(weights),
                  1e3 * (t1 - t0), 1e3 * (t2 - t1))
-        if self._on_apply is not None:
+        if self._opts.on_apply is not None:
             try:
-                self._on_apply(applied)
+                self._opts.on_apply(applied)
             except Exception:
                 log.exception("on_apply callback failed for step %d", info.step)
         return applied
@@ -666,7 +494,7 @@ class CheckpointWatcher:
             kw["source"] = self._store.name_url(info.path.name)  # the URL for a remote store
         if not self._model_checks:
             return int(self._model.update(weights, **kw))
-        checks: list[Any] = [c for c in (self._check, self._golden) if c is not None]
+        checks: list[Any] = [c for c in (self._opts.check, self._opts.golden) if c is not None]
         try:
             return int(self._model.update(weights, check=checks, **kw))
         except Exception as e:
@@ -675,12 +503,12 @@ class CheckpointWatcher:
             if not isinstance(e, UnknownPreviousError):
                 raise
             log.warning("checkpoint step %d applied without the golden check: %s", info.step, e)
-            return int(self._model.update(weights, check=[c for c in (self._check,) if c is not None], **kw))
+            return int(self._model.update(weights, check=[c for c in (self._opts.check,) if c is not None], **kw))
 
     def _healthy(self, info: CheckpointInfo, before: int | None) -> bool:
         """Run the health check; on failure roll back to version ``before`` and skip the checkpoint."""
         try:
-            ok = self._health(self._model) is not False  # type: ignore[misc]
+            ok = self._opts.health_check(self._model) is not False  # type: ignore[misc]
             why = "returned False"
         except Exception as e:
             ok, why = False, f"{type(e).__name__}: {e}"
@@ -689,11 +517,11 @@ class CheckpointWatcher:
         try:
             self._model.rollback(to=before)
             self._rolled_back += 1
-            self._mark_bad(info, f"health check failed after the update ({why}); rolled back to version {before}")
+            self._scanner.mark_bad(info, f"health check failed after the update ({why}); rolled back to version {before}")
         except ModelClosedError:
             raise
         except Exception as e:
-            self._mark_bad(info, f"health check failed after the update ({why}) and the rollback failed too "
+            self._scanner.mark_bad(info, f"health check failed after the update ({why}) and the rollback failed too "
                                  f"({type(e).__name__}: {e}); the model serves this checkpoint")
             with self._cond:  # it is what is served now: record it so later steps compare against it
                 self._served = info
@@ -703,4 +531,34 @@ class CheckpointWatcher:
     def __repr__(self) -> str:
         state = "running" if self.running else "stopped"
         return (f"<CheckpointWatcher {str(self._dir)!r} {state} step={self._applied_step} applied={self._applied} "
-                f"skipped={self._skipped}>")
+                f"skipped={self.skipped}>")
+
+
+def _want_watchdog(use: bool | None) -> bool:
+    if use is False:
+        return False
+    try:
+        import watchdog.observers  # noqa: F401
+    except ImportError:
+        if use:
+            from ._errors import extra_hint
+
+            raise ImportError(f"use_watchdog=True needs the watchdog package: {extra_hint('watch')}") from None
+        return False
+    return True
+
+
+def _start_observer(directory: Path, wake: threading.Event) -> Any:
+    """A watchdog observer that sets ``wake`` on any event in ``directory``."""
+    from watchdog.events import FileSystemEventHandler
+    from watchdog.observers import Observer
+
+    class _Handler(FileSystemEventHandler):
+        def on_any_event(self, event: Any) -> None:
+            wake.set()
+
+    obs = Observer()
+    obs.schedule(_Handler(), str(directory), recursive=False)
+    obs.daemon = True
+    obs.start()
+    return obs

@@ -823,9 +823,9 @@ def test_a_surprise_exception_in_one_entry_does_not_stop_the_scan(served, caplog
     write_checkpoint(d, _shifted(w, 1), 1)
     write_checkpoint(d, _shifted(w, 2), 2)
     real = ck.read_marker
-    import acl_bundle.watcher as watcher_mod
+    import acl_bundle._checkpoint.scan as scan_mod
 
-    monkeypatch.setattr(watcher_mod, "read_marker",
+    monkeypatch.setattr(scan_mod, "read_marker",
                         lambda p, **k: (_ for _ in ()).throw(RuntimeError("surprise")) if "00000002" in str(p) else real(p, **k))
     wt = CheckpointWatcher(m, d, use_watchdog=False)
     with caplog.at_level(logging.WARNING, logger="acl_bundle"):

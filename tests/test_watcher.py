@@ -86,7 +86,7 @@ def test_corrupt_file_is_logged_skipped_once_and_weights_kept(served, caplog):
     warnings = [r for r in caplog.records if r.levelno == logging.WARNING]
     assert len(warnings) == 1
     assert "step-00000002.ckpt.json" in warnings[0].getMessage() and "SHA-256" in warnings[0].getMessage()
-    assert "keeping the weights of step 1" in warnings[0].getMessage()
+    assert "the model keeps the weights of step 1 (version 1)" in warnings[0].getMessage()
     assert wt.skipped == 1 and wt.applied_step == 1 and m.version == 1
     _assert_device_holds(m, _shifted(w, 1))
     write_checkpoint(d, _shifted(w, 3), 3)  # a good newer one still goes through

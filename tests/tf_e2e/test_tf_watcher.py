@@ -84,7 +84,7 @@ def test_a_corrupt_or_truncated_checkpoint_is_refused_and_the_last_good_weights_
         with caplog.at_level(logging.WARNING, logger="acl_bundle"):
             assert w.poll() is None
         assert w.skipped == 1 and w.applied_step == 4 and m.version == 1
-        assert "skipping checkpoint model.ckpt-6.index" in caplog.text and "keeping the weights of step 4" in caplog.text
+        assert "skipping checkpoint model.ckpt-6.index" in caplog.text and "the model keeps the weights of step 4" in caplog.text
         after = sim.variables(m.bundle_id)
         for k in good:
             np.testing.assert_array_equal(after[k], good[k])
