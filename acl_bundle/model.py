@@ -45,7 +45,7 @@ import threading
 import warnings
 import weakref
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any
+from typing import Any, TypeAlias
 
 import numpy as np
 
@@ -67,7 +67,9 @@ log = logging.getLogger("acl_bundle")
 
 EXIT_WAIT_SECONDS = 5.0
 DEFAULT_HISTORY_BYTES = 512 << 20
-Checks = "Check | Golden | Sequence[Check | Golden] | None"
+Checks: TypeAlias = "Check | Golden | Sequence[Check | Golden] | None"
+# Mapping is invariant in its key type: a dict[str, ndarray] is not a Mapping[int | str, ndarray].
+Weights: TypeAlias = "Mapping[str, np.ndarray] | Mapping[int, np.ndarray] | Mapping[int | str, np.ndarray]"
 
 
 class UnknownPreviousError(ValueError):
@@ -393,7 +395,7 @@ class BundleModel:
 
     def update(
         self,
-        weights: Mapping[int | str, np.ndarray],
+        weights: Weights,
         *,
         step: int | None = None,
         check: Checks = None,
@@ -429,7 +431,7 @@ class BundleModel:
         finally:
             gate.exit()  # type: ignore[union-attr]
 
-    def stage(self, weights: Mapping[int | str, np.ndarray], *, step: int | None = None,
+    def stage(self, weights: Weights, *, step: int | None = None,
               timeout: float | None = None, check: Checks = None, source: str | None = None) -> StagedUpdate:
         """Phase 1 of an update: validate and copy to the device while inference goes on.
 

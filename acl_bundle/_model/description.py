@@ -132,7 +132,7 @@ def _roles(acl: Any, descs: list[int], roles: Mapping[str, int] | None) -> tuple
             raise ValueError(
                 f"roles must map 'infer', 'update' (and 'init' for 3 graphs) to the distinct indexes 0..{n - 1}; got {dict(roles)}"
             )
-        return idx[0], idx[1], idx[2]  # type: ignore[return-value]
+        return idx[0], idx[1], idx[2]
     looks = [_looks_like_update(acl, d) for d in descs]
     if n == 3:
         # The standard layout [infer, init, update] is fixed (pyACL documentation); check it.
@@ -164,6 +164,7 @@ class Description:
     out_sizes: list[int]
 
     profile_of: dict[Any, Any]  # rows an infer call gives -> batch size that runs them (0: static; gears: themselves)
+    _batches: Sequence[int]  # the row counts an infer call may have (with padding: 1 .. the largest)
 
     @classmethod
     def read(cls, acl: Any, descs: list[int], roles: Mapping[str, int] | None,
@@ -174,7 +175,7 @@ class Description:
         self._read_variables(acl, descs[self.update], manifest_vars)
         b = self.batch_sizes
         # With padding, any row count up to the largest batch runs on the next batch size up.
-        self._batches: Sequence[int] = range(1, b[-1] + 1) if (b and pad_batch) else b
+        self._batches = range(1, b[-1] + 1) if (b and pad_batch) else b
         self.profile_of = {r: min(x for x in b if x >= r) for r in self._batches} if b else {0: 0}
         if self.profiles:
             self.profile_of = {g: g for g in self.profiles}
