@@ -9,9 +9,25 @@ ServerReady, ModelReady, ServerMetadata, ModelMetadata, ModelConfig, ModelInfer
 ModelStatistics (the statistics extension), RepositoryIndex, RepositoryModelLoad (``file:`` parameters with ``bytes_param``, one
 atomic update; token in the ``authorization`` metadata) and RepositoryModelUnload
 (refused).  Others answer UNIMPLEMENTED.  Runs on grpc.aio in the server's event loop.
+
+Receive limits, each enforced before the message is parsed: the server's receive limit is
+the infer limit (``max_request_bytes``), which gRPC's core checks against the message's
+length prefix before buffering it (a 256 MiB message to a 64 MiB limit costs the server
+~2 MiB); an infer request's tensor, dim and parameter counts are bounded on its wire bytes
+(:mod:`.grpc_limits`) before protobuf builds it; ``RepositoryModelLoad`` is served as a
+client-streaming call so that its token is checked from the metadata before its message is
+read (an unauthenticated push costs the flow-control window, not its size).  A push is
+bounded by the receive limit of the port it arrives on: the main port's is the infer limit,
+an update port (``grpc_update_port``) has ``max_update_bytes`` and serves only the
+repository calls (and health).
+
+Drain (:meth:`GrpcFrontEnd.stop`): new calls are answered UNAVAILABLE at once (health
+still answers: live, not ready), calls in flight finish up to the grace period, then the
+gRPC server stops.
 """
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -22,6 +38,7 @@ import numpy as np
 from google.protobuf import json_format
 from tritonclient.grpc import model_config_pb2, service_pb2, service_pb2_grpc
 
+from .grpc_limits import WireError, check_infer_request
 from .http_app import EXTENSIONS, SERVER_NAME
 from .protocol import InputTensor, ServeError, response_parameters
 from .service import ModelService
@@ -29,7 +46,9 @@ from .service import ModelService
 log = logging.getLogger("acl_bundle.serve")
 access_log = logging.getLogger("acl_bundle.serve.access")
 
-__all__ = ["create_grpc_server"]
+__all__ = ["GrpcFrontEnd", "create_grpc_server"]
+
+_HEALTH = frozenset({"live", "ready"})
 
 # InferTensorContents field per datatype (typed, non-raw inputs).
 _CONTENTS = {"BOOL": "bool_contents", "INT8": "int_contents", "INT16": "int_contents", "INT32": "int_contents",
@@ -45,17 +64,21 @@ def _metadata(context: grpc.aio.ServicerContext, key: str) -> str | None:
 
 
 class _Servicer(service_pb2_grpc.GRPCInferenceServiceServicer):
-    def __init__(self, service: ModelService, server_version: str, live: Callable[[], bool], max_request_bytes: int) -> None:
+    def __init__(self, service: ModelService, server_version: str, live: Callable[[], bool]) -> None:
         self.s = service
         self.version = server_version
         self.live = live
-        self.max_request_bytes = max_request_bytes
+        self.draining = False  # set by GrpcFrontEnd.stop: every new call but health answers UNAVAILABLE
+        self.in_flight = 0
 
     async def _call(self, name: str, context: grpc.aio.ServicerContext, fn: Callable[[], Awaitable[Any]]) -> Any:
         m = self.s.metrics
         t0 = time.perf_counter()
         code = 200
+        self.in_flight += 1
         try:
+            if self.draining and name not in _HEALTH:
+                raise ServeError(503, "the server is shutting down")
             return await fn()
         except ServeError as e:
             code = e.status
@@ -67,6 +90,7 @@ class _Servicer(service_pb2_grpc.GRPCInferenceServiceServicer):
             log.exception("gRPC %s failed", name)
             await context.abort(grpc.StatusCode.INTERNAL, f"internal error: {type(e).__name__}")
         finally:
+            self.in_flight -= 1
             dt = time.perf_counter() - t0
             m.request_seconds.labels("grpc", name).observe(dt)
             m.requests.labels("grpc", name, str(code)).inc()
@@ -128,9 +152,8 @@ class _Servicer(service_pb2_grpc.GRPCInferenceServiceServicer):
 
     async def ModelInfer(self, request: Any, context: Any) -> Any:
         async def fn() -> Any:
-            if request.ByteSize() > self.max_request_bytes:
-                raise ServeError(413, f"infer request of {request.ByteSize()} bytes is over the limit of "
-                                      f"{self.max_request_bytes} bytes")
+            if isinstance(request, WireError):  # refused by the bounded deserializer, before parsing
+                raise ServeError(400, str(request))
             raw = request.raw_input_contents
             if raw and len(raw) != len(request.inputs):
                 raise ServeError(400, f"{len(raw)} raw_input_contents for {len(request.inputs)} inputs; give one per "
@@ -176,9 +199,13 @@ class _Servicer(service_pb2_grpc.GRPCInferenceServiceServicer):
             return service_pb2.RepositoryIndexResponse(models=[idx(name=self.s.name, version="1", state=state)])
         return await self._call("repository_index", context, fn)
 
-    async def RepositoryModelLoad(self, request: Any, context: Any) -> Any:
+    async def RepositoryModelLoad(self, requests: Any, context: Any) -> Any:
+        """Served client-streaming (the wire is the same as unary): the token before the message is read."""
         async def fn() -> Any:
             self.s.authorize(_metadata(context, "authorization"), "grpc")
+            request = await context.read()
+            if request is grpc.aio.EOF:
+                raise ServeError(400, "the load call carried no request message")
             self.s.check_model(request.model_name)
             files: dict[str, bytes] = {}
             for key, p in request.parameters.items():
@@ -207,25 +234,90 @@ class _Servicer(service_pb2_grpc.GRPCInferenceServiceServicer):
         return await self._call("unload", context, fn)
 
 
-def create_grpc_server(service: ModelService, address: str, *, server_version: str, live: Callable[[], bool],
-                       max_request_bytes: int) -> tuple[grpc.aio.Server, int]:
-    """A grpc.aio server bound to ``address`` (not started); returns (server, bound port).
+def _infer_request(data: bytes) -> Any:
+    """ModelInfer's request deserializer: bounds checked on the wire bytes first; a refusal is returned, not
+    raised (grpcio would answer a raising deserializer INTERNAL), so the handler can answer INVALID_ARGUMENT."""
+    try:
+        check_infer_request(data)
+        return service_pb2.ModelInferRequest.FromString(data)
+    except WireError as e:
+        return e
+    except Exception as e:  # google.protobuf.message.DecodeError
+        return WireError(f"the request is not a valid ModelInferRequest: {e}")
 
-    The receive limit is the larger of the infer and update limits (gRPC has one per
-    server); ModelInfer then enforces the infer limit itself.
+
+_UPDATE_PORT_METHODS = ("ServerLive", "ServerReady", "RepositoryModelLoad", "RepositoryModelUnload")
+
+
+def _handlers(servicer: _Servicer, only: tuple[str, ...] | None) -> grpc.GenericRpcHandler:
+    """The service's method handlers (generated messages), with the bounded infer deserializer and the
+    client-streaming load."""
+    desc = service_pb2.DESCRIPTOR.services_by_name["GRPCInferenceService"]
+    handlers = {}
+    for m in desc.methods:
+        impl = getattr(type(servicer), m.name, None)
+        if impl is getattr(service_pb2_grpc.GRPCInferenceServiceServicer, m.name, None) or (only and m.name not in only):
+            continue  # not implemented here: grpc answers UNIMPLEMENTED
+        req_cls, resp_cls = getattr(service_pb2, m.input_type.name), getattr(service_pb2, m.output_type.name)
+        fn = getattr(servicer, m.name)
+        if m.name == "ModelInfer":
+            handlers[m.name] = grpc.unary_unary_rpc_method_handler(
+                fn, request_deserializer=_infer_request, response_serializer=resp_cls.SerializeToString)
+        elif m.name == "RepositoryModelLoad":
+            handlers[m.name] = grpc.stream_unary_rpc_method_handler(
+                fn, request_deserializer=req_cls.FromString, response_serializer=resp_cls.SerializeToString)
+        elif m.client_streaming and m.server_streaming:
+            handlers[m.name] = grpc.stream_stream_rpc_method_handler(
+                fn, request_deserializer=_infer_request if m.name == "ModelStreamInfer" else req_cls.FromString,
+                response_serializer=resp_cls.SerializeToString)
+        else:
+            handlers[m.name] = grpc.unary_unary_rpc_method_handler(
+                fn, request_deserializer=req_cls.FromString, response_serializer=resp_cls.SerializeToString)
+    return grpc.method_handlers_generic_handler(desc.full_name, handlers)
+
+
+class GrpcFrontEnd:
+    """One grpc.aio server and its servicer: ``start()``, and ``stop(grace)`` that drains first."""
+
+    def __init__(self, server: grpc.aio.Server, servicer: _Servicer) -> None:
+        self.server, self.servicer = server, servicer
+        self.drained: bool | None = None  # after stop: did every call in flight finish within the grace?
+
+    async def start(self) -> None:
+        await self.server.start()
+
+    async def stop(self, grace: float | None) -> None:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + (grace or 0.0)
+        self.servicer.draining = True
+        while self.servicer.in_flight and loop.time() < deadline:
+            await asyncio.sleep(0.005)
+        self.drained = not self.servicer.in_flight
+        if not self.drained:
+            log.warning("gRPC: %d calls still running after the %.1f s drain; cancelling them",
+                        self.servicer.in_flight, grace or 0.0)
+        await self.server.stop(max(0.2, deadline - loop.time()))
+
+
+def create_grpc_server(service: ModelService, address: str, *, server_version: str, live: Callable[[], bool],
+                       max_request_bytes: int, updates_only: bool = False) -> tuple[GrpcFrontEnd, int]:
+    """A gRPC server bound to ``address`` (not started); returns (front end, bound port).
+
+    Its receive limit is ``max_request_bytes`` (infer), or ``service.max_update_bytes`` for an
+    update port (``updates_only``: health and the repository calls only).
     """
-    limit = max(max_request_bytes, service.max_update_bytes)
+    limit = service.max_update_bytes if updates_only else max_request_bytes
     server = grpc.aio.server(options=[
         ("grpc.max_receive_message_length", min(limit, 2**31 - 1)),
         ("grpc.max_send_message_length", -1),
         ("grpc.so_reuseport", 0),
     ])
-    service_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(
-        _Servicer(service, server_version, live, max_request_bytes), server)
+    servicer = _Servicer(service, server_version, live)
+    server.add_generic_rpc_handlers((_handlers(servicer, _UPDATE_PORT_METHODS if updates_only else None),))
     try:
         port = server.add_insecure_port(address)
     except RuntimeError:
         port = 0
     if not port:
         raise OSError(f"cannot bind the gRPC server to {address}")
-    return server, port
+    return GrpcFrontEnd(server, servicer), port

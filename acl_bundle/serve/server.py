@@ -54,6 +54,7 @@ class ServeConfig:
     host: str = "127.0.0.1"
     http_port: int = 8000
     grpc_port: int | None = 8001
+    grpc_update_port: int | None = None  # a gRPC port for weight pushes up to max_update_bytes (grpc_service.py)
     model_name: str | None = None
     watch: str | None = None
     poll_interval: float = 0.5
@@ -72,7 +73,7 @@ class ServeConfig:
 
     def validate(self) -> None:
         problems = []
-        for name in ("http_port",) + (("grpc_port",) if self.grpc_port is not None else ()):
+        for name in ("http_port",) + tuple(n for n in ("grpc_port", "grpc_update_port") if getattr(self, n) is not None):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int) or not 0 <= v <= 65535:
                 problems.append(f"{name} must be 0..65535, got {v!r}")
@@ -152,6 +153,7 @@ class Server:
             require_weights=config.require_weights, max_update_bytes=config.max_update_bytes)
         self.http_port: int | None = None
         self.grpc_port: int | None = None
+        self.grpc_update_port: int | None = None
         self.exit_code: int | None = None
         self._live = False
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -211,7 +213,7 @@ class Server:
         uv = _Uvicorn(uvicorn.Config(app, host=cfg.host, port=cfg.http_port, log_config=None, access_log=False,
                                      lifespan="off", timeout_graceful_shutdown=cfg.drain_timeout,
                                      server_header=False, h11_max_incomplete_event_size=64 * 1024))
-        grpc_server = None
+        grpc_server = grpc_updates = None
         uv_task: asyncio.Task[None] | None = None
         code = 0
         try:
@@ -221,6 +223,11 @@ class Server:
                     self.service, f"{host}:{cfg.grpc_port}", server_version=version, live=lambda: self._live,
                     max_request_bytes=cfg.max_request_bytes)
                 await grpc_server.start()
+            if cfg.grpc_update_port is not None:
+                grpc_updates, self.grpc_update_port = create_grpc_server(
+                    self.service, f"{host}:{cfg.grpc_update_port}", server_version=version,
+                    live=lambda: self._live, max_request_bytes=cfg.max_request_bytes, updates_only=True)
+                await grpc_updates.start()
             sock = _listen(cfg.host, cfg.http_port)  # bound here so a busy port is a clear error, not uvicorn's exit
             self.http_port = sock.getsockname()[1]
             uv_task = loop.create_task(uv.serve(sockets=[sock]))
@@ -248,7 +255,7 @@ class Server:
             log.error("serve failed: %s: %s", type(e).__name__, e)
             code = 1
         finally:
-            await self._shutdown(uv, uv_task, grpc_server)
+            await self._shutdown(uv, uv_task, grpc_server, grpc_updates)
             if signals:
                 for sig in (signal.SIGTERM, signal.SIGINT):
                     loop.remove_signal_handler(sig)
@@ -272,14 +279,16 @@ class Server:
         return await asyncio.get_running_loop().run_in_executor(
             None, lambda: BundleModel(cfg.model, device_id=cfg.device_id, acl=cfg.acl, max_concurrency=cfg.instances))
 
-    async def _shutdown(self, uv: _Uvicorn, uv_task: asyncio.Task[None] | None, grpc_server: Any) -> None:
+    async def _shutdown(self, uv: _Uvicorn, uv_task: asyncio.Task[None] | None, grpc_server: Any,
+                        grpc_updates: Any = None) -> None:
         cfg = self.config
         self.service.shutting_down = True
         self.service._refresh_ready()
         uv.should_exit = True
         waits = []
-        if grpc_server is not None:
-            waits.append(grpc_server.stop(cfg.drain_timeout))
+        for g in (grpc_server, grpc_updates):
+            if g is not None:  # GrpcFrontEnd.stop: new calls UNAVAILABLE, in-flight ones finish, then stop
+                waits.append(g.stop(cfg.drain_timeout))
         if uv_task is not None:
             waits.append(uv_task)
         if waits:
