@@ -47,4 +47,6 @@ def get_first_aipp_info(model_id: int, index: int) -> tuple[dict, int]:
         ret = _verify_index("get_first_aipp_info", model_id, index)
     if ret:
         return {}, ret
-    return {}, set_err(S.E_AIPP_NOT_EXIST, f"get_first_aipp_info: input {index} of model {model_id} is not configured with AIPP")
+    return {}, set_err(
+        S.E_AIPP_NOT_EXIST, f"get_first_aipp_info: input {index} of model {model_id} is not configured with AIPP"
+    )

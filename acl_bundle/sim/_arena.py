@@ -16,6 +16,7 @@ and writable, so late work on a freed block (a user bug) reads zeros instead of 
 from __future__ import annotations
 
 import bisect
+import contextlib
 import ctypes
 import mmap
 import threading
@@ -51,10 +52,8 @@ class Arena:
                 continue
             huge = getattr(mmap, "MADV_HUGEPAGE", None)
             if huge is not None:  # numpy asks the same for its large arrays: copies then cost what numpy's do
-                try:
+                with contextlib.suppress(OSError):  # THP off or unsupported: 4 KiB pages, slower copies, same results
                     mm.madvise(huge)
-                except OSError:  # THP off or unsupported: 4 KiB pages, slower copies, same results
-                    pass
             self._mm = mm
             self.base = ctypes.addressof(ctypes.c_char.from_buffer(mm))
             self.end = self.base + size

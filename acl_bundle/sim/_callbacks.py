@@ -20,7 +20,8 @@ import collections
 import logging
 import threading
 import time
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from .._constants import ACL_CALLBACK_BLOCK, ACL_CALLBACK_NO_BLOCK
 from . import _state as S
@@ -80,7 +81,10 @@ def subscribe_report(thread_id: int, stream: int) -> int:
             return ret
         key = _key(stream)
         if key in WORLD.subscriptions:
-            return set_err(S.E_STREAM_SUB, f"subscribe_report: stream {stream:#x} already has a callback thread ({WORLD.subscriptions[key]})")
+            return set_err(
+                S.E_STREAM_SUB,
+                f"subscribe_report: stream {stream:#x} already has a callback thread ({WORLD.subscriptions[key]})",
+            )
         WORLD.subscriptions[key] = thread_id
     return 0
 
@@ -96,7 +100,9 @@ def unsubscribe_report(thread_id: int, stream: int) -> int:
         if have is None:
             return set_err(S.E_STREAM_SUB, f"unsubscribe_report: stream {stream:#x} has no callback thread")
         if have != thread_id:
-            return set_err(S.E_THREAD_SUB, f"unsubscribe_report: stream {stream:#x} is bound to thread {have}, not {thread_id}")
+            return set_err(
+                S.E_THREAD_SUB, f"unsubscribe_report: stream {stream:#x} is bound to thread {have}, not {thread_id}"
+            )
         del WORLD.subscriptions[key]
     return 0
 
@@ -107,7 +113,10 @@ def launch_callback(fn: Callable[[Any], Any], user_data: Any, block_type: int, s
     if not callable(fn):
         raise TypeError(f"launch_callback: fn must be callable, not {type(fn).__name__}")
     if block_type not in (ACL_CALLBACK_NO_BLOCK, ACL_CALLBACK_BLOCK):
-        return set_err(S.E_PARAM, f"launch_callback: block_type {block_type} is neither ACL_CALLBACK_NO_BLOCK (0) nor ACL_CALLBACK_BLOCK (1)")
+        return set_err(
+            S.E_PARAM,
+            f"launch_callback: block_type {block_type} is neither ACL_CALLBACK_NO_BLOCK (0) nor ACL_CALLBACK_BLOCK (1)",
+        )
     with LOCK:
         ret = check_stream("launch_callback", stream)
         if ret:
@@ -115,7 +124,10 @@ def launch_callback(fn: Callable[[Any], Any], user_data: Any, block_type: int, s
         key = _key(stream)
         tid = WORLD.subscriptions.get(key)
         if tid is None:
-            return set_err(S.E_NO_CB_REG, f"launch_callback: stream {stream:#x} is not bound to any thread; call acl.rt.subscribe_report first")
+            return set_err(
+                S.E_NO_CB_REG,
+                f"launch_callback: stream {stream:#x} is not bound to any thread; call acl.rt.subscribe_report first",
+            )
         gen = WORLD.gen
 
         def work() -> int:
@@ -198,7 +210,10 @@ def process_report(timeout: int) -> int:
     deadline = None if timeout == -1 else time.monotonic() + timeout / 1000
     with LOCK:
         if tid not in WORLD.subscriptions.values():
-            return set_err(S.E_THREAD_SUB, f"process_report: thread {tid} is not subscribed to any stream (acl.rt.subscribe_report)")
+            return set_err(
+                S.E_THREAD_SUB,
+                f"process_report: thread {tid} is not subscribed to any stream (acl.rt.subscribe_report)",
+            )
         gen = WORLD.gen
     while True:
         with LOCK:

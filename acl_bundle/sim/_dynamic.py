@@ -29,7 +29,7 @@ class Dynamic:
     gear_outputs: tuple[tuple[tuple[int, ...], ...], ...] = ()  # hw/dims: output shapes per gear
 
     @classmethod
-    def of(cls, mf: ModelFile, inputs: tuple[TensorSpec, ...], outputs: tuple[TensorSpec, ...]) -> "Dynamic | None":
+    def of(cls, mf: ModelFile, inputs: tuple[TensorSpec, ...], outputs: tuple[TensorSpec, ...]) -> Dynamic | None:
         if not mf.dynamic:
             return None
         go = tuple(tuple(tuple(s) for s in gear) for gear in mf.gear_outputs)

@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import ctypes
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 
@@ -102,7 +103,9 @@ def _ort() -> Any:
     try:
         import onnxruntime  # noqa: PLC0415
     except ImportError:
-        log.error("acl_bundle.sim needs onnxruntime to load models: pip install -e '.[sim]' in a checkout of acl_bundle")
+        log.error(
+            "acl_bundle.sim needs onnxruntime to load models: pip install -e '.[sim]' in a checkout of acl_bundle"
+        )
         return None
     return onnxruntime
 
@@ -172,7 +175,10 @@ def _sessions(name: str, mf: ModelFile) -> tuple[dict[int, Any] | None, int]:
         if ort is None:
             ort = _ort()
             if ort is None:
-                return None, set_err(S.E_LOAD, f"{name}: onnxruntime is not installed (pip install -e '.[sim]' in a checkout of acl_bundle)")
+                return None, set_err(
+                    S.E_LOAD,
+                    f"{name}: onnxruntime is not installed (pip install -e '.[sim]' in a checkout of acl_bundle)",
+                )
         extra = [v.name for v in mf.variables] if g.role == "infer" else []
         sess, why = _session(ort, g, extra, mf.precision_mode)
         if sess is None:
@@ -270,7 +276,9 @@ def unload(model_id: int) -> int:
         if m is None:
             return set_err(S.E_MODEL_ID, f"unload: model id {model_id} is not loaded")
         if m.bundle is not None:
-            return set_err(S.E_PARAM, f"unload: model {model_id} belongs to bundle {m.bundle.id}; use acl.mdl.bundle_unload")
+            return set_err(
+                S.E_PARAM, f"unload: model {model_id} belongs to bundle {m.bundle.id}; use acl.mdl.bundle_unload"
+            )
         del WORLD.models[model_id]
     return 0
 
@@ -516,7 +524,9 @@ def get_input_dynamic_dims(model_desc: int, index: int, gear_count: int) -> tupl
         dyn = _kind(d, "dims")
         n = len(dyn.gears) if dyn is not None else 0
         if gear_count < n:
-            return [], set_err(S.E_PARAM, f"get_input_dynamic_dims: gear_count {gear_count} is less than the model's {n} gears")
+            return [], set_err(
+                S.E_PARAM, f"get_input_dynamic_dims: gear_count {gear_count} is less than the model's {n} gears"
+            )
         out = []
         for g in range(n):
             dims = dyn.all_dims(g)  # type: ignore[union-attr]
@@ -524,7 +534,16 @@ def get_input_dynamic_dims(model_desc: int, index: int, gear_count: int) -> tupl
         return out, 0
 
 
-def _set_gear(name: str, kind: str, model_id: int, dataset: int, index: int, values: tuple[int, ...] | None, *, dims: list[int] | None = None) -> int:
+def _set_gear(
+    name: str,
+    kind: str,
+    model_id: int,
+    dataset: int,
+    index: int,
+    values: tuple[int, ...] | None,
+    *,
+    dims: list[int] | None = None,
+) -> int:
     """Common part of set_dynamic_batch_size / set_dynamic_hw_size / set_input_dynamic_dims (LOCK held)."""
     m = WORLD.models.get(model_id)
     if m is None:
@@ -551,10 +570,15 @@ def _set_gear(name: str, kind: str, model_id: int, dataset: int, index: int, val
             return set_err(S.E_DYN_LENGTH, f"{name}: {why}")
     assert values is not None
     if db.size < 4 * len(values):
-        return set_err(S.E_DYN_LENGTH, f"{name}: the {ACL_DYNAMIC_TENSOR_NAME} buffer has {db.size} bytes, needs >= {4 * len(values)}")
+        return set_err(
+            S.E_DYN_LENGTH,
+            f"{name}: the {ACL_DYNAMIC_TENSOR_NAME} buffer has {db.size} bytes, needs >= {4 * len(values)}",
+        )
     g = dyn.find(values)
     if g is None:
-        return set_err(S.E_BATCH, f"{name}: {list(values)} is not one of the model's gears {[list(x) for x in dyn.gears]}")
+        return set_err(
+            S.E_BATCH, f"{name}: {list(values)} is not one of the model's gears {[list(x) for x in dyn.gears]}"
+        )
     if device_range(db.addr, db.size) is None:
         return set_err(S.E_PARAM, f"{name}: buffer {index} {describe(db.addr)} is not device memory")
     write_values(db.addr, db.size, values)
@@ -580,12 +604,18 @@ def set_dynamic_hw_size(model_id: int, dataset: int, index: int, height: int, wi
 def set_input_dynamic_dims(model_id: int, dataset: int, index: int, dims: dict) -> int:
     """``dims = {"dimCount": n, "name": "", "dims": [...]}``: all input dims of one gear (ge_executor.cc:515, :585)."""
     S.check_int(("model_id", model_id), ("dataset", dataset), ("index", index))
-    if not isinstance(dims, dict) or not isinstance(dims.get("dims"), list) or not isinstance(dims.get("dimCount"), int):
+    if (
+        not isinstance(dims, dict)
+        or not isinstance(dims.get("dims"), list)
+        or not isinstance(dims.get("dimCount"), int)
+    ):
         raise TypeError("set_input_dynamic_dims: dims must be a dict with an int 'dimCount' and a list 'dims'")
     values = dims["dims"][: dims["dimCount"]]
     S.check_int(*((f"dims[{k}]", v) for k, v in enumerate(values)))
     with LOCK:
-        return _set_gear("set_input_dynamic_dims", "dims", model_id, dataset, index, None, dims=[int(v) for v in values])
+        return _set_gear(
+            "set_input_dynamic_dims", "dims", model_id, dataset, index, None, dims=[int(v) for v in values]
+        )
 
 
 # ---- execute -----------------------------------------------------------------------------
@@ -599,16 +629,27 @@ def _prepare(name: str, model_id: int, in_ds: int, out_ds: int) -> tuple[int, Wo
         return set_err(S.E_MODEL_ID, f"{name}: model id {model_id} is not loaded (or was unloaded)"), None
     cur = S.current_context()
     if cur is not None and cur.id != m.ctx:  # api_impl.cc:4419 (ModelExecute), :4441 (ModelExecuteAsync)
-        return set_err(S.E_MODEL_CTX, f"{name}: model {model_id} was loaded in context {m.ctx:#x}, but the current context is {cur.id:#x}"), None
+        return set_err(
+            S.E_MODEL_CTX,
+            f"{name}: model {model_id} was loaded in context {m.ctx:#x}, but the current context is {cur.id:#x}",
+        ), None
     ids, ods = get_ds(in_ds), get_ds(out_ds)
     if ids is None:
         return set_err(S.E_PARAM, f"{name}: input dataset {in_ds!r} is not a live dataset"), None
     if ods is None:
         return set_err(S.E_PARAM, f"{name}: output dataset {out_ds!r} is not a live dataset"), None
     if len(ids.buffers) != len(m.inputs):
-        return set_err(S.E_PARAM, f"{name}: input dataset has {len(ids.buffers)} buffers, model {model_id} ({m.role}) has {len(m.inputs)} inputs"), None
+        return set_err(
+            S.E_PARAM,
+            f"{name}: input dataset has {len(ids.buffers)} buffers, model {model_id} ({m.role}) has {len(m.inputs)} "
+            "inputs",
+        ), None
     if len(ods.buffers) != len(m.outputs):
-        return set_err(S.E_PARAM, f"{name}: output dataset has {len(ods.buffers)} buffers, model {model_id} ({m.role}) has {len(m.outputs)} outputs"), None
+        return set_err(
+            S.E_PARAM,
+            f"{name}: output dataset has {len(ods.buffers)} buffers, model {model_id} ({m.role}) has {len(m.outputs)} "
+            "outputs",
+        ), None
     in_dbs = [get_db(h) for h in ids.buffers]
     out_dbs = [get_db(h) for h in ods.buffers]
     for side, dbs in (("input", in_dbs), ("output", out_dbs)):
@@ -628,11 +669,19 @@ def _gear_of(name: str, m: Model, mb: Any) -> tuple[int | None, int]:
     assert dyn is not None
     values = read_values(mb.addr, mb.size, dyn.width)
     if values is None:
-        return None, set_err(S.E_PARAM, f"{name}: {ACL_DYNAMIC_TENSOR_NAME} buffer has {mb.size} bytes, needs >= {4 * dyn.width}")
+        return None, set_err(
+            S.E_PARAM, f"{name}: {ACL_DYNAMIC_TENSOR_NAME} buffer has {mb.size} bytes, needs >= {4 * dyn.width}"
+        )
     g = dyn.find(values)
     if g is None:
-        how = {"batch": "set_dynamic_batch_size", "hw": "set_dynamic_hw_size", "dims": "set_input_dynamic_dims"}[dyn.kind]
-        return None, set_err(S.E_BATCH, f"{name}: dynamic {dyn.kind} not set or invalid ({list(values)}); call {how} with one of {[list(x) for x in dyn.gears]}")
+        how = {"batch": "set_dynamic_batch_size", "hw": "set_dynamic_hw_size", "dims": "set_input_dynamic_dims"}[
+            dyn.kind
+        ]
+        return None, set_err(
+            S.E_BATCH,
+            f"{name}: dynamic {dyn.kind} not set or invalid ({list(values)}); call {how} with one of "
+            f"{[list(x) for x in dyn.gears]}",
+        )
     return g, 0
 
 
@@ -641,7 +690,11 @@ def _prepare_infer(name: str, m: Model, ids: Any, in_dbs: list, out_dbs: list) -
     for i, db in enumerate(in_dbs):
         blk = device_range(db.addr, db.size) if db.addr else None
         if blk is None:
-            return set_err(S.E_PARAM, f"{name}: input {i} ({m.inputs[i].name}) buffer {describe(db.addr) if db.addr else 'NULL'} +{db.size} is not device memory"), None
+            return set_err(
+                S.E_PARAM,
+                f"{name}: input {i} ({m.inputs[i].name}) buffer {describe(db.addr) if db.addr else 'NULL'} +{db.size} "
+                "is not device memory",
+            ), None
         keep.append(blk.owner())
     specs_in, specs_out = m.graph.inputs, m.graph.outputs
     gear: int | None = None
@@ -655,10 +708,15 @@ def _prepare_infer(name: str, m: Model, ids: Any, in_dbs: list, out_dbs: list) -
     for i, (spec, shape) in enumerate(zip(specs_in, shapes_in)):
         need = spec.nbytes_of(shape)
         if in_dbs[i].size < need:
-            return set_err(S.E_PARAM, f"{name}: input {i} ({spec.name}) buffer has {in_dbs[i].size} bytes, needs {need}"), None
+            return set_err(
+                S.E_PARAM, f"{name}: input {i} ({spec.name}) buffer has {in_dbs[i].size} bytes, needs {need}"
+            ), None
         td = get_td(ids.descs[i]) if ids.descs[i] else None
         if td is not None and td.dims != list(shape):
-            return set_err(S.E_PARAM, f"{name}: input {i} ({spec.name}) tensor desc dims {td.dims} differ from the model's {list(shape)}"), None
+            return set_err(
+                S.E_PARAM,
+                f"{name}: input {i} ({spec.name}) tensor desc dims {td.dims} differ from the model's {list(shape)}",
+            ), None
     to_alloc: list[int] = []
     for i, (spec, shape) in enumerate(zip(specs_out, shapes_out)):
         db = out_dbs[i]
@@ -668,9 +726,14 @@ def _prepare_infer(name: str, m: Model, ids: Any, in_dbs: list, out_dbs: list) -
             continue
         blk = device_range(db.addr, db.size) if db.addr else None
         if blk is None:
-            return set_err(S.E_PARAM, f"{name}: output {i} ({spec.name}) buffer {describe(db.addr)} +{db.size} is not device memory"), None
+            return set_err(
+                S.E_PARAM,
+                f"{name}: output {i} ({spec.name}) buffer {describe(db.addr)} +{db.size} is not device memory",
+            ), None
         if db.size < need:
-            return set_err(S.E_PARAM, f"{name}: output {i} ({spec.name}) buffer has {db.size} bytes, needs {need}"), None
+            return set_err(
+                S.E_PARAM, f"{name}: output {i} ({spec.name}) buffer has {db.size} bytes, needs {need}"
+            ), None
         keep.append(blk.owner())
     made = []
     for i in to_alloc:
@@ -683,12 +746,16 @@ def _prepare_infer(name: str, m: Model, ids: Any, in_dbs: list, out_dbs: list) -
         made.append(blk)
         keep.append(blk.owner())
         out_dbs[i].addr, out_dbs[i].size = blk.ptr, need
-    bind_in = [(s.name, s.np_dtype, list(shape), in_dbs[i].addr) for i, (s, shape) in enumerate(zip(specs_in, shapes_in))]
+    bind_in = [
+        (s.name, s.np_dtype, list(shape), in_dbs[i].addr) for i, (s, shape) in enumerate(zip(specs_in, shapes_in))
+    ]
     if m.bundle is not None:
         for v in m.bundle.vars:
             bind_in.append((v.spec.name, v.spec.np_dtype, list(v.spec.shape), v.ptr))
             keep.append(v.buf)
-    bind_out = [(s.name, s.np_dtype, list(shape), out_dbs[i].addr) for i, (s, shape) in enumerate(zip(specs_out, shapes_out))]
+    bind_out = [
+        (s.name, s.np_dtype, list(shape), out_dbs[i].addr) for i, (s, shape) in enumerate(zip(specs_out, shapes_out))
+    ]
     sess = m.session
 
     def work() -> int:
@@ -700,7 +767,7 @@ def _prepare_infer(name: str, m: Model, ids: Any, in_dbs: list, out_dbs: list) -
             for n, dt, shape, ptr in bind_out:
                 io.bind_output(n, "cpu", 0, dt.type, shape, ptr)
             sess.run_with_iobinding(io)
-            for (n, dt, shape, ptr), ov in zip(bind_out, io.get_outputs()):
+            for (_n, dt, _shape, ptr), ov in zip(bind_out, io.get_outputs()):
                 if ov.data_ptr() != ptr:  # onnxruntime allocated its own output: copy it into place
                     arr = np.ascontiguousarray(ov.numpy(), dtype=dt)
                     ctypes.memmove(ptr, arr.ctypes.data, arr.nbytes)
@@ -751,20 +818,38 @@ def _prepare_update(name: str, m: Model, ids: Any, in_dbs: list) -> tuple[int, W
         v, db = b.vars[i], in_dbs[i]
         td = get_td(ids.descs[i]) if ids.descs[i] else None
         if td is None:
-            return set_err(S.E_PARAM, f"{name}: update input {i} ({v.spec.name}_var_data) has no tensor desc; use dims [0] for unchanged weights"), None
+            return set_err(
+                S.E_PARAM,
+                f"{name}: update input {i} ({v.spec.name}_var_data) has no tensor desc; use dims [0] for unchanged "
+                "weights",
+            ), None
         if td.dims and all(d >= 0 for d in td.dims) and 0 in td.dims:
             if (device_range(db.addr, 1) if db.addr else None) is None:
-                return set_err(S.E_PARAM, f"{name}: update input {i} ({v.spec.name}) is empty but its buffer {describe(db.addr) if db.addr else 'NULL'} is not a live device address"), None
+                return set_err(
+                    S.E_PARAM,
+                    f"{name}: update input {i} ({v.spec.name}) is empty but its buffer "
+                    f"{describe(db.addr) if db.addr else 'NULL'} is not a live device address",
+                ), None
             nonempty.discard(i)
             continue
         if td.dims != list(v.spec.shape):
-            return set_err(S.E_SHAPE, f"{name}: update input {i} ({v.spec.name}) desc dims {td.dims} != variable shape {list(v.spec.shape)}"), None
+            return set_err(
+                S.E_SHAPE,
+                f"{name}: update input {i} ({v.spec.name}) desc dims {td.dims} != variable shape {list(v.spec.shape)}",
+            ), None
         if NUMPY_TO_ACL.get(v.spec.np_dtype) != td.dtype:
-            return set_err(S.E_DTYPE, f"{name}: update input {i} ({v.spec.name}) desc dtype {td.dtype} != variable dtype {v.spec.dtype}"), None
+            return set_err(
+                S.E_DTYPE,
+                f"{name}: update input {i} ({v.spec.name}) desc dtype {td.dtype} != variable dtype {v.spec.dtype}",
+            ), None
         n = v.spec.nbytes()
         blk = device_range(db.addr, n) if db.addr else None
         if db.size < n or blk is None:
-            return set_err(S.E_SHAPE, f"{name}: update input {i} ({v.spec.name}) buffer {describe(db.addr) if db.addr else 'NULL'} size {db.size} does not cover the variable's {n} bytes of device memory"), None
+            return set_err(
+                S.E_SHAPE,
+                f"{name}: update input {i} ({v.spec.name}) buffer {describe(db.addr) if db.addr else 'NULL'} size "
+                f"{db.size} does not cover the variable's {n} bytes of device memory",
+            ), None
         nonempty.add(i)
         copies.append((v, db.addr, n, blk.owner()))
     ids.nonempty, ids.checked_for, ids.checked_frees = nonempty, m.id, WORLD.device_frees
@@ -799,7 +884,10 @@ def execute(model_id: int, input: int, output: int) -> int:
 
 @api("acl.mdl.execute_async", "ret", ge_init=True, ctx=True, pre=ints("model_id", "input", "output", "stream"))
 def execute_async(model_id: int, input: int, output: int, stream: int) -> int:
-    """Validated now; runs when the stream is waited for (0: the context's default stream). Another context's stream -> 107003."""
+    """Validated now; runs when the stream is waited for (0: the context's default stream).
+
+    Another context's stream -> 107003.
+    """
     from ._rt import check_stream, enqueue
 
     with LOCK:

@@ -28,8 +28,9 @@ from __future__ import annotations
 import ctypes
 import io
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 
@@ -54,7 +55,9 @@ def _pil() -> Any:
     try:
         from PIL import Image
     except ImportError as e:  # pragma: no cover - Pillow is in the sim extra
-        raise ImportError("acl.media on the simulator decodes and encodes with Pillow: pip install 'acl-bundle[sim]'") from e
+        raise ImportError(
+            "acl.media on the simulator decodes and encodes with Pillow: pip install 'acl-bundle[sim]'"
+        ) from e
     return Image
 
 
@@ -165,7 +168,11 @@ def dvpp_free(dev_ptr: int) -> int:
     with LOCK:
         blk = WORLD.device_blocks.get(dev_ptr)
         if blk is None or not blk.dvpp:
-            why = "came from acl.rt.malloc (free it with acl.rt.free)" if blk is not None else "is not the start of a live dvpp_malloc block (double free?)"
+            why = (
+                "came from acl.rt.malloc (free it with acl.rt.free)"
+                if blk is not None
+                else "is not the start of a live dvpp_malloc block (double free?)"
+            )
             return set_err(S.E_RT_PARAM, f"dvpp_free: {describe(dev_ptr)} {why}")
         free_device_block(blk)
     return 0
@@ -182,7 +189,10 @@ def dvpp_destroy_channel_desc(channel_desc: int) -> int:
     with LOCK:
         ch = _get(ChannelDesc, channel_desc)
         if ch is not None and ch.created:
-            return set_err(S.E_PARAM, f"dvpp_destroy_channel_desc: channel {channel_desc:#x} is still created (dvpp_destroy_channel first)")
+            return set_err(
+                S.E_PARAM,
+                f"dvpp_destroy_channel_desc: channel {channel_desc:#x} is still created (dvpp_destroy_channel first)",
+            )
     return _destroy("dvpp_destroy_channel_desc", ChannelDesc, channel_desc)
 
 
@@ -299,7 +309,9 @@ def dvpp_set_roi_config(roi_config: int, left: int, right: int, top: int, bottom
     with LOCK:
         r = _get(Roi, roi_config)
         if r is None or min(left, right, top, bottom) < 0:
-            return set_err(S.E_PARAM, f"dvpp_set_roi_config: {roi_config:#x} is not a live roi config or an offset is negative")
+            return set_err(
+                S.E_PARAM, f"dvpp_set_roi_config: {roi_config:#x} is not a live roi config or an offset is negative"
+            )
         r.left, r.right, r.top, r.bottom = left, right, top, bottom
     return 0
 
@@ -310,7 +322,9 @@ def _roi_setter(side: str) -> Callable:
         with LOCK:
             r = _get(Roi, roi_config)
             if r is None or value < 0:
-                return set_err(S.E_PARAM, f"dvpp_set_roi_config_{side}: {roi_config:#x} is not a live roi config or {value} < 0")
+                return set_err(
+                    S.E_PARAM, f"dvpp_set_roi_config_{side}: {roi_config:#x} is not a live roi config or {value} < 0"
+                )
             setattr(r, side, value)
         return 0
 
@@ -337,7 +351,11 @@ def dvpp_set_resize_config_interpolation(resize_config: int, interpolation: int)
     with LOCK:
         c = _get(ResizeConfig, resize_config)
         if c is None or not 0 <= interpolation <= 4:
-            return set_err(S.E_PARAM, f"dvpp_set_resize_config_interpolation: {resize_config:#x} is not a live resize config or {interpolation} not in 0..4")
+            return set_err(
+                S.E_PARAM,
+                f"dvpp_set_resize_config_interpolation: {resize_config:#x} is not a live resize config or "
+                f"{interpolation} not in 0..4",
+            )
         c.interpolation = interpolation
     return 0
 
@@ -365,7 +383,11 @@ def dvpp_set_jpege_config_level(jpege_config: int, level: int) -> int:
     with LOCK:
         c = _get(JpegeConfig, jpege_config)
         if c is None or not 0 <= level <= 100:
-            return set_err(S.E_PARAM, f"dvpp_set_jpege_config_level: {jpege_config:#x} is not a live jpege config or level {level} not in 0..100")
+            return set_err(
+                S.E_PARAM,
+                f"dvpp_set_jpege_config_level: {jpege_config:#x} is not a live jpege config or level {level} not in "
+                "0..100",
+            )
         c.level = level
     return 0
 
@@ -396,7 +418,9 @@ def _refuse(msg: str, code: int = S.E_PARAM) -> Refused:
 def _channel(name: str, channel_desc: int) -> ChannelDesc:
     ch = _get(ChannelDesc, channel_desc)
     if ch is None or not ch.created:
-        raise _refuse(f"{name}: {channel_desc!r} is not a created channel (dvpp_create_channel_desc + dvpp_create_channel)")
+        raise _refuse(
+            f"{name}: {channel_desc!r} is not a created channel (dvpp_create_channel_desc + dvpp_create_channel)"
+        )
     return ch
 
 
@@ -415,13 +439,18 @@ def _pic(name: str, h: int, role: str, *, in_max: int = 4096) -> PicDesc:
         raise _refuse(f"{name}: {role} {h!r} is not a live pic desc")
     if pd.format not in YUV420SP:
         if pd.format in DOCUMENTED_FORMATS:
-            raise NotImplementedInSimulator(f"{name}: {role} format {pd.format}: the simulator's VPC handles YUV420SP NV12 (1) / NV21 (2) only")
+            raise NotImplementedInSimulator(
+                f"{name}: {role} format {pd.format}: the simulator's VPC handles YUV420SP NV12 (1) / NV21 (2) only"
+            )
         raise _refuse(f"{name}: {role} format {pd.format} is not an acldvppPixelFormat")
     w, h_, ws, hs = pd.width, pd.height, pd.width_stride, pd.height_stride
     if w <= 0 or h_ <= 0 or w % 2 or h_ % 2:
         raise _refuse(f"{name}: {role} {w}x{h_}: YUV420SP width and height must be even and > 0")
     if ws % 16 or ws < w or hs % 2 or hs < h_:
-        raise _refuse(f"{name}: {role} strides {ws}x{hs}: width stride must be a multiple of 16 >= width {w}, height stride a multiple of 2 >= height {h_}")
+        raise _refuse(
+            f"{name}: {role} strides {ws}x{hs}: width stride must be a multiple of 16 >= width {w}, height stride a "
+            f"multiple of 2 >= height {h_}"
+        )
     hi = in_max if role == "input" else 4096
     if not (32 <= ws <= hi and 6 <= hs <= hi):
         raise _refuse(f"{name}: {role} strides {ws}x{hs} outside 32..{hi} x 6..{hi}")
@@ -442,23 +471,33 @@ def _roi(name: str, h: int, what: str) -> Roi:
 def _check_crop(name: str, r: Roi, pic: PicDesc) -> None:
     """Crop area: left/top even, right/bottom odd, at least 10x6, inside the picture."""
     if r.left % 2 or r.top % 2 or r.right % 2 == 0 or r.bottom % 2 == 0:
-        raise _refuse(f"{name}: crop area ({r.left}, {r.right}, {r.top}, {r.bottom}): left and top must be even, right and bottom odd")
+        raise _refuse(
+            f"{name}: crop area ({r.left}, {r.right}, {r.top}, {r.bottom}): left and top must be even, right and "
+            "bottom odd"
+        )
     cw, chh = r.right - r.left + 1, r.bottom - r.top + 1
     if cw < 10 or chh < 6:
         raise _refuse(f"{name}: crop area {cw}x{chh} is smaller than 10x6")
     if r.right >= pic.width or r.bottom >= pic.height:
-        raise _refuse(f"{name}: crop area ({r.left}, {r.right}, {r.top}, {r.bottom}) leaves the {pic.width}x{pic.height} input")
+        raise _refuse(
+            f"{name}: crop area ({r.left}, {r.right}, {r.top}, {r.bottom}) leaves the {pic.width}x{pic.height} input"
+        )
 
 
 def _check_paste(name: str, r: Roi, pic: PicDesc) -> None:
     """Paste area: left 16-aligned, top even, right/bottom odd, at least 10x6, inside the output."""
     if r.left % 16 or r.top % 2 or r.right % 2 == 0 or r.bottom % 2 == 0:
-        raise _refuse(f"{name}: paste area ({r.left}, {r.right}, {r.top}, {r.bottom}): left must be a multiple of 16, top even, right and bottom odd")
+        raise _refuse(
+            f"{name}: paste area ({r.left}, {r.right}, {r.top}, {r.bottom}): left must be a multiple of 16, top even, "
+            "right and bottom odd"
+        )
     pw, ph = r.right - r.left + 1, r.bottom - r.top + 1
     if pw < 10 or ph < 6:
         raise _refuse(f"{name}: paste area {pw}x{ph} is smaller than 10x6")
     if r.right >= pic.width or r.bottom >= pic.height:
-        raise _refuse(f"{name}: paste area ({r.left}, {r.right}, {r.top}, {r.bottom}) leaves the {pic.width}x{pic.height} output")
+        raise _refuse(
+            f"{name}: paste area ({r.left}, {r.right}, {r.top}, {r.bottom}) leaves the {pic.width}x{pic.height} output"
+        )
 
 
 def _check_ratio(name: str, sw: int, sh: int, dw: int, dh: int) -> None:
@@ -509,7 +548,9 @@ def write_yuv420sp(pd: PicDesc, y: np.ndarray, u: np.ndarray, v: np.ndarray, x0:
     uv[:, 1::2] = second
 
 
-def _resample(plane: np.ndarray, box: tuple[int, int, int, int], size: tuple[int, int], interpolation: int) -> np.ndarray:
+def _resample(
+    plane: np.ndarray, box: tuple[int, int, int, int], size: tuple[int, int], interpolation: int
+) -> np.ndarray:
     Image = _pil()
     modes = getattr(Image, "Resampling", Image)
     resample = modes.NEAREST if interpolation in (2, 4) else modes.BILINEAR
@@ -519,21 +560,31 @@ def _resample(plane: np.ndarray, box: tuple[int, int, int, int], size: tuple[int
     return np.asarray(im.resize(size, resample, box=box), dtype=np.uint8)
 
 
-def _crop_resize(src: tuple[np.ndarray, np.ndarray, np.ndarray], box: tuple[int, int, int, int], out_w: int, out_h: int, interpolation: int) -> tuple[np.ndarray, ...]:
+def _crop_resize(
+    src: tuple[np.ndarray, np.ndarray, np.ndarray],
+    box: tuple[int, int, int, int],
+    out_w: int,
+    out_h: int,
+    interpolation: int,
+) -> tuple[np.ndarray, ...]:
     """Crop ``box`` (l, t, r+1, b+1; even) of each plane and resize it to out_w x out_h (chroma at half)."""
     y, u, v = src
-    l, t, r, b = box
-    cbox = (l // 2, t // 2, r // 2, b // 2)
+    left, top, right, bottom = box
+    cbox = (left // 2, top // 2, right // 2, bottom // 2)
     return (_resample(y, box, (out_w, out_h), interpolation),
             _resample(u, cbox, (out_w // 2, out_h // 2), interpolation),
             _resample(v, cbox, (out_w // 2, out_h // 2), interpolation))
 
 
 # ---- VPC -------------------------------------------------------------------------------------------
-def _vpc_task(name: str, jobs: list[tuple[PicDesc, PicDesc, tuple[int, int, int, int], tuple[int, int, int, int], int]]) -> Callable[[], int]:
+def _vpc_task(
+    name: str, jobs: list[tuple[PicDesc, PicDesc, tuple[int, int, int, int], tuple[int, int, int, int], int]]
+) -> Callable[[], int]:
     """The device work: each job crops ``box`` of its input and writes it resized into ``dst_box`` of its output."""
     keep = [(WORLD.device_blocks.find(s.data, 1), WORLD.device_blocks.find(d.data, 1)) for s, d, _, _, _ in jobs]
-    snap = [(PicDesc(**{**s.__dict__}), d, box, dst, interp) for s, d, box, dst, interp in jobs]  # the input desc as submitted
+    snap = [
+        (PicDesc(**{**s.__dict__}), d, box, dst, interp) for s, d, box, dst, interp in jobs
+    ]  # the input desc as submitted
 
     def run() -> int:
         _ = keep
@@ -546,7 +597,11 @@ def _vpc_task(name: str, jobs: list[tuple[PicDesc, PicDesc, tuple[int, int, int,
     return run
 
 
-@api("acl.media.dvpp_vpc_resize_async", "ret", pre=ints("channel_desc", "input_desc", "output_desc", "resize_config", "stream"))
+@api(
+    "acl.media.dvpp_vpc_resize_async",
+    "ret",
+    pre=ints("channel_desc", "input_desc", "output_desc", "resize_config", "stream"),
+)
 def dvpp_vpc_resize_async(channel_desc: int, input_desc: int, output_desc: int, resize_config: int, stream: int) -> int:
     name = "dvpp_vpc_resize_async"
 
@@ -558,7 +613,9 @@ def dvpp_vpc_resize_async(channel_desc: int, input_desc: int, output_desc: int, 
         if cfg is None:
             raise _refuse(f"{name}: {resize_config!r} is not a live resize config")
         _check_ratio(name, src.width, src.height, dst.width, dst.height)
-        return _vpc_task(name, [(src, dst, (0, 0, src.width, src.height), (0, 0, dst.width, dst.height), cfg.interpolation)])
+        return _vpc_task(
+            name, [(src, dst, (0, 0, src.width, src.height), (0, 0, dst.width, dst.height), cfg.interpolation)]
+        )
 
     return _submit(name, stream, build)
 
@@ -575,7 +632,9 @@ def _crop_job(name: str, src: PicDesc, dst: PicDesc, crop: Roi, paste: Roi | Non
     return (src, dst, box, dbox, 0)
 
 
-@api("acl.media.dvpp_vpc_crop_async", "ret", pre=ints("channel_desc", "input_desc", "output_desc", "crop_area", "stream"))
+@api(
+    "acl.media.dvpp_vpc_crop_async", "ret", pre=ints("channel_desc", "input_desc", "output_desc", "crop_area", "stream")
+)
 def dvpp_vpc_crop_async(channel_desc: int, input_desc: int, output_desc: int, crop_area: int, stream: int) -> int:
     """Crop the area and resize it to the whole output."""
     name = "dvpp_vpc_crop_async"
@@ -590,7 +649,9 @@ def dvpp_vpc_crop_async(channel_desc: int, input_desc: int, output_desc: int, cr
 
 @api("acl.media.dvpp_vpc_crop_and_paste_async", "ret",
      pre=ints("channel_desc", "input_desc", "output_desc", "crop_area", "paste_area", "stream"))
-def dvpp_vpc_crop_and_paste_async(channel_desc: int, input_desc: int, output_desc: int, crop_area: int, paste_area: int, stream: int) -> int:
+def dvpp_vpc_crop_and_paste_async(
+    channel_desc: int, input_desc: int, output_desc: int, crop_area: int, paste_area: int, stream: int
+) -> int:
     """Crop the area, resize it to the paste area and write it there; the rest of the output is left as it was."""
     name = "dvpp_vpc_crop_and_paste_async"
 
@@ -603,18 +664,34 @@ def dvpp_vpc_crop_and_paste_async(channel_desc: int, input_desc: int, output_des
     return _submit(name, stream, build)
 
 
-def _batch_jobs(name: str, src_batch: int, roi_nums: Any, dst_batch: int, crops: Any, pastes: Any | None) -> list[tuple]:
-    if not isinstance(roi_nums, list) or not isinstance(crops, list) or (pastes is not None and not isinstance(pastes, list)):
+def _batch_jobs(
+    name: str, src_batch: int, roi_nums: Any, dst_batch: int, crops: Any, pastes: Any | None
+) -> list[tuple]:
+    if (
+        not isinstance(roi_nums, list)
+        or not isinstance(crops, list)
+        or (pastes is not None and not isinstance(pastes, list))
+    ):
         raise TypeError(f"{name}: roi_nums, crop_area_list (and paste_area_list) must be lists")
     sb, db = _get(BatchPicDesc, src_batch), _get(BatchPicDesc, dst_batch)
     if sb is None or db is None:
         raise _refuse(f"{name}: {src_batch!r} / {dst_batch!r} must be live batch pic descs")
     total = sum(int(n) for n in roi_nums)
     if len(roi_nums) != len(sb.pics) or any(int(n) < 1 for n in roi_nums) or len(roi_nums) > MAX_ROIS:
-        raise _refuse(f"{name}: roi_nums {roi_nums} must hold one count >= 1 per input picture ({len(sb.pics)}), at most {MAX_ROIS} entries")
-    if total > MAX_ROIS or total != len(db.pics) or len(crops) != total or (pastes is not None and len(pastes) != total):
-        raise _refuse(f"{name}: sum(roi_nums) = {total} must equal the output batch size {len(db.pics)} and the number of areas"
-                      f" ({len(crops)}{'' if pastes is None else f', {len(pastes)}'}), at most {MAX_ROIS}")
+        raise _refuse(
+            f"{name}: roi_nums {roi_nums} must hold one count >= 1 per input picture ({len(sb.pics)}), at most "
+            f"{MAX_ROIS} entries"
+        )
+    if (
+        total > MAX_ROIS
+        or total != len(db.pics)
+        or len(crops) != total
+        or (pastes is not None and len(pastes) != total)
+    ):
+        raise _refuse(
+            f"{name}: sum(roi_nums) = {total} must equal the output batch size {len(db.pics)} and the number of areas"
+            f" ({len(crops)}{'' if pastes is None else f', {len(pastes)}'}), at most {MAX_ROIS}"
+        )
     jobs, k = [], 0
     for i, n in enumerate(roi_nums):
         src = _pic(name, sb.pics[i].id, "input")
@@ -636,15 +713,24 @@ def dvpp_vpc_batch_crop_async(channel_desc: int, src_batch_pic_descs: int, roi_n
 
     def build() -> Callable[[], int]:
         _channel(name, channel_desc)
-        return _vpc_task(name, _batch_jobs(name, src_batch_pic_descs, roi_nums, dst_batch_pic_descs, crop_area_list, None))
+        return _vpc_task(
+            name, _batch_jobs(name, src_batch_pic_descs, roi_nums, dst_batch_pic_descs, crop_area_list, None)
+        )
 
     ret = _submit(name, stream, build)
     return (dst_batch_pic_descs if ret == 0 else 0), ret
 
 
 @api("acl.media.dvpp_vpc_batch_crop_and_paste_async", "t1")
-def dvpp_vpc_batch_crop_and_paste_async(channel_desc: int, src_batch_pic_descs: int, roi_nums: list, dst_batch_pic_descs: int,
-                                        crop_area_list: list, paste_area_list: list, stream: int) -> tuple[int, int]:
+def dvpp_vpc_batch_crop_and_paste_async(
+    channel_desc: int,
+    src_batch_pic_descs: int,
+    roi_nums: list,
+    dst_batch_pic_descs: int,
+    crop_area_list: list,
+    paste_area_list: list,
+    stream: int,
+) -> tuple[int, int]:
     """``dst_batch_pic_descs, ret``: as batch crop, each crop resized into its paste area."""
     name = "dvpp_vpc_batch_crop_and_paste_async"
     S.check_int(("channel_desc", channel_desc), ("src_batch_pic_descs", src_batch_pic_descs),
@@ -681,7 +767,10 @@ def _open_jpeg(name: str, data: bytes) -> Any:
     if im.info.get("progressive") or im.info.get("progression"):
         raise _refuse(f"{name}: progressive JPEG is not supported by JPEGD", E_JPEG)
     if im.mode not in ("L", "RGB", "YCbCr"):
-        raise _refuse(f"{name}: JPEG colour space {im.mode} is not supported by JPEGD (YUV 4:4:4/4:2:2/4:2:0/4:0:0/4:4:0 only)", E_JPEG)
+        raise _refuse(
+            f"{name}: JPEG colour space {im.mode} is not supported by JPEGD (YUV 4:4:4/4:2:2/4:2:0/4:0:0/4:4:0 only)",
+            E_JPEG,
+        )
     return im
 
 
@@ -715,7 +804,10 @@ def dvpp_jpeg_predict_dec_size(data: int, data_size: int, output_pixel_format: i
     name = "dvpp_jpeg_predict_dec_size"
     try:
         if output_pixel_format not in YUV420SP:
-            raise _refuse(f"{name}: output format {output_pixel_format}: the simulator's JPEGD outputs YUV420SP NV12 (1) / NV21 (2)")
+            raise _refuse(
+                f"{name}: output format {output_pixel_format}: the simulator's JPEGD outputs YUV420SP NV12 (1) / NV21 "
+                "(2)"
+            )
         im = _open_jpeg(name, _host_or_device_bytes(name, data, data_size))
     except Refused as e:
         return 0, set_err(e.code, str(e))
@@ -770,7 +862,9 @@ def dvpp_jpeg_decode_async(channel_desc: int, data: int, size: int, output_desc:
             except Refused as e:
                 pd.ret_code = e.code
                 return set_err(e.code, str(e))
-            out = PicDesc(0, data=out_data, size=out_size, format=fmt, width=ow, height=oh, width_stride=ws, height_stride=hs)
+            out = PicDesc(
+                0, data=out_data, size=out_size, format=fmt, width=ow, height=oh, width_stride=ws, height_stride=hs
+            )
             write_yuv420sp(out, *planes)
             pd.width, pd.height, pd.width_stride, pd.height_stride, pd.ret_code = ow, oh, ws, hs, 0
             return 0
@@ -786,13 +880,18 @@ def _jpege_input(name: str, h: int) -> PicDesc:
         raise _refuse(f"{name}: input {h!r} is not a live pic desc")
     if pd.format not in YUV420SP:
         if pd.format in DOCUMENTED_FORMATS:
-            raise NotImplementedInSimulator(f"{name}: input format {pd.format}: the simulator's JPEGE encodes YUV420SP NV12 (1) / NV21 (2) only")
+            raise NotImplementedInSimulator(
+                f"{name}: input format {pd.format}: the simulator's JPEGE encodes YUV420SP NV12 (1) / NV21 (2) only"
+            )
         raise _refuse(f"{name}: input format {pd.format} is not an acldvppPixelFormat")
     w, hh, ws, hs = pd.width, pd.height, pd.width_stride, pd.height_stride
     if not (32 <= w <= 8192 and 32 <= hh <= 8192) or w % 2 or hh % 2:
         raise _refuse(f"{name}: input {w}x{hh}: JPEGE needs even sizes within 32x32..8192x8192")
     if ws % 16 or ws < w or hs not in (hh, max(32, _align(hh, 16))):
-        raise _refuse(f"{name}: input strides {ws}x{hs}: width stride a multiple of 16 >= {w}; height stride {hh} or {max(32, _align(hh, 16))}")
+        raise _refuse(
+            f"{name}: input strides {ws}x{hs}: width stride a multiple of 16 >= {w}; height stride {hh} or "
+            f"{max(32, _align(hh, 16))}"
+        )
     if pd.size < ws * hs * 3 // 2:
         raise _refuse(f"{name}: input buffer size {pd.size} < {ws * hs * 3 // 2}")
     _dvpp_range(name, "input data", pd.data, pd.size)
@@ -814,7 +913,11 @@ def dvpp_jpeg_predict_enc_size(input_desc: int, config: int) -> tuple[int, int]:
     return max(64 << 10, pd.width_stride * pd.height_stride * 3 // 2 + (8 << 10)), 0
 
 
-@api("acl.media.dvpp_jpeg_encode_async", "ret", pre=ints("channel_desc", "input_desc", "data", "size", "config", "stream"))
+@api(
+    "acl.media.dvpp_jpeg_encode_async",
+    "ret",
+    pre=ints("channel_desc", "input_desc", "data", "size", "config", "stream"),
+)
 def dvpp_jpeg_encode_async(channel_desc: int, input_desc: int, data: int, size: int, config: int, stream: int) -> int:
     """YUV420SP -> JPEG in DVPP memory at ``data``; ``size`` is the address of a uint32 holding the
     buffer's size on entry and the encoded size when the stream has run."""
@@ -839,7 +942,9 @@ def dvpp_jpeg_encode_async(channel_desc: int, input_desc: int, data: int, size: 
             _ = keep
             jpeg = encode_yuv420(read_yuv420sp(snap), quality)
             if len(jpeg) > cap:
-                return set_err(S.E_PARAM, f"{name}: the encoded image ({len(jpeg)} B) does not fit the {cap} B output buffer")
+                return set_err(
+                    S.E_PARAM, f"{name}: the encoded image ({len(jpeg)} B) does not fit the {cap} B output buffer"
+                )
             ctypes.memmove(data, jpeg, len(jpeg))
             ctypes.memmove(size, len(jpeg).to_bytes(4, "little"), 4)
             return 0

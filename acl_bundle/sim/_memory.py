@@ -7,17 +7,19 @@ memory from numpy; foreign host addresses are checked against the process map
 from __future__ import annotations
 
 import collections
+import contextlib
 import ctypes
 import warnings
 import weakref
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 
 from .._constants import (
-    ACL_DEVICE,
     ACL_DDR_MEM,
+    ACL_DEVICE,
     ACL_MEM_P2P_HUGE1G,
     ACL_MEMCPY_DEFAULT,
     ACL_MEMCPY_DEVICE_TO_DEVICE,
@@ -100,7 +102,9 @@ def unaccount(device: int, nbytes: int) -> None:
     WORLD.device_used[device] = WORLD.device_used.get(device, 0) - nbytes
 
 
-def device_alloc(device: int, size: int, *, fill: int | None = 0xCD, align: int = 64) -> tuple[np.ndarray, int, int] | None:
+def device_alloc(
+    device: int, size: int, *, fill: int | None = 0xCD, align: int = 64
+) -> tuple[np.ndarray, int, int] | None:
     """Device memory from the arena, accounted on ``device`` (LOCK held): (view, ptr, accounted) or None."""
     rounded = device_rounding(size)
     if not account(device, rounded):
@@ -175,11 +179,17 @@ def resolve(addr: Any, n: int, *, write: bool = False) -> tuple[Block | None, st
         return b, ""
     dead = WORLD.freed_host.find(addr, 1)
     if dead is not None:
-        return None, f"{addr:#x} is in malloc_host block {dead.ptr:#x}+{dead.size}, which free_host gave back (use after free)"
+        return (
+            None,
+            f"{addr:#x} is in malloc_host block {dead.ptr:#x}+{dead.size}, which free_host gave back (use after free)",
+        )
     if _procmaps.mapped(addr, span, write=write):
         return Block(addr, span, "foreign"), ""
     need = "readable and writable" if write else "readable"
-    return None, f"[{addr:#x}, +{n}) is not inside any live allocation, registered region or {need} host memory of this process"
+    return (
+        None,
+        f"[{addr:#x}, +{n}) is not inside any live allocation, registered region or {need} host memory of this process",
+    )
 
 
 def locate(addr: int, n: int) -> Block | None:
@@ -233,9 +243,14 @@ def free(dev_ptr: int) -> int:
     with LOCK:
         blk = WORLD.device_blocks.get(dev_ptr)
         if blk is None:
-            return set_err(S.E_RT_PARAM, f"free: {describe(dev_ptr)} is not the start of a live device block (double free?)")
+            return set_err(
+                S.E_RT_PARAM, f"free: {describe(dev_ptr)} is not the start of a live device block (double free?)"
+            )
         if blk.dvpp:
-            return set_err(S.E_RT_PARAM, f"free: {dev_ptr:#x} came from acl.media.dvpp_malloc; give it back with acl.media.dvpp_free")
+            return set_err(
+                S.E_RT_PARAM,
+                f"free: {dev_ptr:#x} came from acl.media.dvpp_malloc; give it back with acl.media.dvpp_free",
+            )
         free_device_block(blk)
     return 0
 
@@ -296,7 +311,9 @@ def free_host(host_ptr: int) -> int:
     with LOCK:
         blk = WORLD.host_blocks.get(host_ptr)
         if blk is None:
-            return set_err(S.E_RT_PARAM, f"free_host: {describe(host_ptr)} is not the start of a live malloc_host block")
+            return set_err(
+                S.E_RT_PARAM, f"free_host: {describe(host_ptr)} is not the start of a live malloc_host block"
+            )
         WORLD.host_blocks.remove(host_ptr, blk)
         _quarantine(blk)
     return 0
@@ -352,7 +369,9 @@ def memcpy(dst: int, dest_max: int, src: int, count: int, kind: int) -> int:
         return 0
     with LOCK:
         if S.current_context() is None:  # api_impl.cc:2750
-            return set_err(S.E_CTX_NULL, "memcpy: no current context in this thread (call acl.rt.set_device or set_context)")
+            return set_err(
+                S.E_CTX_NULL, "memcpy: no current context in this thread (call acl.rt.set_device or set_context)"
+            )
         ret, do = _prepare_copy("memcpy", dst, src, count)
     if do is not None:
         do()
@@ -392,7 +411,9 @@ def _memset_checks(name: str, dev_ptr: int, max_count: int, count: int) -> int |
     if dev_ptr == 0:
         return set_err(S.E_PARAM, f"{name}: dev_ptr is NULL")
     if S.current_context() is None:
-        return set_err(S.E_CTX_NULL, f"{name}: no current context in this thread (call acl.rt.set_device or set_context)")
+        return set_err(
+            S.E_CTX_NULL, f"{name}: no current context in this thread (call acl.rt.set_device or set_context)"
+        )
     if count % _U64 > max_count % _U64:
         return set_err(S.E_RT_PARAM, f"{name}: count {count} exceeds max_count {max_count}")
     return None
@@ -448,7 +469,11 @@ def memset_async(dev_ptr: int, max_count: int, value: int, count: int, stream: i
 def get_mem_info(attr: int) -> tuple[int, int, int]:
     """Free and total device memory; every aclrtMemAttr (0..17) reports the same simulated pool."""
     if not ACL_DDR_MEM <= attr <= ACL_MEM_P2P_HUGE1G:  # api_error.cc:3185-3188
-        return 0, 0, set_err(S.E_MEM_TYPE, f"get_mem_info: invalid attr {attr} (expected {ACL_DDR_MEM}..{ACL_MEM_P2P_HUGE1G})")
+        return (
+            0,
+            0,
+            set_err(S.E_MEM_TYPE, f"get_mem_info: invalid attr {attr} (expected {ACL_DDR_MEM}..{ACL_MEM_P2P_HUGE1G})"),
+        )
     with LOCK:
         dev = S.current_context().device
         total = S.CONFIG.device_memory
@@ -456,7 +481,7 @@ def get_mem_info(attr: int) -> tuple[int, int, int]:
 
 
 # ---- acl.util ------------------------------------------------------------------------
-_BYTES_LRU: "collections.OrderedDict[int, Block]" = collections.OrderedDict()
+_BYTES_LRU: collections.OrderedDict[int, Block] = collections.OrderedDict()
 _BYTES_LRU_MAX = 4096
 
 
@@ -488,10 +513,8 @@ def _register(blk: Block) -> None:
 
 
 def _unregister(blk: Block) -> None:
-    try:
+    with contextlib.suppress(KeyError, ValueError):
         WORLD.regions.remove(blk.ptr, blk)
-    except (KeyError, ValueError):
-        pass
 
 
 def clear_regions() -> None:
@@ -544,7 +567,9 @@ def _host_view(name: str, ptr: int, nbytes: int) -> tuple[Block, Any]:
         if blk is None:
             raise SimulatorMisuse(f"{name}: {msg} (a real process would crash)")
         if blk.kind == "device" and S.CONFIG.run_mode != ACL_DEVICE:
-            raise SimulatorMisuse(f"{name}: {ptr:#x} is device memory; the host cannot dereference it in ACL_HOST run mode")
+            raise SimulatorMisuse(
+                f"{name}: {ptr:#x} is device memory; the host cannot dereference it in ACL_HOST run mode"
+            )
         return blk, blk.owner()
 
 

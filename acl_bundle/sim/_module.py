@@ -118,10 +118,10 @@ synchronize_stream / synchronize_device, synchronize_event or query_event (up to
 event), a subscribed thread's process_report (up to its callback, which it then runs), or
 the stream's, its context's or its device's teardown; a client that reads without waiting
 sees the old bytes, as on a device. Synchronous calls (memcpy, memset, execute) wait for no
-stream (U: the device's streams progress on their own; the simulator's when waited for). Model ids (plain and bundle-inner, one
-counter) and bundle ids both count from 1 and never repeat. finalize keeps leftover
-resources alive (they are leaks). ``acl.ACL_*`` names are not offered: real pyACL does not
-document them and Ascend's samples define their own (see :mod:`acl_bundle._constants`).
+stream (U: the device's streams progress on their own; the simulator's when waited for).
+Model ids (plain and bundle-inner, one counter) and bundle ids both count from 1 and never
+repeat. finalize keeps leftover resources alive (they are leaks). ``acl.ACL_*`` names are not
+offered: real pyACL does not document them and Ascend's samples define their own (see :mod:`acl_bundle._constants`).
 """
 from __future__ import annotations
 
@@ -131,8 +131,8 @@ from typing import Any
 
 from .. import _constants
 from . import _aipp, _callbacks, _data, _events, _mdl, _media, _memory, _rt
-from ._arena import ARENA
 from . import _state as S
+from ._arena import ARENA
 from ._state import LOCK, WORLD, NotImplementedInSimulator
 
 _MODULES: dict[str, types.ModuleType] = {}

@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import os
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 from . import _state as S
 from ._state import LOCK, TLS, WORLD, api, ints, new_handle, set_err
@@ -47,7 +48,9 @@ def init(config_path: str | None = None) -> int:
     with LOCK:
         if WORLD.init_refcount > 0:
             WORLD.init_refcount += 1
-            return set_err(S.E_REPEAT_INIT, f"init: acl is already initialised (reference count now {WORLD.init_refcount})")
+            return set_err(
+                S.E_REPEAT_INIT, f"init: acl is already initialised (reference count now {WORLD.init_refcount})"
+            )
     if config_path is not None and config_path != "" and not os.path.isfile(config_path):
         return set_err(S.E_FILE, f"init: config file {config_path!r} does not exist")
     with LOCK:
@@ -87,7 +90,10 @@ def finalize_reference() -> tuple[int, int]:
             WORLD.init_refcount = n - 1
             return n - 1, 0
         if n < 1:
-            return 0, set_err(S.E_REPEAT_FINAL, "finalize_reference: no acl.init reference is left (finalised already or never initialised)")
+            return 0, set_err(
+                S.E_REPEAT_FINAL,
+                "finalize_reference: no acl.init reference is left (finalised already or never initialised)",
+            )
     _finalize_internal()
     return 0, 0
 
@@ -215,7 +221,10 @@ def destroy_context(context: int) -> int:
         return set_err(S.E_PARAM, "destroy_context: context is NULL")
     with LOCK:
         if context in WORLD.default_ctx.values():  # api_impl.cc:4141
-            return set_err(S.E_CTX_NULL, f"destroy_context: {context:#x} is a device's default (primary) context; reset_device releases it")
+            return set_err(
+                S.E_CTX_NULL,
+                f"destroy_context: {context:#x} is a device's default (primary) context; reset_device releases it",
+            )
         if WORLD.contexts.pop(context, None) is None:  # api_impl.cc:4134-4137
             return set_err(S.E_CTX_NULL, f"destroy_context: {context:#x} is not a live context (destroyed already?)")
         doomed = _streams_of(context)
@@ -292,14 +301,19 @@ def check_stream(name: str, stream: int) -> int:
     """
     ctx = S.current_context()
     if ctx is None:
-        return set_err(S.E_CTX_NULL, f"{name}: no current context in this thread (call acl.rt.set_device or set_context)")
+        return set_err(
+            S.E_CTX_NULL, f"{name}: no current context in this thread (call acl.rt.set_device or set_context)"
+        )
     if stream == 0:
         return 0
     st = WORLD.streams.get(stream)
     if st is None:
         return set_err(S.E_RT_PARAM, f"{name}: {stream:#x} is not a live stream")
     if st.ctx != ctx.id:
-        return set_err(S.E_STREAM_CTX, f"{name}: stream {stream:#x} belongs to context {st.ctx:#x}, but the current context is {ctx.id:#x}")
+        return set_err(
+            S.E_STREAM_CTX,
+            f"{name}: stream {stream:#x} belongs to context {st.ctx:#x}, but the current context is {ctx.id:#x}",
+        )
     return 0
 
 

@@ -9,8 +9,9 @@ import logging
 import operator
 import signal
 import threading
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Any, Callable, Iterator
+from typing import Any
 
 from .._constants import ACL_HOST, CODES, error_name
 
@@ -211,8 +212,8 @@ def _fresh_stats() -> dict:
         "calls": {},
         "mallocs": 0,
         "host_mallocs": 0,
-        "bytes_copied": {d: 0 for d in DIRS},
-        "memcpy_calls": {d: 0 for d in DIRS},
+        "bytes_copied": dict.fromkeys(DIRS, 0),
+        "memcpy_calls": dict.fromkeys(DIRS, 0),
         "executions": {},
         "update_bytes_applied": 0,
     }
@@ -247,7 +248,7 @@ class Fault:
         self.seen = 0
         self.fired = 0
 
-    def __enter__(self) -> "Fault":
+    def __enter__(self) -> Fault:
         with _stats_lock:
             self.seen = 0
             _FAULTS.append(self)
@@ -379,9 +380,20 @@ def api(
             if ge_init or ctx:
                 with LOCK:
                     if ge_init and not WORLD.initialized:
-                        return err(set_err(E_GE_NOT_INIT, f"{short}: the GE executor is not initialised (call acl.init first; acl.finalize ends it)"))
+                        return err(
+                            set_err(
+                                E_GE_NOT_INIT,
+                                f"{short}: the GE executor is not initialised (call acl.init first; acl.finalize ends "
+                                "it)",
+                            )
+                        )
                     if ctx and current_context() is None:
-                        return err(set_err(E_CTX_NULL, f"{short}: no current context in this thread (call acl.rt.set_device or set_context)"))
+                        return err(
+                            set_err(
+                                E_CTX_NULL,
+                                f"{short}: no current context in this thread (call acl.rt.set_device or set_context)",
+                            )
+                        )
             return fn(*args, **kwargs)
 
         if pre is None and not ge_init and not ctx:

@@ -58,9 +58,10 @@ import hashlib
 import json
 import logging
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence, Union
+from typing import Any, Union
 
 import numpy as np
 
@@ -182,16 +183,23 @@ def parse_gears(text: str, option: str = "gears", *, width: int | None = None) -
         try:
             gear = tuple(int(v) for v in part.split(","))
         except ValueError:
-            raise ValueError(f"{option}: {part!r} is not comma-separated integers (ATC syntax: \"224,224;448,448\")") from None
+            raise ValueError(
+                f'{option}: {part!r} is not comma-separated integers (ATC syntax: "224,224;448,448")'
+            ) from None
         gears.append(gear)
     return _check_gears(gears, option, width=width)
 
 
-def _check_gears(gears: Sequence[Sequence[int]] | None, option: str, *, width: int | None = None) -> list[tuple[int, ...]]:
+def _check_gears(
+    gears: Sequence[Sequence[int]] | None, option: str, *, width: int | None = None
+) -> list[tuple[int, ...]]:
     if gears is None:
         return []
     if isinstance(gears, (str, bytes)):
-        raise ValueError(f"{option} must be a sequence of gears (sequences of ints), got {gears!r}; parse_gears reads ATC's string form")
+        raise ValueError(
+            f"{option} must be a sequence of gears (sequences of ints), got {gears!r}; parse_gears reads ATC's string "
+            "form"
+        )
     out: list[tuple[int, ...]] = []
     for g in gears:
         try:
@@ -270,7 +278,9 @@ def _prepare(proto: Any, variables: list[str]) -> tuple[list[TensorSpec], list[b
     onnx = _onnx()
     for spec in specs:
         graph.input.append(
-            onnx.helper.make_tensor_value_info(spec.name, onnx.helper.np_dtype_to_tensor_dtype(np.dtype(spec.dtype)), list(spec.shape))
+            onnx.helper.make_tensor_value_info(
+                spec.name, onnx.helper.np_dtype_to_tensor_dtype(np.dtype(spec.dtype)), list(spec.shape)
+            )
         )
     return specs, values
 
@@ -315,7 +325,12 @@ def _gear_shapes(inputs: list[TensorSpec], gear: tuple[int, ...]) -> list[tuple[
 
 
 def _gear_outputs(
-    proto: Any, inputs: list[TensorSpec], variables: list[TensorSpec], values: list[bytes], gears: list[tuple[int, ...]], mode: str
+    proto: Any,
+    inputs: list[TensorSpec],
+    variables: list[TensorSpec],
+    values: list[bytes],
+    gears: list[tuple[int, ...]],
+    mode: str,
 ) -> tuple[list[TensorSpec], list[list[tuple[int, ...]]]]:
     """Output specs (-1 where a dim changes between gears) and each gear's output shapes, by running every gear."""
     n_dyn = sum(t.shape.count(-1) for t in inputs)
@@ -326,7 +341,9 @@ def _gear_outputs(
         gears_in = [tuple(v for _ in range(n_dyn // 2) for v in g) for g in gears]  # every image input takes (h, w)
     else:
         if any(len(g) != n_dyn for g in gears):
-            raise ValueError(f"{option}: every gear needs {n_dyn} values (one per dynamic input dim), got {[list(g) for g in gears]}")
+            raise ValueError(
+                f"{option}: every gear needs {n_dyn} values (one per dynamic input dim), got {[list(g) for g in gears]}"
+            )
         gears_in = gears
     _forget_all_output_shapes(proto)
     sess = _session(proto.SerializeToString())
@@ -410,7 +427,9 @@ def _session(model_bytes: bytes) -> Any:
         raise ValueError(f"onnxruntime rejects the graph: {e}") from None
 
 
-def _probe(sess: Any, inputs: list[TensorSpec], variables: list[TensorSpec], values: list[bytes], batch: int) -> list[tuple[int, ...]]:
+def _probe(
+    sess: Any, inputs: list[TensorSpec], variables: list[TensorSpec], values: list[bytes], batch: int
+) -> list[tuple[int, ...]]:
     feed: dict[str, np.ndarray] = {}
     for t in inputs:
         feed[t.name] = np.zeros(tuple(batch if d == -1 else d for d in t.shape), t.dtype)
@@ -455,7 +474,11 @@ def _output_specs(
         sess = _session(inferred_model.SerializeToString())
         names = [o.name for o in sess.get_outputs()]
         # two batch sizes show which dims move; the smallest keep probing cheap
-        probe_batches = (sorted(batch_sizes)[:2] if len(batch_sizes) >= 2 else [batch_sizes[0], batch_sizes[0] + 1]) if batch else [1]
+        probe_batches = (
+            (sorted(batch_sizes)[:2] if len(batch_sizes) >= 2 else [batch_sizes[0], batch_sizes[0] + 1])
+            if batch
+            else [1]
+        )
         runs = [_probe(sess, inputs, variables, values, b) for b in probe_batches]
         for i, (name, _et, _dims) in enumerate(inferred):
             if specs[i] is not None:
@@ -465,7 +488,8 @@ def _output_specs(
                 if any(len(s) == 0 or s[0] != b for s, b in zip(shapes, probe_batches)):
                     raise ValueError(
                         f"output {name!r} dim 0 does not follow the batch size "
-                        f"(batches {probe_batches} gave shapes {shapes}); batch_sizes needs dim 0 of every output to be the batch"
+                        f"(batches {probe_batches} gave shapes {shapes}); batch_sizes needs dim 0 of every output to "
+                        "be the batch"
                     )
                 if len({s[1:] for s in shapes}) != 1:
                     raise ValueError(f"output {name!r} has dims other than dim 0 that change with the batch: {shapes}")
@@ -473,10 +497,10 @@ def _output_specs(
             else:
                 specs[i] = TensorSpec(name, "", shapes[0])
     out: list[TensorSpec] = []
-    for spec, dt, (name, _et, _dims) in zip(specs, elem_types, inferred):
+    for spec, dt, (_name, _et, _dims) in zip(specs, elem_types, inferred):
         assert spec is not None
         out.append(TensorSpec(spec.name, dt, spec.shape))
-    if len(set(t.name for t in out)) != len(out):
+    if len({t.name for t in out}) != len(out):
         raise ValueError("graph outputs must have distinct names")
     return out
 
@@ -488,7 +512,8 @@ def _set_output_types(proto: Any, outputs: list[TensorSpec], dynamic_name: str =
     for vo in proto.graph.output:
         t = by_name[vo.name]
         dims: list[int | str] = [
-            (BATCH_DIM if dynamic_name == BATCH_DIM else f"{dynamic_name}{k}") if d == -1 else d for k, d in enumerate(t.shape)
+            (BATCH_DIM if dynamic_name == BATCH_DIM else f"{dynamic_name}{k}") if d == -1 else d
+            for k, d in enumerate(t.shape)
         ]
         vo.type.CopyFrom(onnx.helper.make_tensor_type_proto(onnx.helper.np_dtype_to_tensor_dtype(t.np_dtype), dims))
 
@@ -527,7 +552,10 @@ def _build(
     hw = _check_gears(dynamic_image_size, "dynamic_image_size", width=2)
     dyn_dims = _check_gears(dynamic_dims, "dynamic_dims")
     if sum(map(bool, (sizes, hw, dyn_dims))) > 1:
-        raise ValueError("give at most one of batch_sizes, dynamic_image_size and dynamic_dims (ATC accepts one dynamic-shape option)")
+        raise ValueError(
+            "give at most one of batch_sizes, dynamic_image_size and dynamic_dims (ATC accepts one dynamic-shape "
+            "option)"
+        )
     mode = "batch" if sizes else "hw" if hw else "dims" if dyn_dims else ""
     proto = _load(model)
     graph = proto.graph
@@ -538,7 +566,10 @@ def _build(
         if variables is None:
             var_names = [t.name for t in graph.initializer if t.data_type in _DEFAULT_VARIABLE_TYPES]
             if not var_names:
-                raise ValueError(f"the model has no float16/float32/float64 initializer to make a variable; initializers: {available}")
+                raise ValueError(
+                    "the model has no float16/float32/float64 initializer to make a variable; initializers: "
+                    f"{available}"
+                )
         else:
             if isinstance(variables, str):
                 raise ValueError(f"variables must be a sequence of names, got the string {variables!r}")
@@ -552,7 +583,11 @@ def _build(
                     raise ValueError(f"variable {n!r} is listed twice")
                 seen.add(n)
                 if n not in init_set:
-                    kind = "a graph input, not an initializer" if any(vi.name == n for vi in graph.input) else "not an initializer"
+                    kind = (
+                        "a graph input, not an initializer"
+                        if any(vi.name == n for vi in graph.input)
+                        else "not an initializer"
+                    )
                     raise ValueError(f"variable {n!r} is {kind}; initializers: {available}")
     var_specs, values = _prepare(proto, var_names)
     names = {vi.name for vi in graph.input}
@@ -575,7 +610,9 @@ def _build(
     data, _sess = _validate(proto)
     role = role or ("infer" if bundle else "model")
     log.debug("built %s graph: %d inputs, %d outputs, %d variables", role, len(inputs), len(outputs), len(var_specs))
-    return _Built(GraphSpec(role, tuple(inputs), tuple(outputs), data), var_specs, values, sizes, hw, dyn_dims, gear_outputs)  # type: ignore[arg-type]
+    return _Built(
+        GraphSpec(role, tuple(inputs), tuple(outputs), data), var_specs, values, sizes, hw, dyn_dims, gear_outputs
+    )  # type: ignore[arg-type]
 
 
 def build_bundle(
@@ -609,7 +646,9 @@ def build_bundle(
     if init:
         graphs.append(GraphSpec("init", (), ()))
     graphs.append(GraphSpec("update", (), ()))
-    return ModelFile("bundle", graphs, b.variables, b.values if init else [], b.batch_sizes, b.hw, b.dims, b.gear_outputs, mode)
+    return ModelFile(
+        "bundle", graphs, b.variables, b.values if init else [], b.batch_sizes, b.hw, b.dims, b.gear_outputs, mode
+    )
 
 
 def build_plain(

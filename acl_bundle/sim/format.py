@@ -98,7 +98,7 @@ class TensorSpec:
         return {"name": self.name, "dtype": self.dtype, "shape": list(self.shape)}
 
     @classmethod
-    def from_json(cls, d: dict) -> "TensorSpec":
+    def from_json(cls, d: dict) -> TensorSpec:
         name, dtype, shape = d["name"], d["dtype"], d["shape"]
         if not isinstance(name, str):
             raise ValueError(f"bad name {name!r}")
@@ -140,7 +140,9 @@ class ModelFile:
     kind: str  # "plain" or "bundle"
     graphs: list[GraphSpec]  # bundle order: infer, [init], update; or >= 2 "model" graphs
     variables: list[TensorSpec] = field(default_factory=list)
-    initial_values: list[bytes | memoryview] = field(default_factory=list)  # one per variable when an init graph exists (loads: views into the file)
+    initial_values: list[bytes | memoryview] = field(
+        default_factory=list
+    )  # one per variable when an init graph exists (loads: views into the file)
     batch_sizes: list[int] = field(default_factory=list)  # [] = static shapes
     dynamic_hw: list[tuple[int, int]] = field(default_factory=list)
     dynamic_dims: list[tuple[int, ...]] = field(default_factory=list)
@@ -281,7 +283,9 @@ def _from_sections(sections: list[tuple[bytes, memoryview]]) -> ModelFile:
     if any(-1 in v.shape for v in variables):
         raise FormatError(ERR_CORRUPT, "variables must have static shapes")
     if (kind == "plain" or plain_bundle) and (variables or meta["has_initial_values"]):
-        raise FormatError(ERR_CORRUPT, f"{'plain file' if kind == 'plain' else 'bundle of plain graphs'} with variables")
+        raise FormatError(
+            ERR_CORRUPT, f"{'plain file' if kind == 'plain' else 'bundle of plain graphs'} with variables"
+        )
     if kind == "bundle" and not plain_bundle and not variables:
         raise FormatError(ERR_CORRUPT, "bundle without variables")
     has_init = "init" in roles
@@ -340,7 +344,9 @@ def _check_dynamic(mf: ModelFile, g: GraphSpec, gear_outputs: object) -> None:
         return
     if kind == "hw":
         if not any(dyn_in) or any(n not in (0, 2) for n in dyn_in) or any(len(v) != 2 for v in mf.dynamic_hw):
-            raise FormatError(ERR_CORRUPT, "image sizes need (height, width) gears and exactly two -1 dims per image input")
+            raise FormatError(
+                ERR_CORRUPT, "image sizes need (height, width) gears and exactly two -1 dims per image input"
+            )
     elif kind == "dims" and (not any(dyn_in) or any(len(v) != sum(dyn_in) for v in mf.dynamic_dims)):
         raise FormatError(ERR_CORRUPT, f"every dims gear needs one value per -1 input dim ({sum(dyn_in)})")
     if not isinstance(gear_outputs, list) or len(gear_outputs) != len(mf.gears):
@@ -351,4 +357,6 @@ def _check_dynamic(mf: ModelFile, g: GraphSpec, gear_outputs: object) -> None:
         for spec, shape in zip(g.outputs, shapes):
             if (not isinstance(shape, list) or len(shape) != len(spec.shape)
                     or any(type(d) is not int or d < 0 or (s != -1 and s != d) for s, d in zip(spec.shape, shape))):
-                raise FormatError(ERR_CORRUPT, f"gear output shape {shape!r} does not fit output {spec.name!r} {list(spec.shape)}")
+                raise FormatError(
+                    ERR_CORRUPT, f"gear output shape {shape!r} does not fit output {spec.name!r} {list(spec.shape)}"
+                )

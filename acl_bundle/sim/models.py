@@ -8,7 +8,7 @@ Every ``*_reference`` function is plain numpy and shares no code with the graphs
 """
 from __future__ import annotations
 
-from typing import Mapping, Sequence
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 import onnx
@@ -54,7 +54,9 @@ def _activation(name: str) -> str:
 
 
 def _make_model(graph: onnx.GraphProto) -> onnx.ModelProto:
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)], producer_name="acl_bundle.sim.models")
+    model = helper.make_model(
+        graph, opset_imports=[helper.make_opsetid("", OPSET)], producer_name="acl_bundle.sim.models"
+    )
     model.ir_version = IR_VERSION
     onnx.checker.check_model(model)
     return model
@@ -346,7 +348,9 @@ def sequence_model(features: int = 4, out: int = 3, *, seed: int = 0) -> tuple[o
     return _make_model(graph), weights
 
 
-def sequence_model_reference(seq: np.ndarray, mask: np.ndarray, weights: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+def sequence_model_reference(
+    seq: np.ndarray, mask: np.ndarray, weights: Mapping[str, np.ndarray]
+) -> dict[str, np.ndarray]:
     """Numpy reference of :func:`sequence_model` (float64, cast to float32)."""
     proj = np.asarray(seq, np.float64) @ weights["W"].astype(np.float64) + weights["b"].astype(np.float64)
     summed = (proj * np.asarray(mask, np.float64)[..., None]).sum(axis=1)

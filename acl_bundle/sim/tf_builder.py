@@ -62,7 +62,10 @@ def _tf() -> Any:
     try:
         import tensorflow as tf
     except ImportError:
-        raise ImportError("building from TensorFlow models needs TensorFlow and tf2onnx: pip install -e '.[tf,sim]' in a checkout of acl_bundle") from None
+        raise ImportError(
+            "building from TensorFlow models needs TensorFlow and tf2onnx: pip install -e '.[tf,sim]' in a checkout "
+            "of acl_bundle"
+        ) from None
     return tf
 
 
@@ -70,7 +73,9 @@ def _tf2onnx() -> Any:
     try:
         import tf2onnx
     except ImportError:
-        raise ImportError("building from TensorFlow models needs tf2onnx: pip install -e '.[tf,sim]' in a checkout of acl_bundle") from None
+        raise ImportError(
+            "building from TensorFlow models needs tf2onnx: pip install -e '.[tf,sim]' in a checkout of acl_bundle"
+        ) from None
     logging.getLogger("tf2onnx").setLevel(max(logging.getLogger("tf2onnx").level, logging.WARNING))
     return tf2onnx
 
@@ -184,12 +189,16 @@ def _load_graph_def(source: TFSource, inputs: Sequence[str] | None, outputs: Seq
     tf = _tf()
     gd, what = _read_graph_def(source)
     by_name = {n.name: n for n in gd.node}
-    stateful = sorted(n.name for n in gd.node if n.op in ("VariableV2", "Variable", "VarHandleOp", "VarIsInitializedOp"))
+    stateful = sorted(
+        n.name for n in gd.node if n.op in ("VariableV2", "Variable", "VarHandleOp", "VarIsInitializedOp")
+    )
     if stateful:
         raise ValueError(f"{what} is not frozen: it holds variable ops {stateful[:5]}; freeze it first "
                          "(tf.compat.v1.graph_util.convert_variables_to_constants(sess, graph_def, outputs))")
     if not outputs:
-        raise ValueError(f"{what}: give the output tensors (outputs=['y:0'], --outputs y:0); a GraphDef does not say which they are")
+        raise ValueError(
+            f"{what}: give the output tensors (outputs=['y:0'], --outputs y:0); a GraphDef does not say which they are"
+        )
     outs = [tensor_name(o) for o in outputs]
     for o in outs:
         if o.split(":")[0] not in by_name:
@@ -201,7 +210,9 @@ def _load_graph_def(source: TFSource, inputs: Sequence[str] | None, outputs: Seq
             if i.split(":")[0] not in by_name:
                 raise ValueError(f"{what}: input {i!r} is not a tensor of the graph")
     else:
-        ins = [f"{n.name}:0" for n in gd.node if n.op in ("Placeholder", "PlaceholderWithDefault") and n.name in reachable]
+        ins = [
+            f"{n.name}:0" for n in gd.node if n.op in ("Placeholder", "PlaceholderWithDefault") and n.name in reachable
+        ]
     if variables is None:
         chosen = _frozen_variables(gd, reachable)
         if not chosen:
@@ -213,10 +224,14 @@ def _load_graph_def(source: TFSource, inputs: Sequence[str] | None, outputs: Seq
             node = v[:-2] if v.endswith(":0") else v
             n = by_name.get(node)
             if n is None:
-                raise ValueError(f"variable {v!r} cannot stay updatable: there is no such node in {what} "
-                                 "(a constant folded away or pruned when the graph was frozen or optimised no longer exists)")
+                raise ValueError(
+                    f"variable {v!r} cannot stay updatable: there is no such node in {what} "
+                    "(a constant folded away or pruned when the graph was frozen or optimised no longer exists)"
+                )
             if n.op != "Const":
-                raise ValueError(f"variable {v!r} cannot stay updatable: its node is a {n.op}, not a constant of the frozen graph")
+                raise ValueError(
+                    f"variable {v!r} cannot stay updatable: its node is a {n.op}, not a constant of the frozen graph"
+                )
             if tf.dtypes.as_dtype(n.attr["dtype"].type).as_numpy_dtype is object:
                 raise ValueError(f"variable {v!r} cannot stay updatable: it is a string constant")
             if node not in reachable:
@@ -239,7 +254,9 @@ def _load_saved_model(path: Path, inputs: Sequence[str] | None, outputs: Sequenc
         raise ValueError(f"{what} cannot be loaded: {str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
     sigs = dict(loaded.signatures)
     if not sigs:
-        raise ValueError(f"{what} has no signatures; save it with signatures= (tf.saved_model.save(m, dir, signatures=...))")
+        raise ValueError(
+            f"{what} has no signatures; save it with signatures= (tf.saved_model.save(m, dir, signatures=...))"
+        )
     key = signature or ("serving_default" if "serving_default" in sigs or len(sigs) != 1 else next(iter(sigs)))
     if key not in sigs:
         raise ValueError(f"{what} has no signature {key!r}; it has {sorted(sigs)}")
@@ -329,7 +346,9 @@ def _as_inputs(graph_def: Any, consts: Sequence[str]) -> tuple[Any, dict[str, np
     return gd, values
 
 
-def _convert(g: _Graph, as_inputs: Sequence[str], shapes: Mapping[str, tuple[int, ...]], opset: int | None) -> tuple[Any, dict[str, np.ndarray]]:
+def _convert(
+    g: _Graph, as_inputs: Sequence[str], shapes: Mapping[str, tuple[int, ...]], opset: int | None
+) -> tuple[Any, dict[str, np.ndarray]]:
     """tf2onnx with ``as_inputs`` (Const names) turned into graph inputs named by their variables."""
     tf2onnx = _tf2onnx()
     gd, values = _as_inputs(g.graph_def, as_inputs)
@@ -509,7 +528,9 @@ def tf_to_onnx(
     shapes = {to_graph.get(n, n): s for n, s in in_specs if s is not None}
     for n in shapes:
         if n not in g.inputs:
-            raise ValueError(f"{g.what}: {n!r} is not an input of the conversion (inputs: {list(g.input_names.values())})")
+            raise ValueError(
+                f"{g.what}: {n!r} is not an input of the conversion (inputs: {list(g.input_names.values())})"
+            )
     consts = list(g.variables)
     try:
         model, values = _convert(g, consts, shapes, opset)
@@ -529,7 +550,9 @@ def tf_to_onnx(
                         tuple(g.variables[c] for c in consts))
     if verify:
         _verify(g, conv, probe_batch)
-    log.debug("converted %s: inputs %s, outputs %s, %d variables", g.what, conv.inputs, conv.outputs, len(conv.variables))
+    log.debug(
+        "converted %s: inputs %s, outputs %s, %d variables", g.what, conv.inputs, conv.outputs, len(conv.variables)
+    )
     return conv
 
 
