@@ -6,8 +6,9 @@ The message and service stubs are the ones ``tritonclient`` ships
 server speaks exactly what ``tritonclient.grpc`` speaks.  Implemented: ServerLive,
 ServerReady, ModelReady, ServerMetadata, ModelMetadata, ModelConfig, ModelInfer
 (``raw_input_contents`` or typed ``contents``; outputs as ``raw_output_contents``),
-ModelStatistics (the statistics extension), RepositoryIndex, RepositoryModelLoad (``file:`` parameters with ``bytes_param``, one
-atomic update; token in the ``authorization`` metadata) and RepositoryModelUnload
+ModelStreamInfer (bidirectional, same checks as ModelInfer), ModelStatistics (the
+statistics extension), RepositoryIndex, RepositoryModelLoad (``file:`` parameters with
+``bytes_param``, one atomic update; token in the ``authorization`` metadata) and RepositoryModelUnload
 (refused).  Others answer UNIMPLEMENTED.  Runs on grpc.aio in the server's event loop.
 
 Receive limits, each enforced before the message is parsed: the server's receive limit is
@@ -49,6 +50,7 @@ access_log = logging.getLogger("acl_bundle.serve.access")
 __all__ = ["GrpcFrontEnd", "create_grpc_server"]
 
 _HEALTH = frozenset({"live", "ready"})
+STREAM_WINDOW = 64  # requests of one ModelStreamInfer stream running at once
 
 # InferTensorContents field per datatype (typed, non-raw inputs).
 _CONTENTS = {"BOOL": "bool_contents", "INT8": "int_contents", "INT16": "int_contents", "INT32": "int_contents",
@@ -150,41 +152,106 @@ class _Servicer(service_pb2_grpc.GRPCInferenceServiceServicer):
             return service_pb2.ModelConfigResponse(config=mc)
         return await self._call("model_config", context, fn)
 
+    async def _infer(self, request: Any) -> Any:
+        """One ModelInferRequest (or the WireError its deserializer returned) -> ModelInferResponse."""
+        if isinstance(request, WireError):  # refused by the bounded deserializer, before parsing
+            raise ServeError(400, str(request))
+        raw = request.raw_input_contents
+        if raw and len(raw) != len(request.inputs):
+            raise ServeError(400, f"{len(raw)} raw_input_contents for {len(request.inputs)} inputs; give one per "
+                                  "input, in input order, or none")
+        tensors = []
+        for i, t in enumerate(request.inputs):
+            if raw:
+                if t.HasField("contents"):
+                    raise ServeError(400, f"input {t.name!r} has both contents and raw_input_contents")
+                tensors.append(InputTensor(t.name, t.datatype, list(t.shape), raw[i], True))
+                continue
+            field = _CONTENTS.get(t.datatype)
+            if field is None:
+                raise ServeError(400, f"input {t.name!r}: datatype {t.datatype!r} has no typed contents field; "
+                                      "send it in raw_input_contents")
+            tensors.append(InputTensor(t.name, t.datatype, list(t.shape), list(getattr(t.contents, field)), False))
+        names = [o.name for o in request.outputs] or None
+        for o in request.outputs:
+            if "classification" in o.parameters:
+                raise ServeError(400, f"output {o.name!r}: the classification extension is not supported")
+        out = await self.s.infer(request.model_name, request.model_version, tensors, names)
+        resp = service_pb2.ModelInferResponse(model_name=self.s.name, model_version="1", id=request.id)
+        for key, value in response_parameters(out.version, out.step).items():
+            resp.parameters[key].int64_param = value
+        for spec, a in out.outputs:
+            o = resp.outputs.add()
+            o.name, o.datatype = spec.name, spec.datatype
+            o.shape.extend(a.shape)
+            resp.raw_output_contents.append(np.ascontiguousarray(a, a.dtype.newbyteorder("<")).tobytes())
+        return resp
+
     async def ModelInfer(self, request: Any, context: Any) -> Any:
-        async def fn() -> Any:
-            if isinstance(request, WireError):  # refused by the bounded deserializer, before parsing
-                raise ServeError(400, str(request))
-            raw = request.raw_input_contents
-            if raw and len(raw) != len(request.inputs):
-                raise ServeError(400, f"{len(raw)} raw_input_contents for {len(request.inputs)} inputs; give one per "
-                                      "input, in input order, or none")
-            tensors = []
-            for i, t in enumerate(request.inputs):
-                if raw:
-                    if t.HasField("contents"):
-                        raise ServeError(400, f"input {t.name!r} has both contents and raw_input_contents")
-                    tensors.append(InputTensor(t.name, t.datatype, list(t.shape), raw[i], True))
+        return await self._call("infer", context, lambda: self._infer(request))
+
+    async def ModelStreamInfer(self, requests: Any, context: Any) -> Any:
+        """Bidirectional streaming infer: each request is run as a unary infer would be (batched with the others
+        in flight, its response naming its weight version); responses come back in request order; a refused
+        request is answered in the stream (``error_message``) and the stream goes on.  At most
+        ``STREAM_WINDOW`` requests of one stream run at once (reading pauses beyond).  When the server drains,
+        requests still arriving are answered "shutting down" and the stream ends UNAVAILABLE."""
+        m = self.s.metrics
+        pending: asyncio.Queue[Any] = asyncio.Queue(STREAM_WINDOW)
+
+        async def one(request: Any) -> Any:
+            t0 = time.perf_counter()
+            code = 200
+            self.in_flight += 1
+            try:
+                if self.draining:
+                    raise ServeError(503, "the server is shutting down")
+                return service_pb2.ModelStreamInferResponse(infer_response=await self._infer(request))
+            except ServeError as e:
+                code = e.status
+                return service_pb2.ModelStreamInferResponse(
+                    error_message=e.message, infer_response=service_pb2.ModelInferResponse(
+                        id=getattr(request, "id", ""), model_name=self.s.name))
+            except Exception as e:
+                code = 500
+                log.exception("gRPC stream infer failed")
+                return service_pb2.ModelStreamInferResponse(error_message=f"internal error: {type(e).__name__}")
+            finally:
+                self.in_flight -= 1
+                dt = time.perf_counter() - t0
+                m.request_seconds.labels("grpc", "stream_infer").observe(dt)
+                m.requests.labels("grpc", "stream_infer", str(code)).inc()
+                if access_log.isEnabledFor(logging.INFO):
+                    access_log.info("grpc stream_infer %d %.3fms client=%s", code, dt * 1e3, context.peer())
+
+        async def reader() -> None:
+            try:
+                async for request in requests:
+                    await pending.put(asyncio.ensure_future(one(request)))
+            finally:
+                await pending.put(None)
+
+        read = asyncio.ensure_future(reader())
+        try:
+            while True:
+                try:
+                    task = await asyncio.wait_for(pending.get(), 0.1)
+                except asyncio.TimeoutError:
+                    if self.draining:  # an idle stream ends when the server drains
+                        break
                     continue
-                field = _CONTENTS.get(t.datatype)
-                if field is None:
-                    raise ServeError(400, f"input {t.name!r}: datatype {t.datatype!r} has no typed contents field; "
-                                          "send it in raw_input_contents")
-                tensors.append(InputTensor(t.name, t.datatype, list(t.shape), list(getattr(t.contents, field)), False))
-            names = [o.name for o in request.outputs] or None
-            for o in request.outputs:
-                if "classification" in o.parameters:
-                    raise ServeError(400, f"output {o.name!r}: the classification extension is not supported")
-            out = await self.s.infer(request.model_name, request.model_version, tensors, names)
-            resp = service_pb2.ModelInferResponse(model_name=self.s.name, model_version="1", id=request.id)
-            for key, value in response_parameters(out.version, out.step).items():
-                resp.parameters[key].int64_param = value
-            for spec, a in out.outputs:
-                o = resp.outputs.add()
-                o.name, o.datatype = spec.name, spec.datatype
-                o.shape.extend(a.shape)
-                resp.raw_output_contents.append(np.ascontiguousarray(a, a.dtype.newbyteorder("<")).tobytes())
-            return resp
-        return await self._call("infer", context, fn)
+                if task is None:
+                    read.result()
+                    break
+                yield await task
+        finally:
+            read.cancel()
+            while not pending.empty():
+                t = pending.get_nowait()
+                if t is not None:
+                    t.cancel()
+        if self.draining:
+            await context.abort(grpc.StatusCode.UNAVAILABLE, "the server is shutting down")
 
     async def ModelStatistics(self, request: Any, context: Any) -> Any:
         async def fn() -> Any:
@@ -256,7 +323,8 @@ def _handlers(servicer: _Servicer, only: tuple[str, ...] | None) -> grpc.Generic
     handlers = {}
     for m in desc.methods:
         impl = getattr(type(servicer), m.name, None)
-        if impl is getattr(service_pb2_grpc.GRPCInferenceServiceServicer, m.name, None) or (only and m.name not in only):
+        base = getattr(service_pb2_grpc.GRPCInferenceServiceServicer, m.name, None)
+        if impl is base or (only and m.name not in only):
             continue  # not implemented here: grpc answers UNIMPLEMENTED
         req_cls, resp_cls = getattr(service_pb2, m.input_type.name), getattr(service_pb2, m.output_type.name)
         fn = getattr(servicer, m.name)

@@ -1,6 +1,8 @@
 """Triton's extensions beyond the core protocol, read by tritonclient (HTTP and gRPC) from a real server process:
-statistics."""
+statistics, streaming."""
 from __future__ import annotations
+
+import json
 
 import numpy as np
 import pytest
@@ -9,12 +11,12 @@ import tritonclient.http as httpclient
 from helpers import reference
 from tritonclient.utils import InferenceServerException
 
-from conftest import serve_process
+from conftest import TOKEN, new_weights, npz_bytes, serve_process
 
 
 @pytest.fixture(scope="module")
 def srv(tmp_path_factory):
-    with serve_process(tmp_path_factory.mktemp("ext"), token=False) as s:
+    with serve_process(tmp_path_factory.mktemp("ext")) as s:
         yield s
 
 
@@ -103,3 +105,57 @@ def test_statistics_routes_and_errors(srv, http, grpc):
         grpc.get_inference_statistics("nope")
     assert "NOT_FOUND" in str(ei.value.status())
     assert "statistics" in http.get_server_metadata()["extensions"]
+
+
+def test_stream_infer_results_equal_numpy_for_the_version_each_names(srv, grpc):
+    import queue
+
+    versions = {int(http_version(srv)): srv.weights}
+    results: queue.Queue = queue.Queue()
+    grpc.start_stream(callback=lambda result, error: results.put((result, error)))
+    xs = {}
+
+    def send(rid: str, x: np.ndarray) -> None:
+        xs[rid] = x
+        inp = grpcclient.InferInput("x", list(x.shape), "FP32")
+        inp.set_data_from_numpy(x)
+        grpc.async_stream_infer("mlp", [inp], request_id=rid)
+
+    try:
+        for i in range(12):
+            send(str(i), _x(1 + i % 4, 100 + i))
+        got = [results.get(timeout=30) for _ in range(12)]
+        w1 = new_weights(srv.weights, 7)  # a push while the stream is open
+        status, body, _ = srv.request("PUT", "/v2/models/mlp/weights", npz_bytes(w1),
+                                      {"Authorization": f"Bearer {TOKEN}", "Content-Type": "application/x-npz"})
+        assert status == 200, body
+        versions[json.loads(body)["weight_version"]] = w1
+        for i in range(12, 24):
+            send(str(i), _x(1 + i % 4, 100 + i))
+        bad = grpcclient.InferInput("x", [1, 3], "FP32")
+        bad.set_data_from_numpy(np.zeros((1, 3), np.float32))
+        grpc.async_stream_infer("mlp", [bad], request_id="bad")
+        send("after", _x(2, 999))  # the stream goes on after a refusal
+        got += [results.get(timeout=30) for _ in range(14)]
+    finally:
+        grpc.stop_stream()
+    ids, seen = [], set()
+    for result, error in got:
+        if error is not None:
+            assert "shape" in str(error) or "x" in str(error)
+            ids.append("bad")
+            continue
+        r = result.get_response()
+        v = r.parameters["weight_version"].int64_param  # the version that produced it
+        np.testing.assert_allclose(result.as_numpy("y"), reference(xs[r.id], versions[v]), rtol=1e-5, atol=1e-5)
+        ids.append(r.id)
+        seen.add(v)
+    assert ids == [str(i) for i in range(24)] + ["bad", "after"]  # in request order
+    assert seen == set(versions)  # both versions served, each checked against its own weights
+
+
+def http_version(srv) -> int:
+    status, body, _ = srv.request("POST", "/v2/repository/models/mlp/load", b"{}",
+                                  {"Authorization": f"Bearer {TOKEN}"})
+    assert status == 200, body
+    return json.loads(body)["weight_version"]
