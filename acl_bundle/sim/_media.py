@@ -682,11 +682,12 @@ def _batch_jobs(
             f"{name}: roi_nums {roi_nums} must hold one count >= 1 per input picture ({len(sb.pics)}), at most "
             f"{MAX_ROIS} entries"
         )
+    # the C call reads the first sum(roi_nums) areas of each array (U: a longer list is accepted)
     if (
         total > MAX_ROIS
         or total != len(db.pics)
-        or len(crops) != total
-        or (pastes is not None and len(pastes) != total)
+        or len(crops) < total
+        or (pastes is not None and len(pastes) < total)
     ):
         raise _refuse(
             f"{name}: sum(roi_nums) = {total} must equal the output batch size {len(db.pics)} and the number of areas"

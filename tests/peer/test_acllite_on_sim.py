@@ -13,8 +13,9 @@ context, ``reset_device``, ``finalize``). Outputs are compared with an independe
 forward pass. Nothing of acllite is patched; only the simulator is installed as ``acl``.
 
 What acllite itself leaves behind (checked, then freed by hand so the autouse leak check
-passes): the device buffers it mallocs for numpy inputs (``_input_buffer``) and, on a
-dynamic-batch model, one ``ascend_mbatch_shape_data`` buffer per execute. acllite never
+passes): the device buffers it mallocs for numpy inputs (``_input_buffer``), on a
+dynamic-batch model one ``ascend_mbatch_shape_data`` buffer per execute, and the output pic
+desc of each ``AclLiteImageProc.jpegd``. acllite never
 frees either; it relies on ``reset_device``/process exit to reclaim device memory.
 """
 from __future__ import annotations
@@ -36,7 +37,8 @@ ACLLITE_DIR = Path(os.environ.get("ACLLITE_DIR", "/nonexistent"))
 pytestmark = pytest.mark.skipif(not (ACLLITE_DIR / "acllite_model.py").is_file(),
                                 reason="set ACLLITE_DIR to Ascend/samples python/common/acllite to run acllite itself")
 # acllite's modules import each other by bare name (import constants, acllite_utils, ...)
-ACLLITE_MODULES = ("constants", "acllite_logger", "acllite_utils", "acllite_resource", "acllite_image", "acllite_model")
+ACLLITE_MODULES = ("constants", "acllite_logger", "acllite_utils", "acllite_resource", "acllite_image", "acllite_model",
+                   "acllite_imageproc")
 
 
 @pytest.fixture
@@ -200,3 +202,45 @@ def test_acllite_image_copies_between_host_and_device(acllite):
     assert sim.live_resources()["device_blocks"] == {} and sim.live_resources()["host_blocks"] == {}
     del acl_resource
     _finish([])
+
+
+def test_acllite_imageproc_jpegd_resize_jpege(acllite, tmp_path):
+    """AclLiteImageProc (acl.media): a JPEG file -> copy_to_dvpp -> jpegd (on Ascend310P3: width stride
+    aligned to 64, height to 16) -> resize to 224x224 -> jpege; luma compared with Pillow's decode + resize."""
+    import io
+
+    from PIL import Image
+
+    AclLiteImage = acllite["acllite_image"].AclLiteImage
+    resource = acllite["acllite_resource"].AclLiteResource()
+    resource.init()
+    proc = acllite["acllite_imageproc"].AclLiteImageProc(resource)
+    yy, xx = np.mgrid[0:200, 0:300]
+    rgb = np.stack([xx * 255 // 299, yy * 255 // 199, (xx + yy) % 256], -1).astype(np.uint8)
+    path = tmp_path / "pic.jpg"
+    Image.fromarray(rgb).save(path, quality=95)
+    image = AclLiteImage(str(path))
+    dvpp_image = image.copy_to_dvpp()
+    yuv = proc.jpegd(dvpp_image)
+    assert yuv is not None, sim.acl.get_recent_err_msg()
+    assert (yuv.width, yuv.height, yuv.align_width, yuv.align_height) == (300, 200, 320, 208)
+    resized = proc.resize(yuv, 224, 224)
+    assert resized is not None, sim.acl.get_recent_err_msg()
+    host = resized.copy_to_host()
+    y = host.byte_data_to_np_array().view(np.uint8)[: 224 * 224].reshape(224, 224).astype(np.int16)
+    ref = Image.open(path).convert("RGB").resize((224, 224), Image.Resampling.BILINEAR).convert("YCbCr")
+    assert np.abs(y - np.asarray(ref, dtype=np.int16)[:, :, 0]).max() <= 3
+    jpeg = proc.jpege(resized)
+    assert jpeg is not None, sim.acl.get_recent_err_msg()
+    again = Image.open(io.BytesIO(jpeg.copy_to_host().byte_data_to_np_array().tobytes()))
+    assert again.size == (224, 224)
+    del again, jpeg, host, resized, yuv, dvpp_image, image  # AclLiteImage.__del__ frees DVPP and host memory
+    gc.collect()
+    del proc
+    del resource  # resource_list.destroy() -> proc.destroy(): channel, configs
+    gc.collect()
+    # what acllite leaves: jpegd never destroys its output pic desc (resize and jpege destroy theirs)
+    left = sim.leaks()
+    assert set(left) == {"dvpp_descs"} and len(left["dvpp_descs"]) == 1, left
+    assert sim.acl.media.dvpp_destroy_pic_desc(left["dvpp_descs"][0]) == 0
+    assert sim.leaks() == {}
