@@ -36,7 +36,8 @@ def main() -> None:
     report("decode 301x203", *T.planes(d.download(out, size), w, h, ws, hs),
            T._ref_ycbcr(T.Image.open(io.BytesIO(jpeg)))[:h, :w])
     d.close()
-    for name in ("test_vpc_resize_matches_pillow", "test_vpc_crop_and_crop_and_paste", "test_batch_crop_and_batch_crop_and_paste"):
+    for name in ("test_vpc_resize_matches_pillow", "test_vpc_crop_and_crop_and_paste",
+                 "test_batch_crop_and_batch_crop_and_paste"):
         print(name)
         d = T.Dvpp()
         getattr(T, name)(d)

@@ -77,7 +77,8 @@ class Dvpp:
         assert acl.rt.memcpy(acl.util.numpy_to_ptr(out), n, p, n, D2H) == 0, acl.get_recent_err_msg()
         return out
 
-    def pic(self, data: int, size: int, w: int, h: int, ws: int, hs: int, fmt: int = NV12, desc: int | None = None) -> int:
+    def pic(self, data: int, size: int, w: int, h: int, ws: int, hs: int, fmt: int = NV12,
+            desc: int | None = None) -> int:
         d = desc if desc is not None else acl.media.dvpp_create_pic_desc()
         if desc is None:
             self.descs.append(d)
@@ -97,8 +98,8 @@ class Dvpp:
             assert acl.rt.memset(p, size, fill, size) == 0
         return self.pic(p, size, w, h, ws, hs, fmt), p, size
 
-    def roi(self, l: int, r: int, t: int, b: int) -> int:
-        h = acl.media.dvpp_create_roi_config(l, r, t, b)
+    def roi(self, left: int, right: int, top: int, bottom: int) -> int:
+        h = acl.media.dvpp_create_roi_config(left, right, top, bottom)
         assert h
         self.rois.append(h)
         return h
@@ -345,12 +346,13 @@ def test_vpc_constraints_are_refused_before_anything_runs(dv):
     def resize():
         return m.dvpp_vpc_resize_async(dv.chan, in_desc, out_desc, rc, dv.stream)
 
-    def crop(l, r, t, b):
-        roi = dv.roi(l, r, t, b)
+    def crop(*offsets):
+        roi = dv.roi(*offsets)
         return m.dvpp_vpc_crop_async(dv.chan, in_desc, out_desc, roi, dv.stream)
 
-    def paste(l, r, t, b):
-        return m.dvpp_vpc_crop_and_paste_async(dv.chan, in_desc, out_desc, dv.roi(0, 63, 0, 47), dv.roi(l, r, t, b), dv.stream)
+    def paste(*offsets):
+        crop_roi, paste_roi = dv.roi(0, 63, 0, 47), dv.roi(*offsets)
+        return m.dvpp_vpc_crop_and_paste_async(dv.chan, in_desc, out_desc, crop_roi, paste_roi, dv.stream)
 
     cases = [
         (lambda: m.dvpp_set_pic_desc_width(out_desc, 63), resize),  # odd width
@@ -400,7 +402,7 @@ def test_batch_crop_and_batch_crop_and_paste(dv):
     m = acl.media
     jpeg = _jpeg(256, 192)
     desc, out, size, w, h, ws, hs = decode(dv, jpeg)
-    src_b, dst_b, dst2_b = m.dvpp_create_batch_pic_desc(1), m.dvpp_create_batch_pic_desc(3), m.dvpp_create_batch_pic_desc(3)
+    src_b, dst_b, dst2_b = (m.dvpp_create_batch_pic_desc(n) for n in (1, 3, 3))
     dv.pic(out, size, w, h, ws, hs, desc=m.dvpp_get_pic_desc(src_b, 0))
     boxes = [(0, 63, 0, 47), (64, 191, 32, 127), (128, 255, 96, 191)]
     crops = [dv.roi(*b) for b in boxes]
@@ -418,12 +420,13 @@ def test_batch_crop_and_batch_crop_and_paste(dv):
     pastes = [dv.roi(16, 47, 8, 31) for _ in range(3)]
     assert m.dvpp_vpc_batch_crop_and_paste_async(dv.chan, src_b, [3], dst2_b, crops, pastes, dv.stream) == (dst2_b, 0)
     assert dv.sync() == 0
-    for (o, o2), (l, r, t, b), i in zip(outs, boxes, range(3)):
+    for (o, o2), (left, right, top, bottom), i in zip(outs, boxes, range(3)):
+        box = (left, top, right + 1, bottom + 1)
         assert m.dvpp_get_pic_desc_ret_code(m.dvpp_get_pic_desc(dst_b, i)) == 0
         y, u, v = planes(dv.download(o, 64 * 48 * 3 // 2), 64, 48, 64, 48)
-        _assert_like(y, u, v, _rgb_resized(jpeg, (l, t, r + 1, b + 1), (64, 48)))
+        _assert_like(y, u, v, _rgb_resized(jpeg, box, (64, 48)))
         y2, u2, v2 = planes(dv.download(o2, 64 * 48 * 3 // 2), 64, 48, 64, 48)
-        _assert_like(y2[8:32, 16:48], u2[4:16, 8:24], v2[4:16, 8:24], _rgb_resized(jpeg, (l, t, r + 1, b + 1), (32, 24)))
+        _assert_like(y2[8:32, 16:48], u2[4:16, 8:24], v2[4:16, 8:24], _rgb_resized(jpeg, box, (32, 24)))
         assert (y2[:8] == 0x10).all() and (y2[:, :16] == 0x10).all()
     for bd in (src_b, dst_b, dst2_b):
         assert m.dvpp_destroy_batch_pic_desc(bd) == 0
