@@ -19,7 +19,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from acl_bundle._manifest import load_manifest
 from acl_bundle.sim import builder, models
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -150,7 +149,7 @@ def test_manifest_is_the_simulator_schema(pure_parts: Path, tmp_path: Path) -> N
     r = _run(pure_parts, "manifest", "--model", str(model_file), "--output", str(tmp_path / "b.om"),
              "--soc-version", "Ascend310P3", "--dynamic-batch-size", "1,8")
     assert r.returncode == 0, r.stdout + r.stderr
-    m = load_manifest(json.loads(r.stdout))
+    m = builder.load_manifest(json.loads(r.stdout))
     assert [(v["name"], v["dtype"], v["shape"]) for v in m["variables"]] == [("fc.weight", "float32", [2, 3]),
                                                                              ("fc.bias", "float16", [3])]
     assert m["batch_sizes"] == [1, 8] and m["graphs"] == ["infer", "init", "update"] and m["model_count"] == 3
