@@ -52,7 +52,8 @@ def find_cann(environ: Mapping[str, str] | None = None) -> Path:
         value = env.get(var, "").strip()
         if value:
             if not (Path(value) / _GE_HEADER).is_file():
-                raise DeviceBuildUnavailable(f"{var}={value} has no {_GE_HEADER}: it is not a CANN toolkit with the GE graph API")
+                raise DeviceBuildUnavailable(
+                    f"{var}={value} has no {_GE_HEADER}: it is not a CANN toolkit with the GE graph API")
             return Path(value)
     for d in CANN_DEFAULTS:
         if (Path(d) / _GE_HEADER).is_file():
@@ -96,9 +97,11 @@ def native_tool(environ: Mapping[str, str] | None = None, source: Path = SOURCE_
                                      "checkout (pip install -e .) so native/bundle_builder is beside the package")
     cmake = shutil.which("cmake", path=env.get("PATH"))
     if cmake is None:
-        raise DeviceBuildUnavailable("--target ascend builds its native tool with CMake, which is not on PATH (install cmake >= 3.16)")
+        raise DeviceBuildUnavailable(
+            "--target ascend builds its native tool with CMake, which is not on PATH (install cmake >= 3.16)")
     if not any(shutil.which(c, path=env.get("PATH")) for c in (env.get("CXX", ""), "c++", "g++", "clang++") if c):
-        raise DeviceBuildUnavailable("--target ascend compiles its native tool with a C++17 compiler, and none is on PATH (install g++)")
+        raise DeviceBuildUnavailable(
+            "--target ascend compiles its native tool with a C++17 compiler, and none is on PATH (install g++)")
     build = _cache_root(env) / f"bundle_builder-{_source_digest(source, cann)}"
     tool = build / TOOL_NAME
     if tool.is_file():
@@ -111,7 +114,8 @@ def native_tool(environ: Mapping[str, str] | None = None, source: Path = SOURCE_
         if tool.is_file():
             return tool
         log.warning("building the native bundle builder against %s into %s (first use)", cann, build)
-        for step in ([cmake, "-S", str(source), "-B", str(build), f"-DASCEND_HOME={cann}", "-DCMAKE_BUILD_TYPE=Release"],
+        configure = [cmake, "-S", str(source), "-B", str(build), f"-DASCEND_HOME={cann}", "-DCMAKE_BUILD_TYPE=Release"]
+        for step in (configure,
                      [cmake, "--build", str(build), "--parallel", "2"]):
             r = subprocess.run(step, check=False, capture_output=True, text=True, env=env, timeout=BUILD_TIMEOUT)
             if r.returncode != 0:
@@ -169,7 +173,8 @@ def build_device_bundle(
         argv.append("--no-init")
     opts = {
         "--precision-mode": precision_mode,
-        "--input-shape": ";".join(f"{n}:{','.join(str(int(d)) for d in s)}" for n, s in input_shapes.items()) if input_shapes else None,
+        "--input-shape": ";".join(f"{n}:{','.join(str(int(d)) for d in s)}" for n, s in input_shapes.items())
+        if input_shapes else None,
         "--input-data-names": ";".join(input_names) if input_names else None,
         "--out-nodes": ";".join(outputs) if outputs else None,
         "--input-format": input_format,

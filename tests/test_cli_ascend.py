@@ -109,14 +109,16 @@ def test_tf_options_reach_the_native_builder_in_atc_syntax(tmp_path, monkeypatch
     out = tmp_path / "dev.om"
     code = main(["build", str(pb), "-o", str(out), "--target", "ascend", "--soc-version", "Ascend910B1",
                  "--inputs", "x:0[-1,8],mask:0", "--outputs", "y:0,z:0", "--batch-sizes", "1,4",
-                 "--variables", "dense/kernel:0,dense/bias:0", "--no-init", "--precision-mode", "must_keep_origin_dtype",
+                 "--variables", "dense/kernel:0,dense/bias:0", "--no-init",
+                 "--precision-mode", "must_keep_origin_dtype",
                  "--input-format", "ND"])
     assert code == 0, capsys.readouterr().err
     argv = json.loads(log.read_text())
     assert "--no-init" in argv
     argv.remove("--no-init")
     opts = dict(zip(argv[::2], argv[1::2]))
-    assert opts == {"--model": str(pb), "--output": str(out), "--soc-version": "Ascend910B1", "--framework": "tensorflow",
+    assert opts == {"--model": str(pb), "--output": str(out), "--soc-version": "Ascend910B1",
+                    "--framework": "tensorflow",
                     "--variables": "dense/kernel:0,dense/bias:0", "--precision-mode": "must_keep_origin_dtype",
                     "--input-shape": "x:-1,8", "--input-data-names": "x;mask", "--out-nodes": "y:0;z:0",
                     "--input-format": "ND", "--dynamic-batch-size": "1,4"}

@@ -142,12 +142,15 @@ def _add_build(sub: Any) -> None:
     p.add_argument("--outputs", metavar="Y:0[,..]", help="TensorFlow only: output tensors (required for a .pb; default: the signature's)")
     p.add_argument("--signature", metavar="KEY", help="TensorFlow SavedModel only: signature to build (default serving_default)")
     p.add_argument("--precision-mode", "--precision_mode", metavar="MODE", choices=PRECISION_MODES,
-                   help="GE precision mode (ATC --precision_mode: " + ", ".join(PRECISION_MODES) + "); the simulator computes "
-                   f"as the device would. Default: sim exact float32, ascend GE's default {PRECISION_DEFAULT}")
+                   help="GE precision mode (ATC --precision_mode: " + ", ".join(PRECISION_MODES) + "); the "
+                   "simulator computes as the device would. Default: sim exact float32, ascend GE's default "
+                   f"{PRECISION_DEFAULT}")
     p.add_argument("--target", choices=("sim", "ascend"), default="sim",
                    help="sim: a simulator bundle (default); ascend: a device bundle built with CANN's GE graph API")
-    p.add_argument("--soc-version", "--soc_version", metavar="SOC", help="--target ascend: the chip (ATC --soc_version, e.g. Ascend310P3)")
-    p.add_argument("--input-format", "--input_format", metavar="FMT", help="--target ascend: data input format (ATC --input_format: NCHW, NHWC, ND, ...)")
+    p.add_argument("--soc-version", "--soc_version", metavar="SOC",
+                   help="--target ascend: the chip (ATC --soc_version, e.g. Ascend310P3)")
+    p.add_argument("--input-format", "--input_format", metavar="FMT",
+                   help="--target ascend: data input format (ATC --input_format: NCHW, NHWC, ND, ...)")
     p.set_defaults(func=_cmd_build)
 
 
@@ -229,14 +232,16 @@ def _build_ascend(args: argparse.Namespace) -> int:
 
     srcs, tf_model, src, out, batch_sizes, hw, dims = _build_inputs(args)
     if len(srcs) > 1 or args.plain:
-        raise UsageError("--target ascend builds weight-update bundles of one model; --plain and several models are --target sim only")
+        raise UsageError("--target ascend builds weight-update bundles of one model; --plain and several models "
+                         "are --target sim only")
     if tf_model and src.is_dir():
-        raise UsageError(f"--target ascend takes a frozen GraphDef (.pb), not a SavedModel directory ({src}): freeze it "
-                         "first (samples/tf_device_bundle.py shows how)")
+        raise UsageError(f"--target ascend takes a frozen GraphDef (.pb), not a SavedModel directory ({src}): "
+                         "freeze it first (samples/tf_device_bundle.py shows how)")
     if args.signature:
         raise UsageError("--signature applies to SavedModels, which --target ascend does not take")
     if not args.soc_version:
-        raise UsageError("--target ascend needs --soc-version, the chip to build for (e.g. Ascend310P3; `npu-smi info` shows it)")
+        raise UsageError("--target ascend needs --soc-version, the chip to build for (e.g. Ascend310P3; "
+                         "`npu-smi info` shows it)")
     shapes: dict[str, tuple[int, ...]] = {}
     names: list[str] = []
     for spec in _tensor_list(args.inputs, "--inputs") if args.inputs else []:
@@ -276,9 +281,10 @@ def _cmd_build(args: argparse.Namespace) -> int:
         if tf_model:
             mf = _build_tf(args, src, batch_sizes)
         elif len(srcs) > 1:
-            if args.plain or args.variables is not None or args.no_init or args.precision_mode or any(v is not None for v in dynamic.values()):
-                raise UsageError("several models make a bundle of plain static graphs: no --plain, --variables, --no-init, "
-                                 "--precision-mode or dynamic shapes")
+            if (args.plain or args.variables is not None or args.no_init or args.precision_mode
+                    or any(v is not None for v in dynamic.values())):
+                raise UsageError("several models make a bundle of plain static graphs: no --plain, --variables, "
+                                 "--no-init, --precision-mode or dynamic shapes")
             mf = builder.build_plain_bundle(srcs)
         elif args.plain:
             if args.variables is not None or args.no_init:

@@ -60,7 +60,8 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 def device() -> Device:
     try:
         r = subprocess.run([sys.executable, "-c", _PROBE], check=False, capture_output=True, text=True, timeout=120)
-        probe = json.loads(r.stdout.strip().splitlines()[-1]) if r.stdout.strip() else {"skip": f"probe failed: {r.stderr[-300:]}"}
+        lines = r.stdout.strip().splitlines()
+        probe = json.loads(lines[-1]) if lines else {"skip": f"probe failed: {r.stderr[-300:]}"}
     except (subprocess.TimeoutExpired, ValueError) as e:
         probe = {"skip": f"probing pyACL failed ({type(e).__name__})"}
     if "skip" in probe:
@@ -93,7 +94,8 @@ def device_bundles(device: Device, tmp_path_factory: pytest.TempPathFactory) -> 
     try:
         for key, kwargs in {"default": {}, "fp32": {"precision_mode": "must_keep_origin_dtype"},
                             "batch": {"batch_sizes": [1, 4, 8]}}.items():
-            om, _man, _ = device_builder.build_device_bundle(src, tmp / f"{key}.om", soc_version=device.soc_version, **kwargs)
+            om, _man, _ = device_builder.build_device_bundle(src, tmp / f"{key}.om", soc_version=device.soc_version,
+                                                             **kwargs)
             out[key] = om
     except device_builder.DeviceBuildUnavailable as e:
         pytest.skip(f"device tests build their bundles with the native builder: {e}")

@@ -54,9 +54,10 @@ def flags() -> list[str]:
 @pytest.fixture(scope="module")
 def pure_parts(flags: list[str], tmp_path_factory: pytest.TempPathFactory) -> Path:
     exe = tmp_path_factory.mktemp("native") / "pure_parts"
-    sources = [ROOT / "native/bundle_builder/test/pure_parts.cpp"] + [SRC / f for f in
-                                                                       ("options.cpp", "model_order.cpp", "sha256.cpp", "manifest.cpp")]
-    r = subprocess.run(["g++", *flags, "-O1", *map(str, sources), "-o", str(exe)], check=False, capture_output=True, text=True)
+    parts = ("options.cpp", "model_order.cpp", "sha256.cpp", "manifest.cpp")
+    sources = [ROOT / "native/bundle_builder/test/pure_parts.cpp"] + [SRC / f for f in parts]
+    r = subprocess.run(["g++", *flags, "-O1", *map(str, sources), "-o", str(exe)],
+                       check=False, capture_output=True, text=True)
     assert r.returncode == 0, r.stderr[-4000:]
     return exe
 
@@ -67,7 +68,8 @@ def _run(exe: Path, *args: str) -> subprocess.CompletedProcess[str]:
 
 @pytest.mark.parametrize("source", sorted(p.name for p in SRC.glob("*.cpp")))
 def test_every_source_compiles_against_ge_headers(flags: list[str], source: str) -> None:
-    r = subprocess.run(["g++", *flags, "-I", str(SRC), "-fsyntax-only", str(SRC / source)], check=False, capture_output=True, text=True)
+    r = subprocess.run(["g++", *flags, "-I", str(SRC), "-fsyntax-only", str(SRC / source)],
+                       check=False, capture_output=True, text=True)
     assert r.returncode == 0, r.stderr[-4000:]
 
 
@@ -87,7 +89,8 @@ def test_onnx_initializer_order_is_the_files(pure_parts: Path, tmp_path: Path) -
     b = numpy_helper.from_array(np.ones(3, np.float16), "a.bias")
     shape = numpy_helper.from_array(np.array([1, 3], np.int64), "m.shape")
     g = helper.make_graph(
-        [helper.make_node("MatMul", ["x", "z.weight"], ["h"]), helper.make_node("Cast", ["h"], ["h16"], to=TensorProto.FLOAT16),
+        [helper.make_node("MatMul", ["x", "z.weight"], ["h"]),
+         helper.make_node("Cast", ["h"], ["h16"], to=TensorProto.FLOAT16),
          helper.make_node("Add", ["h16", "a.bias"], ["s"]), helper.make_node("Reshape", ["s", "m.shape"], ["y"])],
         "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 2])],
         [helper.make_tensor_value_info("y", TensorProto.FLOAT16, [1, 3])], [w, b, shape])
@@ -181,7 +184,8 @@ def test_manifest_gears_and_no_init(pure_parts: Path, tmp_path: Path) -> None:
 def test_option_mistakes_are_one_clear_line(pure_parts: Path, tmp_path: Path, args: list[str], message: str) -> None:
     model_file = tmp_path / "m.onnx"
     model_file.write_bytes(b"x")
-    base = [] if not args else ["--model", str(model_file), "--output", str(tmp_path / "b.om"), "--soc-version", "Ascend310P3"]
+    base = ["--model", str(model_file), "--output", str(tmp_path / "b.om"), "--soc-version", "Ascend310P3"]
+    base = base if args else []
     r = _run(pure_parts, "options", *base, *args)
     assert r.returncode == 2 and message in r.stdout, r.stdout
 

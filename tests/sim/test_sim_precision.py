@@ -9,12 +9,13 @@ import json
 import struct
 from pathlib import Path
 
+import helpers
 import numpy as np
 import pytest
 
-import helpers
 from acl_bundle import BundleModel
-from acl_bundle.sim import builder, format as F, models
+from acl_bundle.sim import builder, models
+from acl_bundle.sim import format as F
 from acl_bundle.sim._precision import GE_DEFAULT, MODES
 
 SIZES = (8, 16, 4)
@@ -155,12 +156,13 @@ def test_a_file_with_a_bogus_mode_does_not_load(tmp_path):
     mf.precision_mode = "bogus"
     path = tmp_path / "bad.om"
     path.write_bytes(F.dumps(mf))
-    with pytest.raises(Exception, match=f"{F.ERR_CORRUPT}.*unknown precision_mode 'bogus'|unknown precision_mode 'bogus'.*{F.ERR_CORRUPT}"):
+    bogus = "unknown precision_mode 'bogus'"
+    with pytest.raises(Exception, match=f"{F.ERR_CORRUPT}.*{bogus}|{bogus}.*{F.ERR_CORRUPT}"):
         BundleModel(path)
 
 
 def test_ge_default_is_force_fp16_and_every_mode_is_ges():
     assert GE_DEFAULT == "force_fp16"
-    assert set(MODES) == {"force_fp16", "force_fp32", "cube_fp16in_fp32out", "allow_mix_precision", "allow_fp32_to_fp16",
-                          "must_keep_origin_dtype", "allow_mix_precision_fp16", "allow_mix_precision_bf16",
-                          "allow_fp32_to_bf16"}
+    assert set(MODES) == {"force_fp16", "force_fp32", "cube_fp16in_fp32out", "allow_mix_precision",
+                          "allow_fp32_to_fp16", "must_keep_origin_dtype", "allow_mix_precision_fp16",
+                          "allow_mix_precision_bf16", "allow_fp32_to_bf16"}
