@@ -7,9 +7,10 @@ server speaks exactly what ``tritonclient.grpc`` speaks.  Implemented: ServerLiv
 ServerReady, ModelReady, ServerMetadata, ModelMetadata, ModelConfig, ModelInfer
 (``raw_input_contents`` or typed ``contents``; outputs as ``raw_output_contents``),
 ModelStreamInfer (bidirectional, same checks as ModelInfer), ModelStatistics (the
-statistics extension), RepositoryIndex, RepositoryModelLoad (``file:`` parameters with
-``bytes_param``, one atomic update; token in the ``authorization`` metadata) and RepositoryModelUnload
-(refused).  Others answer UNIMPLEMENTED.  Runs on grpc.aio in the server's event loop.
+statistics extension), SystemSharedMemory{Status,Register,Unregister} (inputs and outputs in
+registered regions, :mod:`.shm`; CudaSharedMemory* answer UNIMPLEMENTED), RepositoryIndex,
+RepositoryModelLoad (``file:`` parameters with ``bytes_param``, one atomic update; token
+in the ``authorization`` metadata) and RepositoryModelUnload (refused).  Others answer UNIMPLEMENTED.  Runs on grpc.aio in the server's event loop.
 
 Receive limits, each enforced before the message is parsed: the server's receive limit is
 the infer limit (``max_request_bytes``), which gRPC's core checks against the message's
@@ -43,6 +44,7 @@ from .grpc_limits import WireError, check_infer_request
 from .http_app import EXTENSIONS, SERVER_NAME
 from .protocol import InputTensor, ServeError, response_parameters
 from .service import ModelService
+from .shm import cuda_unsupported
 
 log = logging.getLogger("acl_bundle.serve")
 access_log = logging.getLogger("acl_bundle.serve.access")
@@ -50,12 +52,22 @@ access_log = logging.getLogger("acl_bundle.serve.access")
 __all__ = ["GrpcFrontEnd", "create_grpc_server"]
 
 _HEALTH = frozenset({"live", "ready"})
+_SHM = "shared_memory_region"
 STREAM_WINDOW = 64  # requests of one ModelStreamInfer stream running at once
 
 # InferTensorContents field per datatype (typed, non-raw inputs).
 _CONTENTS = {"BOOL": "bool_contents", "INT8": "int_contents", "INT16": "int_contents", "INT32": "int_contents",
              "INT64": "int64_contents", "UINT8": "uint_contents", "UINT16": "uint_contents", "UINT32": "uint_contents",
              "UINT64": "uint64_contents", "FP32": "fp32_contents", "FP64": "fp64_contents"}
+
+
+def _params(params: Any) -> dict[str, Any]:
+    """A protobuf parameters map as plain values."""
+    out: dict[str, Any] = {}
+    for k, p in params.items():
+        which = p.WhichOneof("parameter_choice")
+        out[k] = getattr(p, which) if which else None
+    return out
 
 
 def _metadata(context: grpc.aio.ServicerContext, key: str) -> str | None:
@@ -156,16 +168,24 @@ class _Servicer(service_pb2_grpc.GRPCInferenceServiceServicer):
         """One ModelInferRequest (or the WireError its deserializer returned) -> ModelInferResponse."""
         if isinstance(request, WireError):  # refused by the bounded deserializer, before parsing
             raise ServeError(400, str(request))
+        shm = self.s.shm
+        in_shm = [_SHM in t.parameters for t in request.inputs]
         raw = request.raw_input_contents
-        if raw and len(raw) != len(request.inputs):
-            raise ServeError(400, f"{len(raw)} raw_input_contents for {len(request.inputs)} inputs; give one per "
-                                  "input, in input order, or none")
+        n_raw = in_shm.count(False)  # one raw_input_contents per input not in shared memory, in input order
+        if raw and len(raw) != n_raw:
+            raise ServeError(400, f"{len(raw)} raw_input_contents for {n_raw} inputs not in shared memory; give one "
+                                  "per input, in input order, or none")
         tensors = []
+        k = 0
         for i, t in enumerate(request.inputs):
+            if in_shm[i]:
+                tensors.append(shm.read_input(t.name, t.datatype, list(t.shape), _params(t.parameters)))
+                continue
             if raw:
                 if t.HasField("contents"):
                     raise ServeError(400, f"input {t.name!r} has both contents and raw_input_contents")
-                tensors.append(InputTensor(t.name, t.datatype, list(t.shape), raw[i], True))
+                tensors.append(InputTensor(t.name, t.datatype, list(t.shape), raw[k], True))
+                k += 1
                 continue
             field = _CONTENTS.get(t.datatype)
             if field is None:
@@ -173,9 +193,12 @@ class _Servicer(service_pb2_grpc.GRPCInferenceServiceServicer):
                                       "send it in raw_input_contents")
             tensors.append(InputTensor(t.name, t.datatype, list(t.shape), list(getattr(t.contents, field)), False))
         names = [o.name for o in request.outputs] or None
+        shm_out = {}
         for o in request.outputs:
             if "classification" in o.parameters:
                 raise ServeError(400, f"output {o.name!r}: the classification extension is not supported")
+            if _SHM in o.parameters:
+                shm_out[o.name] = shm.output_target(o.name, _params(o.parameters))
         out = await self.s.infer(request.model_name, request.model_version, tensors, names)
         resp = service_pb2.ModelInferResponse(model_name=self.s.name, model_version="1", id=request.id)
         for key, value in response_parameters(out.version, out.step).items():
@@ -184,6 +207,14 @@ class _Servicer(service_pb2_grpc.GRPCInferenceServiceServicer):
             o = resp.outputs.add()
             o.name, o.datatype = spec.name, spec.datatype
             o.shape.extend(a.shape)
+            if spec.name in shm_out:  # written into the client's region; an empty raw entry keeps the order
+                for key, value in shm.write_output(shm_out[spec.name], spec.name, a).items():
+                    if isinstance(value, str):
+                        o.parameters[key].string_param = value
+                    else:
+                        o.parameters[key].int64_param = value
+                resp.raw_output_contents.append(b"")
+                continue
             resp.raw_output_contents.append(np.ascontiguousarray(a, a.dtype.newbyteorder("<")).tobytes())
         return resp
 
@@ -258,6 +289,45 @@ class _Servicer(service_pb2_grpc.GRPCInferenceServiceServicer):
             stats = self.s.statistics(request.name, request.version or None)
             return json_format.ParseDict(stats, service_pb2.ModelStatisticsResponse(), ignore_unknown_fields=True)
         return await self._call("model_stats", context, fn)
+
+    async def SystemSharedMemoryStatus(self, request: Any, context: Any) -> Any:
+        async def fn() -> Any:
+            resp = service_pb2.SystemSharedMemoryStatusResponse()
+            for r in self.s.shm.status(request.name or None):
+                st = resp.regions[r["name"]]
+                st.name, st.key, st.offset, st.byte_size = r["name"], r["key"], r["offset"], r["byte_size"]
+            return resp
+        return await self._call("shm_status", context, fn)
+
+    async def SystemSharedMemoryRegister(self, request: Any, context: Any) -> Any:
+        async def fn() -> Any:
+            if self.s.auth.enabled:
+                self.s.authorize(_metadata(context, "authorization"), "shm")
+            self.s.shm.register(request.name, request.key, request.offset, request.byte_size)
+            return service_pb2.SystemSharedMemoryRegisterResponse()
+        return await self._call("shm_register", context, fn)
+
+    async def SystemSharedMemoryUnregister(self, request: Any, context: Any) -> Any:
+        async def fn() -> Any:
+            if self.s.auth.enabled:
+                self.s.authorize(_metadata(context, "authorization"), "shm")
+            self.s.shm.unregister(request.name or None)
+            return service_pb2.SystemSharedMemoryUnregisterResponse()
+        return await self._call("shm_unregister", context, fn)
+
+    async def _cuda(self, context: Any) -> Any:
+        async def fn() -> Any:
+            raise cuda_unsupported()
+        return await self._call("cuda_shm", context, fn)
+
+    async def CudaSharedMemoryStatus(self, request: Any, context: Any) -> Any:
+        return await self._cuda(context)
+
+    async def CudaSharedMemoryRegister(self, request: Any, context: Any) -> Any:
+        return await self._cuda(context)
+
+    async def CudaSharedMemoryUnregister(self, request: Any, context: Any) -> Any:
+        return await self._cuda(context)
 
     async def RepositoryIndex(self, request: Any, context: Any) -> Any:
         async def fn() -> Any:

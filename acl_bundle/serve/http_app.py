@@ -8,6 +8,10 @@ Routes (``{v}`` = ``/versions/<version>``, optional)::
     GET  /v2/models/{name}[{v}]/ready                 model ready
     GET  /v2/models/{name}[{v}]/config                Triton-style model configuration
     GET  /v2/models[/{name}[{v}]]/stats               statistics extension (Triton's schema; serve/stats.py)
+    GET  /v2/systemsharedmemory[/region/{r}]/status   system shared memory (serve/shm.py)
+    POST /v2/systemsharedmemory/region/{r}/register   {"key", "offset", "byte_size"}            [token if set]
+    POST /v2/systemsharedmemory[/region/{r}]/unregister                                          [token if set]
+    *    /v2/cudasharedmemory/...                     501: CUDA shared memory is not supported
     POST /v2/models/{name}[{v}]/infer                 infer: JSON tensors and/or binary tensor data
     POST /v2/repository/index                         the one model, READY or UNAVAILABLE
     POST /v2/repository/models/{name}/load            apply "file:<path>" parameters as one update  [token]
@@ -39,6 +43,7 @@ from starlette.routing import Route
 from .metrics import CONTENT_TYPE_LATEST
 from .protocol import InputTensor, ServeError, check_parameters, response_parameters
 from .service import InferOutcome, ModelService
+from .shm import cuda_unsupported
 
 log = logging.getLogger("acl_bundle.serve")
 access_log = logging.getLogger("acl_bundle.serve.access")
@@ -46,7 +51,8 @@ access_log = logging.getLogger("acl_bundle.serve.access")
 __all__ = ["create_app", "EXTENSIONS", "SERVER_NAME"]
 
 SERVER_NAME = "acl_bundle"
-EXTENSIONS = ["binary_tensor_data", "model_repository", "model_configuration", "parameters", "statistics"]
+EXTENSIONS = ["binary_tensor_data", "model_repository", "model_configuration", "parameters", "statistics",
+              "system_shared_memory"]
 HEADER_LENGTH = "inference-header-content-length"
 
 Handler = Callable[[Request], Awaitable[Response]]
@@ -164,12 +170,14 @@ def _infer_request(body: bytes, header_length: str | None) -> tuple[dict[str, An
 
 
 def _infer_response(service: ModelService, req: dict[str, Any], out: InferOutcome, binary: set[str],
-                    all_binary: bool) -> Response:
+                    all_binary: bool, shm_out: dict[str, Any] | None = None) -> Response:
     outputs = []
     blobs = []
     for spec, a in out.outputs:
         entry: dict[str, Any] = {"name": spec.name, "datatype": spec.datatype, "shape": list(a.shape)}
-        if all_binary or spec.name in binary:
+        if shm_out and spec.name in shm_out:  # written into the client's shared memory region, no data here
+            entry["parameters"] = service.shm.write_output(shm_out[spec.name], spec.name, a)
+        elif all_binary or spec.name in binary:
             raw = np.ascontiguousarray(a, a.dtype.newbyteorder("<")).tobytes()
             entry["parameters"] = {"binary_data_size": len(raw)}
             blobs.append(raw)
@@ -185,6 +193,23 @@ def _infer_response(service: ModelService, req: dict[str, Any], out: InferOutcom
         return Response(head, media_type="application/json")
     return Response(head + b"".join(blobs), media_type="application/octet-stream",
                     headers={"Inference-Header-Content-Length": str(len(head))})
+
+
+def _shared_memory(service: ModelService, req: dict[str, Any],
+                   tensors: list[InputTensor]) -> tuple[list[InputTensor], dict[str, Any]]:
+    """Inputs read from / outputs bound to shared memory regions (``shared_memory_region`` parameters)."""
+    for i, t in enumerate(req["inputs"]):
+        p = t.get("parameters")
+        if isinstance(p, dict) and "shared_memory_region" in p:
+            if "data" in t:
+                raise ServeError(400, f"input {t.get('name')!r} has both 'data' and 'shared_memory_region'")
+            tensors[i] = service.shm.read_input(t["name"], t["datatype"], t["shape"], p)
+    shm_out = {}
+    for o in req.get("outputs") or ():
+        p = o.get("parameters")
+        if isinstance(p, dict) and "shared_memory_region" in p:
+            shm_out[o["name"]] = service.shm.output_target(o["name"], p)
+    return tensors, shm_out
 
 
 def create_app(service: ModelService, *, max_request_bytes: int, server_version: str,
@@ -248,8 +273,9 @@ def create_app(service: ModelService, *, max_request_bytes: int, server_version:
         service.check_model(name, version)  # 404 before reading the body
         body = await read_body(request, max_request_bytes)
         req, tensors, outputs, binary, all_binary = _infer_request(body, request.headers.get(HEADER_LENGTH))
+        tensors, shm_out = _shared_memory(service, req, tensors)
         out = await service.infer(name, version, tensors, outputs)
-        return _infer_response(service, req, out, binary, all_binary)
+        return _infer_response(service, req, out, binary, all_binary, shm_out)
 
     async def repository_index(request: Request) -> Response:
         await read_body(request, 1 << 16)
@@ -297,6 +323,26 @@ def create_app(service: ModelService, *, max_request_bytes: int, server_version:
     async def model_stats(request: Request) -> Response:
         return _json(service.statistics(request.path_params.get("name", ""), request.path_params.get("version")))
 
+    async def shm_status(request: Request) -> Response:
+        return _json(service.shm.status(request.path_params.get("region")))
+
+    async def shm_register(request: Request) -> Response:
+        if service.auth.enabled:
+            service.authorize(request.headers.get("authorization"), "shm")
+        req = _parse_json(await read_body(request, 1 << 16), "the register request")
+        service.shm.register(request.path_params["region"], req.get("key"), req.get("offset", 0), req.get("byte_size"))
+        return _json({})
+
+    async def shm_unregister(request: Request) -> Response:
+        if service.auth.enabled:
+            service.authorize(request.headers.get("authorization"), "shm")
+        await read_body(request, 1 << 16)
+        service.shm.unregister(request.path_params.get("region"))
+        return _json({})
+
+    async def cuda_shm(request: Request) -> Response:
+        raise cuda_unsupported()
+
     async def prometheus(request: Request) -> Response:
         return Response(metrics.render(), media_type=CONTENT_TYPE_LATEST)
 
@@ -310,6 +356,14 @@ def create_app(service: ModelService, *, max_request_bytes: int, server_version:
         Route("/v2/models/{name}/weights", endpoint("weights", put_weights), methods=["PUT", "POST"]),
         Route("/metrics", endpoint("metrics", prometheus), methods=["GET"]),
         Route("/v2/models/stats", endpoint("model_stats", model_stats), methods=["GET"]),
+        Route("/v2/systemsharedmemory/status", endpoint("shm_status", shm_status), methods=["GET"]),
+        Route("/v2/systemsharedmemory/region/{region}/status", endpoint("shm_status", shm_status), methods=["GET"]),
+        Route("/v2/systemsharedmemory/region/{region}/register", endpoint("shm_register", shm_register),
+              methods=["POST"]),
+        Route("/v2/systemsharedmemory/unregister", endpoint("shm_unregister", shm_unregister), methods=["POST"]),
+        Route("/v2/systemsharedmemory/region/{region}/unregister", endpoint("shm_unregister", shm_unregister),
+              methods=["POST"]),
+        Route("/v2/cudasharedmemory/{rest:path}", endpoint("cuda_shm", cuda_shm), methods=["GET", "POST"]),
     ]
     for prefix in ("/v2/models/{name}", "/v2/models/{name}/versions/{version}"):
         routes += [

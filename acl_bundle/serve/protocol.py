@@ -29,7 +29,7 @@ _NAMES = {v: k for k, v in DATATYPES.items()}
 # HTTP status -> gRPC status code name (grpc.StatusCode member), as Triton maps them.
 _GRPC = {400: "INVALID_ARGUMENT", 401: "UNAUTHENTICATED", 403: "PERMISSION_DENIED", 404: "NOT_FOUND",
          405: "UNIMPLEMENTED", 413: "RESOURCE_EXHAUSTED", 415: "INVALID_ARGUMENT", 503: "UNAVAILABLE",
-         500: "INTERNAL"}
+         500: "INTERNAL", 501: "UNIMPLEMENTED"}
 
 
 class ServeError(Exception):

@@ -27,6 +27,7 @@ from .protocol import (
     decode_inputs,
     requested_outputs,
 )
+from .shm import SharedMemoryRegistry
 from .stats import ModelStats
 from .updates import describe, merge_weight_files, update_error
 
@@ -86,6 +87,7 @@ class ModelService:
         self.max_update_bytes = max_update_bytes
         self.model: Any = None
         self.stats = ModelStats(name)
+        self.shm = SharedMemoryRegistry()
         self.spec: ModelSpec | None = None
         self.batcher: Batcher | None = None
         self.watcher: Any = None
@@ -151,7 +153,8 @@ class ModelService:
         try:
             which = requested_outputs(spec, outputs)
             if not self.model_ready:
-                why = "shutting down" if self.shutting_down else "waiting for its first weight update (--require-weights)"
+                why = ("shutting down" if self.shutting_down
+                       else "waiting for its first weight update (--require-weights)")
                 raise ServeError(503, f"model {self.name!r} is not ready: {why}")
             t_dec = time.perf_counter()
             arrays, rows = decode_inputs(spec, tensors)
@@ -258,6 +261,7 @@ class ModelService:
         if self.batcher is not None:
             await self.batcher.drain()
         await loop.run_in_executor(None, self._shutdown_pools)
+        self.shm.close()
 
     def _shutdown_pools(self) -> None:
         self._update_pool.shutdown(wait=True)

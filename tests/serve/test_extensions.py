@@ -3,6 +3,7 @@ statistics, streaming."""
 from __future__ import annotations
 
 import json
+import os
 
 import numpy as np
 import pytest
@@ -12,6 +13,8 @@ from helpers import reference
 from tritonclient.utils import InferenceServerException
 
 from conftest import TOKEN, new_weights, npz_bytes, serve_process
+
+VERSIONS: dict[int, dict] = {}  # weight version -> its weights (the stream test pushes one)
 
 
 @pytest.fixture(scope="module")
@@ -110,7 +113,8 @@ def test_statistics_routes_and_errors(srv, http, grpc):
 def test_stream_infer_results_equal_numpy_for_the_version_each_names(srv, grpc):
     import queue
 
-    versions = {int(http_version(srv)): srv.weights}
+    VERSIONS.setdefault(0, srv.weights)
+    versions = {int(http_version(srv)): VERSIONS[int(http_version(srv))]}
     results: queue.Queue = queue.Queue()
     grpc.start_stream(callback=lambda result, error: results.put((result, error)))
     xs = {}
@@ -152,6 +156,7 @@ def test_stream_infer_results_equal_numpy_for_the_version_each_names(srv, grpc):
         seen.add(v)
     assert ids == [str(i) for i in range(24)] + ["bad", "after"]  # in request order
     assert seen == set(versions)  # both versions served, each checked against its own weights
+    VERSIONS.update(versions)
 
 
 def http_version(srv) -> int:
@@ -159,3 +164,87 @@ def http_version(srv) -> int:
                                   {"Authorization": f"Bearer {TOKEN}"})
     assert status == 200, body
     return json.loads(body)["weight_version"]
+
+
+AUTH = {"Authorization": f"Bearer {TOKEN}"}
+GAUTH = {"authorization": f"Bearer {TOKEN}"}
+
+
+@pytest.fixture
+def regions():
+    import tritonclient.utils.shared_memory as shm
+
+    made = []
+
+    def make(name: str, nbytes: int):
+        h = shm.create_shared_memory_region(name, f"/acl_bundle_test_{os.getpid()}_{name}", nbytes)
+        made.append(h)
+        return h, f"/acl_bundle_test_{os.getpid()}_{name}"
+
+    yield make
+    for h in made:
+        shm.destroy_shared_memory_region(h)
+
+
+@pytest.mark.parametrize("proto", ["http", "grpc"])
+def test_system_shared_memory_inputs_and_outputs(srv, http, grpc, regions, proto):
+    import tritonclient.utils.shared_memory as shm
+
+    c, mod, auth = (http, httpclient, AUTH) if proto == "http" else (grpc, grpcclient, GAUTH)
+    x = _x(4, 21)
+    h_in, k_in = regions(f"in_{proto}", x.nbytes + 64)
+    h_out, k_out = regions(f"out_{proto}", 4 * 4 * 4)
+    shm.set_shared_memory_region(h_in, [x], offset=64)
+    c.register_system_shared_memory(f"in_{proto}", k_in, x.nbytes + 64, headers=auth)
+    c.register_system_shared_memory(f"out_{proto}", k_out, 64, headers=auth)
+    try:
+        st = c.get_system_shared_memory_status(**({"as_json": True} if proto == "grpc" else {}))
+        names = [r["name"] for r in st] if proto == "http" else list(st["regions"])
+        assert {f"in_{proto}", f"out_{proto}"} <= set(names)
+        inp = mod.InferInput("x", [4, 8], "FP32")
+        inp.set_shared_memory(f"in_{proto}", x.nbytes, offset=64)
+        out = mod.InferRequestedOutput("y", **({"binary_data": True} if proto == "http" else {}))
+        out.set_shared_memory(f"out_{proto}", 64)
+        r = c.infer("mlp", [inp], outputs=[out])
+        assert r.get_output("y") is not None
+        y = shm.get_contents_as_numpy(h_out, np.float32, [4, 4])
+        version = (r.get_response()["parameters"]["weight_version"] if proto == "http"
+                   else r.get_response().parameters["weight_version"].int64_param)
+        assert version == http_version(srv)
+        VERSIONS.setdefault(0, srv.weights)
+        np.testing.assert_allclose(y, reference(x, VERSIONS[version]), rtol=1e-5, atol=1e-5)
+        # a region span past its registered size, an unknown region: clear errors
+        bad = mod.InferInput("x", [4, 8], "FP32")
+        bad.set_shared_memory(f"in_{proto}", x.nbytes, offset=128)
+        with pytest.raises(InferenceServerException, match="outside region"):
+            c.infer("mlp", [bad])
+        bad.set_shared_memory("nope", x.nbytes)
+        with pytest.raises(InferenceServerException, match="'nope' is not registered"):
+            c.infer("mlp", [bad])
+        # the object truncated behind the server's back: refused, never read past its end
+        os.truncate(f"/dev/shm/{k_in.lstrip('/')}", 16)
+        with pytest.raises(InferenceServerException, match="no longer holds the region"):
+            c.infer("mlp", [inp], outputs=[out])
+    finally:
+        c.unregister_system_shared_memory(f"in_{proto}", headers=auth)
+        c.unregister_system_shared_memory(f"out_{proto}", headers=auth)
+    st = c.get_system_shared_memory_status(**({"as_json": True} if proto == "grpc" else {}))
+    assert not (st if proto == "http" else st.get("regions"))
+
+
+@pytest.mark.parametrize("proto", ["http", "grpc"])
+def test_shared_memory_registration_is_checked(srv, http, grpc, regions, proto):
+    c, auth = (http, AUTH) if proto == "http" else (grpc, GAUTH)
+    _, key = regions(f"small_{proto}", 100)
+    with pytest.raises(InferenceServerException, match="past the end"):
+        c.register_system_shared_memory(f"small_{proto}", key, 64, offset=64, headers=auth)
+    with pytest.raises(InferenceServerException, match="cannot open shared memory key"):
+        c.register_system_shared_memory("gone", "/acl_bundle_no_such_key", 8, headers=auth)
+    with pytest.raises(InferenceServerException, match="not a POSIX shared memory name"):
+        c.register_system_shared_memory("evil", "/../etc/passwd", 8, headers=auth)
+    with pytest.raises(InferenceServerException, match="update token is not valid"):
+        c.register_system_shared_memory(f"small_{proto}", key, 64,
+                                        headers=dict.fromkeys(auth, "Bearer wrong"))
+    with pytest.raises(InferenceServerException, match="CUDA shared memory is not supported"):
+        c.get_cuda_shared_memory_status()
+    assert "system_shared_memory" in http.get_server_metadata()["extensions"]
