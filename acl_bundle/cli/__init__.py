@@ -699,7 +699,17 @@ def _add_serve(sub: Any) -> None:
     p.add_argument("--instances", type=int, default=2, metavar="N", help="infer calls (batches) running at once (default 2)")
     p.add_argument("--max-request-bytes", type=int, default=64 << 20, metavar="N", help="largest infer request body (default 64 MiB)")
     p.add_argument("--max-update-bytes", type=int, default=1 << 30, metavar="N", help="largest weight update body (default 1 GiB)")
-    p.add_argument("--drain-timeout", type=float, default=10.0, metavar="S", help="on SIGTERM, wait this long for in-flight requests (default 10 s)")
+    p.add_argument("--drain-timeout", type=float, default=10.0, metavar="S",
+                   help="on SIGTERM/SIGINT, wait this long for in-flight requests; those still running then are "
+                        "answered 503 and the exit status is 3 (default 10 s)")
+    p.add_argument("--max-header-bytes", type=int, default=16 << 10, metavar="N", help="largest HTTP request head (request line + headers; 431 past it; default 16 KiB)")
+    p.add_argument("--max-headers", type=int, default=100, metavar="N", help="most HTTP header fields in a request (431 past it; default 100)")
+    p.add_argument("--header-timeout", type=float, default=10.0, metavar="S", help="an HTTP request head must arrive within S s of its first byte (408; default 10 s)")
+    p.add_argument("--body-timeout", type=float, default=60.0, metavar="S", help="an HTTP request body must arrive within S s of its head (408; default 60 s)")
+    p.add_argument("--keep-alive-timeout", type=float, default=5.0, metavar="S", help="close an HTTP connection idle this long (default 5 s)")
+    p.add_argument("--max-connections", type=int, default=1000, metavar="N",
+                   help="open HTTP connections (default 1000, lowered to fit the descriptor limit); past it the "
+                        "longest-idle connection is closed")
     p.add_argument("--device", type=int, default=0, metavar="ID", help="device id (default 0)")
     p.add_argument("--sim", action="store_true", help="run on the simulator even if pyACL is installed")
     p.add_argument("--log-format", choices=("text", "json"), default="text", help="log lines as text or one JSON object each")

@@ -60,7 +60,9 @@ def serve_command(args: argparse.Namespace) -> int:
         update_token_file=args.update_token_file, require_weights=args.require_weights,
         dynamic_batching=not args.no_dynamic_batching, max_queue_delay=args.max_queue_delay_us / 1e6,
         instances=args.instances, max_request_bytes=args.max_request_bytes, max_update_bytes=args.max_update_bytes,
-        drain_timeout=args.drain_timeout, device_id=args.device, acl=acl)
+        drain_timeout=args.drain_timeout, max_header_bytes=args.max_header_bytes, max_headers=args.max_headers,
+        header_timeout=args.header_timeout, body_timeout=args.body_timeout, keep_alive_timeout=args.keep_alive_timeout,
+        max_connections=args.max_connections, device_id=args.device, acl=acl)
     server = Server(cfg)  # ValueError for bad options / token file: one line, exit 2
     _setup_logging(args)
     return server.run()

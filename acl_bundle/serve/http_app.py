@@ -25,6 +25,7 @@ the token before reading the body.  Errors are ``{"error": "<what was wrong>"}``
 """
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
 import json
@@ -36,7 +37,7 @@ from typing import Any
 
 import numpy as np
 from starlette.applications import Starlette
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
@@ -63,15 +64,24 @@ def _json(obj: Any, status: int = 200) -> Response:
 
 
 def _error(e: ServeError) -> Response:
-    headers = {"WWW-Authenticate": "Bearer"} if e.status == 401 else None
     r = _json({"error": e.message}, e.status)
-    if headers:
-        r.headers.update(headers)
+    if e.status == 401:
+        r.headers["WWW-Authenticate"] = "Bearer"
+    elif e.status in (408, 413):  # the body was not read to its end: the connection cannot go on
+        r.headers["Connection"] = "close"
     return r
 
 
-async def read_body(request: Request, limit: int) -> bytes:
-    """The request body, refused with 413 past ``limit`` bytes (declared or streamed)."""
+async def read_body(request: Request, limit: int, timeout: float | None = None) -> bytes:
+    """The request body, refused with 413 past ``limit`` bytes (declared or streamed), 408 after ``timeout`` s."""
+    try:
+        async with asyncio.timeout(timeout):
+            return await _read_body(request, limit)
+    except TimeoutError:
+        raise ServeError(408, f"the request body was not received within {timeout:g} s") from None
+
+
+async def _read_body(request: Request, limit: int) -> bytes:
     if request.headers.get("content-encoding", "identity").lower() != "identity":
         raise ServeError(415, "compressed request bodies (Content-Encoding) are not accepted; send them uncompressed")
     declared = request.headers.get("content-length")
@@ -213,9 +223,15 @@ def _shared_memory(service: ModelService, req: dict[str, Any],
 
 
 def create_app(service: ModelService, *, max_request_bytes: int, server_version: str,
-               live: Callable[[], bool]) -> Starlette:
-    """The Starlette app serving ``service``."""
+               live: Callable[[], bool], body_timeout: float | None = None) -> Starlette:
+    """The Starlette app serving ``service``.
+
+    While the service is shutting down, every route but health answers 503 and every
+    response closes its connection (the drain, :mod:`acl_bundle.serve.http_conn`)."""
     metrics = service.metrics
+
+    async def receive_body(request: Request, limit: int) -> bytes:
+        return await read_body(request, limit, body_timeout)
 
     def endpoint(name: str, fn: Handler) -> Handler:
         """Wrap a handler: ServeError -> JSON error, metrics, one access-log record per request."""
@@ -223,13 +239,24 @@ def create_app(service: ModelService, *, max_request_bytes: int, server_version:
 
         async def wrapped(request: Request) -> Response:
             t0 = time.perf_counter()
+            draining = service.shutting_down
             try:
+                if draining and name not in ("live", "ready"):
+                    raise ServeError(503, "the server is shutting down; retry on another replica")
                 response = await fn(request)
             except ServeError as e:
                 response = _error(e)
+            except ClientDisconnect:  # the client went away while sending: nobody reads the answer
+                response = _error(ServeError(400, "the client disconnected before sending the whole body"))
+            except asyncio.CancelledError:
+                if not service.shutting_down:
+                    raise
+                response = _error(ServeError(503, "the server stopped before this request finished (drain timeout)"))
             except Exception as e:  # a bug: say so without a traceback to the client
                 log.exception("%s %s failed", request.method, request.url.path)
                 response = _error(ServeError(500, f"internal error: {type(e).__name__}"))
+            if draining or service.shutting_down:
+                response.headers["Connection"] = "close"
             dt = time.perf_counter() - t0
             hist.observe(dt)
             metrics.requests.labels("http", name, str(response.status_code)).inc()
@@ -271,21 +298,21 @@ def create_app(service: ModelService, *, max_request_bytes: int, server_version:
     async def infer(request: Request) -> Response:
         name, version = request.path_params["name"], request.path_params.get("version")
         service.check_model(name, version)  # 404 before reading the body
-        body = await read_body(request, max_request_bytes)
+        body = await receive_body(request, max_request_bytes)
         req, tensors, outputs, binary, all_binary = _infer_request(body, request.headers.get(HEADER_LENGTH))
         tensors, shm_out = _shared_memory(service, req, tensors)
         out = await service.infer(name, version, tensors, outputs)
         return _infer_response(service, req, out, binary, all_binary, shm_out)
 
     async def repository_index(request: Request) -> Response:
-        await read_body(request, 1 << 16)
+        await receive_body(request, 1 << 16)
         state = "READY" if service.model_ready else "UNAVAILABLE"
         return _json([{"name": service.name, "version": "1", "state": state}])
 
     async def repository_load(request: Request) -> Response:
         service.authorize(request.headers.get("authorization"), "http")
         service.check_model(request.path_params["name"])
-        body = await read_body(request, service.max_update_bytes)
+        body = await receive_body(request, service.max_update_bytes)
         req = _parse_json(body, "the load request") if body.strip() else {}
         params = check_parameters(req.get("parameters"), "load request")
         files: dict[str, bytes] = {}
@@ -313,7 +340,7 @@ def create_app(service: ModelService, *, max_request_bytes: int, server_version:
     async def put_weights(request: Request) -> Response:
         service.authorize(request.headers.get("authorization"), "http")
         service.check_model(request.path_params["name"])
-        body = await read_body(request, service.max_update_bytes)
+        body = await receive_body(request, service.max_update_bytes)
         if not body:
             raise ServeError(400, "the body is empty; send one .npz or .safetensors file")
         ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()

@@ -12,8 +12,11 @@ Lifecycle: the listeners open first (live = true, ready = false); the bundle loa
 a worker thread; the watcher (``watch``) starts; then ready = true (with
 ``require_weights``, only after the first update or checkpoint).  SIGTERM / SIGINT /
 :meth:`Server.stop`: ready = false, the listeners stop taking new connections and
-calls, in-flight requests finish (at most ``drain_timeout`` seconds), the watcher
-stops, the model closes, :meth:`run` returns 0.
+calls, new requests on open HTTP connections are answered 503, in-flight requests
+finish (at most ``drain_timeout`` seconds), the watcher stops, the model closes,
+:meth:`run` returns 0 -- or :data:`EXIT_DRAIN_TIMEOUT` when requests were still running
+at the deadline (they are answered 503 and their connections closed).  HTTP connection
+bounds: :mod:`acl_bundle.serve.http_conn`.
 """
 from __future__ import annotations
 
@@ -22,9 +25,11 @@ import contextlib
 import functools
 import logging
 import os
+import resource
 import signal
 import socket
 import threading
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -34,12 +39,18 @@ import uvicorn
 from .auth import UpdateAuth
 from .grpc_service import create_grpc_server
 from .http_app import create_app
+from .http_conn import Connections, HttpLimits
 from .metrics import Metrics
 from .service import ModelService
 
 log = logging.getLogger("acl_bundle.serve")
 
-__all__ = ["ServeConfig", "Server"]
+__all__ = ["ServeConfig", "Server", "EXIT_DRAIN_TIMEOUT"]
+
+#: Exit status of :meth:`Server.run` when the drain did not finish within ``drain_timeout``.
+EXIT_DRAIN_TIMEOUT = 3
+#: Descriptors kept free of HTTP connections (gRPC, the bundle, checkpoints, logs, the loop itself).
+FD_RESERVE = 128
 
 
 @dataclass
@@ -68,6 +79,12 @@ class ServeConfig:
     max_request_bytes: int = 64 << 20
     max_update_bytes: int = 1 << 30
     drain_timeout: float = 10.0
+    max_header_bytes: int = HttpLimits.max_header_bytes
+    max_headers: int = HttpLimits.max_headers
+    header_timeout: float = HttpLimits.header_timeout  # seconds for a request head, from its first byte
+    body_timeout: float = HttpLimits.body_timeout  # seconds for a request body, from its head
+    keep_alive_timeout: float = HttpLimits.keep_alive_timeout
+    max_connections: int = HttpLimits.max_connections  # lowered to fit the descriptor limit
     device_id: int = 0
     acl: Any = None
 
@@ -79,14 +96,16 @@ class ServeConfig:
                 problems.append(f"{name} must be 0..65535, got {v!r}")
         if self.grpc_port is not None and self.grpc_port == self.http_port != 0:
             problems.append(f"http_port and grpc_port are both {self.http_port}")
-        for name in ("max_request_bytes", "max_update_bytes", "instances"):
+        for name in ("max_request_bytes", "max_update_bytes", "instances", "max_header_bytes", "max_headers",
+                     "max_connections"):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int) or v < 1:
                 problems.append(f"{name} must be a positive integer, got {v!r}")
-        for name in ("max_queue_delay", "drain_timeout", "poll_interval"):
+        positive = ("poll_interval", "header_timeout", "body_timeout", "keep_alive_timeout")
+        for name in ("max_queue_delay", "drain_timeout") + positive:
             v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, (int, float)) or v < 0 or (name == "poll_interval" and v == 0):
-                problems.append(f"{name} must be a {'positive' if name == 'poll_interval' else 'non-negative'} number of seconds, got {v!r}")
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or v < 0 or (name in positive and v == 0):
+                problems.append(f"{name} must be a {'positive' if name in positive else 'non-negative'} number of seconds, got {v!r}")
         if self.model_name is not None and (not self.model_name or "/" in self.model_name):
             problems.append(f"model_name must be non-empty without '/', got {self.model_name!r}")
         if isinstance(self.model, (str, os.PathLike)) and not os.path.isfile(self.model):
@@ -133,6 +152,28 @@ def _run_loop(main: Any) -> Any:
     return uvloop.run(main)
 
 
+def _raise_fd_limit() -> None:
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard == resource.RLIM_INFINITY or soft != resource.RLIM_INFINITY and soft < hard:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+        except (ValueError, OSError) as e:  # e.g. RLIM_INFINITY above the kernel's nr_open
+            log.debug("cannot raise RLIMIT_NOFILE from %s to %s: %s", soft, hard, e)
+
+
+def http_limits(cfg: ServeConfig) -> HttpLimits:
+    """The HTTP connection bounds of ``cfg``, ``max_connections`` lowered to fit the descriptor limit."""
+    soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    reserve = HttpLimits.health_reserve
+    fit = cfg.max_connections if soft == resource.RLIM_INFINITY else max(1, soft - FD_RESERVE - reserve)
+    if fit < cfg.max_connections:
+        log.warning("max_connections %d lowered to %d to fit the descriptor limit of %d (RLIMIT_NOFILE; %d kept "
+                    "for gRPC, files and the health reserve)", cfg.max_connections, fit, soft, FD_RESERVE + reserve)
+    return HttpLimits(max_header_bytes=cfg.max_header_bytes, max_headers=cfg.max_headers,
+                      header_timeout=cfg.header_timeout, body_timeout=cfg.body_timeout,
+                      keep_alive_timeout=cfg.keep_alive_timeout, max_connections=min(cfg.max_connections, fit))
+
+
 def _version() -> str:
     from .. import __version__
 
@@ -164,7 +205,10 @@ class Server:
 
     # ------------------------------------------------------------------ public
     def run(self) -> int:
-        """Serve until SIGTERM / SIGINT (main thread) or :meth:`stop`; return the exit code (0 = clean)."""
+        """Serve until SIGTERM / SIGINT (main thread) or :meth:`stop`; return the exit code (0 = clean).
+
+        Raises this process's soft descriptor limit (RLIMIT_NOFILE) to its hard limit first."""
+        _raise_fd_limit()
         return _run_loop(self._main(signals=threading.current_thread() is threading.main_thread()))
 
     def start(self, timeout: float = 60.0) -> Server:
@@ -209,10 +253,12 @@ class Server:
                 loop.add_signal_handler(sig, self._on_signal, sig)
         version = _version()
         app = create_app(self.service, max_request_bytes=cfg.max_request_bytes, server_version=version,
-                         live=lambda: self._live)
+                         live=lambda: self._live, body_timeout=cfg.body_timeout)
+        conns = Connections(http_limits(cfg))
         uv = _Uvicorn(uvicorn.Config(app, host=cfg.host, port=cfg.http_port, log_config=None, access_log=False,
-                                     lifespan="off", timeout_graceful_shutdown=cfg.drain_timeout,
-                                     server_header=False, h11_max_incomplete_event_size=64 * 1024))
+                                     lifespan="off", http=conns.protocol_class(), ws="none",
+                                     timeout_keep_alive=cfg.keep_alive_timeout,  # type: ignore[arg-type]
+                                     timeout_graceful_shutdown=int(cfg.drain_timeout) + 5, server_header=False))
         grpc_server = grpc_updates = None
         uv_task: asyncio.Task[None] | None = None
         code = 0
@@ -230,6 +276,7 @@ class Server:
                 await grpc_updates.start()
             sock = _listen(cfg.host, cfg.http_port)  # bound here so a busy port is a clear error, not uvicorn's exit
             self.http_port = sock.getsockname()[1]
+            conns.start()
             uv_task = loop.create_task(uv.serve(sockets=[sock]))
             while not uv.started:
                 if uv_task.done():
@@ -255,7 +302,8 @@ class Server:
             log.error("serve failed: %s: %s", type(e).__name__, e)
             code = 1
         finally:
-            await self._shutdown(uv, uv_task, grpc_server, grpc_updates)
+            if not await self._shutdown(uv, uv_task, conns, grpc_server, grpc_updates) and code == 0:
+                code = EXIT_DRAIN_TIMEOUT
             if signals:
                 for sig in (signal.SIGTERM, signal.SIGINT):
                     loop.remove_signal_handler(sig)
@@ -279,26 +327,48 @@ class Server:
         return await asyncio.get_running_loop().run_in_executor(
             None, lambda: BundleModel(cfg.model, device_id=cfg.device_id, acl=cfg.acl, max_concurrency=cfg.instances))
 
-    async def _shutdown(self, uv: _Uvicorn, uv_task: asyncio.Task[None] | None, grpc_server: Any,
-                        grpc_updates: Any = None) -> None:
+    async def _shutdown(self, uv: _Uvicorn, uv_task: asyncio.Task[None] | None, conns: Connections,
+                        grpc_server: Any, grpc_updates: Any = None) -> bool:
+        """Drain and close; True if every request in flight finished within ``drain_timeout``."""
         cfg = self.config
         self.service.shutting_down = True
         self.service._refresh_ready()
-        uv.should_exit = True
         waits = []
-        for g in (grpc_server, grpc_updates):
-            if g is not None:  # GrpcFrontEnd.stop: new calls UNAVAILABLE, in-flight ones finish, then stop
-                waits.append(g.stop(cfg.drain_timeout))
-        if uv_task is not None:
-            waits.append(uv_task)
-        if waits:
-            try:
-                await asyncio.wait_for(asyncio.gather(*waits, return_exceptions=True), cfg.drain_timeout + 5)
-            except asyncio.TimeoutError:
-                log.warning("listeners did not stop within %.1f s", cfg.drain_timeout + 5)
+        grpcs = [g for g in (grpc_server, grpc_updates) if g is not None]
+        for g in grpcs:  # GrpcFrontEnd.stop: new calls UNAVAILABLE, in-flight ones finish, then stop
+            waits.append(g.stop(cfg.drain_timeout))
+        http_drained = self._drain_http(uv, uv_task, conns, time.monotonic() + cfg.drain_timeout)
+        try:
+            results = await asyncio.wait_for(asyncio.gather(http_drained, *waits, return_exceptions=True),
+                                             cfg.drain_timeout + 5)
+            drained = results[0] is True and all(getattr(g, "drained", True) for g in grpcs)
+        except asyncio.TimeoutError:
+            log.warning("listeners did not stop within %.1f s", cfg.drain_timeout + 5)
+            drained = False
+        await conns.stop()
         self._live = False
         await self.service.drain()
         model = self.service.model
         if model is not None and self._owns_model:
             await asyncio.get_running_loop().run_in_executor(None, model.close)
-        log.info("stopped")
+        log.info("stopped" if drained else f"stopped; the drain did not finish within {cfg.drain_timeout:g} s")
+        return drained
+
+    async def _drain_http(self, uv: _Uvicorn, uv_task: asyncio.Task[None] | None, conns: Connections,
+                          deadline: float) -> bool:
+        """Stop accepting; let open connections finish (new requests on them get 503); True if all did in time."""
+        for listener in uv.servers:
+            listener.close()
+        uv.should_exit = True
+        drained = await conns.drain(deadline)
+        if not drained:
+            tasks = list(uv.server_state.tasks)
+            log.warning("drain timeout (%g s): %d HTTP request(s) still running are answered 503",
+                        self.config.drain_timeout, len(tasks))
+            for t in tasks:
+                t.cancel()
+            await asyncio.sleep(0.2)  # the 503s are written
+            conns.close_all()
+        if uv_task is not None:
+            await uv_task
+        return drained

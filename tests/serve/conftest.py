@@ -99,7 +99,7 @@ def wait_ready(srv: ServerProc, timeout: float = 60, ready: bool = True) -> None
 
 @contextlib.contextmanager
 def serve_process(tmp: Path, *extra: str, name: str = "mlp", token: bool = True, bundle_kwargs: dict | None = None,
-                  wait: str | None = "ready", check_exit: bool = True):
+                  wait: str | None = "ready", check_exit: bool = True, preexec_fn=None):
     """Start ``acl-bundle serve`` on a fresh bundle; yield a ServerProc; SIGTERM it and check exit code 0."""
     om, weights = build_bundle(tmp, name, **(bundle_kwargs or {}))
     args = [sys.executable, "-m", "acl_bundle", "serve", str(om), "--sim",
@@ -112,7 +112,7 @@ def serve_process(tmp: Path, *extra: str, name: str = "mlp", token: bool = True,
     args += list(extra)
     log_path = tmp / f"server-{name}.log"
     with open(log_path, "wb") as logf:
-        proc = subprocess.Popen(args, stdout=logf, stderr=subprocess.STDOUT, cwd=tmp)
+        proc = subprocess.Popen(args, stdout=logf, stderr=subprocess.STDOUT, cwd=tmp, preexec_fn=preexec_fn)
     srv = ServerProc(proc, int(args[args.index("--http-port") + 1]), int(args[args.index("--grpc-port") + 1]),
                      name, weights, log_path)
     try:
