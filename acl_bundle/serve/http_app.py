@@ -38,7 +38,7 @@ from typing import Any
 import numpy as np
 from starlette.applications import Starlette
 from starlette.requests import ClientDisconnect, Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import Response
 from starlette.routing import Route
 
 from .metrics import CONTENT_TYPE_LATEST
@@ -75,9 +75,8 @@ def _error(e: ServeError) -> Response:
 async def read_body(request: Request, limit: int, timeout: float | None = None) -> bytes:
     """The request body, refused with 413 past ``limit`` bytes (declared or streamed), 408 after ``timeout`` s."""
     try:
-        async with asyncio.timeout(timeout):
-            return await _read_body(request, limit)
-    except TimeoutError:
+        return await asyncio.wait_for(_read_body(request, limit), timeout)
+    except asyncio.TimeoutError:  # TimeoutError from 3.11 on
         raise ServeError(408, f"the request body was not received within {timeout:g} s") from None
 
 
@@ -116,7 +115,10 @@ def _parse_json(raw: bytes, what: str) -> dict[str, Any]:
     return obj
 
 
-def _infer_request(body: bytes, header_length: str | None) -> tuple[dict[str, Any], list[InputTensor], list[str] | None, set[str], bool]:
+_Parsed = tuple[dict[str, Any], list[InputTensor], "list[str] | None", set[str], bool]
+
+
+def _infer_request(body: bytes, header_length: str | None) -> _Parsed:
     """Split and check an infer request: (json, inputs, requested outputs, binary outputs, all binary)."""
     if header_length is None:
         head, rest = body, b""
@@ -146,7 +148,8 @@ def _infer_request(body: bytes, header_length: str | None) -> tuple[dict[str, An
         size = tparams.get("binary_data_size")
         if size is not None:
             if isinstance(size, bool) or not isinstance(size, int) or size < 0:
-                raise ServeError(400, f"input {name!r}: 'binary_data_size' must be a non-negative integer, got {size!r}")
+                raise ServeError(400, f"input {name!r}: 'binary_data_size' must be a non-negative integer, "
+                                      f"got {size!r}")
             if "data" in t:
                 raise ServeError(400, f"input {name!r} has both 'data' and 'binary_data_size'")
             if offset + size > len(rest):
@@ -293,7 +296,8 @@ def create_app(service: ModelService, *, max_request_bytes: int, server_version:
 
     async def model_config(request: Request) -> Response:
         spec = model_of(request)
-        return _json(spec.config(int(service.max_queue_delay * 1e6), service.batcher is not None and service.batcher.enabled))
+        batching = service.batcher is not None and service.batcher.enabled
+        return _json(spec.config(int(service.max_queue_delay * 1e6), batching))
 
     async def infer(request: Request) -> Response:
         name, version = request.path_params["name"], request.path_params.get("version")
@@ -403,7 +407,8 @@ def create_app(service: ModelService, *, max_request_bytes: int, server_version:
     app = Starlette(routes=routes)
 
     async def not_found(request: Request, exc: Exception) -> Response:
-        return _json({"error": f"no route {request.method} {request.url.path}; see the KServe v2 routes under /v2"}, 404)
+        return _json({"error": f"no route {request.method} {request.url.path}; see the KServe v2 routes under /v2"},
+                     404)
 
     async def method_not_allowed(request: Request, exc: Exception) -> Response:
         return _json({"error": f"{request.method} is not allowed on {request.url.path}"}, 405)

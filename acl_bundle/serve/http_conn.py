@@ -26,6 +26,7 @@ receiving the body / busy) and the time it entered it:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from dataclasses import dataclass
@@ -107,10 +108,8 @@ class Connections:
     async def stop(self) -> None:
         if self._sweeper is not None:
             self._sweeper.cancel()
-            try:
+            with contextlib.suppress(asyncio.CancelledError):
                 await self._sweeper
-            except asyncio.CancelledError:
-                pass
             self._sweeper = None
 
     # ------------------------------------------------------------------ admission
@@ -182,7 +181,7 @@ class Connections:
             c.close(abort=True)
 
 
-class _Connection(HttpToolsProtocol):  # type: ignore[misc]
+class _Connection(HttpToolsProtocol):
     pool: Connections  # set on the subclass Connections.protocol_class makes
 
     phase = _IDLE

@@ -105,7 +105,8 @@ class ServeConfig:
         for name in ("max_queue_delay", "drain_timeout") + positive:
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, (int, float)) or v < 0 or (name in positive and v == 0):
-                problems.append(f"{name} must be a {'positive' if name in positive else 'non-negative'} number of seconds, got {v!r}")
+                kind = "positive" if name in positive else "non-negative"
+                problems.append(f"{name} must be a {kind} number of seconds, got {v!r}")
         if self.model_name is not None and (not self.model_name or "/" in self.model_name):
             problems.append(f"model_name must be non-empty without '/', got {self.model_name!r}")
         if isinstance(self.model, (str, os.PathLike)) and not os.path.isfile(self.model):

@@ -41,7 +41,7 @@ def _closed_by_server(s: socket.socket, within: float) -> bool:
         return s.recv(65536) == b""
     except ConnectionResetError:
         return True
-    except socket.timeout:
+    except TimeoutError:
         return False
 
 
@@ -124,7 +124,7 @@ def test_1100_idle_and_slow_connections_do_not_stop_health_probes(tmp_path):
                        preexec_fn=_limit_fds) as srv:
         attack: list[socket.socket] = []
         try:
-            for i in range(1100):
+            for _ in range(1100):
                 s = socket.socket()
                 s.setblocking(False)
                 with contextlib.suppress(BlockingIOError):

@@ -15,10 +15,10 @@ import time
 import numpy as np
 import pytest
 import tritonclient.http as httpclient
+from helpers import reference
 from tritonclient.utils import InferenceServerException
 
 from conftest import TOKEN, new_weights, npz_bytes, serve_process
-from helpers import reference
 
 
 def _outcome(fn) -> str:
@@ -42,7 +42,7 @@ def _loop_infer(srv, outcomes: list, stop_at: threading.Event) -> None:
         while True:
             t0 = time.monotonic()
             got: list = []
-            res = _outcome(lambda: got.append(c.infer(srv.name, [inp]).as_numpy("y")))
+            res = _outcome(lambda got=got: got.append(c.infer(srv.name, [inp]).as_numpy("y")))
             outcomes.append((t0, res))
             if res != "ok" or stop_at.is_set() and time.monotonic() > stop_at.deadline:  # type: ignore[attr-defined]
                 break
@@ -58,7 +58,7 @@ def _loop_push(srv, outcomes: list) -> None:
         body = npz_bytes(new_weights(srv.weights, seed=i))
         t0 = time.monotonic()
 
-        def push() -> None:
+        def push(body: bytes = body) -> None:
             status, data, _ = srv.request("PUT", f"/v2/models/{srv.name}/weights", body,
                                           {"Authorization": f"Bearer {TOKEN}"})
             if status != 200:
