@@ -582,16 +582,15 @@ def _vpc_task(
 ) -> Callable[[], int]:
     """The device work: each job crops ``box`` of its input and writes it resized into ``dst_box`` of its output."""
     keep = [(WORLD.device_blocks.find(s.data, 1), WORLD.device_blocks.find(d.data, 1)) for s, d, _, _, _ in jobs]
-    snap = [
-        (PicDesc(**{**s.__dict__}), d, box, dst, interp) for s, d, box, dst, interp in jobs
-    ]  # the input desc as submitted
+    # the descs as submitted (the task carries their values); ret codes go to the live output descs
+    snap = [(PicDesc(**s.__dict__), PicDesc(**d.__dict__), d, box, dst, interp) for s, d, box, dst, interp in jobs]
 
     def run() -> int:
         _ = keep
-        for s, d, box, (dl, dt, dr, db), interp in snap:
+        for s, d, live, box, (dl, dt, dr, db), interp in snap:
             planes = _crop_resize(read_yuv420sp(s), box, dr - dl, db - dt, interp)
             write_yuv420sp(d, *planes, x0=dl, y0=dt)
-            d.ret_code = 0
+            live.ret_code = 0
         return 0
 
     return run

@@ -305,6 +305,8 @@ def test_vpc_resize_matches_pillow(dv):
     out_desc, optr, osize = dv.yuv_pic(224, 224)
     rc = acl.media.dvpp_create_resize_config()
     assert acl.media.dvpp_vpc_resize_async(dv.chan, in_desc, out_desc, rc, dv.stream) == 0
+    assert acl.media.dvpp_set_pic_desc_width(in_desc, 2) == 0  # the task carries the descs as submitted
+    assert acl.media.dvpp_set_pic_desc_data(out_desc, 0) == 0
     assert dv.sync() == 0 and acl.media.dvpp_get_pic_desc_ret_code(out_desc) == 0
     y, u, v = planes(dv.download(optr, osize), 224, 224, 224, 224)
     _assert_like(y, u, v, _rgb_resized(jpeg, (0, 0, w, h), (224, 224)))
