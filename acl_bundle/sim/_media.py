@@ -56,7 +56,8 @@ def _pil() -> Any:
         from PIL import Image
     except ImportError as e:  # pragma: no cover - Pillow is in the sim extra
         raise ImportError(
-            "acl.media on the simulator decodes and encodes with Pillow: pip install -e '.[sim]' in a checkout of acl_bundle"
+            "acl.media on the simulator decodes and encodes with Pillow: "
+            "pip install -e '.[sim]' in a checkout of acl_bundle"
         ) from e
     return Image
 
