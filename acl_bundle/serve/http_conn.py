@@ -16,7 +16,8 @@ receiving the body / busy) and the time it entered it:
   else the oldest one still sending its head (slow senders); if every connection is busy
   it is still taken, up to ``health_reserve`` more, but answers only the health routes
   (others ``503``, closed); past that it is closed at once.
-* **Drain** (:meth:`Connections.drain`): with the listener closed, requests in flight
+* **Drain** (:meth:`Connections.drain`; the server closes the listener ``DRAIN_IDLE_GRACE``
+  s into it, new connections until then are answered like open ones): requests in flight
   finish and their responses say ``Connection: close``; new requests on open connections
   are answered ``503`` by the app; a connection is closed once idle for ``DRAIN_IDLE_GRACE``
   s counted from the later of its last response and the drain's start (not at once: a
@@ -165,7 +166,8 @@ class Connections:
         """Wait (listener already closed) until every connection is closed, at most until ``deadline``.
 
         True unless a request was still under way at the deadline (its head received)."""
-        self.draining, self._drain_started = True, time.monotonic()
+        if not self.draining:
+            self.draining, self._drain_started = True, time.monotonic()
         for c in list(self.open):
             c.shutdown()
         while self.open:

@@ -39,7 +39,7 @@ import uvicorn
 from .auth import UpdateAuth
 from .grpc_service import create_grpc_server
 from .http_app import create_app
-from .http_conn import Connections, HttpLimits
+from .http_conn import DRAIN_IDLE_GRACE, Connections, HttpLimits
 from .metrics import Metrics
 from .service import ModelService
 
@@ -358,10 +358,15 @@ class Server:
     async def _drain_http(self, uv: _Uvicorn, uv_task: asyncio.Task[None] | None, conns: Connections,
                           deadline: float) -> bool:
         """Stop accepting; let open connections finish (new requests on them get 503); True if all did in time."""
+        # New connections are answered 503 for the first DRAIN_IDLE_GRACE, then the listener closes: a connection
+        # still in the kernel's accept queue when it closes is reset (measured: 1-7 requests cut off per SIGTERM
+        # under 48 looping clients when closing at once, none with the grace).
+        first = asyncio.ensure_future(conns.drain(deadline))
+        await asyncio.wait([first], timeout=max(0.0, min(DRAIN_IDLE_GRACE, deadline - time.monotonic())))
         for listener in uv.servers:
             listener.close()
         uv.should_exit = True
-        drained = await conns.drain(deadline)
+        drained = await first and await conns.drain(deadline)  # and those accepted in the grace
         if not drained:
             tasks = list(uv.server_state.tasks)
             log.warning("drain timeout (%g s): %d HTTP request(s) still running are answered 503",

@@ -107,8 +107,8 @@ def test_sigterm_under_heavy_load_five_times(tmp_path):
 
 
 def test_new_requests_on_open_connections_get_503_and_health_is_not_ready_at_once(tmp_path):
-    # a request waiting 2 s for its batch keeps the drain open while the other connection asks
-    with serve_process(tmp_path, "--max-queue-delay-us", "2000000", check_exit=False) as srv:
+    # a request waiting 3 s for its batch keeps the drain open while the other connections ask
+    with serve_process(tmp_path, "--max-queue-delay-us", "3000000", check_exit=False) as srv:
         c = httpclient.InferenceServerClient(srv.http_url, network_timeout=30)
         c3 = httpclient.InferenceServerClient(srv.http_url, network_timeout=30)
         assert c.is_server_ready() and c3.is_server_live()  # both connections open (keep-alive) before the signal
@@ -132,7 +132,13 @@ def test_new_requests_on_open_connections_get_503_and_health_is_not_ready_at_onc
             c3.get_server_metadata()
         assert e.value.status() == "503" and "shutting down" in e.value.message()
         c4 = httpclient.InferenceServerClient(srv.http_url, network_timeout=30)
-        with pytest.raises(ConnectionRefusedError):  # the listener is closed
+        with pytest.raises(InferenceServerException) as e:  # a new connection in the first second: answered 503
+            c4.get_server_metadata()
+        assert e.value.status() == "503"
+        time.sleep(1.2)
+        c4.close()
+        c4 = httpclient.InferenceServerClient(srv.http_url, network_timeout=30)
+        with pytest.raises(ConnectionRefusedError):  # then the listener is closed
             c4.get_server_metadata()
         for client in (c, c3, c4):
             client.close()
