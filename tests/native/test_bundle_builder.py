@@ -2,10 +2,12 @@
 
 Needs checkouts of github.com/hicann/ge and github.com/hicann/metadef named by ``GE_SOURCE_DIR`` and
 ``METADEF_SOURCE_DIR`` and a C++17 ``g++``; skipped otherwise, saying which is missing.  Linking and running
-the builder needs CANN, so here every source file is compiled ``-fsyntax-only`` against the headers, and the
+the builder needs CANN, so here every source file is compiled ``-fsyntax-only`` against the headers; the
 parts that call no CANN library (options, the model files' constant order, SHA-256, the manifest text) are
 linked into ``test/pure_parts.cpp`` and run against Python's onnx, TensorFlow, hashlib and the manifest
-reader.  The commits last checked are named in docs/device-builder.md.
+reader; and the whole tool is linked with ``test/fake_ge.cpp`` (the GE symbols it uses, mimicking GE's ONNX
+parser naming and recording every call) and run end to end, through ``acl-bundle build --target ascend``
+too.  The commits last checked are named in docs/device-builder.md.
 """
 from __future__ import annotations
 
@@ -198,3 +200,109 @@ def test_options_defaults(pure_parts: Path, tmp_path: Path) -> None:
     got = dict(line.split("=", 1) for line in r.stdout.splitlines())
     assert got["framework"] == "tensorflow" and got["manifest"] == str(tmp_path / "d.manifest.json")
     assert got["variables"] == "dense/kernel:0,dense/bias:0" and got["init"] == "0" and got["precision_mode"] == ""
+
+
+# --------------------------------------------------------------------------- the whole tool on a fake GE
+@pytest.fixture(scope="module")
+def fake_tool(flags: list[str], tmp_path_factory: pytest.TempPathFactory) -> Path:
+    exe = tmp_path_factory.mktemp("native") / "acl_bundle_builder"
+    sources = [ROOT / "native/bundle_builder/test/fake_ge.cpp", *sorted(SRC.glob("*.cpp"))]
+    cmd = ["g++", *flags, "-Wno-unused-parameter", "-I", str(SRC), "-O0", *map(str, sources), "-o", str(exe)]
+    r = subprocess.run(cmd, check=False, capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr[-4000:]
+    return exe
+
+
+def _onnx_file(tmp_path: Path, **kw) -> Path:
+    import onnx
+
+    path = tmp_path / "model.onnx"
+    onnx.save(models.mlp((8, 16, 16, 4), seed=5, **kw)[0], str(path))
+    return path
+
+
+def _variables(m: dict) -> list[tuple]:
+    return [(v["name"], v["dtype"], v["shape"], v["index"], v["nbytes"], v["sha256"]) for v in m["variables"]]
+
+
+def test_default_build_writes_the_simulator_builders_manifest(fake_tool: Path, tmp_path: Path) -> None:
+    src = _onnx_file(tmp_path)
+    om = tmp_path / "dev.om"
+    r = _run(fake_tool, "--model", str(src), "--output", str(om), "--soc-version", "Ascend310P3",
+             "--dynamic-batch-size", "1,8")
+    assert r.returncode == 0, r.stderr
+    dev = json.loads(om.with_suffix(".manifest.json").read_text())
+    sim = builder.manifest(builder.build_bundle(str(src), batch_sizes=[1, 8]))
+    assert _variables(dev) == _variables(sim)  # names, dtypes, shapes, order and initial values' digests
+    for key in ("format", "version", "kind", "graphs", "model_count", "inputs", "batch_sizes", "has_init"):
+        assert dev[key] == sim[key], key
+    assert dev["precision_mode"] == "force_fp16" and dev["soc_version"] == "Ascend310P3"
+    log = json.loads(om.read_text())  # what the fake GE was asked
+    names = [v["name"] for v in sim["variables"]]
+    ranks = {n: i for i, n in enumerate(sorted(names))}  # GE's parser names initializers in name order
+    assert log["const_names"] == [f"{n}_Initializer_{ranks[n]}" for n in names]
+    assert [g["name"] for g in log["graphs"]] == ["var_infer_graph", "var_init_graph", "var_update_graph"]
+    assert log["graphs"][0]["options"] == {"ge.dynamicBatchSize": "1,8", "input_shape": "x:-1,8"}
+    assert log["graphs"][1]["options"] == log["graphs"][2]["options"] == {}
+    assert log["global"] == {"ge.socVersion": "Ascend310P3"}  # no precision_mode: GE's own default
+
+
+def test_explicit_variables_no_init_and_precision(fake_tool: Path, tmp_path: Path) -> None:
+    src = _onnx_file(tmp_path, dtype="float16")
+    om = tmp_path / "dev.om"
+    r = _run(fake_tool, "--model", str(src), "--output", str(om), "--soc-version", "Ascend910B1", "--no-init",
+             "--variables", "fc2.weight,fc0.bias", "--precision-mode", "allow_fp32_to_fp16", "--input-format", "ND")
+    assert r.returncode == 0, r.stderr
+    dev = json.loads(om.with_suffix(".manifest.json").read_text())
+    sim = builder.manifest(builder.build_bundle(str(src), variables=["fc2.weight", "fc0.bias"], init=False))
+    assert _variables(dev) == _variables(sim) and [v["dtype"] for v in dev["variables"]] == ["float16", "float16"]
+    assert dev["graphs"] == ["infer", "update"] and dev["has_init"] is False
+    log = json.loads(om.read_text())
+    assert [g["name"] for g in log["graphs"]] == ["var_infer_graph", "var_update_graph"]
+    assert log["global"]["ge.exec.precision_mode"] == "allow_fp32_to_fp16"
+    assert log["graphs"][0]["options"] == {"input_format": "ND"}
+
+
+@pytest.mark.parametrize("variables, message", [
+    ("fc0.weight,x", "variable x cannot stay updatable: GE's parser made no Const node of it"),
+    ("nope", "variable nope cannot stay updatable"),
+])
+def test_a_variable_that_is_no_initializer_is_named(fake_tool: Path, tmp_path: Path, variables: str,
+                                                    message: str) -> None:
+    src = _onnx_file(tmp_path)
+    om = tmp_path / "dev.om"
+    r = _run(fake_tool, "--model", str(src), "--output", str(om), "--soc-version", "Ascend310P3",
+             "--variables", variables)
+    assert r.returncode == 1 and r.stderr.startswith("acl_bundle_builder: error: ") and message in r.stderr, r.stderr
+    assert not om.exists() and not om.with_suffix(".manifest.json").exists()
+
+
+@pytest.mark.parametrize("call", ["aclgrphParseONNX", "aclgrphBuildInitialize",
+                                  "aclgrphConvertToWeightRefreshableGraphs", "aclgrphBundleBuildModel",
+                                  "aclgrphBundleSaveModel"])
+def test_a_ge_failure_is_one_line_with_status_and_ges_message(fake_tool: Path, tmp_path: Path, call: str) -> None:
+    src = _onnx_file(tmp_path)
+    om = tmp_path / "dev.om"
+    r = subprocess.run([str(fake_tool), "--model", str(src), "--output", str(om), "--soc-version", "Ascend310P3"],
+                       check=False, capture_output=True, text=True, env={**os.environ, "FAKE_GE_FAIL": call})
+    lines = r.stderr.splitlines()
+    assert r.returncode == 1 and len(lines) == 1, r.stderr
+    assert lines[0].startswith(f"acl_bundle_builder: error: {call}")
+    assert "failed with status 4294967295 (0xffffffff): E19999: Inner Error! injected failure" in lines[0]
+    assert not om.with_suffix(".manifest.json").exists()
+
+
+def test_acl_bundle_build_target_ascend_end_to_end(fake_tool: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                   capsys: pytest.CaptureFixture[str]) -> None:
+    from acl_bundle.cli import main
+
+    monkeypatch.setenv("ACL_BUNDLE_NATIVE_TOOL", str(fake_tool))
+    src = _onnx_file(tmp_path)
+    out = tmp_path / "dev.om"
+    assert main(["build", str(src), "-o", str(out), "--target", "ascend", "--soc-version", "Ascend310P3",
+                 "--dynamic-image-size", "1,1"]) == 0  # the fake takes any gear; GE would check the inputs
+    text = capsys.readouterr().out
+    assert f"wrote {out}: bundle model, graphs infer/init/update, soc Ascend310P3, precision_mode force_fp16" in text
+    assert [v.name for v in builder.variables_from_manifest(builder.load_manifest(out))] == \
+           ["fc0.weight", "fc0.bias", "fc1.weight", "fc1.bias", "fc2.weight", "fc2.bias"]
+    assert json.loads(out.read_text())["graphs"][0]["options"]["ge.dynamicImageSize"] == "1,1"
