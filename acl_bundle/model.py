@@ -50,14 +50,14 @@ from typing import Any, TypeAlias
 import numpy as np
 
 from . import _backend
+from ._errors import AclCleanupWarning, ModelClosedError, check, unwrap
+from ._manifest import ManifestArg, ManifestVariable, manifest_path, read_manifest
 from ._model.buffers import Ledger, Slot, build_slot, probe_output_shapes
 from ._model.context import ModelContext, current_context, restore_context
 from ._model.description import Description, TensorInfo, Variable
-from ._errors import AclCleanupWarning, ModelClosedError, check, unwrap
 from ._model.fastinfer import build as build_fast_infer
 from ._model.gate import Gate
 from ._model.history import History, HistoryEntry
-from ._manifest import ManifestArg, ManifestVariable, manifest_path, read_manifest
 from ._model.updater import StagedUpdate, Updater, WeightVersion, run_init
 from .checks import Check, Golden, WeightsRefused, run_check, split_checks
 
@@ -216,11 +216,14 @@ class BundleModel:
         history: int = 0,
         history_bytes: int = DEFAULT_HISTORY_BYTES,
     ) -> BundleModel:
-        """Load a bundle from bytes in host memory (``acl.mdl.bundle_load_from_mem``; a bytearray or memoryview is copied)."""
+        """Load a bundle from bytes in host memory (``acl.mdl.bundle_load_from_mem``; a bytearray or memoryview is
+        copied)."""
         if isinstance(data, (bytearray, memoryview)):
             data = bytes(data)  # bytes_to_ptr needs an immutable bytes object that lives as long as the load
         if not isinstance(data, bytes):
-            raise TypeError(f"from_bytes expects bytes, got {type(data).__name__} (a bytearray or memoryview is copied)")
+            raise TypeError(
+                f"from_bytes expects bytes, got {type(data).__name__} (a bytearray or memoryview is copied)"
+            )
         if not data:
             raise ValueError("from_bytes got an empty bytes object")
         self = cls.__new__(cls)
@@ -266,11 +269,22 @@ class BundleModel:
             raise ValueError(f"max_concurrency must be an int >= 1, got {max_concurrency!r}")
         if not isinstance(run_init, (bool, np.bool_)):
             raise TypeError(f"run_init must be True or False, got {run_init!r}")
-        if roles is not None and (not isinstance(roles, Mapping) or not all(
-                isinstance(k, str) and isinstance(v, (int, np.integer)) and not isinstance(v, bool) for k, v in roles.items())):
-            raise TypeError(f"roles must be a mapping of 'infer'/'init'/'update' to graph indexes (ints), got {roles!r:.80}")
-        if init_inputs is not None and (isinstance(init_inputs, (str, bytes, np.ndarray)) or not isinstance(init_inputs, Sequence)):
-            raise TypeError(f"init_inputs must be a sequence of arrays (in input order) or None, got {type(init_inputs).__name__}")
+        if roles is not None and (
+            not isinstance(roles, Mapping)
+            or not all(
+                isinstance(k, str) and isinstance(v, (int, np.integer)) and not isinstance(v, bool)
+                for k, v in roles.items()
+            )
+        ):
+            raise TypeError(
+                f"roles must be a mapping of 'infer'/'init'/'update' to graph indexes (ints), got {roles!r:.80}"
+            )
+        if init_inputs is not None and (
+            isinstance(init_inputs, (str, bytes, np.ndarray)) or not isinstance(init_inputs, Sequence)
+        ):
+            raise TypeError(
+                f"init_inputs must be a sequence of arrays (in input order) or None, got {type(init_inputs).__name__}"
+            )
         for name, value in (("history", history), ("history_bytes", history_bytes)):
             if not isinstance(value, int) or isinstance(value, bool) or value < 0:
                 raise ValueError(f"{name} must be a non-negative int, got {value!r}")
@@ -301,7 +315,11 @@ class BundleModel:
             _lifecycle.end_load()
         log.info(
             "loaded bundle %s on device %d: model ids %s, %d variables, init %s",
-            source, device_id, self.model_ids, len(self.variables), "run" if (self.has_init and run_init) else "skipped",
+            source,
+            device_id,
+            self.model_ids,
+            len(self.variables),
+            "run" if (self.has_init and run_init) else "skipped",
         )
 
     def _load(
@@ -669,7 +687,9 @@ def _release_quietly(gate: Gate, ledger: Ledger) -> list[str]:
     if gate.forked:  # the parent's ACL handles mean nothing in a forked child
         return []
     if not gate.shutdown(EXIT_WAIT_SECONDS):
-        log.warning("calls still running after %.0f s; leaving this model's ACL resources to process exit", EXIT_WAIT_SECONDS)
+        log.warning(
+            "calls still running after %.0f s; leaving this model's ACL resources to process exit", EXIT_WAIT_SECONDS
+        )
         return ["in-flight calls did not finish; resources left to process exit"]
     problems = ledger.release()
     for p in problems:

@@ -21,9 +21,9 @@ from typing import Any
 import numpy as np
 
 from .._constants import ACL_MEM_MALLOC_HUGE_FIRST
+from .._errors import AclCleanupWarning, AclError, check, code_message, null_handle, recent_error, unwrap
 from .context import ModelContext, current_context, restore_context
 from .description import Description
-from .._errors import AclCleanupWarning, AclError, check, code_message, null_handle, recent_error, unwrap
 
 log = logging.getLogger("acl_bundle")
 
@@ -67,7 +67,9 @@ class Ledger:
         acl = self.acl
         ds = self.create("acl.mdl.create_dataset", acl.mdl.create_dataset, acl.mdl.destroy_dataset)
         for ptr, size in buffers:
-            db = self.create("acl.create_data_buffer", partial(acl.create_data_buffer, ptr, size), acl.destroy_data_buffer)
+            db = self.create(
+                "acl.create_data_buffer", partial(acl.create_data_buffer, ptr, size), acl.destroy_data_buffer
+            )
             unwrap(acl, "acl.mdl.add_dataset_buffer", acl.mdl.add_dataset_buffer(ds, db))
             if data_buffers is not None:
                 data_buffers.append(db)
@@ -276,7 +278,9 @@ def _cur_output_shape(acl: Any, d: Description, infer_desc: int, i: int, batch: 
     t = d.outputs[i]
     if d.profiles:  # image-size / dims gears: the rank is all the description fixes
         if len(shape) != len(t.shape) or any(x < 0 for x in shape):
-            raise ValueError(f"output {t.name!r} reports dims {shape} at gear {list(batch)}; its description is {t.shape}")
+            raise ValueError(
+                f"output {t.name!r} reports dims {shape} at gear {list(batch)}; its description is {t.shape}"
+            )
         return shape
     if shape != t.shape_for(batch):
         raise ValueError(f"output {t.name!r} reports dims {shape} at batch {batch}; its description {t.shape} "

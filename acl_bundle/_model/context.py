@@ -3,10 +3,11 @@
 ACL contexts are per thread, so every call a model makes first makes its context
 current in the calling thread, and gives the thread back the context it had
 (:meth:`ModelContext.enter` / :func:`restore_context`): an application that mixes
-BundleModel with its own pyACL code keeps using its own context and streams.  The copy kinds follow ``acl.rt.get_run_mode()``: in
-host run mode the application's memory is host memory (host<->device copies); when
+BundleModel with its own pyACL code keeps using its own context and streams.  The copy kinds follow
+``acl.rt.get_run_mode()``: in host run mode the application's memory is host memory (host<->device copies); when
 the application itself runs on the device, its memory is device memory (pyACL documentation).
 """
+
 from __future__ import annotations
 
 import logging
@@ -44,7 +45,9 @@ def restore_context(acl: Any, prev: int) -> None:
     if prev:
         ret = acl.rt.set_context(prev)
         if ret != 0:
-            log.warning("could not make the caller's context current again: %s", code_message("acl.rt.set_context", ret))
+            log.warning(
+                "could not make the caller's context current again: %s", code_message("acl.rt.set_context", ret)
+            )
 
 
 class ModelContext:

@@ -70,8 +70,10 @@ def check_array(a: Any, t: TensorInfo, what: str, batches: Sequence[int] = ()) -
     if not isinstance(a, np.ndarray):
         raise TypeError(f"{what} must be a numpy.ndarray of {t.dtype}, got {type(a).__name__}")
     if a.dtype != t.dtype:
-        raise TypeError(f"{what} must have dtype {t.dtype}, got {a.dtype.str if a.dtype.name == t.dtype.name else a.dtype}; "
-                        f"convert it with .astype(numpy.{t.dtype.name})")
+        raise TypeError(
+            f"{what} must have dtype {t.dtype}, got {a.dtype.str if a.dtype.name == t.dtype.name else a.dtype}; "
+            f"convert it with .astype(numpy.{t.dtype.name})"
+        )
     if -1 in t.shape[1:]:  # an image-size / dims input: the gear check follows
         if a.ndim != len(t.shape) or any(d != -1 and d != n for d, n in zip(t.shape, a.shape)):
             raise ValueError(f"{what} must have shape {t.shape} (-1: a dynamic dim), got {a.shape}")
@@ -130,7 +132,8 @@ def _roles(acl: Any, descs: list[int], roles: Mapping[str, int] | None) -> tuple
         given = [i for i in idx if i is not None]
         if extra or idx[0] is None or idx[2] is None or sorted(given) != list(range(n)):
             raise ValueError(
-                f"roles must map 'infer', 'update' (and 'init' for 3 graphs) to the distinct indexes 0..{n - 1}; got {dict(roles)}"
+                f"roles must map 'infer', 'update' (and 'init' for 3 graphs) to the distinct indexes 0..{n - 1}; got "
+                f"{dict(roles)}"
             )
         return idx[0], idx[1], idx[2]
     looks = [_looks_like_update(acl, d) for d in descs]
@@ -213,14 +216,23 @@ class Description:
             # Output dims are documented as those of the largest batch ("maximum profile");
             # the batch dim is dim 0 (ATC --dynamic_batch_size). -1 marks it publicly; each
             # batch size's real dims come from get_cur_output_dims when its buffers are built.
-            outs = [(TensorInfo(t.name, (-1,) + t.shape[1:], t.dtype) if t.shape and t.shape[0] in (-1, batches[-1]) else t, n)
-                    for t, n in outs]
+            outs = [
+                (
+                    TensorInfo(t.name, (-1,) + t.shape[1:], t.dtype)
+                    if t.shape and t.shape[0] in (-1, batches[-1])
+                    else t,
+                    n,
+                )
+                for t, n in outs
+            ]
         self.inputs = tuple(t for t, _ in ins)
         self.outputs = tuple(t for t, _ in outs)
         self.in_sizes = [n for _, n in ins]
         self.out_sizes = [n for _, n in outs]
         if not self.outputs:  # also catches a runtime whose bare getter failed (it answers 0)
-            raise ValueError("the infer graph reports no outputs; is this bundle's graph order [infer, init, update]? pass roles=")
+            raise ValueError(
+                "the infer graph reports no outputs; is this bundle's graph order [infer, init, update]? pass roles="
+            )
         for t in self.inputs + self.outputs:
             if self.dynamic in ("hw", "dims"):
                 bad = [d for d in t.shape if d < -1 or (d == -1 and t in self.outputs)]
@@ -269,7 +281,9 @@ class Description:
             return
         per = list(shapes.values())
         self.outputs = tuple(
-            TensorInfo(t.name, tuple(d if all(s[i][k] == d for s in per) else -1 for k, d in enumerate(per[0][i])), t.dtype)
+            TensorInfo(
+                t.name, tuple(d if all(s[i][k] == d for s in per) else -1 for k, d in enumerate(per[0][i])), t.dtype
+            )
             for i, t in enumerate(self.outputs)
         )
 
@@ -277,8 +291,10 @@ class Description:
         key = self._by_shapes.get(tuple(a.shape for a in arrays))
         if key is None:
             listing = "; ".join(f"{list(k)}: {[list(s) for s in v]}" for k, v in self.profiles.items())
-            raise ValueError(f"input shapes {[a.shape for a in arrays]} match none of the model's "
-                             f"{'image sizes' if self.dynamic == 'hw' else 'dims gears'} (gear: input shapes): {listing}")
+            raise ValueError(
+                f"input shapes {[a.shape for a in arrays]} match none of the model's "
+                f"{'image sizes' if self.dynamic == 'hw' else 'dims gears'} (gear: input shapes): {listing}"
+            )
         return key
 
     def _read_variables(self, acl: Any, desc: int, manifest_vars: list[ManifestVariable] | None) -> None:
@@ -296,7 +312,9 @@ class Description:
                 for m, (name, dt, size, _) in zip(manifest_vars, raw):
                     nbytes = int(np.prod(m.shape, dtype=np.int64)) * m.dtype.itemsize
                     if m.dtype != dt or (size and nbytes != size):
-                        problems.append(f"{name!r}: manifest {m.dtype} {m.shape} ({nbytes} B) vs bundle {dt} ({size} B)")
+                        problems.append(
+                            f"{name!r}: manifest {m.dtype} {m.shape} ({nbytes} B) vs bundle {dt} ({size} B)"
+                        )
             if problems:
                 raise ValueError("manifest does not match the bundle: " + "; ".join(problems))
         variables = []
@@ -349,11 +367,14 @@ class Description:
             unknown = [k for k in given if k not in names]
             missing = [n for n in names if n not in given]
             if unknown or missing:
-                raise KeyError(f"infer inputs by name: unknown {unknown}, missing {missing}; the model's inputs are {names}")
+                raise KeyError(
+                    f"infer inputs by name: unknown {unknown}, missing {missing}; the model's inputs are {names}"
+                )
             inputs = tuple(given[n] for n in names)
         if len(inputs) != len(specs):
             raise TypeError(
-                f"infer takes {len(specs)} input(s) {[t.name for t in specs]} (positionally or as one mapping), got {len(inputs)}"
+                f"infer takes {len(specs)} input(s) {[t.name for t in specs]} (positionally or as one mapping), got "
+                f"{len(inputs)}"
             )
         arrays = [check_array(a, t, f"input {t.name!r}", self._batches) for a, t in zip(inputs, specs)]
         if self.profiles:
@@ -385,7 +406,9 @@ class Description:
     def check_weights(self, weights: Any) -> dict[int, np.ndarray]:
         """``update``'s mapping as {variable index: array}; every problem found is reported at once."""
         if not isinstance(weights, Mapping):
-            raise TypeError(f"update expects a mapping of variable index or name to numpy array, got {type(weights).__name__}")
+            raise TypeError(
+                f"update expects a mapping of variable index or name to numpy array, got {type(weights).__name__}"
+            )
         if not weights:
             raise ValueError("update got an empty mapping; name at least one variable")
         changed: dict[int, np.ndarray] = {}
@@ -412,7 +435,9 @@ class Description:
             if len(problems) == 1:
                 raise problems[0][0](problems[0][1])
             more = f"; and {len(problems) - _SHOWN} more" if len(problems) > _SHOWN else ""
-            raise problems[0][0](f"{len(problems)} problems in update: " + "; ".join(m for _, m in problems[:_SHOWN]) + more)
+            raise problems[0][0](
+                f"{len(problems)} problems in update: " + "; ".join(m for _, m in problems[:_SHOWN]) + more
+            )
         return changed
 
     def _unknown(self, keys: list[Any]) -> str:
@@ -423,7 +448,9 @@ class Description:
         first = next((k for k in keys if isinstance(k, str) and "." in k), None)
         if first is not None:
             prefix = first[: first.index(".") + 1]
-            hits = sum(1 for k in keys if isinstance(k, str) and k.startswith(prefix) and k[len(prefix):] in self._var_by_name)
+            hits = sum(
+                1 for k in keys if isinstance(k, str) and k.startswith(prefix) and k[len(prefix) :] in self._var_by_name
+            )
             if hits * 2 >= len(keys):
                 msg += (f"; {hits} of them match once the prefix {prefix!r} is removed "
                         f"(e.g. load_checkpoint(..., strip_prefix={prefix!r}))")

@@ -25,8 +25,8 @@ from typing import Any
 
 import numpy as np
 
-from .context import ModelContext, restore_context
 from .._errors import AclError, recent_error
+from .context import ModelContext, restore_context
 
 FastInfer = Callable[[tuple[Any, ...]], "tuple[Any, Any] | None"]
 

@@ -171,7 +171,9 @@ class Gate:
                 free[batch].append(slot)
                 self.reads += 1
                 self._readers -= 1
-                if self._slot_waiters or (not self._readers and (self._writers_waiting or (self.closed and not self._ops))):
+                if self._slot_waiters or (
+                    not self._readers and (self._writers_waiting or (self.closed and not self._ops))
+                ):
                     self._cond.notify_all()
 
         return try_begin, end

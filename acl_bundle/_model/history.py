@@ -135,6 +135,8 @@ class History:
                 else:
                     values[i] = a
         if unknown:
-            raise ValueError(f"cannot roll back to version {to}: the value of {len(unknown)} variable(s) at that version "
-                             f"is not known on the host (never set by an update since load): {unknown[:10]}")
+            raise ValueError(
+                f"cannot roll back to version {to}: the value of {len(unknown)} variable(s) at that version "
+                f"is not known on the host (never set by an update since load): {unknown[:10]}"
+            )
         return to, values

@@ -6,8 +6,8 @@ place in the pool (``acl.update_data_buffer``) and attaches to each input the te
 descriptor it needs: the variable's full shape for a changed one, the empty
 descriptor (dims ``[0]``: leave this variable alone) for every other one.  Unchanged
 inputs point at one small shared device buffer, so the staging memory is the pool,
-not one buffer per variable.  Inference keeps running meanwhile.  *Commit* executes the update graph under the writer side
-of the gate — the only moment inference waits — and bumps the version.  A *verify*
+not one buffer per variable.  Inference keeps running meanwhile.  *Commit* executes the update graph under the writer
+side of the gate — the only moment inference waits — and bumps the version.  A *verify*
 step (the golden-input check) may run inside the commit, after the update graph and
 before any reader is admitted; if it refuses, the changed variables get their previous
 values back (a second run of the update graph) before the writer side is left, so no
@@ -28,11 +28,11 @@ from typing import Any
 
 import numpy as np
 
-from .buffers import Ledger
 from .._constants import ACL_FORMAT_ND, NUMPY_TO_ACL
+from .._errors import AclCleanupWarning, AclError, check, null_handle, recent_error, unwrap
+from .buffers import Ledger
 from .context import ModelContext, restore_context
 from .description import Description, check_array, tensor_info
-from .._errors import AclCleanupWarning, AclError, check, null_handle, recent_error, unwrap
 from .gate import Gate
 from .history import History
 
@@ -355,14 +355,20 @@ class Updater:
                 raise ValueError(f"no previous value for variable(s) {sorted(missing)}")
             self._stage(previous)
             check(self._ctx.acl, "acl.mdl.execute", self._ctx.acl.mdl.execute(self._model_id, self._in, self._out))
-            log.info("update refused inside the commit and undone (%d variable(s) restored): %s", len(previous), refusal)
+            log.info(
+                "update refused inside the commit and undone (%d variable(s) restored): %s", len(previous), refusal
+            )
         except BaseException as e:
             self._gate.shutdown(0)  # fail closed: no reader may run on the refused weights
-            log.error("update refused but its undo failed (%s); the model is closed so that nothing is served from "
-                      "the refused weights", e)
+            log.error(
+                "update refused but its undo failed (%s); the model is closed so that nothing is served from "
+                "the refused weights",
+                e,
+            )
             if hasattr(refusal, "add_note"):
-                refusal.add_note(f"undoing it failed ({e}); the model was closed so that no reader sees the refused "
-                                 "weights")
+                refusal.add_note(
+                    f"undoing it failed ({e}); the model was closed so that no reader sees the refused weights"
+                )
 
     def _attach(self, i: int, state: int, td: int) -> None:
         if self._attached[i] == state and state != _CUSTOM:
