@@ -43,7 +43,8 @@ def resolve_acl(acl: Any = None) -> Any:
     choice = os.environ.get("ACL_BUNDLE_BACKEND", "").strip().lower()
     if choice not in ("", "sim", "pyacl"):
         raise BackendNotFoundError(
-            f"ACL_BUNDLE_BACKEND={os.environ['ACL_BUNDLE_BACKEND']!r:.40} is not a backend; use 'pyacl', 'sim' or leave it unset"
+            f"ACL_BUNDLE_BACKEND={os.environ['ACL_BUNDLE_BACKEND']!r:.40} is not a backend; use 'pyacl', 'sim' or "
+            "leave it unset"
         )
     if choice == "sim":
         try:

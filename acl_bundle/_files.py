@@ -1,10 +1,12 @@
 """Atomic file writes, shared by the builder (bundles, manifests) and checkpoint writers."""
 from __future__ import annotations
 
+import contextlib
 import os
 import secrets
+from collections.abc import Callable
 from pathlib import Path
-from typing import IO, Callable
+from typing import IO
 
 #: Hidden temp names are ``.<final name>.<TEMP_TAG_CHARS hex chars>.tmp`` (checkpoint cleanup matches them).
 TEMP_SUFFIX = ".tmp"
@@ -45,10 +47,8 @@ def write_atomic(path: Path, write: Callable[[IO[bytes]], object]) -> None:
             os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException as e:
-        try:
+        with contextlib.suppress(OSError):
             os.unlink(tmp)
-        except OSError:
-            pass
         if isinstance(e, OSError):
             raise _named(e, path) from e
         raise

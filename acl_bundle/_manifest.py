@@ -56,7 +56,9 @@ def load_manifest(source: Mapping | str | os.PathLike[str]) -> dict[str, Any]:
         try:
             text = p.read_text(encoding="utf-8")
         except FileNotFoundError:
-            raise FileNotFoundError(f"no manifest at {p} (write one for a bundle built outside acl_bundle; see acl_bundle.sim.builder)") from None
+            raise FileNotFoundError(
+                f"no manifest at {p} (write one for a bundle built outside acl_bundle; see acl_bundle.sim.builder)"
+            ) from None
         except UnicodeDecodeError as e:
             raise _bad(p, f"not UTF-8 ({e})") from None
         except OSError as e:
@@ -95,7 +97,9 @@ def load_manifest(source: Mapping | str | os.PathLike[str]) -> dict[str, Any]:
 
 def read_manifest(source: Mapping | str | os.PathLike[str]) -> list[ManifestVariable]:
     """Return the variables of a manifest (see :func:`load_manifest`), in update-input order."""
-    return [ManifestVariable(v["name"], np.dtype(v["dtype"]), tuple(v["shape"])) for v in load_manifest(source)["variables"]]
+    return [
+        ManifestVariable(v["name"], np.dtype(v["dtype"]), tuple(v["shape"])) for v in load_manifest(source)["variables"]
+    ]
 
 
 def _bad(path: Any, msg: str) -> ValueError:

@@ -137,5 +137,7 @@ def split_checks(check: Any) -> tuple[list[Check], list[Golden]]:
         elif callable(c):
             plain.append(c)
         else:
-            raise TypeError(f"check must be a callable(weights), a golden(...) check, or a list of them; got {type(c).__name__}")
+            raise TypeError(
+                f"check must be a callable(weights), a golden(...) check, or a list of them; got {type(c).__name__}"
+            )
     return plain, goldens

@@ -72,8 +72,16 @@ class DemoConfig:
         if self.n_classes < 2:
             problems.append(f"n_classes must be >= 2, got {self.n_classes}")
         if not 0 <= self.drift_start < self.drift_end < self.ticks:
-            problems.append(f"need 0 <= drift_start < drift_end < ticks, got {self.drift_start}, {self.drift_end}, {self.ticks}")
-        if self.pretrain_steps < 0 or self.pace < 0 or self.noise <= 0 or self.learning_rate <= 0 or self.poll_interval <= 0:
+            problems.append(
+                f"need 0 <= drift_start < drift_end < ticks, got {self.drift_start}, {self.drift_end}, {self.ticks}"
+            )
+        if (
+            self.pretrain_steps < 0
+            or self.pace < 0
+            or self.noise <= 0
+            or self.learning_rate <= 0
+            or self.poll_interval <= 0
+        ):
             problems.append("pretrain_steps and pace must be >= 0; noise, learning_rate and poll_interval > 0")
         if problems:
             raise ValueError("bad demo config: " + "; ".join(problems))
@@ -218,9 +226,12 @@ def format_row(r: DemoRow) -> str:
     """One line of the live table."""
     upd = f"{r.update_ms:9.3f}" if r.update_ms is not None else f"{'-':>9}"
     lag = f"{r.lag_ms:6.1f}" if r.lag_ms is not None else f"{'-':>6}"
-    return (f"{r.tick:>4}  {r.drift_degrees:5.1f}°  {r.live_accuracy:.3f} {_bar(r.live_accuracy)}  "
-            f"{r.frozen_accuracy:.3f} {_bar(r.frozen_accuracy)}  {r.version:>7}  {r.step if r.step is not None else '-':>4}  "
-            f"{upd}  {lag}")
+    return (
+        f"{r.tick:>4}  {r.drift_degrees:5.1f}°  {r.live_accuracy:.3f} {_bar(r.live_accuracy)}  "
+        f"{r.frozen_accuracy:.3f} {_bar(r.frozen_accuracy)}  {r.version:>7}  "
+        f"{r.step if r.step is not None else '-':>4}  "
+        f"{upd}  {lag}"
+    )
 
 
 def _check_matplotlib() -> None:
@@ -297,8 +308,11 @@ def _run(cfg: DemoConfig, wd: Path, plot: str | Path | None, say: Callable[[str]
         if old.is_file():
             old.unlink()
     result = DemoResult(cfg)
-    say(f"acl-bundle demo: {cfg.n_classes}-class softmax classifier ({cfg.n_features} features) on the pyACL simulator; "
-        f"the stream's classes rotate {cfg.drift_degrees:g}° between ticks {cfg.drift_start} and {cfg.drift_end}.")
+    say(
+        f"acl-bundle demo: {cfg.n_classes}-class softmax classifier ({cfg.n_features} features) on the pyACL "
+        "simulator; "
+        f"the stream's classes rotate {cfg.drift_degrees:g}° between ticks {cfg.drift_start} and {cfg.drift_end}."
+    )
     say(f"trainer thread: {cfg.train_steps} SGD steps/tick, checkpoint every {cfg.checkpoint_every} ticks -> {ckpt}")
     say("live = bundle hot-updated from the checkpoints; frozen = the same bundle, never updated.")
     say("")
@@ -336,7 +350,9 @@ def _run(cfg: DemoConfig, wd: Path, plot: str | Path | None, say: Callable[[str]
                           float(np.max(np.abs(frozen_p - _reference_probs(x, initial)))))
                 result.max_abs_error = max(result.max_abs_error, err)
                 if err > 1e-4:
-                    raise RuntimeError(f"tick {tick}: served probabilities differ from the numpy reference by {err:.3g}")
+                    raise RuntimeError(
+                        f"tick {tick}: served probabilities differ from the numpy reference by {err:.3g}"
+                    )
                 row = DemoRow(tick, stream.angle(tick), float(np.mean(live_p.argmax(1) == y)),
                               float(np.mean(frozen_p.argmax(1) == y)), version, watcher.applied_step or None,
                               update_ms, lag_ms, step is not None)
@@ -365,11 +381,17 @@ def _summary(r: DemoResult, say: Callable[[str], None]) -> None:
     lag = [row.lag_ms for row in r.rows if row.new_checkpoint]
     say("")
     say(f"before the drift  (ticks < {r.config.drift_start}):   live {live0:.3f}   frozen {frozen0:.3f}")
-    say(f"after the drift   (ticks >= {r.config.drift_end}):  live {r.live_after_drift:.3f}   frozen {r.frozen_after_drift:.3f}"
-        + ("   -> the live model tracks the drift" if r.live_after_drift > r.frozen_after_drift else ""))
-    say(f"checkpoints: {r.checkpoints_written} written, {r.checkpoints_applied} applied, {r.checkpoints_skipped} skipped; "
+    say(
+        f"after the drift   (ticks >= {r.config.drift_end}):  live {r.live_after_drift:.3f}   frozen "
+        f"{r.frozen_after_drift:.3f}"
+        + ("   -> the live model tracks the drift" if r.live_after_drift > r.frozen_after_drift else "")
+    )
+    say(
+        f"checkpoints: {r.checkpoints_written} written, {r.checkpoints_applied} applied, {r.checkpoints_skipped} "
+        "skipped; "
         f"model.update median {statistics.median(upd) if upd else float('nan'):.3f} ms, "
-        f"commit->served lag median {statistics.median(lag) if lag else float('nan'):.1f} ms")
+        f"commit->served lag median {statistics.median(lag) if lag else float('nan'):.1f} ms"
+    )
     say(f"every served output matched an independent numpy forward pass (max |diff| {r.max_abs_error:.1e}); "
         f"{r.seconds:.1f} s total")
 
