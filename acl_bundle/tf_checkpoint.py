@@ -85,7 +85,9 @@ def require_tensorflow() -> Any:
     try:
         import tensorflow as tf
     except ImportError:
-        raise ImportError("reading TensorFlow checkpoints needs TensorFlow: pip install -e '.[tf]' in a checkout of acl_bundle") from None
+        raise ImportError(
+            "reading TensorFlow checkpoints needs TensorFlow: pip install -e '.[tf]' in a checkout of acl_bundle"
+        ) from None
     return tf
 
 
@@ -125,7 +127,9 @@ def _data_files(prefix: Path) -> list[Path]:
     if not shards:
         raise CheckpointError(f"TF checkpoint {str(prefix)!r} has no data file ({prefix.name}.data-00000-of-NNNNN)")
     if len(counts) != 1:
-        raise CheckpointError(f"TF checkpoint {str(prefix)!r} has data files of different shard counts {sorted(counts)}")
+        raise CheckpointError(
+            f"TF checkpoint {str(prefix)!r} has data files of different shard counts {sorted(counts)}"
+        )
     n = counts.pop()
     missing = [i for i in range(n) if i not in shards]
     if missing or n == 0:
@@ -149,7 +153,9 @@ class _Reader:
             self.shapes = {k: tuple(int(d) for d in s) for k, s in self._r.get_variable_to_shape_map().items()}
             self.dtypes = self._r.get_variable_to_dtype_map()
         except Exception as e:  # noqa: BLE001 - TF raises OpError subclasses and plain RuntimeErrors
-            raise CheckpointError(f"{self.where} cannot be read (corrupt or truncated index?): {_first_line(e)}") from None
+            raise CheckpointError(
+                f"{self.where} cannot be read (corrupt or truncated index?): {_first_line(e)}"
+            ) from None
         # Numeric tensors are stored as their raw bytes, so complete data files hold at least their sum.
         # A shorter total is a truncated checkpoint (even where no tensor we read is cut) or an index
         # claiming shapes it does not have; checked before TF allocates anything from those shapes.
@@ -165,9 +171,14 @@ class _Reader:
 
     def numeric_keys(self) -> list[str]:
         """Every numeric tensor (not the object graph or other string entries)."""
-        return sorted(k for k, dt in self.dtypes.items()
-                      if k != OBJECT_GRAPH_KEY and getattr(dt, "is_numpy_compatible", False) and dt.as_numpy_dtype is not object
-                      and np.dtype(dt.as_numpy_dtype).kind in "biufc")
+        return sorted(
+            k
+            for k, dt in self.dtypes.items()
+            if k != OBJECT_GRAPH_KEY
+            and getattr(dt, "is_numpy_compatible", False)
+            and dt.as_numpy_dtype is not object
+            and np.dtype(dt.as_numpy_dtype).kind in "biufc"
+        )
 
     def get(self, key: str) -> np.ndarray:
         shape = self.shapes[key]  # bounded at open: the index's tensors fit in the data files
@@ -191,7 +202,9 @@ class _Reader:
             raw = self._r.get_tensor(OBJECT_GRAPH_KEY)
             graph = trackable_object_graph_pb2.TrackableObjectGraph.FromString(bytes(raw))
         except Exception as e:  # noqa: BLE001 - an unreadable object graph only costs the friendly names
-            log.warning("%s: cannot parse its object graph (%s); using object paths as names", self.where, _first_line(e))
+            log.warning(
+                "%s: cannot parse its object graph (%s); using object paths as names", self.where, _first_line(e)
+            )
             return {}
         return {a.checkpoint_key: a.full_name for node in graph.nodes for a in node.attributes if a.full_name}
 
@@ -219,7 +232,8 @@ def _default_names(keys: list[str], object_names: Mapping[str, str]) -> dict[str
 
 
 def tf_checkpoint_names(path: str | os.PathLike[str]) -> dict[str, str]:
-    """Return ``{checkpoint key: default name}`` for every numeric entry of a TF checkpoint (see the module docstring)."""
+    """Return ``{checkpoint key: default name}`` for every numeric entry of a TF checkpoint (see the module
+    docstring)."""
     reader = _Reader(_require_prefix(path))
     keys = reader.numeric_keys()
     return _default_names(keys, reader.object_names())
@@ -228,8 +242,10 @@ def tf_checkpoint_names(path: str | os.PathLike[str]) -> dict[str, str]:
 def _require_prefix(path: str | os.PathLike[str]) -> Path:
     prefix = tf_prefix(path)
     if prefix is None:
-        raise FileNotFoundError(f"{os.fspath(path)!r} is not a TF checkpoint: no {Path(path).name}.index "
-                                f"(give the prefix, e.g. 'ckpts/model.ckpt-1200', or a directory with a '{STATE_FILE}' file)")
+        raise FileNotFoundError(
+            f"{os.fspath(path)!r} is not a TF checkpoint: no {Path(path).name}.index "
+            f"(give the prefix, e.g. 'ckpts/model.ckpt-1200', or a directory with a '{STATE_FILE}' file)"
+        )
     return prefix
 
 
@@ -360,7 +376,9 @@ def read_tf_state(directory: str | os.PathLike[str]) -> TFCheckpointState:
     try:
         proto = text_format.Parse(raw.decode("utf-8"), CheckpointState())
     except (UnicodeDecodeError, text_format.ParseError) as e:
-        raise CheckpointError(f"TF checkpoint state file {str(state)!r} is not a CheckpointState: {_first_line(e)}") from None
+        raise CheckpointError(
+            f"TF checkpoint state file {str(state)!r} is not a CheckpointState: {_first_line(e)}"
+        ) from None
     newest = _in_directory(d, proto.model_checkpoint_path) if proto.model_checkpoint_path else None
     paths = [_in_directory(d, p) for p in proto.all_model_checkpoint_paths]
     if newest is not None and newest not in paths:

@@ -216,7 +216,9 @@ class CheckpointWatcher:
             if opts.use_watchdog:
                 raise ValueError(f"use_watchdog=True watches a local directory; {store.url!r} is polled")
             if opts.protocol == "tf":  # TF's protocol needs TF's reader on local files; an object store holds ours
-                raise ValueError(f"protocol='tf' reads TensorFlow checkpoints from a local directory, not {store.url!r}")
+                raise ValueError(
+                    f"protocol='tf' reads TensorFlow checkpoints from a local directory, not {store.url!r}"
+                )
         elif not Path(str(store.root)).is_dir():
             raise FileNotFoundError(f"checkpoint directory {str(store.root)!r} does not exist or is not a directory")
         return store
@@ -361,7 +363,8 @@ class CheckpointWatcher:
 
     # ------------------------------------------------------------------ work
     def wait_for_step(self, step: int, timeout: float | None = None, *, run: str | None = None) -> bool:
-        """Block until a step >= ``step`` (of ``run``, if given) is applied; False on timeout or if the watcher stopped."""
+        """Block until a step >= ``step`` (of ``run``, if given) is applied; False on timeout or if the watcher
+        stopped."""
         deadline = None if timeout is None else time.monotonic() + timeout
         with self._cond:
             while (self._applied_step is None or self._applied_step < step
@@ -376,7 +379,8 @@ class CheckpointWatcher:
 
     @property
     def retry_delay(self) -> float:
-        """Seconds until the next poll: ``poll_interval``, doubled per consecutive transient failure up to ``MAX_BACKOFF``."""
+        """Seconds until the next poll: ``poll_interval``, doubled per consecutive transient failure up to
+        ``MAX_BACKOFF``."""
         interval = self._opts.poll_interval
         if not self._failures:
             return interval
@@ -418,7 +422,9 @@ class CheckpointWatcher:
             return ("the model keeps its current weights" if version is None
                     else f"the model keeps its current weights (version {version}; nothing applied from here yet)")
         if version is None or version == last.version:
-            return f"the model keeps the weights of step {last.step}" + ("" if version is None else f" (version {version})")
+            return f"the model keeps the weights of step {last.step}" + (
+                "" if version is None else f" (version {version})"
+            )
         return (f"the model keeps its current weights (version {version}; the last checkpoint applied from here "
                 f"was step {last.step}, version {last.version})")
 
@@ -517,12 +523,17 @@ class CheckpointWatcher:
         try:
             self._model.rollback(to=before)
             self._rolled_back += 1
-            self._scanner.mark_bad(info, f"health check failed after the update ({why}); rolled back to version {before}")
+            self._scanner.mark_bad(
+                info, f"health check failed after the update ({why}); rolled back to version {before}"
+            )
         except ModelClosedError:
             raise
         except Exception as e:
-            self._scanner.mark_bad(info, f"health check failed after the update ({why}) and the rollback failed too "
-                                 f"({type(e).__name__}: {e}); the model serves this checkpoint")
+            self._scanner.mark_bad(
+                info,
+                f"health check failed after the update ({why}) and the rollback failed too "
+                f"({type(e).__name__}: {e}); the model serves this checkpoint",
+            )
             with self._cond:  # it is what is served now: record it so later steps compare against it
                 self._served = info
                 self._applied_step = info.step

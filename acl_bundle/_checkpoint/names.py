@@ -9,7 +9,7 @@ import logging
 import math
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any, Union
+from typing import Any
 
 import numpy as np
 
@@ -20,7 +20,7 @@ log = logging.getLogger("acl_bundle")
 DEFAULT_MAX_BYTES = 4 << 30  # data file / decoded bytes when no model bounds them
 SHOWN = 10  # names listed in one message before "... and N more"
 
-Rename = Union[Mapping[str, str], Callable[[str], "str | None"], None]
+Rename = Mapping[str, str] | Callable[[str], "str | None"] | None
 
 
 class CheckpointMismatchError(CheckpointError):
@@ -86,7 +86,10 @@ def variable_specs(variables: Any) -> VariableSpecs:
         elif hasattr(v, "name"):
             shape = getattr(v, "shape", None)
             dtype = getattr(v, "dtype", None)
-            specs[v.name] = (tuple(shape) if shape is not None else None, np.dtype(dtype) if dtype is not None else None)
+            specs[v.name] = (
+                tuple(shape) if shape is not None else None,
+                np.dtype(dtype) if dtype is not None else None,
+            )
         else:
             raise TypeError(f"variables must hold names or Variable objects, got {type(v).__name__}")
     return specs
@@ -106,7 +109,7 @@ def limit_for(variables: Any) -> int:
     return 2 * total + (64 << 20)
 
 
-def renamer(rename: Rename, strip_prefix: str | None) -> Callable[[str], "str | None"]:
+def renamer(rename: Rename, strip_prefix: str | None) -> Callable[[str], str | None]:
     if strip_prefix is not None and not isinstance(strip_prefix, str):
         raise TypeError(f"strip_prefix must be a str, got {type(strip_prefix).__name__}")
     if rename is None:
@@ -181,7 +184,9 @@ def describe(match: NameMatch, total: int) -> str:
         shown = [n if n == r else f"{n} (as {r})" for n, r in match.unmatched]
         parts.append(f"{len(shown)} checkpoint name(s) match no variable: {show_names(shown)}")
     if match.missing:
-        parts.append(f"{len(match.missing)} of {total} variable(s) missing from the checkpoint: {show_names(match.missing)}")
+        parts.append(
+            f"{len(match.missing)} of {total} variable(s) missing from the checkpoint: {show_names(match.missing)}"
+        )
     return "; ".join(parts)
 
 
@@ -205,9 +210,11 @@ def select_weights(
     hint = prefix_hint(match.unmatched, specs)
     if not match.mapping:
         raise CheckpointMismatchError(
-            f"{source}: no name matches a variable ({describe(match, len(specs))}); the variables are {show_names(list(specs))} "
+            f"{source}: no name matches a variable ({describe(match, len(specs))}); the variables are "
+            f"{show_names(list(specs))} "
             f"(use {hint or 'rename= or strip_prefix='} for another naming scheme)",
-            [n for n, _ in match.unmatched], match.missing,
+            [n for n, _ in match.unmatched],
+            match.missing,
         )
     bad = (match.missing and not allow_partial) or (match.unmatched and not allow_unmatched)
     if bad:

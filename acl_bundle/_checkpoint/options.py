@@ -64,5 +64,5 @@ class WatchOptions:
     @property
     def names(self) -> dict[str, Any]:
         """The name-mapping keywords of :func:`~acl_bundle.checkpoint.select_weights`."""
-        return dict(rename=self.rename, strip_prefix=self.strip_prefix,
-                    allow_partial=self.allow_partial, allow_unmatched=self.allow_unmatched)
+        return {"rename": self.rename, "strip_prefix": self.strip_prefix,
+                "allow_partial": self.allow_partial, "allow_unmatched": self.allow_unmatched}

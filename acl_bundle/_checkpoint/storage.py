@@ -222,7 +222,9 @@ class FsspecStore:
             key = (int(info.get("size") or 0), str(info.get("ETag") or ""), _mtime(info))
         size = key[0]
         if expect is not None and size != expect:
-            raise CheckpointError(f"{what} has {size} bytes, its marker says {expect} (truncated or still being written?)")
+            raise CheckpointError(
+                f"{what} has {size} bytes, its marker says {expect} (truncated or still being written?)"
+            )
         if size > limit:
             raise CheckpointError(f"{what} has {size} bytes, more than the limit of {limit} (max_bytes=)")
         buf = bytearray(size)
@@ -314,7 +316,9 @@ def open_store(location: str | os.PathLike[str], storage_options: Mapping[str, A
     if is_url(location):
         return FsspecStore(str(location), storage_options, suffixes=suffixes)
     if storage_options:
-        raise ValueError(f"storage_options are for fsspec URLs (s3://..., gs://...), not the local path {str(location)!r}")
+        raise ValueError(
+            f"storage_options are for fsspec URLs (s3://..., gs://...), not the local path {str(location)!r}"
+        )
     loc = str(location)
     return LocalStore(loc[len("file://"):] if loc.startswith("file://") else location, suffixes=suffixes)
 

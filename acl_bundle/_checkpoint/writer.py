@@ -1,6 +1,9 @@
-"""The checkpoint protocol's writer side: :func:`write_checkpoint` and crash-debris cleaning (see :mod:`acl_bundle.checkpoint`)."""
+"""The checkpoint protocol's writer side: :func:`write_checkpoint` and crash-debris cleaning (see
+:mod:`acl_bundle.checkpoint`)."""
+
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -34,7 +37,9 @@ log = logging.getLogger("acl_bundle")
 
 DEBRIS_GRACE_SECONDS = 3600.0  # crash debris younger than this may belong to a live writer
 _PREFIX_RE = re.compile(r"^[A-Za-z0-9_.-]+$")
-_TEMP_RE = re.compile(r"^\.(?P<final>.+?(?:\.npz|\.safetensors|\.ckpt\.json))\.[A-Za-z0-9_]{6,32}" + re.escape(TEMP_SUFFIX) + "$")
+_TEMP_RE = re.compile(
+    r"^\.(?P<final>.+?(?:\.npz|\.safetensors|\.ckpt\.json))\.[A-Za-z0-9_]{6,32}" + re.escape(TEMP_SUFFIX) + "$"
+)
 
 
 def _fsync_dir(directory: Path) -> None:
@@ -118,11 +123,15 @@ def write_checkpoint(
     if format not in ("npz", "safetensors"):
         raise ValueError(f"format must be 'npz' or 'safetensors', got {format!r}")
     if not isinstance(prefix, str) or not _PREFIX_RE.match(prefix) or prefix.startswith(".") or len(prefix) > 128:
-        raise ValueError(f"prefix must be letters, digits, '_', '-', '.' (at most 128) and not start with '.', got {prefix!r}")
+        raise ValueError(
+            f"prefix must be letters, digits, '_', '-', '.' (at most 128) and not start with '.', got {prefix!r}"
+        )
     if keep is not None and (isinstance(keep, bool) or not isinstance(keep, int) or keep < 1):
         raise ValueError(f"keep must be None or an int >= 1, got {keep!r}")
     if run is not None and (not isinstance(run, str) or not RUN_RE.match(run)):
-        raise ValueError(f"run must be None or 1-128 letters, digits, '_', '-', '.' not starting with '.', got {run!r:.60}")
+        raise ValueError(
+            f"run must be None or 1-128 letters, digits, '_', '-', '.' not starting with '.', got {run!r:.60}"
+        )
     if isinstance(grace, bool) or not isinstance(grace, (int, float)) or not grace >= 0:
         raise ValueError(f"grace must be a non-negative number of seconds, got {grace!r}")
     arrays = _check_weights(weights)
@@ -164,13 +173,13 @@ def write_checkpoint(
         if not store.remote:
             _fsync_dir(Path(store.root))
     except BaseException as e:
-        try:
+        with contextlib.suppress(Exception):
             store.delete(data_name)  # leave nothing visible of a checkpoint that did not commit
-        except Exception:
-            pass
         if isinstance(e, FileExistsError):
-            raise ValueError(f"checkpoint step {step} is already committed in {where!r} ({marker_name}): another "
-                             "writer committed it first (the conditional write refused this one); steps must be new") from None
+            raise ValueError(
+                f"checkpoint step {step} is already committed in {where!r} ({marker_name}): another "
+                "writer committed it first (the conditional write refused this one); steps must be new"
+            ) from None
         if isinstance(e, OSError):
             raise _write_error(e, step, marker_name, where) from e
         raise
@@ -197,7 +206,9 @@ def _safetensors_numpy() -> Any:
     except ImportError:
         from ._errors import extra_hint
 
-        raise ImportError(f"writing .safetensors checkpoints needs the safetensors package: {extra_hint('safetensors')}") from None
+        raise ImportError(
+            f"writing .safetensors checkpoints needs the safetensors package: {extra_hint('safetensors')}"
+        ) from None
     return st_numpy
 
 
@@ -262,7 +273,9 @@ def clean_checkpoints(
             except OSError as err:
                 log.warning("cannot remove checkpoint debris %s in %s: %s", name, d, err.strerror or err)
     if removed:
-        log.info("removed %d crash debris file(s) older than %.0f s from %s: %s", len(removed), grace, d, show_names(removed))
+        log.info(
+            "removed %d crash debris file(s) older than %.0f s from %s: %s", len(removed), grace, d, show_names(removed)
+        )
     return removed
 
 
@@ -273,9 +286,9 @@ def clean_remote(store: Store, grace: float, good: list[CheckpointInfo]) -> list
     now = time.time()
     removed = []
     for name, key in store.list().items():
-        if name.endswith(SUFFIXES) and name not in referenced and now - store.key_time(key) > grace:
-            if store.delete(name):
-                removed.append(name)
+        if name.endswith(SUFFIXES) and name not in referenced and now - store.key_time(key) > grace \
+                and store.delete(name):
+            removed.append(name)
     if removed:
         log.info("removed %d orphaned checkpoint object(s) older than %.0f s from %s: %s", len(removed), grace,
                  store.url, show_names(removed))
