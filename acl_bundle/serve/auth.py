@@ -65,7 +65,9 @@ class UpdateAuth:
         if self._digest is None:
             raise ServeError(403, "weight updates are disabled on this server (start it with --update-token-file)")
         if not authorization:
-            raise ServeError(401, "weight updates need 'Authorization: Bearer <token>' (gRPC: 'authorization' metadata)")
+            raise ServeError(
+                401, "weight updates need 'Authorization: Bearer <token>' (gRPC: 'authorization' metadata)"
+            )
         scheme, _, presented = authorization.partition(" ")
         if scheme.lower() != "bearer" or not presented.strip():
             raise ServeError(401, "the authorization must be of the form 'Bearer <token>'")

@@ -160,7 +160,9 @@ class _Servicer(service_pb2_grpc.GRPCInferenceServiceServicer):
                     e.dims.extend(t["dims"])
             if "dynamic_batching" in cfg:
                 mc.dynamic_batching.preferred_batch_size.extend(cfg["dynamic_batching"]["preferred_batch_size"])
-                mc.dynamic_batching.max_queue_delay_microseconds = cfg["dynamic_batching"]["max_queue_delay_microseconds"]
+                mc.dynamic_batching.max_queue_delay_microseconds = cfg["dynamic_batching"][
+                    "max_queue_delay_microseconds"
+                ]
             return service_pb2.ModelConfigResponse(config=mc)
         return await self._call("model_config", context, fn)
 
@@ -367,7 +369,10 @@ class _Servicer(service_pb2_grpc.GRPCInferenceServiceServicer):
         async def fn() -> Any:
             self.s.authorize(_metadata(context, "authorization"), "grpc")
             self.s.check_model(request.model_name)
-            raise ServeError(400, "unload is not supported: the server keeps its bundle loaded (stop the server instead)")
+            raise ServeError(
+                400, "unload is not supported: the server keeps its bundle loaded (stop the server instead)"
+            )
+
         return await self._call("unload", context, fn)
 
 

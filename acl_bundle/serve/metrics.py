@@ -19,8 +19,12 @@ class Metrics:
                                 ["protocol", "endpoint", "code"], registry=r)
         self.request_seconds = Histogram("acl_bundle_request_seconds", "Request latency in the server",
                                          ["protocol", "endpoint"], buckets=_LATENCY, registry=r)
-        self.queue_seconds = Histogram("acl_bundle_queue_seconds", "Time an infer request waited for its batch to start",
-                                       buckets=_LATENCY, registry=r)
+        self.queue_seconds = Histogram(
+            "acl_bundle_queue_seconds",
+            "Time an infer request waited for its batch to start",
+            buckets=_LATENCY,
+            registry=r,
+        )
         self.compute_seconds = Histogram("acl_bundle_compute_seconds", "Time of one BundleModel.infer call (one batch)",
                                          buckets=_LATENCY, registry=r)
         sizes = tuple(float(2 ** i) for i in range(11))  # 1 .. 1024

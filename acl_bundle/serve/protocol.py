@@ -20,9 +20,17 @@ __all__ = ["DATATYPES", "ServeError", "ModelSpec", "TensorSpec", "datatype_of", 
 #: OIP datatype name -> numpy dtype (BYTES and BF16 have no numpy equivalent the bundles use).
 DATATYPES: dict[str, np.dtype] = {
     "BOOL": np.dtype(np.bool_),
-    "UINT8": np.dtype(np.uint8), "UINT16": np.dtype(np.uint16), "UINT32": np.dtype(np.uint32), "UINT64": np.dtype(np.uint64),
-    "INT8": np.dtype(np.int8), "INT16": np.dtype(np.int16), "INT32": np.dtype(np.int32), "INT64": np.dtype(np.int64),
-    "FP16": np.dtype(np.float16), "FP32": np.dtype(np.float32), "FP64": np.dtype(np.float64),
+    "UINT8": np.dtype(np.uint8),
+    "UINT16": np.dtype(np.uint16),
+    "UINT32": np.dtype(np.uint32),
+    "UINT64": np.dtype(np.uint64),
+    "INT8": np.dtype(np.int8),
+    "INT16": np.dtype(np.int16),
+    "INT32": np.dtype(np.int32),
+    "INT64": np.dtype(np.int64),
+    "FP16": np.dtype(np.float16),
+    "FP32": np.dtype(np.float32),
+    "FP64": np.dtype(np.float64),
 }
 _NAMES = {v: k for k, v in DATATYPES.items()}
 
@@ -131,7 +139,9 @@ class ModelSpec:
 
     def check_version(self, version: str | None) -> None:
         if version not in (None, "", self.version):
-            raise ServeError(404, f"model {self.name!r} has no version {version!r}; its versions are [{self.version!r}]")
+            raise ServeError(
+                404, f"model {self.name!r} has no version {version!r}; its versions are [{self.version!r}]"
+            )
 
 
 @dataclass
