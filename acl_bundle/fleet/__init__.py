@@ -1,4 +1,5 @@
-"""A fleet of serving replicas on Ray that switch to new weights together (optional extra ``ray``: ``pip install -e '.[ray]'`` in a checkout).
+"""A fleet of serving replicas on Ray that switch to new weights together (optional extra ``ray``: ``pip install -e
+'.[ray]'`` in a checkout).
 
 ::
 

@@ -1,6 +1,7 @@
 """The driver side: :class:`Fleet` routes inference and runs the two-phase publish over its replicas."""
 from __future__ import annotations
 
+import contextlib
 import itertools
 import logging
 import os
@@ -490,20 +491,14 @@ class Fleet:
             rs = list(self._replicas.values())
             self._replicas.clear()
         refs = [r.actor.close.remote() for r in rs]
-        try:
+        with contextlib.suppress(Exception):
             ray.wait(refs, num_returns=len(refs), timeout=self._timeout)
-        except Exception:
-            pass
         for r in rs:
-            try:
+            with contextlib.suppress(Exception):
                 ray.kill(r.actor, no_restart=True)
-            except Exception:
-                pass
         for inbox in getattr(self, "_inboxes", []):
-            try:
+            with contextlib.suppress(Exception):
                 ray.kill(inbox, no_restart=True)
-            except Exception:
-                pass
         self._payloads.clear()
 
     def __enter__(self) -> Fleet:
