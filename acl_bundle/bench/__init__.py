@@ -72,9 +72,9 @@ import numpy as np
 from .. import _backend
 from .._constants import (
     ACL_DYNAMIC_TENSOR_NAME,
+    ACL_MEM_MALLOC_HUGE_FIRST,
     ACL_MEMCPY_DEVICE_TO_HOST,
     ACL_MEMCPY_HOST_TO_DEVICE,
-    ACL_MEM_MALLOC_HUGE_FIRST,
     ACL_TO_NUMPY,
 )
 
@@ -394,7 +394,10 @@ class RawInfer:
             if i == data_inputs[0]:
                 self.in_ptr, self.in_size = ptr, acl.mdl.get_input_size_by_index(desc, i)
         if dynamic:
-            ok(acl.mdl.set_dynamic_batch_size(self.infer_id, self.in_ds, mb_index, batch), "acl.mdl.set_dynamic_batch_size")
+            ok(
+                acl.mdl.set_dynamic_batch_size(self.infer_id, self.in_ds, mb_index, batch),
+                "acl.mdl.set_dynamic_batch_size",
+            )
         # After set_dynamic_batch_size, get_cur_output_dims gives this batch's dims
         # (get_output_dims would give the largest batch's).
         dims, ret = acl.mdl.get_cur_output_dims(desc, 0)
@@ -439,15 +442,20 @@ def _s1_wrapper_overhead(c: _Ctx) -> dict:
     notes.append("overhead_us = wrapper - raw = the wrapper's own cost per call: its Python (validation, slot pool, "
                  "locks) plus one acl.rt.get_context; the simulator's execute of a small MLP is far cheaper than a "
                  "real NPU launch, so the same microseconds weigh more here")
-    notes.append("timing: call by call, wrapper and raw alternating (w r r w ...) in one thread, s1_calls pairs "
-                 "per round, each side's median per round, ratio = the median of the rounds' ratios; the raw datasets are loaded into the wrapper's context, "
-                 "so neither side switches contexts (the wrapper still reads the thread's context once per call); a "
-                 "thread that keeps another context current pays two acl.rt.set_context more per wrapper call "
-                 "(the caller's context is given back every time)")
+    notes.append(
+        "timing: call by call, wrapper and raw alternating (w r r w ...) in one thread, s1_calls pairs "
+        "per round, each side's median per round, ratio = the median of the rounds' ratios; the raw datasets are "
+        "loaded into the wrapper's context, "
+        "so neither side switches contexts (the wrapper still reads the thread's context once per call); a "
+        "thread that keeps another context current pays two acl.rt.set_context more per wrapper call "
+        "(the caller's context is given back every time)"
+    )
     return {"rows": rows, "notes": notes}
 
 
-def _alternate(fw: Callable[[Any], Any], fr: Callable[[Any], Any], xw: Sequence[Any], xr: Sequence[Any]) -> tuple[float, float]:
+def _alternate(
+    fw: Callable[[Any], Any], fr: Callable[[Any], Any], xw: Sequence[Any], xr: Sequence[Any]
+) -> tuple[float, float]:
     """Median seconds per call of ``fw`` and ``fr``, timed call by call, alternating (w r r w w r ...).
 
     Alternating single calls puts both sides under the same machine state (frequency,
@@ -528,7 +536,7 @@ def _s2_update_proportional(c: _Ctx) -> dict:
         if n not in counts:
             counts.append(n)
         times: dict[int, list[float]] = {k: [] for k in counts}
-        cursor = {k: 0 for k in counts}
+        cursor = dict.fromkeys(counts, 0)
         bytes_ok: dict[int, bool] = {}
         for r in range(cfg.rounds):
             c.progress(f"2 update proportional: round {r + 1}/{cfg.rounds}")
@@ -558,7 +566,9 @@ def _s2_update_proportional(c: _Ctx) -> dict:
                              paired_min=q["paired_min"], paired_max=q["paired_max"]))
         facts["bytes_per_update_equal_changed"] = all(bytes_ok.values())
         facts["variable_bytes"] = size * 4
-        rows.append(_row(2, "H2D and applied bytes == changed bytes", float(all(bytes_ok.values())), "==", 1.0, unit=""))
+        rows.append(
+            _row(2, "H2D and applied bytes == changed bytes", float(all(bytes_ok.values())), "==", 1.0, unit="")
+        )
     finally:
         m.close()
     return {"rows": rows, "facts": facts,
@@ -617,9 +627,20 @@ def _s3_update_bandwidth(c: _Ctx) -> dict:
         q_stage = _ratio(t_copy, t_stage)
         q_full = _ratio(t_copy, t_full)
         gbs = lambda t: total / _median(t) / 1e9  # noqa: E731
-        rows.append(_row(3, f"stage (H2D) {total / MiB:.0f} MiB in {nv} vars vs numpy.copyto", q_stage["ratio"], ">=", 0.8,
-                         stage_gbs=gbs(t_stage), copyto_gbs=gbs(t_copy), one_copyto_gbs=gbs(t_one),
-                         paired_min=q_stage["paired_min"], paired_max=q_stage["paired_max"]))
+        rows.append(
+            _row(
+                3,
+                f"stage (H2D) {total / MiB:.0f} MiB in {nv} vars vs numpy.copyto",
+                q_stage["ratio"],
+                ">=",
+                0.8,
+                stage_gbs=gbs(t_stage),
+                copyto_gbs=gbs(t_copy),
+                one_copyto_gbs=gbs(t_one),
+                paired_min=q_stage["paired_min"],
+                paired_max=q_stage["paired_max"],
+            )
+        )
         rows.append(_row(3, "full update (stage+commit) vs copyto", q_full["ratio"], None, None,
                          update_gbs=gbs(t_full), copyto_gbs=gbs(t_copy),
                          paired_min=q_full["paired_min"], paired_max=q_full["paired_max"]))
@@ -826,7 +847,11 @@ def _s7_staging_memory(c: _Ctx) -> dict:
             y = m.infer(x)  # the infer buffers count too; and every single-variable update landed
             np.testing.assert_allclose(y, x + n * (n - 1) / 2, rtol=1e-6)
             beyond = m.device_bytes / var_bytes
-            facts[label] = {"device_bytes": m.device_bytes, "staging_bytes": m.staging_bytes, "variable_bytes": var_bytes}
+            facts[label] = {
+                "device_bytes": m.device_bytes,
+                "staging_bytes": m.staging_bytes,
+                "variable_bytes": var_bytes,
+            }
         finally:
             m.close()
         goal = (("<=", 0.10) if staging is not None else (None, None))
@@ -978,7 +1003,9 @@ def _s8_pause(c: _Ctx) -> dict:
                 for r in range(cfg.s8_rounds):
                     got: dict[str, tuple[list, list]] = {}
                     for side in (("none", "upd") if r % 2 == 0 else ("upd", "none")):
-                        c.progress(f"8 pause: {label}, {threads} infer thread(s), round {r + 1}/{cfg.s8_rounds}, {side}")
+                        c.progress(
+                            f"8 pause: {label}, {threads} infer thread(s), round {r + 1}/{cfg.s8_rounds}, {side}"
+                        )
                         got[side] = _timeline(m, xs, threads, cfg.s8_seconds, None if side == "none" else rate, upd)
                     base = [b - a for a, b in got["none"][0]]
                     calls, updates = got["upd"]
@@ -1004,9 +1031,9 @@ def _s8_pause(c: _Ctx) -> dict:
             if not per["stall/commit"]:
                 continue
             what = f"{label}, {threads} infer thread{'s' if threads > 1 else ''}"
-            detail = dict(stall_ms=_median(per["stall_ms"]), commit_ms=_median(per["commit_ms"]),
-                          p99_none_ms=_median(per["p99_none_ms"]), alone_ms=_median(per["alone_ms"]),
-                          update_mib=nbytes / MiB, updates_hz=rate, gil_switch_ms=1e3 * sys.getswitchinterval())
+            detail = {"stall_ms": _median(per["stall_ms"]), "commit_ms": _median(per["commit_ms"]),
+                      "p99_none_ms": _median(per["p99_none_ms"]), "alone_ms": _median(per["alone_ms"]),
+                      "update_mib": nbytes / MiB, "updates_hz": rate, "gil_switch_ms": 1e3 * sys.getswitchinterval()}
             for key, name, op, goal in (("stall/commit", "longest stall / its commit", "<=", 1.2),
                                         ("alone/commit", "longest wait without an update / commit", None, None),
                                         ("stall/p99", "longest stall / no-update p99", None, None),
@@ -1036,7 +1063,11 @@ def _s9_startup(c: _Ctx) -> dict:
 
     cfg = c.cfg
     run = [sys.executable, "-c", "import sys; from acl_bundle.cli import main; sys.exit(main(sys.argv[1:]))"]
-    cmds = {"bare": [sys.executable, "-c", "pass"], "--help": run + ["--help"], "serve --help": run + ["serve", "--help"]}
+    cmds = {
+        "bare": [sys.executable, "-c", "pass"],
+        "--help": run + ["--help"],
+        "serve --help": run + ["serve", "--help"],
+    }
     env = {k: v for k, v in os.environ.items() if k != "PYTHONSTARTUP"}
     times: dict[str, list[float]] = {k: [] for k in cmds}
     for r in range(cfg.s9_rounds):
@@ -1104,7 +1135,7 @@ def run_bench(config: BenchConfig | None = None, *, progress: Progress | None = 
         "version": VERSION,
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "machine": machine_info(),
-        "config": {k: v for k, v in asdict(cfg).items()},
+        "config": dict(asdict(cfg)),
         "seconds": time.perf_counter() - t0,
         "scenarios": scenarios,
         "rows": rows,
@@ -1211,4 +1242,6 @@ def write_plot(results: dict[str, Any], path: str | os.PathLike[str]) -> None:
 
 
 if __name__ == "__main__":  # pragma: no cover
-    print(format_table(run_bench(BenchConfig(quick="--quick" in sys.argv), progress=lambda s: print(s, file=sys.stderr))))
+    print(
+        format_table(run_bench(BenchConfig(quick="--quick" in sys.argv), progress=lambda s: print(s, file=sys.stderr)))
+    )

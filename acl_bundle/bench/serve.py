@@ -9,8 +9,8 @@ interleaved over several rounds, each round visiting every side in rotated order
    library itself costs) and over gRPC (tritonclient).  Reported: p50 and p99 of each
    side, the added p50 / p99 and the p50 ratio; goal: <= 0.5 ms added at p50.
 2. dynamic batching on vs off: 16 concurrent single-row clients (tritonclient.grpc.aio)
-   on a dynamic-batch bundle (a 31-layer narrow MLP, batch sizes 1-16), one server with batching on (``--max-queue-delay-us``)
-   and one with it off, alternating A/B/B/A windows; goal: >= 2x throughput, and p99
+   on a dynamic-batch bundle (a 31-layer narrow MLP, batch sizes 1-16), one server with batching on
+   (``--max-queue-delay-us``) and one with it off, alternating A/B/B/A windows; goal: >= 2x throughput, and p99
    latency with batching <= the queue delay + one batch's compute (the in-process
    infer time of the largest batch, measured in the same run).
 
@@ -271,9 +271,16 @@ def run(cfg: ServeBenchConfig, progress: Progress = lambda s: None) -> dict[str,
     with tempfile.TemporaryDirectory(prefix="acl_bundle_serve_bench_") as d:
         work = Path(d)
         rows = _latency(cfg, work, progress) + _batching(cfg, work, progress)
-    return {"format": "acl-bundle-serve-bench", "version": 1, "quick": cfg.quick,
-            "machine": f"{os.cpu_count()} CPUs, {platform.processor() or platform.machine()}, Python {platform.python_version()}",
-            "seconds": round(time.perf_counter() - t0, 1), "config": {k: v for k, v in vars(cfg).items()}, "rows": rows}
+    return {
+        "format": "acl-bundle-serve-bench",
+        "version": 1,
+        "quick": cfg.quick,
+        "machine": f"{os.cpu_count()} CPUs, {platform.processor() or platform.machine()}, "
+                   f"Python {platform.python_version()}",
+        "seconds": round(time.perf_counter() - t0, 1),
+        "config": dict(vars(cfg)),
+        "rows": rows,
+    }
 
 
 def format_table(results: dict[str, Any]) -> str:
@@ -282,7 +289,7 @@ def format_table(results: dict[str, Any]) -> str:
     head = ["measurement", "p50 ms", "p99 ms", "added p50", "added p99", "ratio", "goal", "result"]
     body = []
     for r in results["rows"]:
-        def f(key: str, fmt: str = "{:.3f}") -> str:
+        def f(key: str, fmt: str = "{:.3f}", r: dict[str, Any] = r) -> str:
             return fmt.format(r[key]) if key in r else ""
         name = r["measurement"] + (f": {r['value']:.0f} {r['unit']}" if "value" in r else "")
         body.append([name, f("p50_ms"), f("p99_ms"), f("added_p50_ms"), f("added_p99_ms"), f("ratio", "{:.2f}x"),
@@ -291,5 +298,7 @@ def format_table(results: dict[str, Any]) -> str:
     out = lines + ["  ".join(h.ljust(w) if i == 0 else h.rjust(w) for i, (h, w) in enumerate(zip(head, widths))),
                    "  ".join("-" * w for w in widths)]
     for row in body:
-        out.append("  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(row, widths))).rstrip())
+        out.append(
+            "  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(row, widths))).rstrip()
+        )
     return "\n".join(out)
