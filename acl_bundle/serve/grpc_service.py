@@ -10,7 +10,8 @@ ModelStreamInfer (bidirectional, same checks as ModelInfer), ModelStatistics (th
 statistics extension), SystemSharedMemory{Status,Register,Unregister} (inputs and outputs in
 registered regions, :mod:`.shm`; CudaSharedMemory* answer UNIMPLEMENTED), RepositoryIndex,
 RepositoryModelLoad (``file:`` parameters with ``bytes_param``, one atomic update; token
-in the ``authorization`` metadata) and RepositoryModelUnload (refused).  Others answer UNIMPLEMENTED.  Runs on grpc.aio in the server's event loop.
+in the ``authorization`` metadata) and RepositoryModelUnload (refused).  Others answer UNIMPLEMENTED.  Runs on grpc.aio
+in the server's event loop.
 
 Receive limits, each enforced before the message is parsed: the server's receive limit is
 the infer limit (``max_request_bytes``), which gRPC's core checks against the message's

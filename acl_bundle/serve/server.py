@@ -90,7 +90,9 @@ class ServeConfig:
 
     def validate(self) -> None:
         problems = []
-        for name in ("http_port",) + tuple(n for n in ("grpc_port", "grpc_update_port") if getattr(self, n) is not None):
+        for name in ("http_port",) + tuple(
+            n for n in ("grpc_port", "grpc_update_port") if getattr(self, n) is not None
+        ):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int) or not 0 <= v <= 65535:
                 problems.append(f"{name} must be 0..65535, got {v!r}")
