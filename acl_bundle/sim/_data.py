@@ -50,6 +50,9 @@ class Dataset:
     checked_frees: int = -1
     nonempty: set[int] = field(default_factory=set)
     dirty: set[int] = field(default_factory=set)
+    # Bumped with every change ``dirty`` records (buffer added, re-pointed or destroyed, desc set): what an
+    # infer execute cached for this dataset (_mdl._ExecCache) is valid while it is unchanged.
+    gen: int = 0
 
 
 def touched(db: DataBuffer) -> None:
@@ -58,6 +61,7 @@ def touched(db: DataBuffer) -> None:
         ds = WORLD.datasets.get(ds_id)
         if ds is not None:
             ds.dirty.add(index)
+            ds.gen += 1
 
 
 def dtype_size(dtype: int) -> int:
@@ -244,6 +248,7 @@ def add_dataset_buffer(dataset: int, data_buffer: int) -> tuple[int, int]:
             return 0, set_err(S.E_PARAM, f"add_dataset_buffer: {data_buffer:#x} is not a live data buffer")
         db.holders.append((ds.id, len(ds.buffers)))
         ds.dirty.add(len(ds.buffers))
+        ds.gen += 1
         ds.buffers.append(data_buffer)
         ds.descs.append(0)
         return dataset, 0
@@ -286,6 +291,7 @@ def set_dataset_tensor_desc(dataset: int, tensor_desc: int, index: int) -> tuple
             if src is None:
                 return 0, set_err(S.E_PARAM, f"set_dataset_tensor_desc: {tensor_desc:#x} is not a live tensor desc")
         ds.dirty.add(index)
+        ds.gen += 1
         old = ds.descs[index]
         if old:
             WORLD.tensor_descs.pop(old, None)
