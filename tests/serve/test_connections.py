@@ -100,6 +100,27 @@ def test_a_slow_body_gets_408_from_the_route_reading_it(srv):
     assert status == 408 and "request body was not received within 1 s" in json.loads(body)["error"]
 
 
+def test_a_slow_body_no_route_reads_is_cut_off_after_its_deadline(srv):
+    s = _connect(srv)
+    s.sendall(b"GET /v2/health/live HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n" + b"z" * 10)
+    s.settimeout(10)
+    assert s.recv(65536).startswith(b"HTTP/1.1 200 ")  # answered without reading the body
+    assert _closed_by_server(s, within=10)  # the rest of the body never came: dropped (1 s + 2 s grace)
+    s.close()
+
+
+def test_pipelined_requests_are_all_answered(srv):
+    s = _connect(srv)
+    s.sendall(b"GET /v2/health/live HTTP/1.1\r\nHost: x\r\n\r\n" * 3 + b"GET /v2 HTTP/1.1\r\nHost: x\r\n\r\n")
+    s.settimeout(10)
+    data = b""
+    while data.count(b"HTTP/1.1 200 ") < 4 or b'"name":"acl_bundle"' not in data:
+        chunk = s.recv(65536)
+        assert chunk, data
+        data += chunk
+    s.close()
+
+
 def test_idle_connections_are_closed_before_and_after_a_request(srv):
     quiet = _connect(srv)  # never sends anything
     used = http.client.HTTPConnection("127.0.0.1", srv.http_port, timeout=10)
