@@ -68,3 +68,18 @@ def test_output_lines_and_plot(tmp_path):
 def test_bad_config_lists_every_problem():
     with pytest.raises(ValueError, match=r"^bad demo config: ticks must be >= 1, got 0; .*need 0 <= drift_start < drift_end < ticks"):
         run_demo(DemoConfig(ticks=0), out=None)
+
+
+def test_force_fp16_drift_is_visible_and_the_live_model_still_tracks(tmp_path):
+    from dataclasses import replace
+
+    lines: list[str] = []
+    r = run_demo(replace(SMALL, precision_mode="force_fp16"), out=lines.append)
+    assert 1e-5 < r.max_abs_error < 2e-2  # fp16 logits: visibly off float32, still the same predictions
+    assert r.live_after_drift > r.frozen_after_drift + 0.3
+    assert any("computed as precision_mode force_fp16" in line for line in lines)
+
+
+def test_unknown_precision_mode_is_a_config_problem():
+    with pytest.raises(ValueError, match="precision_mode must be one of force_fp16"):
+        run_demo(DemoConfig(precision_mode="fp8"), out=None)

@@ -545,6 +545,9 @@ def _add_demo(sub: Any) -> None:
     p.add_argument("--plot", metavar="PNG", help="also draw both accuracy curves and the update latencies to PNG")
     p.add_argument("--dir", metavar="DIR", help="keep the bundle and checkpoints in DIR (default: a temp dir, removed)")
     p.add_argument("--fast", action="store_true", help="no pause between ticks (the default paces the table to be watchable)")
+    p.add_argument("--precision-mode", metavar="MODE", choices=PRECISION_MODES,
+                   help="build the bundle with this GE precision mode (e.g. force_fp16, GE's default on a device) and "
+                   "report how far the served outputs drift from float32")
     p.set_defaults(func=_cmd_demo)
 
 
@@ -566,7 +569,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
         ticks=args.ticks, seed=args.seed, checkpoint_every=args.checkpoint_every,
         drift_start=args.ticks // 6, drift_end=(3 * args.ticks) // 4,
         pace=0.0 if args.fast else demo.DemoConfig.pace,
-        print_every=max(1, args.ticks // 12),
+        print_every=max(1, args.ticks // 12), precision_mode=args.precision_mode,
     )
     result = demo.run_demo(cfg, plot=plot, workdir=args.dir)
     if not result.live_after_drift > result.frozen_after_drift:
