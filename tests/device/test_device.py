@@ -16,6 +16,7 @@ import pytest
 from acl_bundle import BundleModel, ModelClosedError, sim
 from acl_bundle.sim import builder, models
 
+pytestmark = pytest.mark.device
 SIZES = (8, 16, 4)
 
 

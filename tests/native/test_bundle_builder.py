@@ -178,6 +178,7 @@ def test_manifest_gears_and_no_init(pure_parts: Path, tmp_path: Path) -> None:
     (["--precision-mode", "fp8"], "is not one of GE's"),
     (["--dynamic-batch-size", "1,8", "--dynamic-dims", "1;2"], "at most one of"),
     (["--dynamic-batch-size", "1,x"], "positive integers"),
+    (["--dynamic-batch-size", "1,99999999999999999999"], "positive integers"),
     (["--variables", "a,,b"], "empty name"),
     (["--variables", "a,a"], "listed twice"),
     (["--out-nodes", "y:0"], "apply to TensorFlow models"),

@@ -180,6 +180,9 @@ int main(int argc, char **argv) {
     }
     std::cerr << kProg << ": error: " << e.message << "\n" << bundle_builder::Usage();
     return 2;
+  } catch (const std::exception &e) {
+    std::cerr << kProg << ": error: bad command line (" << e.what() << ")\n" << bundle_builder::Usage();
+    return 2;
   }
   try {
     return Run(options);

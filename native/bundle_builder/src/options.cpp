@@ -54,7 +54,8 @@ void CheckGears(const std::string &text, const std::string &option) {
   }
   for (const auto &gear : Split(text, ';')) {
     for (const auto &v : Split(gear, ',')) {
-      if (v.empty() || v.find_first_not_of("0123456789") != std::string::npos || std::stoll(v) <= 0) {
+      // at most 9 digits: std::stoll cannot overflow, and no gear is that large (ATC allows at most 2048 batch)
+      if (v.empty() || v.size() > 9 || v.find_first_not_of("0123456789") != std::string::npos || std::stoll(v) <= 0) {
         throw UsageError{option + " must be positive integers (ATC syntax \"224,224;448,448\"), got \"" + text + "\""};
       }
     }
