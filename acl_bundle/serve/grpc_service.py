@@ -85,6 +85,7 @@ class _Servicer(service_pb2_grpc.GRPCInferenceServiceServicer):
         self.live = live
         self.draining = False  # set by GrpcFrontEnd.stop: every new call but health answers UNAVAILABLE
         self.in_flight = 0
+        self._children: dict[tuple[str, int], Any] = {}
 
     async def _call(self, name: str, context: grpc.aio.ServicerContext, fn: Callable[[], Awaitable[Any]]) -> Any:
         m = self.s.metrics
@@ -107,12 +108,17 @@ class _Servicer(service_pb2_grpc.GRPCInferenceServiceServicer):
         finally:
             self.in_flight -= 1
             dt = time.perf_counter() - t0
-            m.request_seconds.labels("grpc", name).observe(dt)
-            m.requests.labels("grpc", name, str(code)).inc()
+            children = self._children.get((name, code))
+            if children is None:  # prometheus labels() looked up once per (method, outcome)
+                children = self._children[(name, code)] = (m.request_seconds.labels("grpc", name),
+                                                           m.requests.labels("grpc", name, str(code)))
+            children[0].observe(dt)
+            children[1].inc()
             if access_log.isEnabledFor(logging.INFO):
-                access_log.info("grpc %s %d %.3fms client=%s", name, code, dt * 1e3, context.peer(),
+                peer = context.peer()
+                access_log.info("grpc %s %d %.3fms client=%s", name, code, dt * 1e3, peer,
                                 extra={"protocol": "grpc", "method": name, "path": name, "status": code,
-                                       "duration_ms": round(dt * 1e3, 3), "client": context.peer(), "endpoint": name})
+                                       "duration_ms": round(dt * 1e3, 3), "client": peer, "endpoint": name})
 
     async def ServerLive(self, request: Any, context: Any) -> Any:
         return await self._call("live", context, self._live)

@@ -239,6 +239,7 @@ def create_app(service: ModelService, *, max_request_bytes: int, server_version:
     def endpoint(name: str, fn: Handler) -> Handler:
         """Wrap a handler: ServeError -> JSON error, metrics, one access-log record per request."""
         hist = metrics.request_seconds.labels("http", name)
+        counters: dict[int, Any] = {}  # status -> the requests counter's child (labels() looked up once)
 
         async def wrapped(request: Request) -> Response:
             t0 = time.perf_counter()
@@ -262,15 +263,19 @@ def create_app(service: ModelService, *, max_request_bytes: int, server_version:
                 response.headers["Connection"] = "close"
             dt = time.perf_counter() - t0
             hist.observe(dt)
-            metrics.requests.labels("http", name, str(response.status_code)).inc()
-            if access_log.isEnabledFor(logging.INFO):
-                client = request.client
-                peer = f"{client.host}:{client.port}" if client else "-"
-                access_log.info("http %s %s %d %.3fms client=%s", request.method, request.url.path,
-                                response.status_code, dt * 1e3, peer,
-                                extra={"protocol": "http", "method": request.method, "path": request.url.path,
-                                       "status": response.status_code, "duration_ms": round(dt * 1e3, 3),
-                                       "client": peer, "endpoint": name})
+            status = response.status_code
+            counter = counters.get(status)
+            if counter is None:
+                counter = counters[status] = metrics.requests.labels("http", name, str(status))
+            counter.inc()
+            if access_log.isEnabledFor(logging.INFO):  # from the ASGI scope: no URL object, no Address per request
+                scope = request.scope
+                client = scope.get("client")
+                peer = f"{client[0]}:{client[1]}" if client else "-"
+                method, path = scope["method"], scope["path"]
+                access_log.info("http %s %s %d %.3fms client=%s", method, path, status, dt * 1e3, peer,
+                                extra={"protocol": "http", "method": method, "path": path, "status": status,
+                                       "duration_ms": round(dt * 1e3, 3), "client": peer, "endpoint": name})
             return response
 
         return wrapped
