@@ -253,7 +253,7 @@ class FsspecStore:
 
         FileExistsError when ``exclusive`` and the object exists.  A store whose
         fsspec driver has no create-only mode gets an exists-check before the PUT
-        (a narrower race, see the README).
+        (a narrower race, see docs/checkpoints.md, "Conditional writes elsewhere").
         """
         import io
 

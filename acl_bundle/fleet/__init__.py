@@ -13,7 +13,7 @@ Each replica is a Ray actor (its own process) owning one :class:`~acl_bundle.Bun
 one has staged asks all to *commit*.  If any replica fails or times out while staging,
 all abort and the fleet keeps the previous step.
 
-Failure policy (README "Fleet"): a replica that dies, fails, or does not answer within
+Failure policy (docs/fleet.md): a replica that dies, fails, or does not answer within
 the timeout of a publish phase, a catch-up or ``replica_steps`` is *evicted*: reported by name in the error, killed
 (``ray.kill``, so a slow one cannot come back serving a stale step), and left out of
 routing and of every later publish.  ``add_replica`` starts a new one (same name or a

@@ -3,7 +3,7 @@
 REST (uvicorn + Starlette) and gRPC (grpcio, Triton's ``GRPCInferenceService``) on one
 event loop; live weight updates over the model-repository ``load`` route or a plain
 ``PUT /v2/models/{name}/weights``; dynamic batching; Prometheus metrics.  Needs the
-optional extra ``serve`` (``pip install -e '.[serve]'`` in a checkout).  See README "Serving".
+optional extra ``serve`` (``pip install -e '.[serve]'`` in a checkout).  See docs/serving.md.
 
 ::
 
