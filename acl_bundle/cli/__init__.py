@@ -688,6 +688,9 @@ def _add_serve(sub: Any) -> None:
     p.add_argument("--http-port", type=int, default=8000, metavar="N", help="REST port (default 8000; 0 = any free)")
     p.add_argument("--grpc-port", type=int, default=8001, metavar="N", help="gRPC port (default 8001; 0 = any free)")
     p.add_argument("--no-grpc", action="store_true", help="serve REST only")
+    p.add_argument("--grpc-update-port", type=int, default=None, metavar="N",
+                   help="a second gRPC port for weight pushes up to --max-update-bytes (the main gRPC port receives "
+                        "at most --max-request-bytes)")
     p.add_argument("--model-name", metavar="NAME", help="name to serve the model under (default: the file name without .om)")
     p.add_argument("--watch", metavar="DIR", help="apply each new checkpoint committed in DIR (CheckpointWatcher)")
     p.add_argument("--poll-interval", type=float, default=0.5, metavar="S", help="--watch poll interval (default 0.5 s)")

@@ -55,6 +55,7 @@ def serve_command(args: argparse.Namespace) -> int:
         acl = sim.acl
     cfg = ServeConfig(
         args.bundle, host=args.host, http_port=args.http_port, grpc_port=None if args.no_grpc else args.grpc_port,
+        grpc_update_port=None if args.no_grpc else args.grpc_update_port,
         model_name=args.model_name, watch=args.watch, poll_interval=args.poll_interval,
         watch_finite_check=args.finite_check, watch_allow_step_reset=args.allow_step_reset,
         update_token_file=args.update_token_file, require_weights=args.require_weights,

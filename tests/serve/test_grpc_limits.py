@@ -184,3 +184,33 @@ def test_sigterm_under_grpc_load_calls_finish_or_are_refused_unavailable(tmp_pat
     # grpc core cancels the calls that reach it after its shutdown began (before the client saw GOAWAY):
     # the drain keeps that window to the stop itself, a few calls of the thousands a looping client makes
     assert after.count("StatusCode.CANCELLED") <= max(6, len(after) // 100), after.count("StatusCode.CANCELLED")
+
+
+def test_an_update_port_takes_pushes_over_the_infer_limit(tmp_path):
+    from conftest import free_port
+
+    up = free_port()
+    with serve_process(tmp_path, "--max-request-bytes", str(1 * MiB), "--grpc-update-port", str(up)) as s:
+        rng = np.random.default_rng(3)
+        w = {k: rng.standard_normal(v.shape).astype(np.float32) for k, v in s.weights.items()}
+        big = service_pb2.RepositoryModelLoadRequest(model_name="mlp")
+        big.parameters["file:w.npz"].bytes_param = npz_bytes(w)
+        big.parameters["config"].string_param = "x" * (2 * MiB)  # over the main port's 1 MiB, ignored when applied
+        body = big.SerializeToString()
+        auth = (("authorization", f"Bearer {TOKEN}"),)
+        opts = [("grpc.max_send_message_length", -1)]
+        with grpc.insecure_channel(s.grpc_url, options=opts) as main:
+            with pytest.raises(grpc.RpcError) as ei:
+                main.unary_unary(LOAD)(body, timeout=60, metadata=auth)
+            assert ei.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        with grpc.insecure_channel(f"127.0.0.1:{up}", options=opts) as upd:
+            upd.unary_unary(LOAD)(body, timeout=60, metadata=auth)  # the update port's limit: --max-update-bytes
+            with pytest.raises(grpc.RpcError) as ei:  # and it serves nothing else
+                upd.unary_unary(INFER)(b"", timeout=10)
+            assert ei.value.code() == grpc.StatusCode.UNIMPLEMENTED
+        c = grpcclient.InferenceServerClient(s.grpc_url)
+        x = np.ones((2, 8), np.float32)
+        i = grpcclient.InferInput("x", [2, 8], "FP32")
+        i.set_data_from_numpy(x)
+        np.testing.assert_allclose(c.infer("mlp", [i]).as_numpy("y"), reference(x, w), rtol=1e-5, atol=1e-5)
+        c.close()
