@@ -307,3 +307,40 @@ def test_acl_bundle_build_target_ascend_end_to_end(fake_tool: Path, tmp_path: Pa
     assert [v.name for v in builder.variables_from_manifest(builder.load_manifest(out))] == \
            ["fc0.weight", "fc0.bias", "fc1.weight", "fc1.bias", "fc2.weight", "fc2.bias"]
     assert json.loads(out.read_text())["graphs"][0]["options"]["ge.dynamicImageSize"] == "1,1"
+
+
+def test_frozen_tf_graph_gives_the_simulator_builders_variables(fake_tool: Path, tmp_path: Path) -> None:
+    tf = pytest.importorskip("tensorflow")
+    pytest.importorskip("tf2onnx")
+    from acl_bundle.sim import tf_builder
+
+    tf1 = tf.compat.v1
+    g = tf.Graph()
+    with g.as_default():
+        x = tf1.placeholder(tf.float32, [None, 8], name="x")
+        h = x
+        for name, n in (("dense", 16), ("out", 4)):
+            with tf1.variable_scope(name):
+                k = tf1.get_variable("kernel", [h.shape[-1], n], initializer=tf1.glorot_uniform_initializer(seed=n))
+                b = tf1.get_variable("bias", [n], initializer=tf1.constant_initializer(0.25))
+            h = tf.matmul(h, k) + b
+        tf.identity(tf.nn.relu(h), name="y")
+        with tf1.Session(graph=g) as s:
+            s.run(tf1.global_variables_initializer())
+            frozen = tf1.graph_util.convert_variables_to_constants(s, g.as_graph_def(), ["y"])
+    pb = tmp_path / "frozen.pb"
+    pb.write_bytes(frozen.SerializeToString())
+    om = tmp_path / "dev.om"
+    r = _run(fake_tool, "--model", str(pb), "--output", str(om), "--soc-version", "Ascend310P3",
+             "--input-shape", "x:1,8", "--input-data-names", "x", "--out-nodes", "y:0")
+    assert r.returncode == 0, r.stderr
+    dev = json.loads(om.with_suffix(".manifest.json").read_text())
+    sim = builder.manifest(tf_builder.build_bundle_from_tf(pb, inputs=["x:0[1,8]"], outputs=["y:0"]))
+    assert _variables(dev) == _variables(sim)
+    assert [v["name"] for v in dev["variables"]] == ["dense/kernel:0", "dense/bias:0", "out/kernel:0", "out/bias:0"]
+    assert dev["inputs"] == sim["inputs"] == [{"name": "x:0", "dtype": "float32", "shape": [1, 8]}]
+    log = json.loads(om.read_text())
+    assert log["const_names"] == ["dense/kernel", "dense/bias", "out/kernel", "out/bias"]
+    # the parser options by their ge::ir_option names (OUT_NODES is "ge.outputNodeName")
+    assert json.loads(log["parse"].split(" ", 1)[1]) == {"ge.outputNodeName": "y:0", "input_data_names": "x",
+                                                          "input_shape": "x:1,8"}

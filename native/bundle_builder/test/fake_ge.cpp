@@ -6,6 +6,7 @@
 //   builder looks: one Const per initializer, named "<initializer>_Initializer_<i>" in std::map (name) order
 //   with the tensor as its "value" (hicann/ge parser/parser/onnx/onnx_parser.cc:359-379), one Data per graph
 //   input that is not an initializer, with attribute "index" and -1 for symbolic dims (:293-356);
+// * aclgrphParseTensorFlow keeps the GraphDef's node names and edges, Placeholders as Data nodes;
 // * aclgrphConvertToWeightRefreshableGraphs refuses a name that is no Const (ge_ir_build.cc:1497-1505);
 // * aclgrphBundleBuildModel refuses fewer than two graphs (:1434-1437) and empty option values (:1452-1454);
 // * aclgrphBundleSaveModel writes "<name>.om" (:1557) holding a JSON log of every call the builder made.
@@ -49,6 +50,7 @@ class NodeImpl {
   Tensor value;
   TensorDesc out;
   int64_t index = -1;
+  std::vector<GNode> consumers;  // data edges out of output 0
 };
 class GraphImpl {
  public:
@@ -222,7 +224,13 @@ graphStatus GNode::GetOutputDesc(const int32_t index, TensorDesc &tensor_desc) c
   tensor_desc = impl_->out;
   return GRAPH_SUCCESS;
 }
-std::vector<std::pair<GNodePtr, int32_t>> GNode::GetOutDataNodesAndPortIndexs(const int32_t) const { return {}; }
+std::vector<std::pair<GNodePtr, int32_t>> GNode::GetOutDataNodesAndPortIndexs(const int32_t index) const {
+  std::vector<std::pair<GNodePtr, int32_t>> out;
+  if (index == 0) {
+    for (const auto &c : impl_->consumers) out.emplace_back(std::make_shared<GNode>(c), 0);
+  }
+  return out;
+}
 
 Graph::Graph(const char_t *name) : impl_(std::make_shared<GraphImpl>()) { impl_->name = name; }
 std::vector<GNode> Graph::GetDirectNode() const { return impl_ ? impl_->nodes : std::vector<GNode>{}; }
@@ -321,10 +329,117 @@ graphStatus aclgrphParseONNX(const char *model_file, const std::map<AscendString
   return GRAPH_SUCCESS;
 }
 
-graphStatus aclgrphParseTensorFlow(const char *, const std::map<AscendString, AscendString> &parser_params, Graph &) {
+// GE's TensorFlow parser as far as the builder looks: one node per NodeDef, same name; Const keeps its tensor,
+// Placeholder becomes Data (attribute index in file order, shape from its attr or the input_shape option),
+// and data edges from every input "name" / "name:0".
+graphStatus aclgrphParseTensorFlow(const char *model_file, const std::map<AscendString, AscendString> &parser_params,
+                                   Graph &graph) {
+  if (Injected("aclgrphParseTensorFlow") != GRAPH_SUCCESS) return GRAPH_FAILED;
+  std::map<std::string, std::vector<int64_t>> shapes;  // input_shape "x:1,8;y:-1,4"
+  for (const auto &kv : parser_params) {
+    if (std::string(kv.first.GetString()) != "input_shape") continue;
+    std::stringstream all(kv.second.GetString());
+    std::string item;
+    while (std::getline(all, item, ';')) {
+      const auto colon = item.rfind(':');
+      std::vector<int64_t> dims;
+      std::stringstream ds(item.substr(colon + 1));
+      std::string d;
+      while (std::getline(ds, d, ',')) dims.push_back(std::stoll(d));
+      shapes[item.substr(0, colon)] = dims;
+    }
+  }
+  std::ifstream in(model_file, std::ios::binary);
+  std::string bytes((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  graph = Graph("parsed");
+  std::map<std::string, GNode> by_name;
+  std::vector<std::pair<std::string, std::vector<std::string>>> edges;
+  int64_t data_index = 0;
+  R gd{(const uint8_t *)bytes.data(), (const uint8_t *)bytes.data() + bytes.size()};
+  gd.Each([&](int f, int w, R &g) {
+    if (f != 1 || w != 2) return false;
+    std::string name, op;
+    std::vector<std::string> inputs;
+    int dtype = 0;
+    std::vector<int64_t> dims;
+    std::vector<uint8_t> content;
+    g.B().Each([&](int nf, int, R &n) {
+      if (nf == 1) name = n.S();
+      else if (nf == 2) op = n.S();
+      else if (nf == 3) inputs.push_back(n.S());
+      else if (nf == 5) {
+        std::string key;
+        n.B().Each([&](int ef, int, R &e) {
+          if (ef == 1) { key = e.S(); return true; }
+          if (ef != 2) return false;
+          e.B().Each([&](int af, int aw, R &a) {
+            if (af == 6 && aw == 0 && key == "dtype") { dtype = int(a.V()); return true; }
+            if (af == 7 && key == "shape") {
+              a.B().Each([&](int sf, int, R &sh) {
+                if (sf != 2) return false;
+                int64_t size = -1;
+                sh.B().Each([&](int df, int, R &d) { if (df == 1) { size = int64_t(d.V()); return true; } return false; });
+                dims.push_back(size);
+                return true;
+              });
+              return true;
+            }
+            if (af == 8 && key == "value") {
+              a.B().Each([&](int tf, int, R &t) {
+                if (tf == 1) { dtype = int(t.V()); return true; }
+                if (tf == 4) { std::string c = t.S(); content.assign(c.begin(), c.end()); return true; }
+                if (tf != 2) return false;
+                t.B().Each([&](int sf, int, R &sh) {
+                  if (sf != 2) return false;
+                  int64_t size = -1;
+                  sh.B().Each([&](int df, int, R &d) { if (df == 1) { size = int64_t(d.V()); return true; } return false; });
+                  dims.push_back(size);
+                  return true;
+                });
+                return true;
+              });
+              return true;
+            }
+            return false;
+          });
+          return true;
+        });
+      } else return false;
+      return true;
+    });
+    // TF DataType -> GE: DT_FLOAT 1, DT_DOUBLE 2, DT_INT32 3, DT_INT64 9, DT_BOOL 10, DT_HALF 19
+    const DataType t = dtype == 1 ? DT_FLOAT : dtype == 2 ? DT_DOUBLE : dtype == 3 ? DT_INT32 : dtype == 9 ? DT_INT64
+                     : dtype == 10 ? DT_BOOL : dtype == 19 ? DT_FLOAT16 : DT_UNDEFINED;
+    const bool placeholder = op == "Placeholder";
+    GNode node = MakeNode(name, placeholder ? "Data" : op);
+    NodeImpl &impl = NodeAdapter::Of(node);
+    if (op == "Const") {
+      impl.has_value = true;
+      TensorAdapter::Of(impl.value).desc = TensorDesc(Shape(dims), FORMAT_ND, t);
+      TensorAdapter::Of(impl.value).data = content;
+      impl.out = impl.value.GetTensorDesc();
+    } else if (placeholder) {
+      impl.index = data_index++;
+      impl.out = TensorDesc(Shape(shapes.count(name) ? shapes[name] : dims), FORMAT_ND, t);
+    }
+    by_name[name] = node;
+    edges.emplace_back(name, inputs);
+    GraphUtilsEx::Of(graph).nodes.push_back(node);
+    return true;
+  });
+  for (const auto &e : edges) {
+    for (std::string src : e.second) {
+      if (src.empty() || src[0] == '^') continue;
+      const auto colon = src.find(':');
+      if (colon != std::string::npos) {
+        if (src.substr(colon + 1) != "0") continue;
+        src = src.substr(0, colon);
+      }
+      if (by_name.count(src)) NodeAdapter::Of(by_name[src]).consumers.push_back(by_name[e.first]);
+    }
+  }
   TheLog().parse = std::string("aclgrphParseTensorFlow ") + Options(parser_params);
-  TheLog().error = "fake GE parses ONNX only";
-  return GRAPH_FAILED;
+  return GRAPH_SUCCESS;
 }
 
 graphStatus aclgrphBuildInitialize(std::map<AscendString, AscendString> &global_options) {
