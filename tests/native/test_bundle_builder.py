@@ -324,6 +324,7 @@ def test_frozen_tf_graph_gives_the_simulator_builders_variables(fake_tool: Path,
                 k = tf1.get_variable("kernel", [h.shape[-1], n], initializer=tf1.glorot_uniform_initializer(seed=n))
                 b = tf1.get_variable("bias", [n], initializer=tf1.constant_initializer(0.25))
             h = tf.matmul(h, k) + b
+        h = h * tf.constant(np.full(4, 2.0, np.float32), name="scale")  # a float Const read by Mul: no variable
         tf.identity(tf.nn.relu(h), name="y")
         with tf1.Session(graph=g) as s:
             s.run(tf1.global_variables_initializer())

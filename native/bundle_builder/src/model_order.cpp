@@ -128,7 +128,7 @@ std::vector<FileTensor> OnnxInitializers(const std::string &bytes) {
 }
 
 std::vector<FileTensor> GraphDefNodes(const std::string &bytes) {
-  // GraphDef.node = 1; NodeDef.name = 1, .op = 2 (tensorflow/core/framework/{graph,node_def}.proto)
+  // GraphDef.node = 1; NodeDef.name = 1, .op = 2, .input = 3 (tensorflow/core/framework/{graph,node_def}.proto)
   std::vector<FileTensor> out;
   Whole(bytes).Fields([&](uint32_t field, uint32_t wire, Reader &graph) {
     if (field != 1 || wire != 2) {
@@ -138,6 +138,10 @@ std::vector<FileTensor> GraphDefNodes(const std::string &bytes) {
     graph.Bytes().Fields([&](uint32_t nfield, uint32_t nwire, Reader &node) {
       if (nwire == 2 && (nfield == 1 || nfield == 2)) {
         (nfield == 1 ? t.name : t.op) = AsString(node.Bytes());
+        return true;
+      }
+      if (nwire == 2 && nfield == 3) {
+        t.inputs.push_back(AsString(node.Bytes()));
         return true;
       }
       return false;

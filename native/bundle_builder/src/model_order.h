@@ -16,11 +16,12 @@ struct FileTensor {
   std::string name;
   int32_t onnx_type = 0;  // ONNX TensorProto.DataType (ONNX); 0 for TF
   std::string op;         // NodeDef.op (TF); empty for ONNX
+  std::vector<std::string> inputs;  // NodeDef.input (TF): "node", "node:1", "^control"
 };
 
 // Top-level graph initializers of an ONNX ModelProto, in file order.
 std::vector<FileTensor> OnnxInitializers(const std::string &bytes);
-// Nodes of a TF GraphDef, in file order.
+// Nodes of a TF GraphDef, in file order, with their inputs.
 std::vector<FileTensor> GraphDefNodes(const std::string &bytes);
 // Read a whole file (at most 2 GiB - 1, protobuf's limit); throws std::runtime_error.
 std::string ReadModelFile(const std::string &path);

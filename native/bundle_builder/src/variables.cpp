@@ -83,20 +83,22 @@ Variable Describe(const ge::GNode &node, const std::string &name) {
   return v;
 }
 
-// True for a Const that freezing made from a variable: read only through Identity nodes (tf_builder.py's rule).
-bool ReadOnlyThroughIdentity(const ge::GNode &node) {
-  const auto users = node.GetOutDataNodesAndPortIndexs(0);
-  bool any = false;
-  for (const auto &user : users) {
-    if (user.first == nullptr) {
-      continue;
+// The ops reading output 0 of each node of the GraphDef itself (GE's parser may drop or fuse Identity nodes, so the
+// rule is decided on the file, as the simulator's tf_builder decides it on the GraphDef).
+std::map<std::string, std::vector<std::string>> Readers(const std::vector<FileTensor> &nodes) {
+  std::map<std::string, std::vector<std::string>> readers;
+  for (const auto &n : nodes) {
+    for (const auto &in : n.inputs) {
+      if (in.empty() || in[0] == '^') {
+        continue;  // a control edge reads no value
+      }
+      const auto colon = in.find(':');
+      if (colon == std::string::npos || in.compare(colon, std::string::npos, ":0") == 0) {
+        readers[in.substr(0, colon)].push_back(n.op);
+      }
     }
-    if (NodeType(*user.first) != kIdentity) {
-      return false;
-    }
-    any = true;
   }
-  return any;
+  return readers;
 }
 
 }  // namespace
@@ -143,6 +145,7 @@ std::vector<Variable> ChooseVariables(const ge::Graph &graph, const Options &opt
     }
     return out;
   }
+  const auto readers = onnx ? std::map<std::string, std::vector<std::string>>{} : Readers(file_order);
   for (const auto &t : file_order) {
     if (onnx) {
       if (t.onnx_type != 1 && t.onnx_type != 10 && t.onnx_type != 11) {  // FLOAT, FLOAT16, DOUBLE
@@ -162,8 +165,12 @@ std::vector<Variable> ChooseVariables(const ge::Graph &graph, const Options &opt
       if (it == consts.end()) {
         continue;  // pruned by the parser: it feeds none of the outputs
       }
+      // a frozen variable: a float Const read only through Identity nodes (tf_builder.py's rule)
+      const auto r = readers.find(t.name);
+      const bool only_identity = r != readers.end() && std::all_of(r->second.begin(), r->second.end(),
+                                                                   [](const std::string &op) { return op == kIdentity; });
       ge::Tensor value;
-      if (!ReadOnlyThroughIdentity(it->second) || it->second.GetAttr(ge::AscendString(kWeightAttr), value) != ge::GRAPH_SUCCESS ||
+      if (!only_identity || it->second.GetAttr(ge::AscendString(kWeightAttr), value) != ge::GRAPH_SUCCESS ||
           !IsFloat(value.GetTensorDesc().GetDataType())) {
         continue;
       }
