@@ -28,6 +28,7 @@ import os
 import re
 import stat
 import struct
+import tokenize
 import zipfile
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
@@ -309,7 +310,8 @@ class Archive(Mapping[str, np.ndarray]):
             except TypeError:  # numpy < 1.24 has no max_header_size
                 shape, fortran, dtype = reader(fp)
             header_len = fp.tell() - start
-        except (ValueError, OSError, EOFError, SyntaxError, zipfile.BadZipFile) as e:
+        except (ValueError, OSError, EOFError, SyntaxError, tokenize.TokenError, zipfile.BadZipFile) as e:
+            # TokenError: numpy reads a cut-off header dict with tokenize (lib/format.py _filter_header)
             raise CheckpointError(f"{where} has no valid .npy header: {e}") from None
         if dtype.hasobject:
             raise CheckpointError(

@@ -8,8 +8,12 @@ hold no traceback.
 """
 from __future__ import annotations
 
+import base64
 import http.client
+import io
 import json
+import warnings
+import zipfile
 
 import numpy as np
 import pytest
@@ -17,7 +21,7 @@ from helpers import reference
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from conftest import serve_process
+from conftest import TOKEN, serve_process
 
 BIG = "@@BIG@@"    # replaced in the JSON text by a 5000-digit integer literal
 DEEP = "@@DEEP@@"  # replaced by 3000 nested lists
@@ -171,3 +175,68 @@ def test_after_the_fuzz_the_server_still_answers_correctly_and_logged_no_traceba
     y = np.array(json.loads(data)["outputs"][0]["data"], np.float32).reshape(2, 4)
     np.testing.assert_allclose(y, reference(x, srv.weights), rtol=1e-5, atol=1e-5)
     _assert_log_clean(srv)
+
+
+# --------------------------------------------------------------------------- weight bodies
+@pytest.fixture(scope="module")
+def upd(tmp_path_factory):
+    """A server of its own: a fuzzed update may be valid and change the weights."""
+    with serve_process(tmp_path_factory.mktemp("fuzzupd"), "--max-update-bytes", str(1 << 20)) as s:
+        yield s
+
+
+@st.composite
+def npz_body(draw) -> bytes:
+    """A zip of .npy-ish members: right and wrong names, dtypes, shapes, cut-off headers and data, junk."""
+    buf = io.BytesIO()
+    with warnings.catch_warnings(), zipfile.ZipFile(buf, "w") as z:
+        warnings.simplefilter("ignore")  # duplicate member names are part of the fuzz
+        for _ in range(draw(st.integers(0, 3))):
+            name = draw(st.sampled_from(["fc0.weight.npy", "fc0.bias.npy", "x.npy", "fc0.weight", "../a.npy"]))
+            if draw(st.booleans()):
+                a = np.zeros(draw(st.lists(st.integers(0, 20), max_size=3)),
+                             dtype=draw(st.sampled_from(["f4", "f8", "i4", "u1", "?", "f2"])))
+                b = io.BytesIO()
+                np.save(b, a)
+                data = b.getvalue()
+                if draw(st.booleans()):
+                    data = data[:draw(st.integers(0, len(data)))]
+            else:
+                data = draw(st.binary(max_size=80))
+            z.writestr(name, data)
+    return buf.getvalue()
+
+
+@FUZZ
+@given(body=st.one_of(npz_body(), st.binary(max_size=100)),
+       ctype=st.sampled_from(["application/x-npz", "application/x-safetensors", ""]))
+def test_fuzzed_weight_bodies_never_5xx(upd, body, ctype):
+    status, data, _ = upd.request("PUT", f"/v2/models/{upd.name}/weights", body,
+                                  {"Authorization": f"Bearer {TOKEN}", "Content-Type": ctype})
+    assert status < 500, (status, data[:300], body[:300])
+    if status != 200:
+        assert status in (400, 413, 415) and "\n" not in json.loads(data)["error"], (status, data)
+
+
+@FUZZ
+@given(params=st.dictionaries(st.sampled_from(["file:w.npz", "file:w.safetensors", "file:w", "config", "x"]),
+                              st.one_of(st.binary(max_size=64).map(lambda b: base64.b64encode(b).decode()),
+                                        anything), max_size=3),
+       wrap=st.booleans())
+def test_fuzzed_load_bodies_never_5xx(upd, params, wrap):
+    body = _text({"parameters": params} if wrap else params)
+    status, data, _ = upd.request("POST", f"/v2/repository/models/{upd.name}/load", body,
+                                  {"Authorization": f"Bearer {TOKEN}"})
+    assert status < 500, (status, data[:300], body[:300])
+
+
+def test_a_cut_off_npy_header_is_a_400(upd):
+    head = b"{'descr': '<f4', 'shape': (16,"  # a header dict that never closes
+    npy = b"\x93NUMPY\x01\x00" + len(head).to_bytes(2, "little") + head
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as z:
+        z.writestr("fc0.bias.npy", npy)  # numpy's header tokenizer hits EOF (was a 500: TokenError)
+    status, data, _ = upd.request("PUT", f"/v2/models/{upd.name}/weights", buf.getvalue(),
+                                  {"Authorization": f"Bearer {TOKEN}", "Content-Type": "application/x-npz"})
+    assert status == 400 and "no valid .npy header" in json.loads(data)["error"], data
+    _assert_log_clean(upd)
