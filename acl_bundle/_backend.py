@@ -12,11 +12,12 @@ from __future__ import annotations
 import importlib
 import logging
 import os
+import sys
 import threading
 from types import ModuleType
 from typing import Any
 
-from ._constants import CODES
+from ._constants import CODES, SIM_MAGIC
 from ._errors import AclError, BackendNotFoundError, check, extra_hint, recent_error
 
 log = logging.getLogger("acl_bundle")
@@ -24,15 +25,41 @@ log = logging.getLogger("acl_bundle")
 REPEAT_INITIALIZE = CODES["ACL_ERROR_REPEAT_INITIALIZE"]  # acl.init when ACL is already initialised
 
 
-def resolve_acl(acl: Any = None) -> Any:
-    """Return the ``acl`` module to use.
+#: How a user forces the simulator, per interface (hints name the one the user is in).
+_FORCE_SIM = {"python": "pass acl=acl_bundle.sim.acl", "cli": "pass --sim"}
 
-    An explicit ``acl`` wins.  Otherwise ``ACL_BUNDLE_BACKEND`` decides: ``sim`` = the
-    simulator, even where a module named ``acl`` imports; ``pyacl`` = pyACL or
-    :class:`BackendNotFoundError`, never the simulator; unset = pyACL, else the error
-    (it says how to get either).  The error carries the ``ImportError`` of
-    ``import acl`` (a missing ``libascendcl.so`` usually means the CANN ``set_env.sh``
-    was not sourced).
+
+def is_sim_file(source: str | os.PathLike[str] | bytes | bytearray | memoryview | None) -> bool:
+    """Whether ``source`` (a path, or a bundle's bytes) starts with the simulator format's magic.
+
+    Reads at most the magic's bytes and imports nothing of the simulator (its magic is a
+    constant here, ``acl_bundle.sim.format`` takes it from here)."""
+    if source is None:
+        return False
+    if isinstance(source, (bytes, bytearray, memoryview)):
+        return bytes(source[: len(SIM_MAGIC)]) == SIM_MAGIC
+    try:
+        with open(source, "rb") as f:
+            return f.read(len(SIM_MAGIC)) == SIM_MAGIC
+    except (OSError, TypeError, ValueError):
+        return False
+
+
+def resolve_acl(acl: Any = None, *, source: Any = None, force_sim: bool = False, interface: str = "python") -> Any:
+    """Return the ``acl`` module that runs ``source``: the one backend rule of every entry point.
+
+    1. An explicit choice wins: ``acl`` (a module with pyACL's interface), then
+       ``force_sim`` (the command line's ``--sim``), then ``ACL_BUNDLE_BACKEND``
+       (``sim`` = the simulator even where a module named ``acl`` imports; ``pyacl`` =
+       pyACL or :class:`BackendNotFoundError`, never the simulator).
+    2. Otherwise the file decides: a bundle in the simulator's format (``source`` a path
+       or the bundle's bytes starting with its magic) can only run on the simulator, so
+       it does; anything else is a device bundle and runs on pyACL (``import acl``).
+    3. A device bundle without pyACL raises :class:`BackendNotFoundError`: one sentence
+       naming the ``ImportError`` and both ways out (pyACL from the CANN toolkit, or the
+       simulator with a simulator bundle), phrased for ``interface`` (``"python"`` or
+       ``"cli"``).  A missing ``libascendcl.so`` usually means CANN's ``set_env.sh``
+       was not sourced; the message says so.
     """
     if acl is not None:
         if isinstance(acl, (str, bytes)) or not (hasattr(acl, "rt") and hasattr(acl, "mdl")):
@@ -40,39 +67,60 @@ def resolve_acl(acl: Any = None) -> Any:
                             f"or None, got {acl!r:.40}; for the simulator pass acl=acl_bundle.sim.acl or set "
                             "ACL_BUNDLE_BACKEND=sim")
         return acl
-    choice = os.environ.get("ACL_BUNDLE_BACKEND", "").strip().lower()
+    force = _FORCE_SIM.get(interface, _FORCE_SIM["python"])
+    raw = os.environ.get("ACL_BUNDLE_BACKEND", "")
+    choice = raw.strip().lower()
     if choice not in ("", "sim", "pyacl"):
-        raise BackendNotFoundError(
-            f"ACL_BUNDLE_BACKEND={os.environ['ACL_BUNDLE_BACKEND']!r:.40} is not a backend; use 'pyacl', 'sim' or "
-            "leave it unset"
-        )
-    if choice == "sim":
-        try:
-            sim: ModuleType = importlib.import_module("acl_bundle.sim")
-        except ImportError as e:
-            raise BackendNotFoundError(
-                f"ACL_BUNDLE_BACKEND=sim but the simulator cannot be imported ({type(e).__name__}: {e}); "
-                f"{extra_hint('sim')}"
-            ) from e
-        return sim.acl
+        raise BackendNotFoundError(f"ACL_BUNDLE_BACKEND={raw!r:.40} is not a backend; use 'pyacl', 'sim' or leave it unset")
+    if force_sim or choice == "sim" or (choice == "" and is_sim_file(source)):
+        why = ("--sim" if force_sim else "ACL_BUNDLE_BACKEND=sim" if choice == "sim"
+               else "the bundle is in the simulator's format")
+        return _simulator(why)
     try:
         return importlib.import_module("acl")
     except ImportError as e:
         cause = f"{type(e).__name__}: {e}"
-        hint = ""
+        broken = ""
         if not isinstance(e, ModuleNotFoundError) or getattr(e, "name", None) != "acl":
-            hint = (" The module was found but failed to load: on an Ascend host source the CANN environment "
-                    "first (e.g. 'source /usr/local/Ascend/ascend-toolkit/set_env.sh') so that libascendcl.so "
-                    "and its Python bindings are found.")
+            broken = (" (the module was found but failed to load: on an Ascend host source the CANN environment "
+                      "first, e.g. 'source /usr/local/Ascend/ascend-toolkit/set_env.sh', so that libascendcl.so "
+                      "and its Python bindings are found)")
         if choice == "pyacl":
-            raise BackendNotFoundError(
-                f"ACL_BUNDLE_BACKEND=pyacl but 'import acl' failed ({cause}).{hint}"
-            ) from e
+            sim_note = (f"; {os.fspath(source)} is a simulator bundle: unset ACL_BUNDLE_BACKEND to run it on the simulator"
+                        if isinstance(source, (str, os.PathLike)) and is_sim_file(source) else "")
+            raise BackendNotFoundError(f"ACL_BUNDLE_BACKEND=pyacl but 'import acl' failed ({cause}){broken}{sim_note}") from e
+        what = f"{os.fspath(source)!s} is not a simulator bundle, so it needs" if isinstance(source, (str, os.PathLike)) \
+            else "a device bundle needs" if source is not None else "running on Ascend needs"
         raise BackendNotFoundError(
-            f"pyACL ('import acl', from the Ascend CANN toolkit) was not found ({cause}).{hint} "
-            f"To run on the simulator instead, {extra_hint('sim')}, and set ACL_BUNDLE_BACKEND=sim "
-            "or pass acl=acl_bundle.sim.acl."
+            f"{what} pyACL ('import acl', from the Ascend CANN toolkit), which was not found ({cause}){broken}; "
+            f"either install CANN on an Ascend host, or run on the simulator: {extra_hint('sim')}, build a "
+            f"simulator bundle with 'acl-bundle build' (it runs there with no flag) or {force} "
+            "(or set ACL_BUNDLE_BACKEND=sim)."
         ) from e
+
+
+def _simulator(why: str) -> Any:
+    try:
+        sim: ModuleType = importlib.import_module("acl_bundle.sim")
+    except ImportError as e:
+        raise BackendNotFoundError(
+            f"{why} selects the simulator but it cannot be imported ({type(e).__name__}: {e}); {extra_hint('sim')}"
+        ) from e
+    return sim.acl
+
+
+def is_simulator(acl: Any) -> bool:
+    """Whether ``acl`` is the simulator's module (without importing the simulator)."""
+    sim = sys.modules.get("acl_bundle.sim")
+    return sim is not None and acl is getattr(sim, "acl", None)
+
+
+def simulate_devices(acl: Any, count: int) -> None:
+    """If ``acl`` is the simulator, give its host at least ``count`` devices (a fleet: one per replica)."""
+    if is_simulator(acl):
+        have, ret = acl.rt.get_device_count()  # the simulator answers before acl.init
+        if ret != 0 or have < count:
+            sys.modules["acl_bundle.sim"].configure(device_count=count)
 
 
 class _Process:

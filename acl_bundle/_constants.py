@@ -13,6 +13,10 @@ from __future__ import annotations
 
 import numpy as np
 
+#: The first bytes of a model file in the simulator's format (``acl_bundle.sim.format``): a file that
+#: starts with them runs on the simulator only.  Here so the backend rule can tell without importing it.
+SIM_MAGIC = b"ACLBSIM\x00"
+
 # aclDataType
 ACL_DT_UNDEFINED = -1
 ACL_FLOAT = 0

@@ -45,6 +45,7 @@ import threading
 import warnings
 import weakref
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any, TypeAlias
 
 import numpy as np
@@ -61,7 +62,7 @@ from ._model.history import History, HistoryEntry
 from ._model.updater import StagedUpdate, Updater, WeightVersion, run_init
 from .checks import Check, Golden, WeightsRefused, run_check, split_checks
 
-__all__ = ["BundleModel", "StagedUpdate", "TensorInfo", "Variable", "WeightVersion"]
+__all__ = ["BundleModel", "BundleDescription", "StagedUpdate", "TensorInfo", "Variable", "WeightVersion", "describe_bundle"]
 
 log = logging.getLogger("acl_bundle")
 
@@ -146,8 +147,10 @@ class BundleModel:
     ----------
     path: the bundle ``.om`` file (``acl.mdl.bundle_load_from_file``).
     device_id: Ascend device to run on.
-    acl: the ``acl`` module to use; None = pyACL if importable, else the simulator when
-        ``ACL_BUNDLE_BACKEND=sim``.
+    acl: the ``acl`` module to use.  None: ``ACL_BUNDLE_BACKEND`` if set (``sim`` or
+        ``pyacl``), else the file decides: a bundle in the simulator's format (what
+        ``acl-bundle build`` writes) runs on the simulator, any other on pyACL; a device
+        bundle without pyACL raises :class:`BackendNotFoundError` saying how to get either.
     run_init: run the init graph at load (sets every variable to its built-in value).
     init_inputs: arrays for an init graph that declares inputs (in input order).
     manifest: variable shapes. None = ``<bundle>.manifest.json`` beside ``path`` if it
@@ -196,7 +199,7 @@ class BundleModel:
         self._open(
             lambda acl: unwrap(acl, "acl.mdl.bundle_load_from_file", acl.mdl.bundle_load_from_file(path)),
             path, device_id, acl, run_init, init_inputs, manifest, roles, max_concurrency, pad_batch, staging_bytes,
-            history, history_bytes,
+            history, history_bytes, backend_source=path,
         )
 
     @classmethod
@@ -234,7 +237,7 @@ class BundleModel:
             return unwrap(acl, "acl.mdl.bundle_load_from_mem", acl.mdl.bundle_load_from_mem(ptr, len(data)))
 
         self._open(load, "<bytes>", device_id, acl, run_init, init_inputs, manifest or False, roles, max_concurrency,
-                   pad_batch, staging_bytes, history, history_bytes)
+                   pad_batch, staging_bytes, history, history_bytes, backend_source=data)
         return self
 
     # ------------------------------------------------------------------ load
@@ -253,6 +256,7 @@ class BundleModel:
         staging_bytes: int | None,
         history: int = 0,
         history_bytes: int = 0,
+        backend_source: Any = None,
     ) -> None:
         if isinstance(device_id, np.integer):
             device_id = int(device_id)
@@ -290,7 +294,7 @@ class BundleModel:
                 raise ValueError(f"{name} must be a non-negative int, got {value!r}")
         self._history_args = (history, history_bytes)
         manifest_vars = None if manifest is False else read_manifest(manifest)  # type: ignore[arg-type]
-        acl = _backend.resolve_acl(acl)
+        acl = _backend.resolve_acl(acl, source=backend_source)  # the one backend rule (see _backend)
         self._acl = acl
         self._source = source
         self._device_id = device_id
@@ -657,7 +661,7 @@ def read_bundle(acl: Any, ledger: Ledger, load: Callable[[Any], int], roles: Map
                 ) -> tuple[int, list[int], list[int], Description]:
     """Load a bundle and read its description: (bundle id, model ids, model descs, Description).
 
-    Every handle goes on ``ledger``.  Shared by :class:`BundleModel` and ``acl-bundle inspect``.
+    Every handle goes on ``ledger``.  Shared by :class:`BundleModel` and :func:`describe_bundle`.
     """
     bundle_id = load(acl)
     ledger.push("acl.mdl.bundle_unload", lambda: acl.mdl.bundle_unload(bundle_id))
@@ -669,6 +673,56 @@ def read_bundle(acl: Any, ledger: Ledger, load: Callable[[Any], int], roles: Map
     for desc, mid in zip(descs, ids):
         check(acl, "acl.mdl.get_desc", acl.mdl.get_desc(desc, mid))
     return bundle_id, ids, descs, Description.read(acl, descs, roles, manifest_vars, pad_batch)
+
+
+@dataclass(frozen=True)
+class BundleDescription:
+    """What a bundle file holds, read by :func:`describe_bundle` (``acl-bundle inspect``)."""
+
+    bundle_id: int
+    model_ids: dict[str, int]  # role ("infer", "init", "update") -> model id
+    inputs: tuple[TensorInfo, ...]
+    outputs: tuple[TensorInfo, ...]
+    variables: tuple[Variable, ...]
+    batch_sizes: tuple[int, ...]
+    manifest: str | None  # the manifest the variable shapes came from
+
+    @property
+    def has_init(self) -> bool:
+        return "init" in self.model_ids
+
+
+def describe_bundle(path: str | os.PathLike[str], *, acl: Any = None, device_id: int = 0,
+                    manifest: ManifestArg = None) -> BundleDescription:
+    """Load ``path`` only to read its description, then release it; nothing runs, nothing is changed.
+
+    Unlike opening a :class:`BundleModel` this allocates no staging, update or infer
+    buffers and runs no graph: only the bundle load itself takes device memory.  The
+    backend rule and ``manifest`` are those of :class:`BundleModel`.
+    """
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"bundle file {path!r} does not exist or is not a file")
+    if manifest is None:
+        auto = manifest_path(path)
+        manifest = auto if auto.is_file() else False
+    mvars = None if manifest is False else read_manifest(manifest)  # type: ignore[arg-type]
+    acl = _backend.resolve_acl(acl, source=path)
+    ledger = Ledger(acl)
+    prev = current_context(acl)
+    try:
+        ModelContext(acl, device_id, ledger)
+        bundle_id, ids, _descs, d = read_bundle(
+            acl, ledger, lambda a: unwrap(a, "acl.mdl.bundle_load_from_file", a.mdl.bundle_load_from_file(path)),
+            None, mvars)
+    finally:
+        for p in ledger.release(restore=prev):
+            log.warning("describe_bundle teardown: %s", p)
+    roles = {"infer": d.infer, "init": d.init, "update": d.update}
+    return BundleDescription(bundle_id, {r: ids[i] for r, i in roles.items() if i is not None}, d.inputs, d.outputs,
+                             d.variables, d.batch_sizes,
+                             None if manifest is False or not isinstance(manifest, (str, os.PathLike))
+                             else os.fspath(manifest))
 
 
 def _check_step(step: Any) -> None:

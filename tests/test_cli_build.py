@@ -102,7 +102,16 @@ def test_user_errors(mlp_file, tmp_path: Path, capsys: pytest.CaptureFixture[str
 
 def test_file_errors(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["build", str(tmp_path / "missing.onnx"), "-o", str(tmp_path / "x.om")]) == 2
-    _one_error_line(capsys, "no such ONNX file")
+    _one_error_line(capsys, "no such ONNX model")
+    # the file type actually given, not "ONNX" for everything (issue 23)
+    assert main(["build", str(tmp_path / "nosuch.pb")]) == 2
+    _one_error_line(capsys, "no such TensorFlow frozen GraphDef (.pb): ")
+    (tmp_path / "model.ckpt.meta").write_bytes(b"x")
+    assert main(["build", str(tmp_path / "model.ckpt.meta")]) == 2
+    _one_error_line(capsys, "is a TensorFlow MetaGraph (.meta: give the frozen .pb or the SavedModel directory instead)")
+    (tmp_path / "notsaved").mkdir()
+    assert main(["build", str(tmp_path / "notsaved")]) == 2
+    _one_error_line(capsys, "is a directory but not a SavedModel directory (no saved_model.pb in it)")
     bad = tmp_path / "bad.onnx"
     bad.write_bytes(b"\xff\xfe garbage \x00")
     assert main(["build", str(bad), "-o", str(tmp_path / "x.om")]) == 2
@@ -117,7 +126,7 @@ def test_dynamic_input_without_batch_sizes(tmp_path: Path, capsys: pytest.Captur
     p = tmp_path / "dyn.onnx"
     onnx.save(model, p)
     assert main(["build", str(p)]) == 2
-    _one_error_line(capsys, "input 'x' has dynamic dim 0 ('N'); give batch_sizes or fix the shape")
+    _one_error_line(capsys, "input 'x' has dynamic dim 0 ('N'); give --batch-sizes or fix the shape")  # the option's name
 
 
 def test_argparse_errors_are_one_line(capsys: pytest.CaptureFixture[str]) -> None:

@@ -31,9 +31,15 @@ def _array_address(a: np.ndarray) -> int:
 
 
 def current_context(acl: Any) -> int:
-    """The calling thread's current context; 0 when it has none (``get_context`` answers an error)."""
+    """The calling thread's current context; 0 when it has none (``get_context`` answers an error).
+
+    That expected miss is also recorded in the thread's error messages; they are read (which
+    clears them) so the next real error's ``get_recent_err_msg`` is not followed by it."""
     ctx, ret = acl.rt.get_context()
-    return ctx if ret == 0 else 0
+    if ret != 0:
+        recent_error(acl)
+        return 0
+    return ctx
 
 
 def restore_context(acl: Any, prev: int) -> None:

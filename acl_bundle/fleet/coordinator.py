@@ -65,7 +65,9 @@ class Fleet:
     npus_per_replica: Ray ``NPU`` resources each replica asks for (0: none, e.g. on the simulator).
     device_ids: the device id of each replica; default: 0 when NPUs are requested (Ray makes
         only the replica's own NPU visible), else the replica's index.
-    backend: ``"sim"`` runs each replica on its own acl_bundle simulator; None: pyACL.
+    backend: ``"sim"`` runs each replica on its own acl_bundle simulator; None: the rule
+        ``BundleModel`` applies (``ACL_BUNDLE_BACKEND``, else a simulator-format bundle on the
+        simulator, a device bundle on pyACL).  A simulated host has a device per replica.
     timeout: default seconds for every call (start, stage, commit, abort, infer).
     model_options: extra ``BundleModel`` keyword arguments (``max_concurrency``, ``manifest`` ...).
     """

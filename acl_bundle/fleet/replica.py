@@ -25,19 +25,15 @@ class ReplicaActor:
 
     def __init__(self, name: str, bundle: str, device_id: int, backend: str | None,
                  model_options: Mapping[str, Any], transport: Transport, hooks: Mapping[str, float] | None) -> None:
+        from .._backend import resolve_acl, simulate_devices
         from ..model import BundleModel
 
         self._hooks = dict(hooks or {})
         self._wake = threading.Event()
         self._delay("init_delay")
-        acl = None
-        if backend == "sim":
-            from .. import sim
-            from ..sim import acl as sim_acl
-
-            # This process's simulated host has as many devices as the fleet needs (one per replica).
-            sim.configure(device_count=max(2, device_id + 1))
-            acl = sim_acl
+        acl = resolve_acl(source=bundle, force_sim=backend == "sim")  # the rule BundleModel applies
+        # However the simulator was chosen, this process's simulated host has a device per replica.
+        simulate_devices(acl, max(2, device_id + 1))
         self._name = name
         self._model = BundleModel(bundle, device_id=device_id, acl=acl, **dict(model_options))
         self._transport = transport

@@ -9,9 +9,10 @@ ServerReady, ModelReady, ServerMetadata, ModelMetadata, ModelConfig, ModelInfer
 ModelStreamInfer (bidirectional, same checks as ModelInfer), ModelStatistics (the
 statistics extension), SystemSharedMemory{Status,Register,Unregister} (inputs and outputs in
 registered regions, :mod:`.shm`; CudaSharedMemory* answer UNIMPLEMENTED), RepositoryIndex,
-RepositoryModelLoad (``file:`` parameters with ``bytes_param``, one atomic update; token
-in the ``authorization`` metadata) and RepositoryModelUnload (refused).  Others answer UNIMPLEMENTED.  Runs on grpc.aio
-in the server's event loop.
+RepositoryModelLoad (``file:`` parameters with ``bytes_param``, one atomic update; or the
+parameter ``rollback``: string ``"previous"`` or an int64 version; token in the
+``authorization`` metadata; the ``weight_version`` metadata answers) and RepositoryModelUnload
+(refused).  Others answer UNIMPLEMENTED.  Runs on grpc.aio in the server's event loop.
 
 Receive limits, each enforced before the message is parsed: the server's receive limit is
 the infer limit (``max_request_bytes``), which gRPC's core checks against the message's
@@ -354,6 +355,17 @@ class _Servicer(service_pb2_grpc.GRPCInferenceServiceServicer):
                 raise ServeError(400, "the load call carried no request message")
             self.s.check_model(request.model_name)
             files: dict[str, bytes] = {}
+            if "rollback" in request.parameters:  # rollback over gRPC: "previous" (string) or a version (int64)
+                p = request.parameters["rollback"]
+                kind = p.WhichOneof("parameter_choice")
+                if len(request.parameters) > 1 or not (kind == "int64_param" or (
+                        kind == "string_param" and p.string_param == "previous")):
+                    raise ServeError(400, "load parameter 'rollback' comes alone, as string_param 'previous' or "
+                                          "int64_param <version>")
+                to = p.int64_param if kind == "int64_param" else None
+                result = await self.s.rollback(request.model_name, to, source="grpc")
+                await context.send_initial_metadata((("weight_version", str(result["weight_version"])),))
+                return service_pb2.RepositoryModelLoadResponse()
             for key, p in request.parameters.items():
                 if key == "config":
                     continue

@@ -17,9 +17,13 @@ Routes (``{v}`` = ``/versions/<version>``, optional)::
     POST /v2/repository/models/{name}/load            apply "file:<path>" parameters as one update  [token]
     POST /v2/repository/models/{name}/unload          refused (the bundle stays loaded)            [token]
     PUT  /v2/models/{name}/weights                    body = one .npz/.safetensors: one update      [token]
+    POST /v2/models/{name}/weights/rollback           {} = previous version, {"to": V} = version V  [token]
     GET  /metrics                                     Prometheus text format
 
-Bodies are bounded: a declared ``Content-Length`` over the limit is answered 413 before
+Every update route (weights, load, and the watcher) refuses weights holding NaN/Inf unless
+the server runs with ``finite_check=False`` (``--no-finite-check``): 400, nothing changed.
+An infer output holding NaN/Inf is sent as binary tensor data (JSON has no NaN), whatever
+the request asked.  Bodies are bounded: a declared ``Content-Length`` over the limit is answered 413 before
 any of the body is read, a streamed body is cut off at the limit.  Update routes check
 the token before reading the body.  Errors are ``{"error": "<what was wrong>"}``.
 """
@@ -194,6 +198,11 @@ def _infer_response(service: ModelService, req: dict[str, Any], out: InferOutcom
             raw = np.ascontiguousarray(a, a.dtype.newbyteorder("<")).tobytes()
             entry["parameters"] = {"binary_data_size": len(raw)}
             blobs.append(raw)
+        elif a.dtype.kind in "fc" and not np.isfinite(a).all():
+            # JSON has no NaN/Inf: this output goes as binary data (tritonclient reads either form)
+            raw = np.ascontiguousarray(a, a.dtype.newbyteorder("<")).tobytes()
+            entry["parameters"] = {"binary_data_size": len(raw)}
+            blobs.append(raw)
         else:
             entry["data"] = a.reshape(-1).tolist()
         outputs.append(entry)
@@ -201,7 +210,7 @@ def _infer_response(service: ModelService, req: dict[str, Any], out: InferOutcom
                             "parameters": response_parameters(out.version, out.step), "outputs": outputs}
     if "id" in req:
         resp["id"] = req["id"]
-    head = json.dumps(resp, separators=(",", ":")).encode()
+    head = json.dumps(resp, separators=(",", ":"), allow_nan=False).encode()
     if not blobs:
         return Response(head, media_type="application/json")
     return Response(head + b"".join(blobs), media_type="application/octet-stream",
@@ -379,6 +388,16 @@ def create_app(service: ModelService, *, max_request_bytes: int, server_version:
     async def cuda_shm(request: Request) -> Response:
         raise cuda_unsupported()
 
+    async def rollback_weights(request: Request) -> Response:
+        service.authorize(request.headers.get("authorization"), "http")
+        service.check_model(request.path_params["name"])
+        body = await read_body(request, 1 << 16)
+        req = _parse_json(body, "the rollback request") if body.strip() else {}
+        unknown = sorted(set(req) - {"to"})
+        if unknown:
+            raise ServeError(400, f"the rollback request takes only 'to' (a version; none = the previous one), got {unknown}")
+        return _json(await service.rollback(request.path_params["name"], req.get("to"), source="http"))
+
     async def prometheus(request: Request) -> Response:
         return Response(metrics.render(), media_type=CONTENT_TYPE_LATEST)
 
@@ -390,6 +409,7 @@ def create_app(service: ModelService, *, max_request_bytes: int, server_version:
         Route("/v2/repository/models/{name}/load", endpoint("load", repository_load), methods=["POST"]),
         Route("/v2/repository/models/{name}/unload", endpoint("unload", repository_unload), methods=["POST"]),
         Route("/v2/models/{name}/weights", endpoint("weights", put_weights), methods=["PUT", "POST"]),
+        Route("/v2/models/{name}/weights/rollback", endpoint("rollback", rollback_weights), methods=["POST"]),
         Route("/metrics", endpoint("metrics", prometheus), methods=["GET"]),
         Route("/v2/models/stats", endpoint("model_stats", model_stats), methods=["GET"]),
         Route("/v2/systemsharedmemory/status", endpoint("shm_status", shm_status), methods=["GET"]),

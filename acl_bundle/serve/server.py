@@ -52,6 +52,8 @@ EXIT_DRAIN_TIMEOUT = 3
 #: Descriptors kept free of HTTP connections (gRPC, the bundle, checkpoints, logs, the loop itself).
 FD_RESERVE = 128
 
+SERVE_HISTORY = 4  # weight sets a served bundle keeps for rollback over the wire (bounded by BundleModel's history_bytes)
+
 
 @dataclass
 class ServeConfig:
@@ -71,6 +73,9 @@ class ServeConfig:
     poll_interval: float = 0.5
     watch_finite_check: bool = True  # the watcher refuses checkpoints holding NaN/Inf (check=finite)
     watch_allow_step_reset: bool = False  # the most recent commit wins even with a lower step
+    watch_options: dict[str, Any] | None = None  # more CheckpointWatcher arguments: rename, strip_prefix, protocol, ...
+    finite_check: bool = True  # REST / gRPC updates holding NaN/Inf are refused (400 / INVALID_ARGUMENT)
+    model_options: dict[str, Any] | None = None  # BundleModel arguments; default history=4 (rollback over the wire)
     update_token_file: str | None = None
     require_weights: bool = False
     dynamic_batching: bool = True
@@ -113,7 +118,7 @@ class ServeConfig:
             problems.append(f"model_name must be non-empty without '/', got {self.model_name!r}")
         if isinstance(self.model, (str, os.PathLike)) and not os.path.isfile(self.model):
             problems.append(f"no such bundle file: {os.fspath(self.model)}")
-        for name in ("watch_finite_check", "watch_allow_step_reset"):
+        for name in ("watch_finite_check", "watch_allow_step_reset", "finite_check"):
             if not isinstance(getattr(self, name), bool):
                 problems.append(f"{name} must be a bool, got {getattr(self, name)!r}")
         if self.watch is not None and not os.path.isdir(self.watch):
@@ -138,12 +143,13 @@ class _Uvicorn(uvicorn.Server):
         yield
 
 
-def _listen(host: str, port: int) -> socket.socket:
+def _listen(host: str, port: int, what: str = "HTTP") -> socket.socket:
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     try:
         return socket.create_server((host, port), family=family, reuse_port=False)
     except OSError as e:
-        raise OSError(f"cannot listen for HTTP on {host}:{port}: {e.strerror or e}") from None
+        cause = os.strerror(e.errno) if e.errno else str(e)  # "Address already in use", without Python's addendum
+        raise OSError(e.errno, f"cannot listen for {what} on {host}:{port}: {cause}") from None
 
 
 def _run_loop(main: Any) -> Any:
@@ -194,11 +200,13 @@ class Server:
         self.service = ModelService(
             config.name, self.metrics, self.auth, dynamic_batching=config.dynamic_batching,
             max_queue_delay=config.max_queue_delay, instances=config.instances,
-            require_weights=config.require_weights, max_update_bytes=config.max_update_bytes)
+            require_weights=config.require_weights, max_update_bytes=config.max_update_bytes,
+            finite_check=config.finite_check)
         self.http_port: int | None = None
         self.grpc_port: int | None = None
         self.grpc_update_port: int | None = None
         self.exit_code: int | None = None
+        self.failure: Exception | None = None  # why start-up failed
         self._live = False
         self._loop: asyncio.AbstractEventLoop | None = None
         self._stop: asyncio.Event | None = None
@@ -210,9 +218,13 @@ class Server:
     def run(self) -> int:
         """Serve until SIGTERM / SIGINT (main thread) or :meth:`stop`; return the exit code (0 = clean).
 
-        Raises this process's soft descriptor limit (RLIMIT_NOFILE) to its hard limit first."""
+        Raises this process's soft descriptor limit (RLIMIT_NOFILE) to its hard limit first.
+        A failure to start (a port in use, a bundle that does not load) is raised, after the cleanup."""
         _raise_fd_limit()
-        return _run_loop(self._main(signals=threading.current_thread() is threading.main_thread()))
+        code = _run_loop(self._main(signals=threading.current_thread() is threading.main_thread()))
+        if self.failure is not None:
+            raise self.failure
+        return code
 
     def start(self, timeout: float = 60.0) -> Server:
         """Serve in a background thread; return once the model is loaded (or raise if it failed to start)."""
@@ -228,7 +240,8 @@ class Server:
         self._thread = threading.Thread(target=target, name="acl_bundle-serve", daemon=True)
         self._thread.start()
         if not self._started.wait(timeout) or self.exit_code is not None:
-            raise RuntimeError(f"the server did not start (exit code {self.exit_code})")
+            why = f": {type(self.failure).__name__}: {self.failure}" if self.failure is not None else ""
+            raise RuntimeError(f"the server did not start (exit code {self.exit_code}){why}")
         return self
 
     def stop(self, timeout: float | None = None) -> None:
@@ -267,6 +280,8 @@ class Server:
         code = 0
         try:
             if cfg.grpc_port is not None:
+                if cfg.grpc_port:  # a busy port is one clear error (gRPC's own bind error loses the OS's reason)
+                    _listen(cfg.host, cfg.grpc_port, "gRPC").close()
                 host = f"[{cfg.host}]" if ":" in cfg.host else cfg.host
                 grpc_server, self.grpc_port = create_grpc_server(
                     self.service, f"{host}:{cfg.grpc_port}", server_version=version, live=lambda: self._live,
@@ -291,18 +306,22 @@ class Server:
                      f"{cfg.host}:{self.grpc_port}" if grpc_server else "off",
                      "enabled (bearer token)" if self.auth.enabled else "disabled")
             model = await self._load()
-            self.service.attach(model)
-            if cfg.watch is not None:
+            self.service.attach(model)  # attached even when stopping: the shutdown below closes it
+            if cfg.watch is not None and not self._stop.is_set():
                 await loop.run_in_executor(None, functools.partial(
                     self.service.start_watcher, cfg.watch, cfg.poll_interval, finite_check=cfg.watch_finite_check,
-                    allow_step_reset=cfg.watch_allow_step_reset))
-            log.info("model %r %s (batch sizes %s, dynamic batching %s)", self.service.name,
-                     "ready" if self.service.model_ready else "loaded, waiting for weights",
-                     list(model.batch_sizes) or "static", "on" if self.service.batcher.enabled else "off")  # type: ignore[union-attr]
+                    allow_step_reset=cfg.watch_allow_step_reset, options=cfg.watch_options))
+            if not self._stop.is_set():  # a signal during the load: never "ready" after "draining"
+                log.info("model %r %s (batch sizes %s, dynamic batching %s)", self.service.name,
+                         "ready" if self.service.model_ready else "loaded, waiting for weights",
+                         list(model.batch_sizes) or "static", "on" if self.service.batcher.enabled else "off")  # type: ignore[union-attr]
             self._started.set()
             await self._stop.wait()
         except Exception as e:
-            log.error("serve failed: %s: %s", type(e).__name__, e)
+            if self._started.is_set():
+                log.error("serve failed: %s: %s", type(e).__name__, e)
+            else:
+                self.failure = e  # start-up failed: run() raises it (the CLI prints it once, as its one error line)
             code = 1
         finally:
             if not await self._shutdown(uv, uv_task, conns, grpc_server, grpc_updates) and code == 0:
@@ -317,7 +336,11 @@ class Server:
         if self._stop.is_set():
             log.warning("second %s: exiting now", signal.Signals(sig).name)
             os._exit(1)
-        log.info("%s: draining", signal.Signals(sig).name)
+        if self.service.model is None:
+            log.info("%s during start-up: stopping once the bundle load in progress returns (an ACL load cannot be "
+                     "cut short)", signal.Signals(sig).name)
+        else:
+            log.info("%s: draining", signal.Signals(sig).name)
         self._stop.set()
 
     async def _load(self) -> Any:
@@ -327,8 +350,10 @@ class Server:
         from ..model import BundleModel
 
         log.info("loading %s", cfg.model)
+        options = {"history": SERVE_HISTORY, **(cfg.model_options or {})}
         return await asyncio.get_running_loop().run_in_executor(
-            None, lambda: BundleModel(cfg.model, device_id=cfg.device_id, acl=cfg.acl, max_concurrency=cfg.instances))
+            None, lambda: BundleModel(cfg.model, device_id=cfg.device_id, acl=cfg.acl, max_concurrency=cfg.instances,
+                                      **options))
 
     async def _shutdown(self, uv: _Uvicorn, uv_task: asyncio.Task[None] | None, conns: Connections,
                         grpc_server: Any, grpc_updates: Any = None) -> bool:
@@ -354,7 +379,8 @@ class Server:
         model = self.service.model
         if model is not None and self._owns_model:
             await asyncio.get_running_loop().run_in_executor(None, model.close)
-        log.info("stopped" if drained else f"stopped; the drain did not finish within {cfg.drain_timeout:g} s")
+        if self._started.is_set():  # a failed start-up is the one error line the caller prints
+            log.info("stopped" if drained else f"stopped; the drain did not finish within {cfg.drain_timeout:g} s")
         return drained
 
     async def _drain_http(self, uv: _Uvicorn, uv_task: asyncio.Task[None] | None, conns: Connections,

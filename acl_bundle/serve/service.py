@@ -17,6 +17,7 @@ from typing import Any
 
 import numpy as np
 
+from .. import checks as _checks
 from .auth import UpdateAuth
 from .batcher import Batcher, BatchResult
 from .metrics import Metrics
@@ -33,7 +34,7 @@ from .updates import describe, merge_weight_files, update_error
 
 log = logging.getLogger("acl_bundle.serve")
 
-__all__ = ["ModelService", "InferOutcome"]
+__all__ = ["InferOutcome", "ModelService"]
 
 
 class InferOutcome:
@@ -76,6 +77,7 @@ class ModelService:
         instances: int = 2,
         require_weights: bool = False,
         max_update_bytes: int = 1 << 30,
+        finite_check: bool = True,
     ) -> None:
         self.name = name
         self.metrics = metrics
@@ -85,6 +87,7 @@ class ModelService:
         self.instances = instances
         self.require_weights = require_weights
         self.max_update_bytes = max_update_bytes
+        self.finite_check = finite_check  # every wire update must hold finite values (the watcher's default check)
         self.model: Any = None
         self.stats = ModelStats(name)
         self.shm = SharedMemoryRegistry()
@@ -191,9 +194,11 @@ class ModelService:
         ``step`` (the watcher's checkpoint step; None for wire updates) is kept by the model
         with the version, so responses report it from the version that produced them."""
         model = self.model
+        # the watcher has run its own checks (--no-finite-check turns both off); wire updates get the same one
+        check = _checks.finite if self.finite_check and source != "watch" else None
         with self._update_lock:  # serialise with the watcher so last_update is this update's
             try:
-                version = int(model.update(weights, step=step))
+                version = int(model.update(weights, step=step, check=check) if check else model.update(weights, step=step))
             except (KeyError, TypeError, ValueError) as e:
                 self.metrics.updates.labels(source, "rejected").inc()
                 raise update_error(e) from None
@@ -237,15 +242,54 @@ class ModelService:
             log.exception("update failed")
             raise ServeError(500, f"update failed: {type(e).__name__}: {e}") from None
 
+    async def rollback(self, name: str, to: int | None, *, source: str) -> dict[str, Any]:
+        """Serve the weights of version ``to`` again (None: the version before the last update); the caller
+        has authorised it.  Answers the version now served; refused (400, nothing changed) without history
+        or for a version the history no longer covers."""
+        self.check_model(name)
+        if self.shutting_down:
+            raise ServeError(503, "the server is shutting down")
+        if to is not None and (isinstance(to, bool) or not isinstance(to, int) or to < 0):
+            raise ServeError(400, f"rollback 'to' must be a version number (an integer >= 0), got {to!r}")
+
+        def work() -> dict[str, Any]:
+            model = self.model
+            with self._update_lock:
+                hist = model.history
+                target = to if to is not None else (hist[-1].version - 1 if hist else None)  # what rollback() restores
+                try:
+                    version = int(model.rollback(to))
+                except (KeyError, TypeError, ValueError) as e:
+                    self.metrics.updates.labels(source, "rejected").inc()
+                    msg = e.args[0] if isinstance(e, KeyError) and e.args else str(e)
+                    raise ServeError(400, f"rollback refused, nothing changed: {msg}") from None
+            self.metrics.updates.labels(source, "ok").inc()
+            self.metrics.weight_version.set(version)
+            self._refresh_ready()
+            log.info("rolled back over %s to the weights of version %d: now version %d", source, target, version)
+            return {"model_name": self.name, "weight_version": version, "restored_version": target}
+
+        loop = asyncio.get_running_loop()
+        try:
+            return await loop.run_in_executor(self._update_pool, work)
+        except ServeError:
+            raise
+        except Exception as e:
+            log.exception("rollback failed")
+            raise ServeError(500, f"rollback failed: {type(e).__name__}: {e}") from None
+
     def on_checkpoint(self, applied: Any) -> None:
         """CheckpointWatcher on_apply: the checkpoint_step gauge."""
         self.metrics.checkpoint_step.set(int(applied.step))
 
     def start_watcher(self, directory: str, poll_interval: float, *, finite_check: bool = True,
-                      allow_step_reset: bool = False) -> None:
+                      allow_step_reset: bool = False, options: Mapping[str, Any] | None = None) -> None:
+        """Follow ``directory``; ``options``: more CheckpointWatcher keyword arguments (rename, strip_prefix, ...)."""
         from ..watcher import CheckpointWatcher
 
-        kw: dict[str, Any] = {} if finite_check else {"check": None}  # the watcher's default: check=finite
+        kw: dict[str, Any] = {k: v for k, v in (options or {}).items() if v is not None}
+        if not finite_check:
+            kw["check"] = None  # the watcher's default: check=finite
         self.watcher = CheckpointWatcher(_WatchedModel(self), directory, poll_interval=poll_interval,
                                          on_apply=self.on_checkpoint, allow_step_reset=allow_step_reset, **kw)
         self.watcher.start()

@@ -40,10 +40,10 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .._constants import CODES, NUMPY_TO_ACL
+from .._constants import CODES, NUMPY_TO_ACL, SIM_MAGIC
 from .._precision import MODES as PRECISION_MODES
 
-MAGIC = b"ACLBSIM\x00"
+MAGIC = SIM_MAGIC  # b"ACLBSIM\x00"; kept in _constants so the backend rule reads it without the simulator
 FORMAT_MAJOR = 1
 FORMAT_MINOR = 1
 PRECISION_MINOR = 2  # the minor version of a file with a precision mode (1.1 files are written as before)
