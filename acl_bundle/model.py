@@ -62,7 +62,8 @@ from ._model.history import History, HistoryEntry
 from ._model.updater import StagedUpdate, Updater, WeightVersion, run_init
 from .checks import Check, Golden, WeightsRefused, run_check, split_checks
 
-__all__ = ["BundleModel", "BundleDescription", "StagedUpdate", "TensorInfo", "Variable", "WeightVersion", "describe_bundle"]
+__all__ = ["BundleDescription", "BundleModel", "StagedUpdate", "TensorInfo", "Variable", "WeightVersion",
+           "describe_bundle"]
 
 log = logging.getLogger("acl_bundle")
 

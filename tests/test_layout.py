@@ -27,7 +27,8 @@ PUBLIC_ALL = {
         "UnknownVariableError", "Variable", "WeightVersion", "load_checkpoint", "load_manifest", "manifest_path",
         "read_manifest", "write_checkpoint",
     ],
-    "acl_bundle.model": ["BundleModel", "StagedUpdate", "TensorInfo", "Variable", "WeightVersion"],
+    "acl_bundle.model": ["BundleDescription", "BundleModel", "StagedUpdate", "TensorInfo", "Variable", "WeightVersion",
+                         "describe_bundle"],
     "acl_bundle.checks": ["Check", "Golden", "WeightsRefused", "finite", "golden", "run_check", "split_checks"],
     "acl_bundle.checkpoint": [
         "CHECKPOINT_FORMAT", "MARKER_SUFFIX", "CheckpointError", "CheckpointInfo", "CheckpointMismatchError",
@@ -203,7 +204,7 @@ def test_known_import_cycle_is_gone(cycle: frozenset[str]) -> None:
 
 # Who may import an implementation package besides its own modules (docs/development.md).
 IMPLEMENTATION_USERS = {
-    "acl_bundle._model": ("acl_bundle.model", "acl_bundle.cli"),  # cli: inspect reads a bundle as the runtime does
+    "acl_bundle._model": ("acl_bundle.model",),  # inspect reads a bundle through model.describe_bundle
     "acl_bundle._checkpoint": ("acl_bundle.checkpoint", "acl_bundle.tf_checkpoint", "acl_bundle.watcher"),
 }
 
