@@ -57,3 +57,13 @@ def write_atomic(path: Path, write: Callable[[IO[bytes]], object]) -> None:
 def _named(e: OSError, path: Path) -> OSError:
     """The same kind of OSError, about ``path`` instead of a temp name."""
     return type(e)(e.errno, e.strerror or str(e), str(path)) if e.errno else OSError(f"{path}: {e}")
+
+
+def package_root() -> str:
+    """The directory holding the imported ``acl_bundle`` package: the working directory for child interpreters.
+
+    A child started with ``python -c`` / ``-m`` puts its working directory first on ``sys.path``; run from the
+    folder holding a clone named ``acl_bundle``, that folder's ``acl_bundle`` (the clone, a namespace package)
+    shadows the installed one (``cannot import name '__version__'``).  From here the child imports this tree.
+    """
+    return os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

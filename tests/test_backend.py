@@ -186,3 +186,112 @@ def test_unknown_backend_name_is_refused(monkeypatch):
     monkeypatch.setenv("ACL_BUNDLE_BACKEND", "npu")
     with pytest.raises(BackendNotFoundError, match="ACL_BUNDLE_BACKEND='npu' is not a backend; use 'pyacl', 'sim'"):
         _backend.resolve_acl()
+
+
+# --------------------------------------------------------------------------- the one backend rule (issue 23)
+# Every test here runs with ACL_BUNDLE_BACKEND unset (the root conftest sets it to sim for the rest of the suite).
+def _device_file(tmp_path):
+    p = tmp_path / "device.om"
+    p.write_bytes(b"IMOD" + bytes(252))  # anything not in the simulator's format is a device bundle
+    return p
+
+
+def test_a_built_bundle_runs_on_the_simulator_with_no_flag_and_no_variable(make_bundle, monkeypatch):
+    om, w0 = make_bundle()
+    monkeypatch.delenv("ACL_BUNDLE_BACKEND", raising=False)
+    monkeypatch.setitem(sys.modules, "acl", None)  # this host has no pyACL
+    x = np.random.default_rng(1).standard_normal((1, 8)).astype(np.float32)
+    with BundleModel(om) as m:
+        assert m._acl is sim.acl
+        np.testing.assert_allclose(m.infer(x), reference(x, w0), rtol=1e-5, atol=1e-5)
+    with BundleModel.from_bytes(om.read_bytes()) as m:  # the same rule for bytes
+        assert m._acl is sim.acl
+        np.testing.assert_allclose(m.infer(x), reference(x, w0), rtol=1e-5, atol=1e-5)
+
+
+def test_a_simulator_bundle_runs_on_the_simulator_even_where_pyacl_imports(make_bundle, monkeypatch):
+    om, _ = make_bundle()
+    monkeypatch.delenv("ACL_BUNDLE_BACKEND", raising=False)
+    fake = _fake_pyacl(monkeypatch)
+    assert _backend.resolve_acl(source=om) is sim.acl  # it can only run there
+    assert _backend.resolve_acl(source=om.read_bytes()) is sim.acl
+    assert _backend.resolve_acl(source=_device_file(om.parent)) is fake  # a device bundle: pyACL
+
+
+def test_explicit_choices_override_the_file(make_bundle, monkeypatch, tmp_path):
+    om, _ = make_bundle()
+    dev = _device_file(tmp_path)
+    fake = _fake_pyacl(monkeypatch)
+    monkeypatch.setenv("ACL_BUNDLE_BACKEND", "pyacl")
+    assert _backend.resolve_acl(source=om) is fake
+    monkeypatch.setenv("ACL_BUNDLE_BACKEND", "sim")
+    assert _backend.resolve_acl(source=dev) is sim.acl
+    monkeypatch.delenv("ACL_BUNDLE_BACKEND")
+    assert _backend.resolve_acl(source=dev, force_sim=True) is sim.acl  # --sim
+    assert _backend.resolve_acl(sim.acl, source=dev) is sim.acl  # acl=
+
+
+def test_a_device_bundle_without_pyacl_is_one_sentence_naming_both_ways_out(tmp_path, monkeypatch):
+    dev = _device_file(tmp_path)
+    monkeypatch.delenv("ACL_BUNDLE_BACKEND", raising=False)
+    monkeypatch.setitem(sys.modules, "acl", None)
+    with pytest.raises(BackendNotFoundError) as ei:
+        BundleModel(dev)
+    msg = str(ei.value)
+    assert "\n" not in msg and msg.count(". ") == 0 and msg.endswith(".")
+    assert msg.startswith(f"{dev} is not a simulator bundle, so it needs pyACL")
+    assert "install CANN" in msg and "pip install -e '.[sim]'" in msg and "acl-bundle build" in msg
+    assert "pass acl=acl_bundle.sim.acl" in msg and "--sim" not in msg  # phrased for Python
+    with pytest.raises(BackendNotFoundError, match="pass --sim"):
+        _backend.resolve_acl(source=dev, interface="cli")
+
+
+def test_the_rule_reads_the_magic_without_importing_the_simulator(tmp_path):
+    import subprocess
+
+    dev = _device_file(tmp_path)
+    code = ("import sys; sys.modules['acl'] = None\n"
+            "from acl_bundle import _backend\n"
+            f"assert not _backend.is_sim_file({str(dev)!r})\n"
+            "try:\n"
+            f"    _backend.resolve_acl(source={str(dev)!r})\n"
+            "except ImportError:\n"
+            "    pass\n"
+            "print('acl_bundle.sim' in sys.modules, 'onnxruntime' in sys.modules)")
+    env = {k: v for k, v in __import__("os").environ.items() if k != "ACL_BUNDLE_BACKEND"}
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=60)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.split() == ["False", "False"]
+
+
+def test_the_magic_is_the_formats(make_bundle):
+    from acl_bundle.sim import format as fmt
+
+    om, _ = make_bundle()
+    assert om.read_bytes().startswith(fmt.MAGIC) and _backend.is_sim_file(om)
+
+
+def test_acl_errors_carry_no_unrelated_get_context_trailer(tmp_path, monkeypatch):
+    from acl_bundle import AclError
+
+    bad = tmp_path / "bad.om"
+    bad.write_bytes(b"ACLBSIM\x00" + bytes(4))  # the simulator's magic, truncated: the load fails
+    monkeypatch.delenv("ACL_BUNDLE_BACKEND", raising=False)
+    with pytest.raises(AclError) as ei:
+        BundleModel(bad)
+    assert ei.value.func == "acl.mdl.bundle_load_from_file"
+    assert "get_context" not in str(ei.value) and "107002" not in str(ei.value), str(ei.value)
+
+
+def test_describe_bundle_reads_without_running_anything(make_bundle, monkeypatch):
+    from acl_bundle.model import describe_bundle
+
+    om, w0 = make_bundle(batch_sizes=[1, 4])
+    monkeypatch.delenv("ACL_BUNDLE_BACKEND", raising=False)
+    before = sim.stats()
+    d = describe_bundle(om)
+    after = sim.stats()
+    assert after["mallocs"] == before["mallocs"] and after.get("executes", 0) == before.get("executes", 0)
+    assert d.has_init and d.batch_sizes == (1, 4) and [v.name for v in d.variables] == list(w0)
+    assert [tuple(v.shape) for v in d.variables] == [a.shape for a in w0.values()]
+    assert d.manifest is not None and d.manifest.endswith(".manifest.json")

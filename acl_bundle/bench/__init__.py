@@ -1061,6 +1061,8 @@ def _s9_startup(c: _Ctx) -> dict:
     """
     import subprocess
 
+    from .._files import package_root
+
     cfg = c.cfg
     run = [sys.executable, "-c", "import sys; from acl_bundle.cli import main; sys.exit(main(sys.argv[1:]))"]
     cmds = {
@@ -1076,7 +1078,7 @@ def _s9_startup(c: _Ctx) -> dict:
         names = names[r % len(names):] + names[:r % len(names)]  # rotate: no command always goes first
         for name in names:
             t0 = time.perf_counter()
-            subprocess.run(cmds[name], check=True, stdout=subprocess.DEVNULL, env=env)
+            subprocess.run(cmds[name], check=True, stdout=subprocess.DEVNULL, env=env, cwd=package_root())
             times[name].append(time.perf_counter() - t0)
     rows = []
     for name in ("--help", "serve --help"):

@@ -38,6 +38,8 @@ from typing import Any
 
 import numpy as np
 
+from .._files import package_root
+
 __all__ = ["ServeBenchConfig", "run", "format_table"]
 
 Progress = Callable[[str], None]
@@ -73,7 +75,8 @@ def _server(om: Path, log: Path, *extra: str) -> Iterator[tuple[int, int]]:
     hp, gp = _free_port(), _free_port()
     with open(log, "wb") as f:
         proc = subprocess.Popen([sys.executable, "-m", "acl_bundle", "serve", str(om), "--sim", "--http-port", str(hp),
-                                 "--grpc-port", str(gp), *extra], stdout=f, stderr=subprocess.STDOUT)
+                                 "--grpc-port", str(gp), *extra], stdout=f, stderr=subprocess.STDOUT,
+                                cwd=package_root())  # the child imports this tree, whatever the caller's folder
     try:
         deadline = time.monotonic() + 60
         while True:

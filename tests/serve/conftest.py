@@ -99,10 +99,12 @@ def wait_ready(srv: ServerProc, timeout: float = 60, ready: bool = True) -> None
 
 @contextlib.contextmanager
 def serve_process(tmp: Path, *extra: str, name: str = "mlp", token: bool = True, bundle_kwargs: dict | None = None,
-                  wait: str | None = "ready", check_exit: bool = True, preexec_fn=None):
-    """Start ``acl-bundle serve`` on a fresh bundle; yield a ServerProc; SIGTERM it and check exit code 0."""
+                  wait: str | None = "ready", check_exit: bool = True, preexec_fn=None, sim: bool = True):
+    """Start ``acl-bundle serve`` on a fresh bundle; yield a ServerProc; SIGTERM it and check exit code 0.
+
+    ``sim=False``: no ``--sim`` (the bundle's format chooses the simulator)."""
     om, weights = build_bundle(tmp, name, **(bundle_kwargs or {}))
-    args = [sys.executable, "-m", "acl_bundle", "serve", str(om), "--sim",
+    args = [sys.executable, "-m", "acl_bundle", "serve", str(om), *(["--sim"] if sim else []),
             "--http-port", str(free_port()), "--grpc-port", str(free_port())]
     if token:
         tf = tmp / "token"
