@@ -115,14 +115,6 @@ def is_simulator(acl: Any) -> bool:
     return sim is not None and acl is getattr(sim, "acl", None)
 
 
-def simulate_devices(acl: Any, count: int) -> None:
-    """If ``acl`` is the simulator, give its host at least ``count`` devices (a fleet: one per replica)."""
-    if is_simulator(acl):
-        have, ret = acl.rt.get_device_count()  # the simulator answers before acl.init
-        if ret != 0 or have < count:
-            sys.modules["acl_bundle.sim"].configure(device_count=count)
-
-
 class _Process:
     """Per-``acl``-module shared state: who initialised ACL, and device refcounts."""
 

@@ -25,15 +25,17 @@ class ReplicaActor:
 
     def __init__(self, name: str, bundle: str, device_id: int, backend: str | None,
                  model_options: Mapping[str, Any], transport: Transport, hooks: Mapping[str, float] | None) -> None:
-        from .._backend import resolve_acl, simulate_devices
+        from .._backend import is_simulator, resolve_acl
         from ..model import BundleModel
 
         self._hooks = dict(hooks or {})
         self._wake = threading.Event()
         self._delay("init_delay")
         acl = resolve_acl(source=bundle, force_sim=backend == "sim")  # the rule BundleModel applies
-        # However the simulator was chosen, this process's simulated host has a device per replica.
-        simulate_devices(acl, max(2, device_id + 1))
+        if is_simulator(acl):  # however the simulator was chosen, this process's simulated host has a device per replica
+            from .. import sim
+
+            sim.configure(device_count=max(2, device_id + 1))
         self._name = name
         self._model = BundleModel(bundle, device_id=device_id, acl=acl, **dict(model_options))
         self._transport = transport

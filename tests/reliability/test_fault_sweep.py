@@ -57,8 +57,9 @@ BARE_VALUE = re.compile(
     r"|get_dataset_(buffer|num_buffers)|get_data_buffer_\w+|get_tensor_desc_(?!dim_v2)\w+|data_type_size"
     r"|(bytes|numpy)_to_ptr)$"
 )
-# ret != 0 means "no dynamic-batch input" / "no current context" (the wrapper then sets its own)
-PROBES = {"acl.mdl.get_input_index_by_name", "acl.rt.get_context"}
+# ret != 0 means "no dynamic-batch input" / "no current context" (the wrapper then sets its own);
+# get_recent_err_msg is diagnostics only: read after get_context's expected miss to clear it
+PROBES = {"acl.mdl.get_input_index_by_name", "acl.rt.get_context", "acl.get_recent_err_msg"}
 
 
 def kind_of(name: str) -> str:
