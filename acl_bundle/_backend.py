@@ -71,7 +71,8 @@ def resolve_acl(acl: Any = None, *, source: Any = None, force_sim: bool = False,
     raw = os.environ.get("ACL_BUNDLE_BACKEND", "")
     choice = raw.strip().lower()
     if choice not in ("", "sim", "pyacl"):
-        raise BackendNotFoundError(f"ACL_BUNDLE_BACKEND={raw!r:.40} is not a backend; use 'pyacl', 'sim' or leave it unset")
+        raise BackendNotFoundError(f"ACL_BUNDLE_BACKEND={raw!r:.40} is not a backend; use 'pyacl', 'sim' or leave it "
+                                   "unset")
     if force_sim or choice == "sim" or (choice == "" and is_sim_file(source)):
         why = ("--sim" if force_sim else "ACL_BUNDLE_BACKEND=sim" if choice == "sim"
                else "the bundle is in the simulator's format")
@@ -86,11 +87,15 @@ def resolve_acl(acl: Any = None, *, source: Any = None, force_sim: bool = False,
                       "first, e.g. 'source /usr/local/Ascend/ascend-toolkit/set_env.sh', so that libascendcl.so "
                       "and its Python bindings are found)")
         if choice == "pyacl":
-            sim_note = (f"; {os.fspath(source)} is a simulator bundle: unset ACL_BUNDLE_BACKEND to run it on the simulator"
-                        if isinstance(source, (str, os.PathLike)) and is_sim_file(source) else "")
-            raise BackendNotFoundError(f"ACL_BUNDLE_BACKEND=pyacl but 'import acl' failed ({cause}){broken}{sim_note}") from e
-        what = f"{os.fspath(source)!s} is not a simulator bundle, so it needs" if isinstance(source, (str, os.PathLike)) \
-            else "a device bundle needs" if source is not None else "running on Ascend needs"
+            is_path = isinstance(source, (str, os.PathLike))
+            sim_note = (f"; {os.fspath(source)} is a simulator bundle: unset ACL_BUNDLE_BACKEND to run it on the "
+                        "simulator" if is_path and is_sim_file(source) else "")
+            raise BackendNotFoundError(
+                f"ACL_BUNDLE_BACKEND=pyacl but 'import acl' failed ({cause}){broken}{sim_note}") from e
+        if isinstance(source, (str, os.PathLike)):
+            what = f"{os.fspath(source)!s} is not a simulator bundle, so it needs"
+        else:
+            what = "a device bundle needs" if source is not None else "running on Ascend needs"
         raise BackendNotFoundError(
             f"{what} pyACL ('import acl', from the Ascend CANN toolkit), which was not found ({cause}){broken}; "
             f"either install CANN on an Ascend host, or run on the simulator: {extra_hint('sim')}, build a "

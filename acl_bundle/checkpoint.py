@@ -121,6 +121,9 @@ def _open_archive(path: str | os.PathLike[str], limit: int,
             raise FileNotFoundError(f"checkpoint {text!r} does not exist or is not a file")
         parent, name = str(Path(text).parent), Path(text).name
     suffix = Path(name).suffix.lower()
+    if suffix == ".meta":  # the file type actually given, not "expected .npz" (issue 23)
+        raise CheckpointError(f"checkpoint {text!r} is a TensorFlow MetaGraph (.meta: the graph, not its weights); "
+                              f"give the checkpoint's prefix ({text[:-5]!r}), its .index file or its directory")
     if suffix not in SUFFIXES:
         raise CheckpointError(f"checkpoint {text!r} has suffix {Path(name).suffix!r}; expected one of {list(SUFFIXES)}")
     what = f"checkpoint {text!r}"

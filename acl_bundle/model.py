@@ -172,6 +172,12 @@ class BundleModel:
         ``ValueError``) naming the sizes, before anything is copied.
     history: keep host copies of the last ``history`` applied weight sets (0 = off), within
         ``history_bytes``; needed by :meth:`rollback` and golden checks (see :mod:`._history`).
+    history_bytes: the most host memory the history may hold (default 512 MiB); past it the
+        oldest sets are dropped first.
+
+    ``update``, ``rollback`` and ``staged.commit()`` return the new version, a
+    :class:`WeightVersion` (an ``int`` with ``.step``); ``infer`` returns one array for a
+    one-output model, else a tuple in ``outputs`` order.
     """
 
     def __init__(
@@ -546,7 +552,7 @@ class BundleModel:
         return verify
 
     def rollback(self, to: int | None = None) -> int:
-        """Re-apply the weights of an earlier version as one atomic update; return the new version.
+        """Re-apply the weights of an earlier version as one atomic update; return the new version (a WeightVersion).
 
         ``to``: the version whose weights to restore (default: the one before the last
         update).  Needs ``history``: every variable changed since ``to`` must have a

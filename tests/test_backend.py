@@ -295,3 +295,9 @@ def test_describe_bundle_reads_without_running_anything(make_bundle, monkeypatch
     assert d.has_init and d.batch_sizes == (1, 4) and [v.name for v in d.variables] == list(w0)
     assert [tuple(v.shape) for v in d.variables] == [a.shape for a in w0.values()]
     assert d.manifest is not None and d.manifest.endswith(".manifest.json")
+
+
+def test_help_bundlemodel_states_the_rule_history_bytes_and_return_types():
+    doc = BundleModel.__doc__
+    assert "the file decides: a bundle in the simulator's format" in " ".join(doc.split())
+    assert "history_bytes: the most host memory" in doc and "WeightVersion" in doc

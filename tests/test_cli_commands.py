@@ -1,4 +1,5 @@
 """The command registry and the first-contact defects of issue 23's item 6 (each test fails on the old CLI)."""
+
 from __future__ import annotations
 
 import os
@@ -25,8 +26,9 @@ def test_every_command_module_is_registered_and_its_docstring_is_its_help(capsys
     from acl_bundle.cli import registry
 
     names = [name for _module, _cls, name in registry.COMMANDS]
-    modules = sorted(p.stem for p in (ROOT / "acl_bundle" / "cli").glob("*.py")
-                     if p.stem not in ("__init__", "base", "registry"))
+    modules = sorted(
+        p.stem for p in (ROOT / "acl_bundle" / "cli").glob("*.py") if p.stem not in ("__init__", "base", "registry")
+    )
     assert sorted(m for m, _c, _n in registry.COMMANDS) == modules  # one module per command, all registered
     assert main(["--help"]) == 0
     top = capsys.readouterr().out
@@ -38,8 +40,11 @@ def test_a_command_whose_extra_is_missing_is_listed_and_says_why(monkeypatch, ca
     from acl_bundle.cli import base
 
     real = base.missing_extra
-    monkeypatch.setattr(base, "missing_extra", lambda extra: "needs the 'serve' extra (uvicorn is not installed)"
-                        if extra == "serve" else real(extra))
+    monkeypatch.setattr(
+        base,
+        "missing_extra",
+        lambda extra: "needs the 'serve' extra (uvicorn is not installed)" if extra == "serve" else real(extra),
+    )
     assert main(["--help"]) == 0
     text = " ".join(capsys.readouterr().out.split())
     assert "with live weight updates [needs the 'serve' extra (uvicorn is not installed)]" in text
@@ -57,7 +62,9 @@ def test_a_command_module_that_fails_to_import_is_listed_with_the_reason(monkeyp
     assert "broken is unavailable: ModuleNotFoundError" in _error_line(capsys)
 
 
-@pytest.mark.parametrize("argv, what", [(["serve", "{om}"], "acl-bundle serve"), (["serve-bench", "--quick"], "serve-bench")])
+@pytest.mark.parametrize(
+    "argv, what", [(["serve", "{om}"], "acl-bundle serve"), (["serve-bench", "--quick"], "serve-bench")]
+)
 def test_serve_without_the_extra_names_the_extra(argv, what, make_bundle, monkeypatch, capsys):
     om, _ = make_bundle()
     monkeypatch.setitem(sys.modules, "uvicorn", None)
@@ -109,12 +116,13 @@ def test_bench_from_the_folder_holding_a_clone_named_acl_bundle(tmp_path):
     """The clone's folder (no __init__.py) in the working directory used to shadow the package in the bench's
     child interpreters: 'cannot import name __version__'."""
     (tmp_path / "acl_bundle").symlink_to(ROOT, target_is_directory=True)
-    code = ("import sys; sys.path[:] = [p for p in sys.path if p not in ('', '.')]; "
-            f"sys.path.insert(0, {str(ROOT)!r}); from acl_bundle.cli import main; "
-            "sys.exit(main(['bench', '--quick', '--only', '9', '--no-progress']))")
+    code = (
+        "import sys; sys.path[:] = [p for p in sys.path if p not in ('', '.')]; "
+        f"sys.path.insert(0, {str(ROOT)!r}); from acl_bundle.cli import main; "
+        "sys.exit(main(['bench', '--quick', '--only', '9', '--no-progress']))"
+    )
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "ACL_BUNDLE_BACKEND")}
-    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path, env=env,
-                       timeout=300)
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path, env=env, timeout=300)
     assert r.returncode == 0, r.stderr[-2000:]
     assert "cannot import name" not in r.stderr and "acl-bundle --help vs python -c pass" in r.stdout
 
@@ -122,10 +130,27 @@ def test_bench_from_the_folder_holding_a_clone_named_acl_bundle(tmp_path):
 def test_library_hints_are_phrased_for_the_command_line():
     from acl_bundle.cli.serve import CONFIG_NAMES, cli_phrasing
 
-    assert cli_phrasing("use rename= or strip_prefix= for another naming scheme") == \
-        "use --rename or --strip-prefix for another naming scheme"
+    assert (
+        cli_phrasing("use rename= or strip_prefix= for another naming scheme")
+        == "use --rename or --strip-prefix for another naming scheme"
+    )
     assert cli_phrasing("try strip_prefix='module.'") == "try --strip-prefix 'module.'"
     assert cli_phrasing("(pass allow_step_reset=True)") == "(pass --allow-step-reset)"
-    assert cli_phrasing("choose one with protocol='tf' or 'acl_bundle'") == "choose one with --protocol 'tf' or 'acl_bundle'"
+    assert (
+        cli_phrasing("choose one with protocol='tf' or 'acl_bundle'")
+        == "choose one with --protocol 'tf' or 'acl_bundle'"
+    )
     assert cli_phrasing("http_port must be 0..65535", CONFIG_NAMES) == "--http-port must be 0..65535"
     assert cli_phrasing("the instances of a class") == "the instances of a class"  # bare words only for config errors
+
+
+def test_a_tf_metagraph_given_as_a_checkpoint_is_named_for_what_it_is(make_bundle, tmp_path):
+    from acl_bundle import BundleModel, CheckpointError, load_checkpoint
+
+    om, _ = make_bundle()
+    meta = tmp_path / "model.ckpt-40.meta"
+    meta.write_bytes(b"\x0a\x00")
+    with BundleModel(om) as m, pytest.raises(CheckpointError) as ei:
+        load_checkpoint(meta, m)
+    msg = str(ei.value)
+    assert "is a TensorFlow MetaGraph" in msg and "model.ckpt-40'" in msg and ".npz" not in msg

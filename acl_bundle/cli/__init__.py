@@ -7,8 +7,10 @@ docstring is its help, listed in :mod:`acl_bundle.cli.registry`.  User mistakes 
 as one ``acl-bundle: error: ...`` line on stderr, exit code 2; library warnings as
 ``acl-bundle: warning: ...`` lines, phrased for the command line.
 """
+
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import sys
@@ -29,8 +31,9 @@ def _one_line(text: str) -> str:
 
 def build_parser() -> Parser:
     """Return the ``acl-bundle`` parser with every registered command."""
-    parser = Parser(prog=PROG, description="Tools for Ascend bundle models (updatable-weight .om files) and their "
-                                           "simulator.")
+    parser = Parser(
+        prog=PROG, description="Tools for Ascend bundle models (updatable-weight .om files) and their simulator."
+    )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=Parser)
     sub.required = True
     for command in load_commands():
@@ -51,10 +54,8 @@ class _Lines(logging.Handler):
 
     def emit(self, record: logging.LogRecord) -> None:
         label = "error" if record.levelno >= logging.ERROR else "warning"
-        try:
+        with contextlib.suppress(Exception):  # a broken stderr must not turn a warning into a crash
             print(f"{PROG}: {label}: {_one_line(record.getMessage())}", file=sys.stderr)
-        except Exception:  # a broken stderr must not turn a warning into a crash
-            pass
 
 
 def _quiet_stdout() -> None:
@@ -116,8 +117,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         if isinstance(e, AclError):  # the runtime refused (a bundle that does not load ...): its code and message
             print(f"{PROG}: error: {_one_line(str(e))}", file=sys.stderr)
             return EXIT_INTERNAL
-        print(f"{PROG}: error: unexpected {type(e).__name__}: {_one_line(str(e))} "
-              "(set ACL_BUNDLE_DEBUG=1 for the traceback)", file=sys.stderr)
+        print(
+            f"{PROG}: error: unexpected {type(e).__name__}: {_one_line(str(e))} "
+            "(set ACL_BUNDLE_DEBUG=1 for the traceback)",
+            file=sys.stderr,
+        )
         return EXIT_INTERNAL
     finally:
         lib_log.removeHandler(handler)

@@ -7,6 +7,7 @@ holds examples.  Heavy imports (numpy, onnx, the server stack) happen inside
 :meth:`Command.run` so ``--help`` stays fast.  A user mistake raises :class:`UsageError`
 and comes out as one ``acl-bundle: error: ...`` line, exit code 2.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -17,8 +18,16 @@ from typing import Any, ClassVar, NoReturn
 PROG = "acl-bundle"
 
 #: extra -> the module whose presence means the extra is installed (checked without importing it).
-EXTRA_MODULES = {"sim": "onnxruntime", "serve": "uvicorn", "ray": "ray", "tf": "tensorflow", "plot": "matplotlib",
-                 "watch": "watchdog", "safetensors": "safetensors", "s3": "s3fs"}
+EXTRA_MODULES = {
+    "sim": "onnxruntime",
+    "serve": "uvicorn",
+    "ray": "ray",
+    "tf": "tensorflow",
+    "plot": "matplotlib",
+    "watch": "watchdog",
+    "safetensors": "safetensors",
+    "s3": "s3fs",
+}
 
 
 class UsageError(Exception):
@@ -99,8 +108,13 @@ class Command:
         why = self.missing()
         summary = self.summary() + (f" [{why}]" if why else "")
         description = self.description() + (f"\n\nThis command {why}: {extra_hint(self.extras[0])}." if why else "")
-        p = sub.add_parser(self.name, help=summary, description=description, epilog=self.epilog,
-                           formatter_class=argparse.RawDescriptionHelpFormatter)
+        p = sub.add_parser(
+            self.name,
+            help=summary,
+            description=description,
+            epilog=self.epilog,
+            formatter_class=argparse.RawDescriptionHelpFormatter,
+        )
         self.add_arguments(p)
         p.set_defaults(func=self.run, command_obj=self)
         return p
@@ -113,6 +127,7 @@ class Command:
 
 
 # --- option values shared by several commands ------------------------------------------------
+
 
 def int_list(text: str, option: str) -> list[int]:
     """Comma-separated positive integers."""

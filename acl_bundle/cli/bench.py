@@ -1,4 +1,5 @@
 """``acl-bundle bench``: the wrapper's benchmarks (ratios measured side by side, on the simulator)."""
+
 from __future__ import annotations
 
 import argparse
@@ -8,9 +9,17 @@ import time
 from .base import Command, UsageError, int_list, output_file, require_extra
 
 #: the scenarios ``--help`` lists (without importing the benchmarks); a test checks they are bench.SCENARIOS
-SCENARIO_HELP = {1: "wrapper overhead", 2: "update proportional to change", 3: "update bandwidth",
-                 4: "update vs physical bound (numpy.copyto)", 5: "serving under updates", 6: "allocation discipline",
-                 7: "staging memory", 8: "pause caused by an update", 9: "start-up (whole processes)"}
+SCENARIO_HELP = {
+    1: "wrapper overhead",
+    2: "update proportional to change",
+    3: "update bandwidth",
+    4: "update vs physical bound (numpy.copyto)",
+    5: "serving under updates",
+    6: "allocation discipline",
+    7: "staging memory",
+    8: "pause caused by an update",
+    9: "start-up (whole processes)",
+}
 _FIRST, _LAST = min(SCENARIO_HELP), max(SCENARIO_HELP)
 
 _EPILOG = f"""\
@@ -59,7 +68,9 @@ class Bench(Command):
         plot = None
         if args.plot:
             if only is not None and not set(only) - {6}:
-                raise UsageError("--plot draws the ratio goals; scenario 6 only counts calls (add another scenario to --only)")
+                raise UsageError(
+                    "--plot draws the ratio goals; scenario 6 only counts calls (add another scenario to --only)"
+                )
             plot = output_file(args.plot, "--plot", "acl-bundle-bench.png", ".png")
             try:
                 import matplotlib  # noqa: F401

@@ -6,6 +6,7 @@ shapes), and :data:`TARGETS` maps ``--target`` to its function: :func:`build_sim
 (a simulator ``ModelFile``, saved and reported by :func:`report`) and
 :func:`build_ascend` (CANN's GE graph API through :mod:`acl_bundle.device_builder`).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -24,9 +25,16 @@ MAX_GEARS = 100  # ATC --dynamic_batch_size: "档位数取值范围为(1,100]" (
 MAX_BATCH = 1 << 16  # ATC recommends gear values in [1, 2048]; beyond this the buffers are absurd
 
 #: the library's parameter names -> this command's options (messages from the builders are re-phrased)
-OPTION_NAMES = {"batch_sizes": "--batch-sizes", "dynamic_image_size": "--dynamic-image-size",
-                "dynamic_dims": "--dynamic-dims", "variables": "--variables", "inputs": "--inputs",
-                "outputs": "--outputs", "signature": "--signature", "init": "--no-init"}
+OPTION_NAMES = {
+    "batch_sizes": "--batch-sizes",
+    "dynamic_image_size": "--dynamic-image-size",
+    "dynamic_dims": "--dynamic-dims",
+    "variables": "--variables",
+    "inputs": "--inputs",
+    "outputs": "--outputs",
+    "signature": "--signature",
+    "init": "--no-init",
+}
 
 _EPILOG = """\
 With --target sim (the default) the output loads on the
@@ -121,36 +129,92 @@ class Build(Command):
     epilog = _EPILOG
 
     def add_arguments(self, p: argparse.ArgumentParser) -> None:
-        p.add_argument("model", nargs="+", help="input ONNX model file (several: a bundle of plain graphs), or a "
-                       "TensorFlow frozen GraphDef (.pb) or SavedModel directory")
+        p.add_argument(
+            "model",
+            nargs="+",
+            help="input ONNX model file (several: a bundle of plain graphs), or a "
+            "TensorFlow frozen GraphDef (.pb) or SavedModel directory",
+        )
         p.add_argument("-o", "--output", metavar="OM", help="output .om path (default: MODEL with suffix .om)")
-        p.add_argument("--variables", metavar="A,B,...", help="initializers (TensorFlow: variable names, dense/kernel:0) "
-                       "to make variables, in update-input order (default: all floating-point ones; TF: every variable)")
-        p.add_argument("--no-init", action="store_true", help="omit the init graph and initial values (every variable "
-                       "must be updated before inference)")
-        p.add_argument("--plain", action="store_true", help="build a plain single-graph model (no variables, no "
-                       "manifest), as ATC would")
-        p.add_argument("--batch-sizes", "--dynamic_batch_size", metavar="N,N,...", help="dynamic batch sizes (like ATC "
-                       "--dynamic_batch_size); dim 0 of every input and output becomes the batch")
-        p.add_argument("--dynamic-image-size", "--dynamic_image_size", metavar="H,W;H,W", help="image size gears (like "
-                       "ATC --dynamic_image_size); the two non-static dims of each image input are height and width")
-        p.add_argument("--dynamic-dims", "--dynamic_dims", metavar="V,..;V,..", help="dims gears (like ATC "
-                       "--dynamic_dims): one value per non-static dim of all data inputs, in input order")
-        p.add_argument("--inputs", metavar="X:0[,..]", help="TensorFlow only: input tensors, optionally with a static "
-                       "shape x:0[1,8] (default: every placeholder / the signature's)")
-        p.add_argument("--outputs", metavar="Y:0[,..]", help="TensorFlow only: output tensors (required for a .pb; "
-                       "default: the signature's)")
-        p.add_argument("--signature", metavar="KEY", help="TensorFlow SavedModel only: signature to build (default "
-                       "serving_default)")
-        p.add_argument("--precision-mode", "--precision_mode", metavar="MODE", choices=PRECISION_MODES,
-                       help="GE precision mode (ATC --precision_mode: " + ", ".join(PRECISION_MODES) + "); the simulator "
-                       f"computes as the device would. Default: sim exact float32, ascend GE's default {PRECISION_DEFAULT}")
-        p.add_argument("--target", choices=tuple(TARGETS), default="sim",
-                       help="sim: a simulator bundle (default); ascend: a device bundle built with CANN's GE graph API")
-        p.add_argument("--soc-version", "--soc_version", metavar="SOC", help="--target ascend: the chip (ATC "
-                       "--soc_version, e.g. Ascend310P3)")
-        p.add_argument("--input-format", "--input_format", metavar="FMT", help="--target ascend: data input format "
-                       "(ATC --input_format: NCHW, NHWC, ND, ...)")
+        p.add_argument(
+            "--variables",
+            metavar="A,B,...",
+            help="initializers (TensorFlow: variable names, dense/kernel:0) "
+            "to make variables, in update-input order (default: all floating-point ones; TF: every variable)",
+        )
+        p.add_argument(
+            "--no-init",
+            action="store_true",
+            help="omit the init graph and initial values (every variable must be updated before inference)",
+        )
+        p.add_argument(
+            "--plain",
+            action="store_true",
+            help="build a plain single-graph model (no variables, no manifest), as ATC would",
+        )
+        p.add_argument(
+            "--batch-sizes",
+            "--dynamic_batch_size",
+            metavar="N,N,...",
+            help="dynamic batch sizes (like ATC "
+            "--dynamic_batch_size); dim 0 of every input and output becomes the batch",
+        )
+        p.add_argument(
+            "--dynamic-image-size",
+            "--dynamic_image_size",
+            metavar="H,W;H,W",
+            help="image size gears (like "
+            "ATC --dynamic_image_size); the two non-static dims of each image input are height and width",
+        )
+        p.add_argument(
+            "--dynamic-dims",
+            "--dynamic_dims",
+            metavar="V,..;V,..",
+            help="dims gears (like ATC "
+            "--dynamic_dims): one value per non-static dim of all data inputs, in input order",
+        )
+        p.add_argument(
+            "--inputs",
+            metavar="X:0[,..]",
+            help="TensorFlow only: input tensors, optionally with a static "
+            "shape x:0[1,8] (default: every placeholder / the signature's)",
+        )
+        p.add_argument(
+            "--outputs",
+            metavar="Y:0[,..]",
+            help="TensorFlow only: output tensors (required for a .pb; default: the signature's)",
+        )
+        p.add_argument(
+            "--signature",
+            metavar="KEY",
+            help="TensorFlow SavedModel only: signature to build (default serving_default)",
+        )
+        p.add_argument(
+            "--precision-mode",
+            "--precision_mode",
+            metavar="MODE",
+            choices=PRECISION_MODES,
+            help="GE precision mode (ATC --precision_mode: " + ", ".join(PRECISION_MODES) + "); the simulator "
+            f"computes as the device would. Default: sim exact float32, ascend GE's default {PRECISION_DEFAULT}",
+        )
+        p.add_argument(
+            "--target",
+            choices=tuple(TARGETS),
+            default="sim",
+            help="sim: a simulator bundle (default); ascend: a device bundle built with CANN's GE graph API",
+        )
+        p.add_argument(
+            "--soc-version",
+            "--soc_version",
+            metavar="SOC",
+            help="--target ascend: the chip (ATC --soc_version, e.g. Ascend310P3)",
+        )
+        p.add_argument(
+            "--input-format",
+            "--input_format",
+            metavar="FMT",
+            help="--target ascend: data input format (ATC --input_format: NCHW, NHWC, ND, ...)",
+        )
 
     def run(self, args: argparse.Namespace) -> int:
         try:
@@ -198,11 +262,17 @@ def check_inputs(args: argparse.Namespace) -> BuildInputs:
     if not out.parent.is_dir():
         raise UsageError(f"output directory {out.parent} does not exist")
     batch_sizes = batch_sizes_option(args.batch_sizes) if args.batch_sizes is not None else None
-    hw = builder.parse_gears(args.dynamic_image_size, "--dynamic-image-size", width=2) if args.dynamic_image_size is not None else None
+    hw = (
+        builder.parse_gears(args.dynamic_image_size, "--dynamic-image-size", width=2)
+        if args.dynamic_image_size is not None
+        else None
+    )
     dims = builder.parse_gears(args.dynamic_dims, "--dynamic-dims") if args.dynamic_dims is not None else None
     if tf_model and (hw is not None or dims is not None):
-        raise UsageError("--dynamic-image-size and --dynamic-dims apply to ONNX models; give a TensorFlow model "
-                         "--batch-sizes or static shapes (--inputs x:0[1,8])")
+        raise UsageError(
+            "--dynamic-image-size and --dynamic-dims apply to ONNX models; give a TensorFlow model "
+            "--batch-sizes or static shapes (--inputs x:0[1,8])"
+        )
     return BuildInputs(srcs, tf_model, src, out, batch_sizes, hw, dims)
 
 
@@ -220,10 +290,17 @@ def build_sim(args: argparse.Namespace) -> int:
         if inp.tf_model:
             mf = _build_tf(args, src, inp.batch_sizes)
         elif len(srcs) > 1:
-            if (args.plain or args.variables is not None or args.no_init or args.precision_mode
-                    or any(v is not None for v in dynamic.values())):
-                raise UsageError("several models make a bundle of plain static graphs: no --plain, --variables, --no-init, "
-                                 "--precision-mode or dynamic shapes")
+            if (
+                args.plain
+                or args.variables is not None
+                or args.no_init
+                or args.precision_mode
+                or any(v is not None for v in dynamic.values())
+            ):
+                raise UsageError(
+                    "several models make a bundle of plain static graphs: no --plain, --variables, --no-init, "
+                    "--precision-mode or dynamic shapes"
+                )
             mf = builder.build_plain_bundle(srcs)
         elif args.plain:
             if args.variables is not None or args.no_init:
@@ -247,8 +324,10 @@ def build_sim(args: argparse.Namespace) -> int:
         big = max(mf.batch_sizes)
         need = sum(t.nbytes(big) for t in (*mf.graphs[0].inputs, *mf.graphs[0].outputs))
         if need > budget:
-            raise UsageError(f"--batch-sizes: batch {big} needs {need:,} bytes of input and output buffers per call, "
-                             f"more than the simulator's {budget:,} bytes of device memory")
+            raise UsageError(
+                f"--batch-sizes: batch {big} needs {need:,} bytes of input and output buffers per call, "
+                f"more than the simulator's {budget:,} bytes of device memory"
+            )
     om_path, man_path = builder.save(mf, inp.out)
     report(mf, om_path, man_path)
     return 0
@@ -261,14 +340,21 @@ def build_ascend(args: argparse.Namespace) -> int:
 
     srcs, tf_model, src, out, batch_sizes, hw, dims = check_inputs(args)
     if len(srcs) > 1 or args.plain:
-        raise UsageError("--target ascend builds weight-update bundles of one model; --plain and several models are --target sim only")
+        raise UsageError(
+            "--target ascend builds weight-update bundles of one model; "
+            "--plain and several models are --target sim only"
+        )
     if tf_model and src.is_dir():
-        raise UsageError(f"--target ascend takes a frozen GraphDef (.pb), not a SavedModel directory ({src}): freeze it "
-                         "first (samples/tf_device_bundle.py shows how)")
+        raise UsageError(
+            f"--target ascend takes a frozen GraphDef (.pb), not a SavedModel directory ({src}): freeze it "
+            "first (samples/tf_device_bundle.py shows how)"
+        )
     if args.signature:
         raise UsageError("--signature applies to SavedModels, which --target ascend does not take")
     if not args.soc_version:
-        raise UsageError("--target ascend needs --soc-version, the chip to build for (e.g. Ascend310P3; `npu-smi info` shows it)")
+        raise UsageError(
+            "--target ascend needs --soc-version, the chip to build for (e.g. Ascend310P3; `npu-smi info` shows it)"
+        )
     shapes: dict[str, tuple[int, ...]] = {}
     names: list[str] = []
     for spec in tensor_list(args.inputs, "--inputs") if args.inputs else []:
@@ -280,11 +366,20 @@ def build_ascend(args: argparse.Namespace) -> int:
             shapes[name[:-2]] = shape
     try:
         _om, _man, text = device_builder.build_device_bundle(
-            src, out, soc_version=args.soc_version, precision_mode=args.precision_mode,
+            src,
+            out,
+            soc_version=args.soc_version,
+            precision_mode=args.precision_mode,
             variables=name_list(args.variables, "--variables") if args.variables is not None else None,
-            init=not args.no_init, input_shapes=shapes or None, input_names=names or None,
-            outputs=tensor_list(args.outputs, "--outputs") if args.outputs else None, input_format=args.input_format,
-            batch_sizes=batch_sizes, dynamic_image_size=hw, dynamic_dims=dims)
+            init=not args.no_init,
+            input_shapes=shapes or None,
+            input_names=names or None,
+            outputs=tensor_list(args.outputs, "--outputs") if args.outputs else None,
+            input_format=args.input_format,
+            batch_sizes=batch_sizes,
+            dynamic_image_size=hw,
+            dynamic_dims=dims,
+        )
     except device_builder.DeviceBuildUnavailable as e:
         raise UsageError(str(e)) from None
     except device_builder.DeviceBuildError as e:
@@ -298,6 +393,38 @@ def build_ascend(args: argparse.Namespace) -> int:
 TARGETS: dict[str, Callable[[argparse.Namespace], int]] = {"sim": build_sim, "ascend": build_ascend}
 
 
+#: TensorFlow's start-up lines, printed by its C++ runtime before absl's logging is set up (so
+#: TF_CPP_MIN_LOG_LEVEL does not hide them) and once per native library: twice per import.
+_TF_NOISE = re.compile(
+    r"^(WARNING: All log messages before absl::InitializeLog\(\) is called are written to STDERR"
+    r"|[IW]\d{4} .*\] (oneDNN custom operations are on|This TensorFlow binary is optimized)"
+    r"|To enable the following instructions:)"
+)
+
+
+def import_tensorflow_quietly() -> None:
+    """Import TensorFlow with its C++ start-up lines dropped; anything else it prints comes through, once."""
+    if "tensorflow" in sys.modules:
+        return
+    import tempfile
+
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as capture:
+        os.dup2(capture.fileno(), 2)
+        try:
+            import tensorflow  # noqa: F401
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+            capture.seek(0)
+            seen: set[str] = set()
+            for line in capture.read().decode(errors="replace").splitlines():
+                if line and not _TF_NOISE.match(line) and line not in seen:
+                    seen.add(line)
+                    print(line, file=sys.stderr)
+
+
 def _build_tf(args: argparse.Namespace, src: Path, batch_sizes: list[int] | None) -> Any:
     import logging
 
@@ -306,6 +433,7 @@ def _build_tf(args: argparse.Namespace, src: Path, batch_sizes: list[int] | None
     if args.plain:
         raise UsageError("--plain applies to ONNX models; a TensorFlow model is built as a bundle")
     try:
+        import_tensorflow_quietly()
         from ..sim import tf_builder
 
         return tf_builder.build_bundle_from_tf(
@@ -313,7 +441,9 @@ def _build_tf(args: argparse.Namespace, src: Path, batch_sizes: list[int] | None
             inputs=tensor_list(args.inputs, "--inputs") if args.inputs else None,
             outputs=tensor_list(args.outputs, "--outputs") if args.outputs else None,
             variables=name_list(args.variables, "--variables") if args.variables is not None else None,
-            signature=args.signature, init=not args.no_init, batch_sizes=batch_sizes,
+            signature=args.signature,
+            init=not args.no_init,
+            batch_sizes=batch_sizes,
             precision_mode=args.precision_mode,
         )
     except ImportError as e:
@@ -327,7 +457,10 @@ def report(mf: Any, om_path: Path, man_path: Path | None) -> None:
     print(f"wrote {om_path} ({size:,} bytes): {mf.kind} model, graphs {graphs}")
     if mf.variables:
         var_bytes = sum(v.nbytes() for v in mf.variables)
-        print(f"  {len(mf.variables)} variables, {var_bytes:,} bytes" + ("" if mf.initial_values else " (no initial values)"))
+        print(
+            f"  {len(mf.variables)} variables, {var_bytes:,} bytes"
+            + ("" if mf.initial_values else " (no initial values)")
+        )
     if mf.batch_sizes:
         print(f"  batch sizes {','.join(map(str, mf.batch_sizes))}")
     if mf.dynamic_hw or mf.dynamic_dims:

@@ -1,4 +1,5 @@
 """``acl-bundle demo``: online learning end to end on the simulator."""
+
 from __future__ import annotations
 
 import argparse
@@ -32,17 +33,38 @@ class Demo(Command):
     epilog = _EPILOG
 
     def add_arguments(self, p: argparse.ArgumentParser) -> None:
-        p.add_argument("--ticks", type=int, default=60, metavar="N", help="stream length in ticks (default 60, min 20); "
-                       "the drift spans ticks N/6 .. 3N/4")
-        p.add_argument("--seed", type=int, default=0, help="random seed; a seed reproduces the accuracies exactly (default 0)")
-        p.add_argument("--checkpoint-every", type=int, default=2, metavar="K", help="trainer commits a checkpoint every "
-                       "K ticks (default 2)")
-        p.add_argument("--plot", metavar="PNG", help="also draw both accuracy curves and the update latencies to PNG "
-                       "(or into a directory); its directory must exist")
-        p.add_argument("--dir", metavar="DIR", help="keep the bundle and checkpoints in DIR, created if missing (its "
-                       "parent must exist; default: a temp dir, removed)")
-        p.add_argument("--fast", action="store_true", help="no pause between ticks (the default paces the table to be "
-                       "watchable)")
+        p.add_argument(
+            "--ticks",
+            type=int,
+            default=60,
+            metavar="N",
+            help="stream length in ticks (default 60, min 20); the drift spans ticks N/6 .. 3N/4",
+        )
+        p.add_argument(
+            "--seed", type=int, default=0, help="random seed; a seed reproduces the accuracies exactly (default 0)"
+        )
+        p.add_argument(
+            "--checkpoint-every",
+            type=int,
+            default=2,
+            metavar="K",
+            help="trainer commits a checkpoint every K ticks (default 2)",
+        )
+        p.add_argument(
+            "--plot",
+            metavar="PNG",
+            help="also draw both accuracy curves and the update latencies to PNG "
+            "(or into a directory); its directory must exist",
+        )
+        p.add_argument(
+            "--dir",
+            metavar="DIR",
+            help="keep the bundle and checkpoints in DIR, created if missing (its "
+            "parent must exist; default: a temp dir, removed)",
+        )
+        p.add_argument(
+            "--fast", action="store_true", help="no pause between ticks (the default paces the table to be watchable)"
+        )
 
     def run(self, args: argparse.Namespace) -> int:
         if args.ticks < 20:
@@ -60,8 +82,11 @@ class Demo(Command):
         from .. import demo
 
         cfg = demo.DemoConfig(
-            ticks=args.ticks, seed=args.seed, checkpoint_every=args.checkpoint_every,
-            drift_start=args.ticks // 6, drift_end=(3 * args.ticks) // 4,
+            ticks=args.ticks,
+            seed=args.seed,
+            checkpoint_every=args.checkpoint_every,
+            drift_start=args.ticks // 6,
+            drift_end=(3 * args.ticks) // 4,
             pace=0.0 if args.fast else demo.DemoConfig.pace,
             print_every=max(1, args.ticks // 12),
         )

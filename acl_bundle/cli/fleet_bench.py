@@ -1,4 +1,5 @@
 """``acl-bundle fleet-bench``: a Ray fleet's publish against one replica's update."""
+
 from __future__ import annotations
 
 import argparse

@@ -1,4 +1,5 @@
 """``acl-bundle inspect``: what a bundle .om holds, loaded through the public :class:`~acl_bundle.BundleModel`."""
+
 from __future__ import annotations
 
 import argparse
@@ -39,15 +40,23 @@ def describe(path: Path, acl: Any, manifest: str | None, device: int) -> dict[st
         "file": str(path),
         "bytes": path.stat().st_size,
         "bundle_id": d.bundle_id,
-        "graphs": [{"role": role, "model_id": d.model_ids[role]} for role in ("infer", "init", "update")
-                   if role in d.model_ids],
+        "graphs": [
+            {"role": role, "model_id": d.model_ids[role]} for role in ("infer", "init", "update") if role in d.model_ids
+        ],
         "has_init": d.has_init,
         "batch_sizes": list(d.batch_sizes),
         "inputs": [tensor(t) for t in d.inputs],
         "outputs": [tensor(t) for t in d.outputs],
-        "variables": [{"index": v.index, "name": v.name, "dtype": v.dtype.name,
-                       "shape": list(v.shape) if v.shape is not None else None, "nbytes": v.nbytes}
-                      for v in d.variables],
+        "variables": [
+            {
+                "index": v.index,
+                "name": v.name,
+                "dtype": v.dtype.name,
+                "shape": list(v.shape) if v.shape is not None else None,
+                "nbytes": v.nbytes,
+            }
+            for v in d.variables
+        ],
         "manifest": d.manifest,
     }
 
@@ -65,8 +74,11 @@ class Inspect(Command):
 
     def add_arguments(self, p: argparse.ArgumentParser) -> None:
         p.add_argument("bundle", help="bundle .om file")
-        p.add_argument("--manifest", metavar="JSON", help="manifest with the variable shapes (default: "
-                       "<bundle>.manifest.json if present)")
+        p.add_argument(
+            "--manifest",
+            metavar="JSON",
+            help="manifest with the variable shapes (default: <bundle>.manifest.json if present)",
+        )
         p.add_argument("--json", action="store_true", help="print one JSON object instead of tables")
         p.add_argument("--sim", action="store_true", help="load on the simulator, whatever the file")
         p.add_argument("--device", type=int, default=0, metavar="ID", help="device id (default 0)")
@@ -116,7 +128,9 @@ def _fmt_shape(shape: Any) -> str:
 def _table(rows: list[list[str]], indent: str = "  ") -> None:
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     for r in rows:
-        cells = [c.rjust(w) if c[:1].isdigit() and i == len(r) - 1 else c.ljust(w) for i, (c, w) in enumerate(zip(r, widths))]
+        cells = [
+            c.rjust(w) if c[:1].isdigit() and i == len(r) - 1 else c.ljust(w) for i, (c, w) in enumerate(zip(r, widths))
+        ]
         print((indent + "  ".join(cells)).rstrip())
 
 
@@ -124,20 +138,32 @@ def print_info(info: dict[str, Any]) -> None:
     graphs = ", ".join(f"{g['role']} (model id {g['model_id']})" for g in info["graphs"])
     print(f"{info['file']}: bundle model, {info['bytes']:,} bytes, loaded on the {info['backend']}")
     print(f"  bundle id {info['bundle_id']}; {len(info['graphs'])} graphs: {graphs}")
-    print(f"  init graph: {'present (not run by inspect)' if info['has_init'] else 'absent (update every variable before inferring)'}")
+    print(
+        "  init graph: "
+        + ("present (not run by inspect)" if info["has_init"] else "absent (update every variable before inferring)")
+    )
     print(f"  batch sizes: {', '.join(map(str, info['batch_sizes'])) if info['batch_sizes'] else 'static'}")
 
     def tensors(title: str, items: list[dict[str, Any]]) -> None:
         print(f"{title} ({len(items)}):")
         if items:
-            _table([["name", "dtype", "shape", "bytes"]] + [
-                [t["name"], t["dtype"], _fmt_shape(t["shape"]), "-" if t["nbytes"] is None else f"{t['nbytes']:,}"]
-                for t in items])
+            _table(
+                [["name", "dtype", "shape", "bytes"]]
+                + [
+                    [t["name"], t["dtype"], _fmt_shape(t["shape"]), "-" if t["nbytes"] is None else f"{t['nbytes']:,}"]
+                    for t in items
+                ]
+            )
 
     tensors("inputs", info["inputs"])
     tensors("outputs", info["outputs"])
     total = sum(v["nbytes"] for v in info["variables"])
     src = f"shapes from {info['manifest']}" if info["manifest"] else "no manifest: shapes as the runtime reports them"
     print(f"variables ({len(info['variables'])}, {total:,} bytes; {src}):")
-    _table([["#", "name", "dtype", "shape", "bytes"]] + [
-        [str(v["index"]), v["name"], v["dtype"], _fmt_shape(v["shape"]), f"{v['nbytes']:,}"] for v in info["variables"]])
+    _table(
+        [["#", "name", "dtype", "shape", "bytes"]]
+        + [
+            [str(v["index"]), v["name"], v["dtype"], _fmt_shape(v["shape"]), f"{v['nbytes']:,}"]
+            for v in info["variables"]
+        ]
+    )

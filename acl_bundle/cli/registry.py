@@ -4,6 +4,7 @@ Add a command: write ``acl_bundle/cli/<module>.py`` with a :class:`~acl_bundle.c
 subclass and list it in :data:`COMMANDS`.  A command module that fails to import is
 still listed, as a command that says why it cannot run.
 """
+
 from __future__ import annotations
 
 import argparse

@@ -1,4 +1,5 @@
 """``acl-bundle serve``: one bundle over REST and gRPC, with guarded live weight updates."""
+
 from __future__ import annotations
 
 import argparse
@@ -30,16 +31,27 @@ examples:
 
 #: Python keyword arguments named in library messages -> this command's options
 OPTION_NAMES = [
-    ("allow_step_reset=True", "--allow-step-reset"), ("allow_unmatched=True", "--allow-unmatched"),
-    ("allow_partial=True", "--allow-partial"), ("rename=", "--rename"), ("strip_prefix=", "--strip-prefix"),
-    ("protocol=", "--protocol"), ("check=None", "--no-finite-check"),
+    ("allow_step_reset=True", "--allow-step-reset"),
+    ("allow_unmatched=True", "--allow-unmatched"),
+    ("allow_partial=True", "--allow-partial"),
+    ("rename=", "--rename"),
+    ("strip_prefix=", "--strip-prefix"),
+    ("protocol=", "--protocol"),
+    ("check=None", "--no-finite-check"),
 ]
 #: ServeConfig fields named in its errors -> options (only for those errors: the words are common)
 CONFIG_NAMES = [
-    ("http_port", "--http-port"), ("grpc_port", "--grpc-port"), ("max_request_bytes", "--max-request-bytes"),
-    ("max_update_bytes", "--max-update-bytes"), ("max_queue_delay", "--max-queue-delay-us"),
-    ("drain_timeout", "--drain-timeout"), ("poll_interval", "--poll-interval"), ("model_name", "--model-name"),
-    ("instances", "--instances"), ("history_bytes", "--history-bytes"), ("history", "--history"),
+    ("http_port", "--http-port"),
+    ("grpc_port", "--grpc-port"),
+    ("max_request_bytes", "--max-request-bytes"),
+    ("max_update_bytes", "--max-update-bytes"),
+    ("max_queue_delay", "--max-queue-delay-us"),
+    ("drain_timeout", "--drain-timeout"),
+    ("poll_interval", "--poll-interval"),
+    ("model_name", "--model-name"),
+    ("instances", "--instances"),
+    ("history_bytes", "--history-bytes"),
+    ("history", "--history"),
 ]
 
 
@@ -52,8 +64,13 @@ def cli_phrasing(message: str, names: list[tuple[str, str]] = OPTION_NAMES) -> s
         return lambda m: option + (" " + m.group(1) if m.group(1) and m.group(1) not in ",.;:)/" else m.group(1))
 
     for param, option in names:
-        message = re.sub(rf"(?<![\w\-.]){re.escape(param)}(?![\w])(\S?)" if param[-1].isalnum() and "=" not in param
-                         else rf"(?<![\w\-.]){re.escape(param)}(\S?)", sub(option), message)
+        message = re.sub(
+            rf"(?<![\w\-.]){re.escape(param)}(?![\w])(\S?)"
+            if param[-1].isalnum() and "=" not in param
+            else rf"(?<![\w\-.]){re.escape(param)}(\S?)",
+            sub(option),
+            message,
+        )
     return message
 
 
@@ -89,46 +106,109 @@ class Serve(Command):
     def add_arguments(self, p: argparse.ArgumentParser) -> None:
         p.add_argument("bundle", help="bundle .om file")
         p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this host only)")
-        p.add_argument("--http-port", type=int, default=8000, metavar="N", help="REST port (default 8000; 0 = any free)")
-        p.add_argument("--grpc-port", type=int, default=8001, metavar="N", help="gRPC port (default 8001; 0 = any free)")
+        p.add_argument(
+            "--http-port", type=int, default=8000, metavar="N", help="REST port (default 8000; 0 = any free)"
+        )
+        p.add_argument(
+            "--grpc-port", type=int, default=8001, metavar="N", help="gRPC port (default 8001; 0 = any free)"
+        )
         p.add_argument("--no-grpc", action="store_true", help="serve REST only")
-        p.add_argument("--model-name", metavar="NAME", help="name to serve the model under (default: the file name without .om)")
+        p.add_argument(
+            "--model-name", metavar="NAME", help="name to serve the model under (default: the file name without .om)"
+        )
         g = p.add_argument_group("weight updates (REST, gRPC and --watch)")
-        g.add_argument("--update-token-file", metavar="FILE", help="file holding the bearer token that enables weight "
-                       "updates and rollback over the wire (default: off)")
-        g.add_argument("--no-finite-check", dest="finite_check", action="store_false",
-                       help="apply weights holding NaN/Inf too, on every route (default: refuse them, nothing changes)")
-        g.add_argument("--history", type=int, default=4, metavar="N", help="weight sets kept for rollback (default 4; "
-                       "0 = no rollback)")
-        g.add_argument("--history-bytes", type=int, default=None, metavar="N", help="host bytes the history may hold "
-                       "(default: BundleModel's, 512 MiB)")
-        g.add_argument("--max-update-bytes", type=int, default=1 << 30, metavar="N", help="largest weight update, REST "
-                       "body or gRPC message (default 1 GiB)")
-        g.add_argument("--require-weights", action="store_true", help="not ready until the first update or checkpoint is applied")
+        g.add_argument(
+            "--update-token-file",
+            metavar="FILE",
+            help="file holding the bearer token that enables weight updates and rollback over the wire (default: off)",
+        )
+        g.add_argument(
+            "--no-finite-check",
+            dest="finite_check",
+            action="store_false",
+            help="apply weights holding NaN/Inf too, on every route (default: refuse them, nothing changes)",
+        )
+        g.add_argument(
+            "--history",
+            type=int,
+            default=4,
+            metavar="N",
+            help="weight sets kept for rollback (default 4; 0 = no rollback)",
+        )
+        g.add_argument(
+            "--history-bytes",
+            type=int,
+            default=None,
+            metavar="N",
+            help="host bytes the history may hold (default: BundleModel's, 512 MiB)",
+        )
+        g.add_argument(
+            "--max-update-bytes",
+            type=int,
+            default=1 << 30,
+            metavar="N",
+            help="largest weight update, REST body or gRPC message (default 1 GiB)",
+        )
+        g.add_argument(
+            "--require-weights", action="store_true", help="not ready until the first update or checkpoint is applied"
+        )
         w = p.add_argument_group("checkpoint watching (CheckpointWatcher options)")
         w.add_argument("--watch", metavar="DIR", help="apply each new checkpoint committed in DIR")
-        w.add_argument("--poll-interval", type=float, default=0.5, metavar="S", help="--watch poll interval (default 0.5 s)")
-        w.add_argument("--allow-step-reset", action="store_true",
-                       help="the most recently committed checkpoint wins even with a lower step (trainer restarted at 0)")
+        w.add_argument(
+            "--poll-interval", type=float, default=0.5, metavar="S", help="--watch poll interval (default 0.5 s)"
+        )
+        w.add_argument(
+            "--allow-step-reset",
+            action="store_true",
+            help="the most recently committed checkpoint wins even with a lower step (trainer restarted at 0)",
+        )
         w.add_argument("--strip-prefix", metavar="P", help="strip P from checkpoint names (e.g. module.)")
-        w.add_argument("--rename", action="append", type=_rename, metavar="CKPT=VAR",
-                       help="map a checkpoint name to a variable name (repeatable)")
-        w.add_argument("--protocol", choices=("auto", "acl_bundle", "tf"), default="auto",
-                       help="checkpoint protocol: acl_bundle markers, TensorFlow's 'checkpoint' file, or auto (default)")
+        w.add_argument(
+            "--rename",
+            action="append",
+            type=_rename,
+            metavar="CKPT=VAR",
+            help="map a checkpoint name to a variable name (repeatable)",
+        )
+        w.add_argument(
+            "--protocol",
+            choices=("auto", "acl_bundle", "tf"),
+            default="auto",
+            help="checkpoint protocol: acl_bundle markers, TensorFlow's 'checkpoint' file, or auto (default)",
+        )
         w.add_argument("--allow-partial", action="store_true", help="apply checkpoints holding only some variables")
         w.add_argument("--allow-unmatched", action="store_true", help="ignore checkpoint names no variable matches")
         s = p.add_argument_group("serving")
         s.add_argument("--no-dynamic-batching", action="store_true", help="run every request as its own infer call")
-        s.add_argument("--max-queue-delay-us", type=int, default=0, metavar="US", help="how long a request may wait for "
-                       "others to batch with (default 0: batch what is queued)")
-        s.add_argument("--instances", type=int, default=2, metavar="N", help="infer calls (batches) running at once (default 2)")
-        s.add_argument("--max-request-bytes", type=int, default=64 << 20, metavar="N", help="largest infer request, "
-                       "REST body or gRPC message (default 64 MiB)")
-        s.add_argument("--drain-timeout", type=float, default=10.0, metavar="S", help="on SIGTERM, wait this long for "
-                       "in-flight requests (default 10 s)")
+        s.add_argument(
+            "--max-queue-delay-us",
+            type=int,
+            default=0,
+            metavar="US",
+            help="how long a request may wait for others to batch with (default 0: batch what is queued)",
+        )
+        s.add_argument(
+            "--instances", type=int, default=2, metavar="N", help="infer calls (batches) running at once (default 2)"
+        )
+        s.add_argument(
+            "--max-request-bytes",
+            type=int,
+            default=64 << 20,
+            metavar="N",
+            help="largest infer request, REST body or gRPC message (default 64 MiB)",
+        )
+        s.add_argument(
+            "--drain-timeout",
+            type=float,
+            default=10.0,
+            metavar="S",
+            help="on SIGTERM, wait this long for in-flight requests (default 10 s)",
+        )
         s.add_argument("--device", type=int, default=0, metavar="ID", help="device id (default 0)")
         s.add_argument("--sim", action="store_true", help="run on the simulator, whatever the file")
-        s.add_argument("--log-format", choices=("text", "json"), default="text", help="log lines as text or one JSON object each")
+        s.add_argument(
+            "--log-format", choices=("text", "json"), default="text", help="log lines as text or one JSON object each"
+        )
         s.add_argument("--no-access-log", dest="access_log", action="store_false", help="no log line per request")
 
     def run(self, args: argparse.Namespace) -> int:
@@ -136,10 +216,18 @@ class Serve(Command):
             raise UsageError(f"--max-queue-delay-us must be >= 0, got {args.max_queue_delay_us}")
         if args.history < 0 or (args.history_bytes is not None and args.history_bytes < 0):
             raise UsageError("--history and --history-bytes must be >= 0")
-        watch_only = [o for o, v in (("--strip-prefix", args.strip_prefix), ("--rename", args.rename),
-                                     ("--allow-partial", args.allow_partial), ("--allow-unmatched", args.allow_unmatched),
-                                     ("--allow-step-reset", args.allow_step_reset),
-                                     ("--protocol", args.protocol != "auto")) if v]
+        watch_only = [
+            o
+            for o, v in (
+                ("--strip-prefix", args.strip_prefix),
+                ("--rename", args.rename),
+                ("--allow-partial", args.allow_partial),
+                ("--allow-unmatched", args.allow_unmatched),
+                ("--allow-step-reset", args.allow_step_reset),
+                ("--protocol", args.protocol != "auto"),
+            )
+            if v
+        ]
         if watch_only and args.watch is None:
             raise UsageError(f"{', '.join(watch_only)} apply to --watch; give --watch DIR")
         try:
@@ -153,19 +241,40 @@ class Serve(Command):
             acl = _backend.resolve_acl(source=args.bundle, force_sim=args.sim, interface="cli")
         except BackendNotFoundError as e:
             raise UsageError(str(e)) from None
-        watch_options = {"strip_prefix": args.strip_prefix, "rename": dict(args.rename) if args.rename else None,
-                         "protocol": args.protocol, "allow_partial": args.allow_partial,
-                         "allow_unmatched": args.allow_unmatched}
-        history = {"history": args.history} | ({"history_bytes": args.history_bytes} if args.history_bytes is not None else {})
+        watch_options = {
+            "strip_prefix": args.strip_prefix,
+            "rename": dict(args.rename) if args.rename else None,
+            "protocol": args.protocol,
+            "allow_partial": args.allow_partial,
+            "allow_unmatched": args.allow_unmatched,
+        }
+        history = {"history": args.history} | (
+            {"history_bytes": args.history_bytes} if args.history_bytes is not None else {}
+        )
         cfg = ServeConfig(
-            args.bundle, host=args.host, http_port=args.http_port, grpc_port=None if args.no_grpc else args.grpc_port,
-            model_name=args.model_name, watch=args.watch, poll_interval=args.poll_interval,
-            watch_finite_check=args.finite_check, watch_allow_step_reset=args.allow_step_reset,
-            watch_options=watch_options, finite_check=args.finite_check, model_options=history,
-            update_token_file=args.update_token_file, require_weights=args.require_weights,
-            dynamic_batching=not args.no_dynamic_batching, max_queue_delay=args.max_queue_delay_us / 1e6,
-            instances=args.instances, max_request_bytes=args.max_request_bytes, max_update_bytes=args.max_update_bytes,
-            drain_timeout=args.drain_timeout, device_id=args.device, acl=acl)
+            args.bundle,
+            host=args.host,
+            http_port=args.http_port,
+            grpc_port=None if args.no_grpc else args.grpc_port,
+            model_name=args.model_name,
+            watch=args.watch,
+            poll_interval=args.poll_interval,
+            watch_finite_check=args.finite_check,
+            watch_allow_step_reset=args.allow_step_reset,
+            watch_options=watch_options,
+            finite_check=args.finite_check,
+            model_options=history,
+            update_token_file=args.update_token_file,
+            require_weights=args.require_weights,
+            dynamic_batching=not args.no_dynamic_batching,
+            max_queue_delay=args.max_queue_delay_us / 1e6,
+            instances=args.instances,
+            max_request_bytes=args.max_request_bytes,
+            max_update_bytes=args.max_update_bytes,
+            drain_timeout=args.drain_timeout,
+            device_id=args.device,
+            acl=acl,
+        )
         try:
             server = Server(cfg)
         except ValueError as e:

@@ -1,4 +1,5 @@
 """``acl-bundle serve-bench``: the server on loopback, measured."""
+
 from __future__ import annotations
 
 import argparse

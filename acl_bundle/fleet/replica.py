@@ -32,7 +32,7 @@ class ReplicaActor:
         self._wake = threading.Event()
         self._delay("init_delay")
         acl = resolve_acl(source=bundle, force_sim=backend == "sim")  # the rule BundleModel applies
-        if is_simulator(acl):  # however the simulator was chosen, this process's simulated host has a device per replica
+        if is_simulator(acl):  # however the simulator was chosen, this simulated host has a device per replica
             from .. import sim
 
             sim.configure(device_count=max(2, device_id + 1))

@@ -1,13 +1,14 @@
 """A fleet of 3 simulated replicas works however the simulator was chosen (issue 23): the replicas apply the
 backend rule BundleModel does, and a simulated host has a device per replica."""
+
 from __future__ import annotations
 
 import numpy as np
 import pytest
+from helpers import reference
 
 from acl_bundle import sim
 from acl_bundle.sim import builder, models
-from helpers import reference
 
 ray = pytest.importorskip("ray")
 

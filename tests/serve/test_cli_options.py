@@ -1,14 +1,15 @@
 """``acl-bundle serve`` offers the watcher options its messages mention, and phrases them as options (issue 23)."""
+
 from __future__ import annotations
 
 import json
 import time
 
 import numpy as np
+from helpers import reference
 
 from acl_bundle import write_checkpoint
 from conftest import build_bundle, new_weights, serve_process
-from helpers import reference
 
 
 def _wait_for(srv, text, timeout=30):
@@ -42,8 +43,18 @@ def test_strip_prefix_and_rename_reach_the_watcher_and_hints_name_the_options(tm
         # the hint is for this interface: options, not Python keyword arguments
         assert "--strip-prefix" in log or "--rename" in log, log
         assert "strip_prefix=" not in log and "rename=" not in log, log
-    with serve_process(tmp_path / "b", "--watch", str(ckpts), "--poll-interval", "0.05", "--require-weights",
-                       "--strip-prefix", "module.", "--rename", "head.b=fc1.bias") as srv:
+    with serve_process(
+        tmp_path / "b",
+        "--watch",
+        str(ckpts),
+        "--poll-interval",
+        "0.05",
+        "--require-weights",
+        "--strip-prefix",
+        "module.",
+        "--rename",
+        "head.b=fc1.bias",
+    ) as srv:
         x = np.random.default_rng(3).standard_normal((2, 8)).astype(np.float32)
         y, params = _infer(srv, x)
         assert params == {"weight_version": 1, "checkpoint_step": 4}
@@ -66,7 +77,11 @@ def test_watch_options_without_watch_are_refused(tmp_path):
     import sys
 
     om, _ = build_bundle(tmp_path)
-    r = subprocess.run([sys.executable, "-m", "acl_bundle", "serve", str(om), "--strip-prefix", "module.",
-                        "--protocol", "tf"], capture_output=True, text=True, timeout=60)
+    r = subprocess.run(
+        [sys.executable, "-m", "acl_bundle", "serve", str(om), "--strip-prefix", "module.", "--protocol", "tf"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert r.returncode == 2
     assert r.stderr == "acl-bundle: error: --strip-prefix, --protocol apply to --watch; give --watch DIR\n"

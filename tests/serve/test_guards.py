@@ -4,6 +4,7 @@ rollback over the wire (REST route and gRPC load parameter) needs the token and 
 A real ``acl-bundle serve`` process on loopback, started with no ``--sim`` and no ``ACL_BUNDLE_BACKEND``:
 the bundle is in the simulator's format, so it runs there by itself.
 """
+
 from __future__ import annotations
 
 import base64
@@ -15,11 +16,11 @@ import numpy as np
 import pytest
 import tritonclient.grpc as grpcclient
 import tritonclient.http as httpclient
+from helpers import reference
 from tritonclient.grpc import service_pb2, service_pb2_grpc
 from tritonclient.utils import InferenceServerException
 
 from conftest import TOKEN, new_weights, npz_bytes, serve_process
-from helpers import reference
 
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
 X = np.random.default_rng(5).standard_normal((3, 8)).astype(np.float32)
@@ -62,7 +63,9 @@ def _bad(weights, value):
 def test_the_server_chose_the_simulator_by_itself(srv):
     y, version = _raw(srv)
     assert version == 0
-    np.testing.assert_allclose(np.frombuffer(y, np.float32).reshape(3, 4), reference(X, srv.weights), rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(
+        np.frombuffer(y, np.float32).reshape(3, 4), reference(X, srv.weights), rtol=1e-5, atol=1e-5
+    )
 
 
 @pytest.mark.parametrize("value", [np.nan, np.inf, -np.inf])
@@ -72,8 +75,12 @@ def test_a_non_finite_push_is_refused_on_every_route_and_changes_nothing(srv, va
     status, body = _put(srv, bad)
     assert status == 400 and "nothing changed" in body["error"] and "fc1.bias" in body["error"], body
     # repository load over REST (file: parameters, base64) and over gRPC (bytes_param)
-    status, raw, _ = srv.request("POST", f"/v2/repository/models/{srv.name}/load", json.dumps(
-        {"parameters": {"file:w.npz": base64.b64encode(npz_bytes(bad)).decode()}}).encode(), AUTH)
+    status, raw, _ = srv.request(
+        "POST",
+        f"/v2/repository/models/{srv.name}/load",
+        json.dumps({"parameters": {"file:w.npz": base64.b64encode(npz_bytes(bad)).decode()}}).encode(),
+        AUTH,
+    )
     assert status == 400 and "nothing changed" in json.loads(raw)["error"]
     g = grpcclient.InferenceServerClient(srv.grpc_url)
     try:
@@ -116,8 +123,12 @@ def test_rollback_over_rest_and_grpc_restores_outputs_exactly_and_needs_the_toke
     assert status == 200 and json.loads(body)["weight_version"] == v2 + 2
     assert _raw(srv) == (y2, v2 + 2)
     # the load-time weights came from the init graph, not an update: the host does not know them
-    for bad, expect in ((json.dumps({"to": v0}).encode(), "nothing changed"), (b'{"to": 99}', "nothing changed"),
-                        (b'{"to": "x"}', "version number"), (b'{"step": 1}', "takes only 'to'")):
+    for bad, expect in (
+        (json.dumps({"to": v0}).encode(), "nothing changed"),
+        (b'{"to": 99}', "nothing changed"),
+        (b'{"to": "x"}', "version number"),
+        (b'{"step": 1}', "takes only 'to'"),
+    ):
         status, body, _ = srv.request("POST", path, bad, AUTH)
         assert status == 400 and expect in json.loads(body)["error"], body
     assert _raw(srv) == (y2, v2 + 2)

@@ -227,3 +227,36 @@ def test_python_api_serves_an_open_model_and_leaves_it_open(make_bundle):
         assert s.exit_code == 0
         assert not m.closed  # the caller's model: served, not closed
         np.testing.assert_allclose(m.infer(x), reference(x, w), rtol=1e-5, atol=1e-5)
+
+
+def test_a_stop_during_the_bundle_load_never_logs_ready_and_closes_the_model(make_bundle, monkeypatch, caplog):
+    """Ctrl-C / SIGTERM while the bundle loads (issue 23): no "model ready" after the stop, the loaded model closed."""
+    import logging
+    import threading
+
+    import acl_bundle.model as model_module
+    from acl_bundle.serve import ServeConfig, Server
+
+    om, _ = make_bundle()
+    loading = threading.Event()
+    opened = []
+
+    class SlowLoad(model_module.BundleModel):
+        def __init__(self, *a, **k):
+            loading.set()
+            time.sleep(0.5)  # the stop arrives now
+            super().__init__(*a, **k)
+            opened.append(self)
+
+    monkeypatch.setattr(model_module, "BundleModel", SlowLoad)
+    caplog.set_level(logging.INFO, logger="acl_bundle")
+    s = Server(ServeConfig(str(om), http_port=0, grpc_port=0))
+    t = threading.Thread(target=lambda: s.start(timeout=60))
+    t.start()
+    assert loading.wait(30)
+    s.stop()
+    t.join(60)
+    s.stop(60)
+    assert s.exit_code == 0 and opened and opened[0].closed
+    messages = [r.getMessage() for r in caplog.records if r.name.startswith("acl_bundle.serve")]
+    assert not any(" ready (" in m for m in messages), messages
