@@ -47,6 +47,12 @@ CONFIG_NAMES = [
     ("max_update_bytes", "--max-update-bytes"),
     ("max_queue_delay", "--max-queue-delay-us"),
     ("drain_timeout", "--drain-timeout"),
+    ("max_header_bytes", "--max-header-bytes"),
+    ("max_headers", "--max-headers"),
+    ("header_timeout", "--header-timeout"),
+    ("body_timeout", "--body-timeout"),
+    ("keep_alive_timeout", "--keep-alive-timeout"),
+    ("max_connections", "--max-connections"),
     ("poll_interval", "--poll-interval"),
     ("model_name", "--model-name"),
     ("instances", "--instances"),
@@ -202,8 +208,23 @@ class Serve(Command):
             type=float,
             default=10.0,
             metavar="S",
-            help="on SIGTERM, wait this long for in-flight requests (default 10 s)",
+            help="on SIGTERM/SIGINT, wait this long for in-flight requests; those still running then are "
+            "answered 503 and the exit status is 3 (default 10 s)",
         )
+        h = p.add_argument_group("HTTP connections")
+        h.add_argument("--max-header-bytes", type=int, default=16 << 10, metavar="N",
+                       help="largest HTTP request head (request line + headers; 431 past it; default 16 KiB)")
+        h.add_argument("--max-headers", type=int, default=100, metavar="N",
+                       help="most HTTP header fields in a request (431 past it; default 100)")
+        h.add_argument("--header-timeout", type=float, default=10.0, metavar="S",
+                       help="an HTTP request head must arrive within S s of its first byte (408; default 10 s)")
+        h.add_argument("--body-timeout", type=float, default=60.0, metavar="S",
+                       help="an HTTP request body must arrive within S s of its head (408; default 60 s)")
+        h.add_argument("--keep-alive-timeout", type=float, default=5.0, metavar="S",
+                       help="close an HTTP connection idle this long (default 5 s)")
+        h.add_argument("--max-connections", type=int, default=1000, metavar="N",
+                       help="open HTTP connections (default 1000, lowered to fit the descriptor limit); past it the "
+                       "longest-idle connection is closed")
         s.add_argument("--device", type=int, default=0, metavar="ID", help="device id (default 0)")
         s.add_argument("--sim", action="store_true", help="run on the simulator, whatever the file")
         s.add_argument(
@@ -272,6 +293,12 @@ class Serve(Command):
             max_request_bytes=args.max_request_bytes,
             max_update_bytes=args.max_update_bytes,
             drain_timeout=args.drain_timeout,
+            max_header_bytes=args.max_header_bytes,
+            max_headers=args.max_headers,
+            header_timeout=args.header_timeout,
+            body_timeout=args.body_timeout,
+            keep_alive_timeout=args.keep_alive_timeout,
+            max_connections=args.max_connections,
             device_id=args.device,
             acl=acl,
         )

@@ -395,7 +395,8 @@ def create_app(service: ModelService, *, max_request_bytes: int, server_version:
         req = _parse_json(body, "the rollback request") if body.strip() else {}
         unknown = sorted(set(req) - {"to"})
         if unknown:
-            raise ServeError(400, f"the rollback request takes only 'to' (a version; none = the previous one), got {unknown}")
+            raise ServeError(400, f"the rollback request takes only 'to' (a version; none = the previous one), "
+                                  f"got {unknown}")
         return _json(await service.rollback(request.path_params["name"], req.get("to"), source="http"))
 
     async def prometheus(request: Request) -> Response:

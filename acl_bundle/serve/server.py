@@ -52,7 +52,7 @@ EXIT_DRAIN_TIMEOUT = 3
 #: Descriptors kept free of HTTP connections (gRPC, the bundle, checkpoints, logs, the loop itself).
 FD_RESERVE = 128
 
-SERVE_HISTORY = 4  # weight sets a served bundle keeps for rollback over the wire (bounded by BundleModel's history_bytes)
+SERVE_HISTORY = 4  # weight sets a served bundle keeps for rollback over the wire (within BundleModel's history_bytes)
 
 
 @dataclass

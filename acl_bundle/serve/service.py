@@ -198,7 +198,7 @@ class ModelService:
         check = _checks.finite if self.finite_check and source != "watch" else None
         with self._update_lock:  # serialise with the watcher so last_update is this update's
             try:
-                version = int(model.update(weights, step=step, check=check) if check else model.update(weights, step=step))
+                version = int(model.update(weights, step=step, check=check))
             except (KeyError, TypeError, ValueError) as e:
                 self.metrics.updates.labels(source, "rejected").inc()
                 raise update_error(e) from None
