@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+from .._precision import MODES as PRECISION_MODES
 from .base import PROG, Command, UsageError, output_dir, output_file, require_extra
 
 _EPILOG = """\
@@ -65,6 +66,9 @@ class Demo(Command):
         p.add_argument(
             "--fast", action="store_true", help="no pause between ticks (the default paces the table to be watchable)"
         )
+        p.add_argument("--precision-mode", metavar="MODE", choices=PRECISION_MODES,
+                       help="build the bundle with this GE precision mode (e.g. force_fp16, GE's default on a device) "
+                       "and report how far the served outputs drift from float32")
 
     def run(self, args: argparse.Namespace) -> int:
         if args.ticks < 20:
@@ -88,7 +92,7 @@ class Demo(Command):
             drift_start=args.ticks // 6,
             drift_end=(3 * args.ticks) // 4,
             pace=0.0 if args.fast else demo.DemoConfig.pace,
-            print_every=max(1, args.ticks // 12),
+            print_every=max(1, args.ticks // 12), precision_mode=args.precision_mode,
         )
         result = demo.run_demo(cfg, plot=plot, workdir=workdir)
         if not result.live_after_drift > result.frozen_after_drift:

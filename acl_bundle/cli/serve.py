@@ -42,6 +42,7 @@ OPTION_NAMES = [
 #: ServeConfig fields named in its errors -> options (only for those errors: the words are common)
 CONFIG_NAMES = [
     ("http_port", "--http-port"),
+    ("grpc_update_port", "--grpc-update-port"),
     ("grpc_port", "--grpc-port"),
     ("max_request_bytes", "--max-request-bytes"),
     ("max_update_bytes", "--max-update-bytes"),
@@ -119,6 +120,9 @@ class Serve(Command):
             "--grpc-port", type=int, default=8001, metavar="N", help="gRPC port (default 8001; 0 = any free)"
         )
         p.add_argument("--no-grpc", action="store_true", help="serve REST only")
+        p.add_argument("--grpc-update-port", type=int, default=None, metavar="N",
+                       help="a second gRPC port for weight pushes up to --max-update-bytes (the main gRPC port "
+                       "receives at most --max-request-bytes)")
         p.add_argument(
             "--model-name", metavar="NAME", help="name to serve the model under (default: the file name without .om)"
         )
@@ -277,6 +281,7 @@ class Serve(Command):
             host=args.host,
             http_port=args.http_port,
             grpc_port=None if args.no_grpc else args.grpc_port,
+            grpc_update_port=None if args.no_grpc else args.grpc_update_port,
             model_name=args.model_name,
             watch=args.watch,
             poll_interval=args.poll_interval,
