@@ -6,7 +6,7 @@
 //   builder looks: one Const per initializer, named "<initializer>_Initializer_<i>" in std::map (name) order
 //   with the tensor as its "value" (hicann/ge parser/parser/onnx/onnx_parser.cc:359-379), one Data per graph
 //   input that is not an initializer, with attribute "index" and -1 for symbolic dims (:293-356);
-// * aclgrphParseTensorFlow keeps the GraphDef's node names and edges, Placeholders as Data nodes;
+// * aclgrphParseTensorFlow keeps the GraphDef's node names, Placeholders as Data nodes;
 // * aclgrphConvertToWeightRefreshableGraphs refuses a name that is no Const (ge_ir_build.cc:1497-1505);
 // * aclgrphBundleBuildModel refuses fewer than two graphs (:1434-1437) and empty option values (:1452-1454);
 // * aclgrphBundleSaveModel writes "<name>.om" (:1557) holding a JSON log of every call the builder made.
@@ -50,7 +50,6 @@ class NodeImpl {
   Tensor value;
   TensorDesc out;
   int64_t index = -1;
-  std::vector<GNode> consumers;  // data edges out of output 0
 };
 class GraphImpl {
  public:
@@ -224,14 +223,6 @@ graphStatus GNode::GetOutputDesc(const int32_t index, TensorDesc &tensor_desc) c
   tensor_desc = impl_->out;
   return GRAPH_SUCCESS;
 }
-std::vector<std::pair<GNodePtr, int32_t>> GNode::GetOutDataNodesAndPortIndexs(const int32_t index) const {
-  std::vector<std::pair<GNodePtr, int32_t>> out;
-  if (index == 0) {
-    for (const auto &c : impl_->consumers) out.emplace_back(std::make_shared<GNode>(c), 0);
-  }
-  return out;
-}
-
 Graph::Graph(const char_t *name) : impl_(std::make_shared<GraphImpl>()) { impl_->name = name; }
 std::vector<GNode> Graph::GetDirectNode() const { return impl_ ? impl_->nodes : std::vector<GNode>{}; }
 
@@ -330,8 +321,7 @@ graphStatus aclgrphParseONNX(const char *model_file, const std::map<AscendString
 }
 
 // GE's TensorFlow parser as far as the builder looks: one node per NodeDef, same name; Const keeps its tensor,
-// Placeholder becomes Data (attribute index in file order, shape from its attr or the input_shape option),
-// and data edges from every input "name" / "name:0".
+// Placeholder becomes Data (attribute index in file order, shape from its attr or the input_shape option).
 graphStatus aclgrphParseTensorFlow(const char *model_file, const std::map<AscendString, AscendString> &parser_params,
                                    Graph &graph) {
   if (Injected("aclgrphParseTensorFlow") != GRAPH_SUCCESS) return GRAPH_FAILED;
@@ -353,20 +343,17 @@ graphStatus aclgrphParseTensorFlow(const char *model_file, const std::map<Ascend
   std::string bytes((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
   graph = Graph("parsed");
   std::map<std::string, GNode> by_name;
-  std::vector<std::pair<std::string, std::vector<std::string>>> edges;
   int64_t data_index = 0;
   R gd{(const uint8_t *)bytes.data(), (const uint8_t *)bytes.data() + bytes.size()};
   gd.Each([&](int f, int w, R &g) {
     if (f != 1 || w != 2) return false;
     std::string name, op;
-    std::vector<std::string> inputs;
     int dtype = 0;
     std::vector<int64_t> dims;
     std::vector<uint8_t> content;
     g.B().Each([&](int nf, int, R &n) {
       if (nf == 1) name = n.S();
       else if (nf == 2) op = n.S();
-      else if (nf == 3) inputs.push_back(n.S());
       else if (nf == 5) {
         std::string key;
         n.B().Each([&](int ef, int, R &e) {
@@ -423,21 +410,9 @@ graphStatus aclgrphParseTensorFlow(const char *model_file, const std::map<Ascend
       impl.out = TensorDesc(Shape(shapes.count(name) ? shapes[name] : dims), FORMAT_ND, t);
     }
     by_name[name] = node;
-    edges.emplace_back(name, inputs);
     GraphUtilsEx::Of(graph).nodes.push_back(node);
     return true;
   });
-  for (const auto &e : edges) {
-    for (std::string src : e.second) {
-      if (src.empty() || src[0] == '^') continue;
-      const auto colon = src.find(':');
-      if (colon != std::string::npos) {
-        if (src.substr(colon + 1) != "0") continue;
-        src = src.substr(0, colon);
-      }
-      if (by_name.count(src)) NodeAdapter::Of(by_name[src]).consumers.push_back(by_name[e.first]);
-    }
-  }
   TheLog().parse = std::string("aclgrphParseTensorFlow ") + Options(parser_params);
   return GRAPH_SUCCESS;
 }
