@@ -433,7 +433,7 @@ class CheckpointWatcher:
         arrays: Any = None
         try:
             if self._scanner.protocol == "tf":  # read by TensorFlow's own reader (CRC32C-checked)
-                weights = load_tf_checkpoint(info.path, self._specs, **self._opts.names)  # type: ignore[arg-type]
+                weights = load_tf_checkpoint(info.path, self._specs, **self._opts.names)
             else:
                 arrays = verify_checkpoint(info, max_bytes=self._max_bytes, lazy=True, stop=self._stop.is_set,
                                            store=self._store)

@@ -65,7 +65,7 @@ def show_names(names: list[str]) -> str:
 Spec = tuple["tuple[int, ...] | None", "np.dtype | None"]
 
 
-class VariableSpecs(dict):  # type: ignore[type-arg]
+class VariableSpecs(dict):
     """{name: (shape, dtype)}, already normalised."""
 
 

@@ -9,7 +9,7 @@ import threading
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import numpy as np
 
@@ -25,6 +25,9 @@ from .errors import (
 from .publisher import Inbox, Publisher
 from .replica import ReplicaActor
 from .transport import ObjectStoreTransport, Transport
+
+if TYPE_CHECKING:
+    from ..model import Weights
 
 log = logging.getLogger("acl_bundle")
 
@@ -308,7 +311,7 @@ class Fleet:
             raise ValueError("publish: " + "; ".join(problems))
         return out
 
-    def publish(self, weights: Mapping[int | str, np.ndarray], step: int, *,
+    def publish(self, weights: Weights, step: int, *,
                 timeout: float | None = None) -> PublishResult:
         """Make ``weights`` live on every ready replica, or on none.
 
