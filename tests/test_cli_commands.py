@@ -154,3 +154,27 @@ def test_a_tf_metagraph_given_as_a_checkpoint_is_named_for_what_it_is(make_bundl
         load_checkpoint(meta, m)
     msg = str(ei.value)
     assert "is a TensorFlow MetaGraph" in msg and "model.ckpt-40'" in msg and ".npz" not in msg
+
+
+def test_python_warnings_are_one_line_each_and_printed_once(make_bundle, monkeypatch, capsys):
+    import warnings
+
+    from acl_bundle import AclCleanupWarning
+    from acl_bundle.cli import inspect as inspect_cmd
+
+    om, _ = make_bundle()
+    real = inspect_cmd.describe
+
+    def noisy(*a, **k):
+        for _ in range(2):
+            warnings.warn(
+                "BundleModel.close: acl.rt.free returned 507899\nsecond line", AclCleanupWarning, stacklevel=1
+            )
+        return real(*a, **k)
+
+    monkeypatch.setattr(inspect_cmd, "describe", noisy)
+    with warnings.catch_warnings():
+        warnings.simplefilter("always")
+        assert main(["inspect", str(om)]) == 0
+    err = capsys.readouterr().err
+    assert err == "acl-bundle: warning: BundleModel.close: acl.rt.free returned 507899 second line\n", err

@@ -14,7 +14,8 @@ import contextlib
 import logging
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 from .base import PROG, Parser, UsageError
 from .registry import load_commands
@@ -58,6 +59,20 @@ class _Lines(logging.Handler):
             print(f"{PROG}: {label}: {_one_line(record.getMessage())}", file=sys.stderr)
 
 
+def _warning_line(seen: set[str]) -> Callable[..., None]:
+    """``warnings.showwarning`` for the command line: ``acl-bundle: warning: ...``, one line, each text once."""
+
+    def show(message: Warning | str, category: type[Warning], filename: str, lineno: int, file: Any = None,
+             line: str | None = None) -> None:
+        text = _one_line(str(message))
+        if text not in seen:
+            seen.add(text)
+            with contextlib.suppress(Exception):
+                print(f"{PROG}: warning: {text}", file=sys.stderr)
+
+    return show
+
+
 def _quiet_stdout() -> None:
     """After EPIPE (``acl-bundle inspect | head``): point stdout at /dev/null so the exit flush is silent."""
     try:
@@ -81,12 +96,16 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     Tracebacks are shown only with ``ACL_BUNDLE_DEBUG=1``.
     """
+    import warnings
+
     from .. import __version__
 
     lib_log = logging.getLogger("acl_bundle")
     handler = _Lines()
     lib_log.addHandler(handler)
     before = set(lib_log.handlers)
+    shown = warnings.showwarning
+    warnings.showwarning = _warning_line(set())
     try:
         parser = build_parser()
         parser.add_argument("--version", action="version", version=f"{PROG} {__version__}")
@@ -124,6 +143,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
         return EXIT_INTERNAL
     finally:
+        warnings.showwarning = shown
         lib_log.removeHandler(handler)
         for h in set(lib_log.handlers) - before:  # what a command added (serve's log handler)
             lib_log.removeHandler(h)
