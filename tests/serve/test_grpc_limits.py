@@ -15,7 +15,7 @@ import tritonclient.grpc as grpcclient
 from helpers import reference
 from tritonclient.grpc import service_pb2
 
-from conftest import TOKEN, npz_bytes, serve_process
+from conftest import TOKEN, free_port, npz_bytes, serve_process
 
 MiB = 1 << 20
 INFER = "/inference.GRPCInferenceService/ModelInfer"
@@ -187,8 +187,6 @@ def test_sigterm_under_grpc_load_calls_finish_or_are_refused_unavailable(tmp_pat
 
 
 def test_an_update_port_takes_pushes_over_the_infer_limit(tmp_path):
-    from conftest import free_port
-
     up = free_port()
     with serve_process(tmp_path, "--max-request-bytes", str(1 * MiB), "--grpc-update-port", str(up)) as s:
         rng = np.random.default_rng(3)
