@@ -178,3 +178,11 @@ def test_python_warnings_are_one_line_each_and_printed_once(make_bundle, monkeyp
         assert main(["inspect", str(om)]) == 0
     err = capsys.readouterr().err
     assert err == "acl-bundle: warning: BundleModel.close: acl.rt.free returned 507899 second line\n", err
+
+
+def test_serve_names_a_missing_bundle_before_choosing_a_backend(tmp_path, monkeypatch, capsys):
+    pytest.importorskip("uvicorn")
+    monkeypatch.delenv("ACL_BUNDLE_BACKEND", raising=False)
+    monkeypatch.setitem(sys.modules, "acl", None)
+    assert main(["serve", str(tmp_path / "missing.om")]) == 2
+    assert _error_line(capsys) == f"acl-bundle: error: no such bundle file: {tmp_path / 'missing.om'}"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from typing import Any
 
@@ -262,6 +263,8 @@ class Serve(Command):
         from .. import _backend
         from .._errors import BackendNotFoundError
 
+        if not os.path.isfile(args.bundle):  # before the backend rule reads it
+            raise UsageError(f"no such bundle file: {args.bundle}")
         try:
             acl = _backend.resolve_acl(source=args.bundle, force_sim=args.sim, interface="cli")
         except BackendNotFoundError as e:
