@@ -41,11 +41,13 @@ from __future__ import annotations
 import atexit
 import logging
 import os
+import sys
 import threading
 import warnings
 import weakref
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from functools import partial
 from typing import Any, TypeAlias
 
 import numpy as np
@@ -60,6 +62,7 @@ from ._model.fastinfer import build as build_fast_infer
 from ._model.gate import Gate
 from ._model.history import History, HistoryEntry
 from ._model.updater import StagedUpdate, Updater, WeightVersion, run_init
+from ._model.worker import INLINE, Worker, in_main_thread
 from .checks import Check, Golden, WeightsRefused, run_check, split_checks
 
 __all__ = ["BundleDescription", "BundleModel", "StagedUpdate", "TensorInfo", "Variable", "WeightVersion",
@@ -196,8 +199,8 @@ class BundleModel:
         history: int = 0,
         history_bytes: int = DEFAULT_HISTORY_BYTES,
     ) -> None:
-        self._gate: Gate | None = None  # read by close(); set before anything can fail
         path = os.fspath(path)
+        self._unloaded(repr(path))
         if not os.path.isfile(path):
             raise FileNotFoundError(f"bundle file {path!r} does not exist or is not a file")
         if manifest is None:
@@ -237,7 +240,7 @@ class BundleModel:
         if not data:
             raise ValueError("from_bytes got an empty bytes object")
         self = cls.__new__(cls)
-        self._gate = None
+        self._unloaded("'<bytes>'")
 
         def load(acl: Any) -> int:
             ptr = acl.util.bytes_to_ptr(data)
@@ -248,6 +251,12 @@ class BundleModel:
         return self
 
     # ------------------------------------------------------------------ load
+    def _unloaded(self, what: str) -> None:
+        """The state close() and the properties read before (or without) a successful load."""
+        self._gate = Gate.shut(f"BundleModel({what})")
+        self._finalizer: weakref.finalize | None = None
+        self._worker: Worker | None = None
+
     def _open(
         self,
         load: Callable[[Any], int],
@@ -318,7 +327,10 @@ class BundleModel:
                     if hasattr(e, "add_note"):
                         e.add_note(f"while unwinding: {p}")
                 raise
-            # Only a loaded model gets a finalizer (a failed load has unwound itself above).
+            # Only a loaded model gets a worker and a finalizer (a failed load has unwound itself above).
+            self._worker = worker = Worker(f"acl_bundle {source}")
+            weakref.finalize(self, worker.stop)  # the worker outlives close (later calls are refused on it)
+            self._updater.protect = self._protect
             self._finalizer = weakref.finalize(self, _release_quietly, gate, ledger)
             _lifecycle.opened(gate)
             restore_context(acl, prev if prev != self._ctx.handle else 0)
@@ -361,12 +373,10 @@ class BundleModel:
         self._out_shapes = probe_output_shapes(acl, d, self._infer_id, descs[d.infer])
         d.mark_dynamic_outputs(self._out_shapes)
         self.outputs = d.outputs  # image-size / dims models: dims that differ between gears are -1
-        self._updater = Updater(ctx, ledger, d, descs[d.update], ids[d.update], self._gate,  # type: ignore[arg-type]
-                                staging_bytes)
+        self._updater = Updater(ctx, ledger, d, descs[d.update], ids[d.update], self._gate, staging_bytes)
         self._updater.history = History(d.variables, *self._history_args)
         self._golden_slots: dict[int, Slot] = {}  # one per batch size a golden check used; under the update lock
-        self._fast = build_fast_infer(ctx, d.accept, d.default_batch, self._gate.fast_reader(),  # type: ignore[union-attr]
-                                      self._infer_id, self._updater)
+        self._fast = build_fast_infer(ctx, d.accept, d.default_batch, self._gate, self._infer_id, self._updater)
         if d.init is not None and run_init_graph:
             run_init(ctx, descs[d.init], ids[d.init], init_inputs)
         elif init_inputs is not None:
@@ -386,41 +396,63 @@ class BundleModel:
         done = self._fast(inputs)  # the plain case (see _fastinfer); None: anything else, below
         if done is not None:
             return done if return_version else done[0]
-        gate = self._gate
-        if gate.closed:  # type: ignore[union-attr]
+        if self._gate.closed:
             raise ModelClosedError(f"BundleModel({self._source!r}) is closed")
         arrays, rows = self._desc.check_inputs(inputs)
         batch = self._profile_of[rows]  # the batch size that runs these rows (itself when it is one)
-        slot = gate.begin_read(batch)  # type: ignore[union-attr]
-        ctx, restore = self._ctx, 0
+        outs, version = self._protect(self._read, batch, arrays, rows)
+        result = outs[0] if len(outs) == 1 else tuple(outs)
+        return (result, version) if return_version else result
+
+    def _protect(self, fn: Callable[..., Any], *args: Any) -> Any:
+        """``fn(job, *args)``: on the model's worker when called from the main thread (see _model/worker.py)."""
+        worker = self._worker
+        if worker is None or self._gate.forked or not in_main_thread():
+            return fn(INLINE, *args)
+        return worker.call(fn, *args)
+
+    def _read(self, job: Any, batch: int, arrays: list[np.ndarray], rows: int) -> tuple[list[np.ndarray], WeightVersion]:
+        """infer's general path as a reader of the gate (never in the main thread: see _protect)."""
+        gate = self._gate
+        slot = gate.begin_read(batch)
+        ctx, restore, held = self._ctx, 0, None
         try:
             restore = ctx.enter()
             if slot is None:
-                slot = self._new_slot(batch)
+                slot = self._new_slot(batch)  # claimed
+            else:
+                gate.claim(slot, sys._getframe())  # a fast-path reader may still be on it
+            held = slot
             if rows == batch:
                 outs = slot.run(ctx, self._infer_id, arrays)
             else:
                 outs = slot.run_padded(ctx, self._infer_id, arrays, rows)
+            slot.reads += 1
             version = self._updater.current  # inside the reader section: no commit can run
         finally:
             if restore:
                 restore_context(ctx.acl, restore)
-            gate.end_read(batch, slot)  # type: ignore[union-attr]
-        result = outs[0] if len(outs) == 1 else tuple(outs)
-        return (result, version) if return_version else result
+            if held is not None:
+                gate.release(held)
+            gate.end_read(batch, slot)
+        return outs, version
 
     def _new_slot(self, batch: int) -> Slot:
-        """A freed slot of ``batch``, or a new one while fewer than ``max_concurrency`` exist."""
+        """A freed slot of ``batch``, or a new one while fewer than ``max_concurrency`` exist; claimed for the caller."""
         gate = self._gate
-        slot = gate.acquire_slot(batch)  # type: ignore[union-attr]
+        slot = gate.acquire_slot(batch)
         if slot is not None:
+            gate.claim(slot, sys._getframe(1))
             return slot
         try:
-            return build_slot(self._acl, self._ledger, self._desc, self._infer_id, batch,
+            slot = build_slot(self._acl, self._ledger, self._desc, self._infer_id, batch,
                               self._out_shapes[batch if self._desc.mb_index is not None else 0])
         except BaseException:
-            gate.build_failed(batch)  # type: ignore[union-attr]
+            gate.build_failed(batch)
             raise
+        gate.claim(slot, sys._getframe(1))  # the reader's frame (_read), which releases it
+        gate.register(batch, slot)
+        return slot
 
     def update(
         self,
@@ -446,19 +478,9 @@ class BundleModel:
         :class:`~acl_bundle.checks.WeightsRefused`, changes nothing and is counted in
         ``stats["refused_updates"]``.  ``source`` labels the history entry.
         """
-        gate = self._gate
         changed, plain, goldens = self._validate(weights, step, check, source)
-        gate.enter()  # type: ignore[union-attr]
-        try:
-            self._updater.lock.acquire()
-            try:
-                staged = self._guarded_stage(changed, step, plain, goldens, source)
-            except BaseException:
-                self._updater.lock.release()
-                raise
-            return staged._commit_entered()
-        finally:
-            gate.exit()  # type: ignore[union-attr]
+        stage = partial(self._guarded_stage, changed, step, plain, goldens, source)
+        return self._protect(self._write, None, stage, True)
 
     def stage(self, weights: Weights, *, step: int | None = None,
               timeout: float | None = None, check: Checks = None, source: str | None = None) -> StagedUpdate:
@@ -470,27 +492,40 @@ class BundleModel:
         seconds (None: no limit), then raises ``TimeoutError``.  ``check`` and
         ``source`` as in :meth:`update` (weight checks run now, golden checks in commit).
         """
-        gate = self._gate
         changed, plain, goldens = self._validate(weights, step, check, source)
         if timeout is not None and (not isinstance(timeout, (int, float)) or isinstance(timeout, bool) or timeout < 0):
             raise ValueError(f"timeout must be a number of seconds >= 0 or None, got {timeout!r}")
-        gate.enter()  # type: ignore[union-attr]
+        stage = partial(self._guarded_stage, changed, step, plain, goldens, source)
+        return self._protect(self._write, timeout, stage, False)  # the StagedUpdate owns the update lock
+
+    def _write(self, job: Any, timeout: float | None, stage: Callable[[], StagedUpdate], commit: bool) -> Any:
+        """The write side, once for update, stage and rollback: admit, take the update lock, stage, [commit].
+
+        Runs where no signal handler does (see _protect).  A caller interrupted while this
+        staged (``job.cancelled``) gets none of it: the stage is aborted before any commit.
+        """
+        gate = self._gate
+        gate.enter()
         try:
             lock = self._updater.lock
             if not lock.acquire(timeout=-1 if timeout is None else timeout):
                 raise TimeoutError(f"{self!r}: another update is staged or committing; waited {timeout} s")
             try:
-                return self._guarded_stage(changed, step, plain, goldens, source)  # the StagedUpdate owns the lock now
+                staged = stage()
             except BaseException:
                 lock.release()
                 raise
+            if job.cancelled:
+                staged._abort()
+                return None
+            return staged._commit_entered() if commit else staged
         finally:
-            gate.exit()  # type: ignore[union-attr]
+            gate.exit()
 
     def _validate(self, weights: Any, step: Any, check: Checks, source: str | None
                   ) -> tuple[dict[int, np.ndarray], list[Check], list[Golden]]:
         """Everything an update is checked for before the first device copy."""
-        if self._gate.closed:  # type: ignore[union-attr]
+        if self._gate.closed:
             raise ModelClosedError(f"BundleModel({self._source!r}) is closed")
         changed = self._desc.check_weights(weights)
         _check_step(step)
@@ -559,31 +594,31 @@ class BundleModel:
         known value at ``to`` (ValueError naming those that do not).  The outputs are
         then bit-identical to those of version ``to``.
         """
-        gate = self._gate
-        if gate.closed:  # type: ignore[union-attr]
+        if self._gate.closed:
             raise ModelClosedError(f"BundleModel({self._source!r}) is closed")
         updater = self._updater
         if not updater.history.enabled:
             raise ValueError("rollback needs the model's history: open the model with BundleModel(..., history=N)")
-        gate.enter()  # type: ignore[union-attr]
-        try:
-            updater.lock.acquire()
-            try:
-                target, values = updater.history.target(to, updater.version)
-                updater.check_fits(values)
-                step = next((e.step for e in reversed(updater.history.entries) if e.version <= target), None)
-                staged = updater.stage(values, step)
-                staged.kept, staged.source = values, f"rollback to version {target}"
-            except BaseException:
-                updater.lock.release()
-                raise
-            version = staged._commit_entered()
-            updater.count("rollbacks")
-        finally:
-            gate.exit()  # type: ignore[union-attr]
-        log.warning("rolled back to the weights of version %d (now version %d, %d variable(s) restored)",
-                    target, version, len(values))
-        return version
+        restored: list[Any] = []
+
+        def stage() -> StagedUpdate:
+            target, values = updater.history.target(to, updater.version)
+            updater.check_fits(values)
+            step = next((e.step for e in reversed(updater.history.entries) if e.version <= target), None)
+            staged = updater.stage(values, step)
+            staged.kept, staged.source = values, f"rollback to version {target}"
+            restored[:] = [target, len(values)]
+            return staged
+
+        def rollback(job: Any) -> Any:
+            version = self._write(job, None, stage, True)
+            if version is not None:  # None: cancelled, the caller is being interrupted
+                updater.count("rollbacks")
+                log.warning("rolled back to the weights of version %d (now version %d, %d variable(s) restored)",
+                            restored[0], version, restored[1])
+            return version
+
+        return self._protect(rollback)  # type: ignore[no-any-return]
 
     @property
     def history(self) -> list[HistoryEntry]:
@@ -613,7 +648,7 @@ class BundleModel:
 
     @property
     def closed(self) -> bool:
-        return self._gate is None or self._gate.closed
+        return self._gate.closed
 
     @property
     def device_bytes(self) -> int:
@@ -627,7 +662,7 @@ class BundleModel:
         current = self._updater.current
         st["version"] = int(current)
         st["step"] = current.step
-        st["infers"] = self._gate.reads  # type: ignore[union-attr]
+        st["infers"] = self._gate.reads
         return st
 
     def close(self) -> None:
@@ -635,11 +670,10 @@ class BundleModel:
 
         In a child forked while the model was open it returns at once, touching nothing.
         """
-        gate = self._gate
-        if gate is None or gate.forked:
+        finalizer = self._finalizer
+        if finalizer is None or self._gate.forked or not finalizer.alive:
             return
-        gate.shutdown()
-        problems = self._finalizer()
+        problems = self._protect(lambda job: (self._gate.shutdown(), finalizer())[1])
         for p in problems or ():
             warnings.warn(f"BundleModel.close: {p}", AclCleanupWarning, stacklevel=2)
         if problems is not None:
@@ -740,10 +774,11 @@ def _check_step(step: Any) -> None:
 def _release_quietly(gate: Gate, ledger: Ledger) -> list[str]:
     """weakref.finalize target: release, log problems (warnings may be off at exit), return them.
 
-    Runs from close(), from garbage collection, or at interpreter exit while daemon
-    threads may still be inside infer/update: it waits for in-flight calls first, and
-    if they outlast EXIT_WAIT_SECONDS it leaks the resources rather than free memory
-    a running call still uses.
+    Runs from close() (on the model's worker when close was called from the main thread),
+    from garbage collection, or at interpreter exit while daemon threads may still be
+    inside infer/update: it waits for in-flight calls first, and if they outlast
+    EXIT_WAIT_SECONDS it leaks the resources rather than free memory a running call
+    still uses.
     """
     if gate.forked:  # the parent's ACL handles mean nothing in a forked child
         return []

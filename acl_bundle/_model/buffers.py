@@ -11,6 +11,7 @@ allocation and every return code checked.
 """
 from __future__ import annotations
 
+import itertools
 import logging
 import threading
 import warnings
@@ -122,13 +123,18 @@ class Ledger:
                 e.add_note(f"while unwinding: {p}")
 
 
+_slot_keys = itertools.count()
+
+
 class Slot:
     """Pre-built infer I/O for one batch size: device buffers, data buffers, datasets, output shapes."""
 
-    __slots__ = ("batch", "in_ds", "out_ds", "inputs", "outputs", "batched_in", "batched_out")
+    __slots__ = ("batch", "in_ds", "out_ds", "inputs", "outputs", "batched_in", "batched_out", "key", "reads")
 
     def __init__(self, batch: int) -> None:
         self.batch = batch
+        self.key = next(_slot_keys)  # what a reader claims while it uses this slot (Gate.claims)
+        self.reads = 0  # completed reads on this slot (changed only by the call that claimed it)
         self.in_ds = 0
         self.out_ds = 0
         self.inputs: list[tuple[int, int]] = []  # (device ptr, size) per data input

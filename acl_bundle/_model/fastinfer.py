@@ -7,8 +7,10 @@ waiting, not closed — and otherwise returns None so that ``BundleModel.infer``
 the general path (padding, mappings, conversions, a batch size's first call, a commit
 pending, errors to explain).  The guarantees are the general path's:
 
-* admission: the gate's reader protocol (:meth:`Gate.fast_reader`); it never waits,
-  so phase fairness is the general path's whenever a commit is pending;
+* admission: :meth:`Gate.fast_slot` and a claim on the slot (one dict operation each
+  way, no lock, no counter), so an interrupt (Ctrl-C in the main thread) anywhere in
+  this path leaves nothing a commit cannot recover (see the gate); it never waits for a
+  commit, so phase fairness is the general path's whenever a commit is pending;
 * the weight version is read inside the reader section;
 * no allocation but the output arrays; every return code checked;
 * the caller's context is restored: one ``get_context`` per call, ``set_context`` only
@@ -20,6 +22,7 @@ tracing, tests) sees every call of this path too.
 """
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -29,10 +32,11 @@ from .._errors import AclError, recent_error
 from .context import ModelContext, restore_context
 
 FastInfer = Callable[[tuple[Any, ...]], "tuple[Any, Any] | None"]
+getframe = sys._getframe
 
 
 def build(ctx: ModelContext, accept: Sequence[tuple[np.dtype, dict[tuple[int, ...], int]]], default_batch: int,
-          fast_reader: tuple[Callable[[int], Any], Callable[[int, Any], None]], model_id: int,
+          gate: Any, model_id: int,
           updater: Any, *, one_input_copy: bool = True) -> FastInfer:
     """The fast path of one model: ``fast(inputs)`` -> ``(result, version)``, or None = take the general path.
 
@@ -43,12 +47,12 @@ def build(ctx: ModelContext, accept: Sequence[tuple[np.dtype, dict[tuple[int, ..
     if not accept:  # image-size / dims gears (or no data input): always the general path
         return lambda inputs: None
     acl, handle, host_ptr, h2d, d2h = ctx.acl, ctx.handle, ctx.host_ptr, ctx.h2d, ctx.d2h
-    try_begin, end = fast_reader
     n_in = len(accept)
     ndarray, empty = np.ndarray, np.empty
+    claims = gate.claims
 
     if n_in == 1 and one_input_copy:
-        return _build_one(acl, handle, host_ptr, h2d, d2h, try_begin, end, accept[0], default_batch, model_id, updater)
+        return _build_one(acl, handle, host_ptr, h2d, d2h, gate, accept[0], default_batch, model_id, updater)
 
     def fast(inputs: tuple[Any, ...]) -> tuple[Any, Any] | None:
         if len(inputs) != n_in:
@@ -62,11 +66,16 @@ def build(ctx: ModelContext, accept: Sequence[tuple[np.dtype, dict[tuple[int, ..
                 return None
             batch = b or batch
         batch = batch or default_batch
-        slot = try_begin(batch)
+        slot = gate.fast_slot(batch)
         if slot is None:
+            return None
+        me, key = getframe(), slot.key
+        if claims.setdefault(key, me) is not me:  # another reader took it first
             return None
         restore = 0
         try:
+            if gate.held:  # a commit or shutdown began after fast_slot looked: the general path waits
+                return None
             rt = acl.rt
             cur, ret = rt.get_context()
             if ret or cur != handle:  # ModelContext.enter, inline
@@ -93,18 +102,21 @@ def build(ctx: ModelContext, accept: Sequence[tuple[np.dtype, dict[tuple[int, ..
                     if ret:
                         raise AclError("acl.rt.memcpy", ret, recent_error(acl))
                 outs.append(out)
+            slot.reads += 1
             version = updater.current  # inside the reader section: no commit can run
         finally:
             if restore:
                 restore_context(acl, restore)
-            end(batch, slot)
+            claims.pop(key, None)
+            if gate.held:
+                gate.wake()
         return (outs[0] if len(outs) == 1 else tuple(outs)), version
 
     return fast
 
 
 def _build_one(acl: Any, handle: int, host_ptr: Callable[[np.ndarray], int], h2d: int, d2h: int,
-               try_begin: Callable[[int], Any], end: Callable[[int, Any], None],
+               gate: Any,
                accept: tuple[np.dtype, dict[tuple[int, ...], int]], default_batch: int, model_id: int,
                updater: Any) -> FastInfer:
     """:func:`build`'s path for a one-input model (the common case), the same steps without the loops.
@@ -117,6 +129,7 @@ def _build_one(acl: Any, handle: int, host_ptr: Callable[[np.ndarray], int], h2d
     """
     want, shapes = accept
     ndarray, empty, get_shape = np.ndarray, np.empty, shapes.get
+    claims = gate.claims
 
     def fast(inputs: tuple[Any, ...]) -> tuple[Any, Any] | None:
         if len(inputs) != 1:
@@ -131,11 +144,16 @@ def _build_one(acl: Any, handle: int, host_ptr: Callable[[np.ndarray], int], h2d
         if batch is None:
             return None
         batch = batch or default_batch
-        slot = try_begin(batch)
+        slot = gate.fast_slot(batch)
         if slot is None:
+            return None
+        me, key = getframe(), slot.key
+        if claims.setdefault(key, me) is not me:  # another reader took it first
             return None
         restore = 0
         try:
+            if gate.held:  # a commit or shutdown began after fast_slot looked: the general path waits
+                return None
             rt = acl.rt
             cur, ret = rt.get_context()
             if ret or cur != handle:  # ModelContext.enter, inline
@@ -161,11 +179,14 @@ def _build_one(acl: Any, handle: int, host_ptr: Callable[[np.ndarray], int], h2d
                     if ret:
                         raise AclError("acl.rt.memcpy", ret, recent_error(acl))
                 outs.append(out)
+            slot.reads += 1
             version = updater.current  # inside the reader section: no commit can run
         finally:
             if restore:
                 restore_context(acl, restore)
-            end(batch, slot)
+            claims.pop(key, None)
+            if gate.held:
+                gate.wake()
         return (outs[0] if len(outs) == 1 else tuple(outs)), version
 
     return fast

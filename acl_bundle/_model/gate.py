@@ -14,6 +14,21 @@ the waiting is in the private helpers.  What it decides:
 * **slots**: per batch size at most ``max_slots`` infer slots exist; a reader takes a
   free one, or is told to build one (``acquire_slot`` returns None), or waits for one.
 
+**Interrupts** (issue 25).  A Python signal handler — Ctrl-C's ``KeyboardInterrupt``, a
+SIGTERM handler's ``SystemExit`` — runs only in the main thread, and may raise between
+any two bytecodes of any Python frame, ``threading``'s own included (CPython's ``signal``
+docs, "Note on Signal Handlers and Exceptions"; where a version checks for signals
+changes between versions), so no lock taken in the main thread is sure to be released,
+not even by ``with``: the exit of a ``with`` block is itself a line.  The rule here:
+**the condition, its counters and the writer side are used only from threads other than
+the main thread** (``BundleModel`` runs the main thread's update, stage, commit,
+rollback, close and general-path infer on its own worker and waits for it with a bare
+lock).  What the main thread's fast path takes is a *claim*: ``claims.setdefault(slot
+key, its frame)``, one atomic dict operation, dropped with ``claims.pop``.  Every reader
+claims the slot it uses, so a commit and shutdown wait for claims as for counted
+readers.  A claim an interrupt left behind names a frame that is no longer running, so
+whoever waits for it drops it (:func:`_running`).
+
 Why a reader holds the shared side across copy-in, execute *and* copy-out, although a
 commit conflicts only with ``execute`` (issue 16 asked to measure the shorter section):
 ``scripts/reader_section.py`` opens one bundle twice, today's section against one held
@@ -32,10 +47,14 @@ is: one lock round trip in, one out, the version read inside it.
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable
+import logging
+import sys
+import time
 from typing import Any
 
 from .._errors import ModelClosedError
+
+log = logging.getLogger("acl_bundle")
 
 #: longest time a committing thread waits for the readers it held back to start (see Gate.hand_off)
 HAND_OFF_S = 0.002
@@ -59,8 +78,26 @@ class Gate:
         self._free: dict[int, list[Any]] = {}  # batch -> idle slots
         self._built: dict[int, int] = {}  # batch -> slots built or being built
         self._slot_waiters = 0
-        self.reads = 0  # completed reads that ran on a slot (the infer counter)
+        self._slots: dict[int, list[Any]] = {}  # batch -> every slot built (fast readers pick from these)
+        # Who uses a slot now: slot key -> the frame of the call using it (see the module docstring).
+        # Changed only by single dict operations, so by any thread, the main one included.
+        self.claims: dict[int, Any] = {}
+        self.held = False  # a commit waits or runs, or shut down: fast readers stay out (read without the lock)
+        self._wake = threading.Lock()  # released when a claim is dropped; waiters for claims block on it
+        self._wake.acquire()
         self.forked = False  # this is a forked child's copy: refuse everything, release nothing
+
+    @classmethod
+    def shut(cls, what: str) -> Gate:
+        """An inert gate that refuses everything: a model's before its load succeeded."""
+        gate = cls(1, what)
+        gate.closed = gate.held = True
+        return gate
+
+    @property
+    def reads(self) -> int:
+        """Completed reads that ran on a slot (the infer counter; each slot counts its own)."""
+        return sum(s.reads for slots in list(self._slots.values()) for s in list(slots))
 
     def _refuse(self) -> ModelClosedError:
         if self.forked:
@@ -76,7 +113,8 @@ class Gate:
         self.forked = self.closed = True
         self._ops = self._readers = self._writers_waiting = self._readers_waiting = self._admit = 0
         self._writer = False
-        self._free, self._built, self._slot_waiters = {}, {}, 0
+        self._free, self._built, self._slot_waiters, self._slots, self.claims = {}, {}, 0, {}, {}
+        self.held = True
 
     # -------------------------------------------------------------- in-flight calls
     def enter(self) -> None:
@@ -95,9 +133,11 @@ class Gate:
     def shutdown(self, timeout: float | None = None) -> bool:
         """Refuse new calls, wake every waiter, wait for in-flight calls; False if they outlast ``timeout``."""
         with self._cond:
-            self.closed = True
+            self.closed = self.held = True
             self._cond.notify_all()
-            return self._cond.wait_for(lambda: self._ops == 0 and self._readers == 0, timeout)
+            if not self._cond.wait_for(lambda: self._ops == 0 and self._readers == 0, timeout):
+                return False
+        return self._wait_claims(None, timeout)  # fast readers in flight; new ones see ``held``
 
     # -------------------------------------------------------------- readers
     def begin_read(self, batch: int) -> Any:
@@ -131,52 +171,77 @@ class Gate:
             self._built[batch] -= 1
             self._cond.notify_all()
 
+    def register(self, batch: int, slot: Any) -> None:
+        """A slot ``acquire_slot`` let the caller build is built (and claimed by the caller)."""
+        with self._cond:
+            self._slots.setdefault(batch, []).append(slot)
+
+    # -------------------------------------------------------------- claims
+    def claim(self, slot: Any, frame: Any) -> None:
+        """For a general-path reader (never the main thread): claim ``slot``, waiting while a fast reader has it."""
+        key, claims = slot.key, self.claims
+        while claims.setdefault(key, frame) is not frame:
+            self._wait_claims(key, None)
+
+    def release(self, slot: Any) -> None:
+        """Drop the claim on ``slot`` (any thread) and wake whoever waits for claims."""
+        self.claims.pop(slot.key, None)
+        self.wake()
+
+    def wake(self) -> None:
+        """Wake whoever waits for claims to go (a commit, shutdown, a reader wanting a slot)."""
+        try:
+            self._wake.release()
+        except RuntimeError:  # already released: the waiter will see it
+            pass
+
+    def _wait_claims(self, key: int | None, timeout: float | None) -> bool:
+        """Wait (never in the main thread) until slot ``key`` (None: every slot) is unclaimed.
+
+        Claims that outlive a few short waits are checked: one whose frame no longer runs
+        was left by an interrupted call and is dropped.
+        """
+        end = None if timeout is None else time.monotonic() + timeout
+        claims, polls = self.claims, 0
+        while (key in claims) if key is not None else claims:
+            if polls >= 4:
+                for k, frame in list(claims.items()):
+                    if (key is None or k == key) and claims.get(k) is frame and not _running(frame):
+                        claims.pop(k, None)
+                        log.debug("slot %d: dropped the claim an interrupted call left", k)
+                if not ((key in claims) if key is not None else claims):
+                    break
+            if end is not None and time.monotonic() >= end:
+                return False
+            self._wake.acquire(timeout=0.0005)
+            polls += 1
+        return True
+
     def end_read(self, batch: int, slot: Any) -> None:
         """Leave the reader section, giving ``slot`` back (None: the read got none)."""
         with self._cond:
             if slot is not None:
                 self._free[batch].append(slot)
-                self.reads += 1
             self._readers -= 1
             if self._slot_waiters or (not self._readers and (self._writers_waiting or (self.closed and not self._ops))):
                 self._cond.notify_all()
 
-    def fast_reader(self) -> tuple[Callable[[int], Any], Callable[[int, Any], None]]:
-        """``(try_begin, end)`` for the specialised infer: the reader protocol on the condition's own lock.
+    def fast_slot(self, batch: int) -> Any:
+        """For the fast path (any thread, the main one included): an idle, unclaimed slot of ``batch``, or None.
 
-        ``try_begin(batch)`` becomes a reader and takes an idle slot of ``batch`` only when
-        nothing would make the general :meth:`begin_read` wait or refuse (no commit running
-        or waiting, not closed, an idle slot); otherwise it returns None and changes
-        nothing, and the caller takes the general path, which waits phase-fairly.
-        ``end(batch, slot)`` is :meth:`end_read` with a slot.  Holding the underlying lock
-        (``Condition`` uses it as its own) skips the ``Condition`` frames, not the protocol.
+        None when nothing may start without the general path's protocol: closed, a commit
+        waiting or running (the general path waits phase-fairly), no idle slot built.  The
+        caller claims the slot (``claims.setdefault(slot.key, frame) is frame``), then
+        checks ``held`` again before using it (a commit sets ``held`` before it looks at
+        the claims), and pops its claim when done, calling :meth:`wake` if ``held``.
         """
-        lock = self._cond._lock  # type: ignore[attr-defined]
-        free = self._free
-
-        def try_begin(batch: int) -> Any:
-            if self.closed:  # also after fork: the child's gate has a new lock, this one may be held
-                return None
-            with lock:
-                if self._writer or self._writers_waiting or self.closed:
-                    return None
-                idle = free.get(batch)
-                if not idle:
-                    return None
-                self._readers += 1
-                return idle.pop()
-
-        def end(batch: int, slot: Any) -> None:
-            with lock:
-                free[batch].append(slot)
-                self.reads += 1
-                self._readers -= 1
-                if self._slot_waiters or (
-                    not self._readers and (self._writers_waiting or (self.closed and not self._ops))
-                ):
-                    self._cond.notify_all()
-
-        return try_begin, end
+        if self.held:
+            return None
+        claims = self.claims
+        for slot in self._free.get(batch, ()):  # a slot a general-path reader took is not offered
+            if slot.key not in claims:
+                return slot
+        return None
 
     def _wait_to_read(self) -> None:
         """Wait (holding the lock) while a commit runs or waits, unless this reader was admitted."""
@@ -203,17 +268,20 @@ class Gate:
         """Become the writer: wait for readers in flight and for readers admitted ahead of this commit."""
         with self._cond:
             self._writers_waiting += 1
+            self.held = True  # fast readers stay out from here
             try:
                 while self._writer or self._readers or self._admit:
                     self._cond.wait()
             finally:
                 self._writers_waiting -= 1
             self._writer = True
+        self._wait_claims(None, None)  # fast readers in flight: each has claimed its slot
 
     def end_write(self) -> None:
         """Stop being the writer; the readers waiting now go before the next commit."""
         with self._cond:
             self._writer = False
+            self.held = self.closed or bool(self._writers_waiting)
             self._admit = self._readers_waiting
             self._cond.notify_all()
 
@@ -234,3 +302,14 @@ class Gate:
         with self._cond:
             if self._admit and not self.closed:
                 self._cond.wait_for(lambda: not self._admit or self.closed, timeout)
+
+
+def _running(frame: Any) -> bool:
+    """Whether ``frame`` is on some thread's stack now (its call is still in progress)."""
+    for top in sys._current_frames().values():
+        f = top
+        while f is not None:
+            if f is frame:
+                return True
+            f = f.f_back
+    return False

@@ -35,6 +35,7 @@ from .context import ModelContext, restore_context
 from .description import Description, check_array, tensor_info
 from .gate import Gate
 from .history import History
+from .worker import INLINE
 
 log = logging.getLogger("acl_bundle")
 
@@ -123,20 +124,31 @@ class StagedUpdate:
     def commit(self) -> WeightVersion:
         """Make the staged weights live (the only pause inference sees); return their version."""
         updater = self._updater
-        if updater is not None:
-            try:
-                updater._gate.enter()
-            except BaseException:
-                self.abort()  # the model is closed: nothing can go live any more
-                raise
-            try:
-                return self._commit_entered()
-            finally:
-                updater._gate.exit()
-        return self._commit_entered()  # raises: already done
+        if updater is None:
+            return self._commit_entered()  # raises: already done
+        return updater.protect(self._commit_job)
+
+    def _commit_job(self, job: Any) -> WeightVersion:
+        updater = self._updater
+        if updater is None:
+            return self._commit_entered()  # raises: already done
+        try:
+            updater._gate.enter()
+        except BaseException:
+            self._abort()  # the model is closed: nothing can go live any more
+            raise
+        try:
+            return self._commit_entered()  # a commit runs to its end, even for an interrupted caller
+        finally:
+            updater._gate.exit()
 
     def abort(self) -> None:
         """Drop the stage; the served weights stay as they are. Idempotent."""
+        updater = self._updater
+        if updater is not None:
+            updater.protect(lambda job: self._abort())
+
+    def _abort(self) -> None:
         if self._updater is not None:
             self._updater = None
             self._release()
@@ -196,6 +208,9 @@ class Updater:
             "refused_updates": 0, "rollbacks": 0,
         }
         self.history = History(d.variables, 0, 0)  # off unless the model sets one
+        # Runs a write-side call where no signal handler can interrupt it (the model's worker,
+        # see worker.py); set by the model.  ``protect(fn)`` calls ``fn(job)``.
+        self.protect: Callable[[Callable[[Any], Any]], Any] = lambda fn: fn(INLINE)
 
     @property
     def version(self) -> int:
