@@ -411,7 +411,9 @@ class BundleModel:
             return fn(INLINE, *args)
         return worker.call(fn, *args)
 
-    def _read(self, job: Any, batch: int, arrays: list[np.ndarray], rows: int) -> tuple[list[np.ndarray], WeightVersion]:
+    def _read(
+        self, job: Any, batch: int, arrays: list[np.ndarray], rows: int
+    ) -> tuple[list[np.ndarray], WeightVersion]:
         """infer's general path as a reader of the gate (never in the main thread: see _protect)."""
         gate = self._gate
         slot = gate.begin_read(batch)
@@ -438,7 +440,7 @@ class BundleModel:
         return outs, version
 
     def _new_slot(self, batch: int) -> Slot:
-        """A freed slot of ``batch``, or a new one while fewer than ``max_concurrency`` exist; claimed for the caller."""
+        """A freed slot of ``batch``, or a new one while fewer than ``max_concurrency`` exist (claimed)."""
         gate = self._gate
         slot = gate.acquire_slot(batch)
         if slot is not None:
@@ -618,7 +620,7 @@ class BundleModel:
                             restored[0], version, restored[1])
             return version
 
-        return self._protect(rollback)  # type: ignore[no-any-return]
+        return self._protect(rollback)
 
     @property
     def history(self) -> list[HistoryEntry]:

@@ -46,9 +46,10 @@ is: one lock round trip in, one out, the version read inside it.
 """
 from __future__ import annotations
 
-import threading
+import contextlib
 import logging
 import sys
+import threading
 import time
 from typing import Any
 
@@ -190,10 +191,8 @@ class Gate:
 
     def wake(self) -> None:
         """Wake whoever waits for claims to go (a commit, shutdown, a reader wanting a slot)."""
-        try:
+        with contextlib.suppress(RuntimeError):  # already released: the waiter will see it
             self._wake.release()
-        except RuntimeError:  # already released: the waiter will see it
-            pass
 
     def _wait_claims(self, key: int | None, timeout: float | None) -> bool:
         """Wait (never in the main thread) until slot ``key`` (None: every slot) is unclaimed.
@@ -307,7 +306,7 @@ class Gate:
 def _running(frame: Any) -> bool:
     """Whether ``frame`` is on some thread's stack now (its call is still in progress)."""
     for top in sys._current_frames().values():
-        f = top
+        f: Any = top
         while f is not None:
             if f is frame:
                 return True

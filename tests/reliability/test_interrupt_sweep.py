@@ -26,10 +26,9 @@ from collections.abc import Callable
 
 import numpy as np
 import pytest
+from helpers import reference
 
 from acl_bundle import BundleModel, ModelClosedError, sim
-
-from helpers import reference
 
 ALWAYS_COUNTED = ("/threading.py", "/queue.py", "/weakref.py")
 
@@ -129,6 +128,9 @@ def _within(fn: Callable[[], object], what: str, timeout: float = 20.0) -> objec
     if "error" in out:
         raise out["error"]
     return out.get("value")
+
+
+# ruff: noqa: B023 - the lambdas run at once, inside the loop iteration that made them
 
 
 def _op_update(m, w1, x):
