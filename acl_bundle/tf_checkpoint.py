@@ -42,10 +42,10 @@ of ``Saver.save``, ``ckpt-N`` of ``CheckpointManager``).
 """
 from __future__ import annotations
 
-import glob
 import logging
 import os
-import re
+import threading
+from collections import OrderedDict
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -53,9 +53,28 @@ from typing import Any
 
 import numpy as np
 
-from ._archive import CheckpointError
-from ._checkpoint.names import CheckpointMismatchError, Rename, renamer, select_weights, variable_specs
+from ._archive import CheckpointError, NotReadyError
+from ._checkpoint.names import (
+    CheckpointMismatchError,
+    Rename,
+    renamer,
+    select_weights,
+    variable_specs,
+)
 from ._checkpoint.protocol import MARKER_SUFFIX, CheckpointInfo
+from ._checkpoint.storage import LocalStore
+from ._checkpoint.tfdir import (
+    DATA_RE,
+    STATE_FILE,
+    first_line,
+    list_entries,
+    local_name,
+    parse_state,
+    require_tensorflow,
+    shard_names,
+)
+from ._checkpoint.tfdir import MAX_STATE_BYTES as MAX_STATE_BYTES
+from ._checkpoint.tfdir import tf_step as step_of
 
 log = logging.getLogger("acl_bundle")
 
@@ -72,23 +91,9 @@ __all__ = [
     "tf_prefix",
 ]
 
-STATE_FILE = "checkpoint"  # TF's default ``latest_filename``
 OBJECT_GRAPH_KEY = "_CHECKPOINTABLE_OBJECT_GRAPH"
 VALUE_SUFFIX = "/.ATTRIBUTES/VARIABLE_VALUE"
-MAX_STATE_BYTES = 1 << 20  # a state file names a few checkpoints; anything bigger is not one
-_DATA_RE = re.compile(r"\.data-(\d{5})-of-(\d{5})$")
-_STEP_RE = re.compile(r"-(\d+)$")
-
-
-def require_tensorflow() -> Any:
-    """Return the tensorflow module; ImportError naming the ``tf`` extra if it is not installed."""
-    try:
-        import tensorflow as tf
-    except ImportError:
-        raise ImportError(
-            "reading TensorFlow checkpoints needs TensorFlow: pip install -e '.[tf]' in a checkout of acl_bundle"
-        ) from None
-    return tf
+_TOLD_MAX = 1024  # checkpoints without a step warned about, remembered per process
 
 
 # --------------------------------------------------------------------------- locating
@@ -110,59 +115,41 @@ def tf_prefix(path: str | os.PathLike[str]) -> Path | None:
     name = p.name
     if name.endswith(".index"):
         p = p.with_name(name[: -len(".index")])
-    elif _DATA_RE.search(name):
-        p = p.with_name(_DATA_RE.sub("", name))
+    elif DATA_RE.search(name):
+        p = p.with_name(DATA_RE.sub("", name))
     return p if p.with_name(p.name + ".index").is_file() else None
 
 
-def _data_files(prefix: Path) -> list[Path]:
+def _data_files(prefix: Path, where: str | None = None) -> list[Path]:
     """The data shards of ``prefix`` in order; CheckpointError if one of them is missing."""
-    shards: dict[int, Path] = {}
-    counts = set()
-    for f in prefix.parent.glob(f"{glob.escape(prefix.name)}.data-?????-of-?????"):
-        m = _DATA_RE.search(f.name)
-        if m and f.name[: m.start()] == prefix.name:
-            shards[int(m.group(1))] = f
-            counts.add(int(m.group(2)))
-    if not shards:
-        raise CheckpointError(f"TF checkpoint {str(prefix)!r} has no data file ({prefix.name}.data-00000-of-NNNNN)")
-    if len(counts) != 1:
-        raise CheckpointError(
-            f"TF checkpoint {str(prefix)!r} has data files of different shard counts {sorted(counts)}"
-        )
-    n = counts.pop()
-    missing = [i for i in range(n) if i not in shards]
-    if missing or n == 0:
-        raise CheckpointError(f"TF checkpoint {str(prefix)!r} lacks data shard(s) {missing} of {n}")
-    return [shards[i] for i in range(n)]
+    names = [n for n in os.listdir(prefix.parent) if n.startswith(prefix.name + ".data-")]
+    return [prefix.with_name(n) for n in shard_names(names, prefix.name, where or f"TF checkpoint {str(prefix)!r}")]
 
 
 # --------------------------------------------------------------------------- reading
 class _Reader:
     """TF's CheckpointReader with the size bound and error wrapping this package needs."""
 
-    def __init__(self, prefix: Path) -> None:
+    def __init__(self, prefix: Path, label: str | None = None) -> None:
         self.prefix = prefix
-        self.where = f"TF checkpoint {str(prefix)!r}"
+        self.where = f"TF checkpoint {label or str(prefix)!r}"
         if not prefix.with_name(prefix.name + ".index").is_file():
             raise FileNotFoundError(f"{self.where}: no index file {prefix.name}.index")
-        self.data_bytes = sum(f.stat().st_size for f in _data_files(prefix))
+        self.data_bytes = sum(f.stat().st_size for f in _data_files(prefix, self.where))
         tf = require_tensorflow()
         try:
             self._r = tf.train.load_checkpoint(str(prefix))
             self.shapes = {k: tuple(int(d) for d in s) for k, s in self._r.get_variable_to_shape_map().items()}
             self.dtypes = self._r.get_variable_to_dtype_map()
         except Exception as e:  # noqa: BLE001 - TF raises OpError subclasses and plain RuntimeErrors
-            raise CheckpointError(
-                f"{self.where} cannot be read (corrupt or truncated index?): {_first_line(e)}"
-            ) from None
+            raise CheckpointError(f"{self.where} cannot be read (corrupt or truncated index?): {first_line(e)}") from None
         # Numeric tensors are stored as their raw bytes, so complete data files hold at least their sum.
         # A shorter total is a truncated checkpoint (even where no tensor we read is cut) or an index
         # claiming shapes it does not have; checked before TF allocates anything from those shapes.
         need = sum(self._nbytes(k) for k in self.numeric_keys())
-        if self.data_bytes < need:
-            raise CheckpointError(f"{self.where}: its data files hold {self.data_bytes} bytes but its index lists "
-                                  f"{need} bytes of tensors (truncated?)")
+        if self.data_bytes < need:  # a shard still being copied, or truncated: the watcher retries it
+            raise NotReadyError(f"{self.where}: its data files hold {self.data_bytes} bytes but its index lists "
+                                f"{need} bytes of tensors (truncated, or still being copied?)")
 
     def _nbytes(self, key: str) -> int:
         shape = self.shapes[key]
@@ -171,14 +158,9 @@ class _Reader:
 
     def numeric_keys(self) -> list[str]:
         """Every numeric tensor (not the object graph or other string entries)."""
-        return sorted(
-            k
-            for k, dt in self.dtypes.items()
-            if k != OBJECT_GRAPH_KEY
-            and getattr(dt, "is_numpy_compatible", False)
-            and dt.as_numpy_dtype is not object
-            and np.dtype(dt.as_numpy_dtype).kind in "biufc"
-        )
+        return sorted(k for k, dt in self.dtypes.items()
+                      if k != OBJECT_GRAPH_KEY and getattr(dt, "is_numpy_compatible", False) and dt.as_numpy_dtype is not object
+                      and np.dtype(dt.as_numpy_dtype).kind in "biufc")
 
     def get(self, key: str) -> np.ndarray:
         shape = self.shapes[key]  # bounded at open: the index's tensors fit in the data files
@@ -186,7 +168,7 @@ class _Reader:
             value = self._r.get_tensor(key)
         except Exception as e:  # noqa: BLE001 - DataLossError (CRC32C), IndexError (short read), ...
             raise CheckpointError(f"{self.where}: tensor {key!r} fails to read (corrupt or truncated data file?): "
-                                  f"{_first_line(e)}") from None
+                                  f"{first_line(e)}") from None
         a = np.asarray(value)
         if a.shape != shape:
             raise CheckpointError(f"{self.where}: tensor {key!r} has shape {a.shape}, its index says {shape}")
@@ -202,16 +184,9 @@ class _Reader:
             raw = self._r.get_tensor(OBJECT_GRAPH_KEY)
             graph = trackable_object_graph_pb2.TrackableObjectGraph.FromString(bytes(raw))
         except Exception as e:  # noqa: BLE001 - an unreadable object graph only costs the friendly names
-            log.warning(
-                "%s: cannot parse its object graph (%s); using object paths as names", self.where, _first_line(e)
-            )
+            log.warning("%s: cannot parse its object graph (%s); using object paths as names", self.where, first_line(e))
             return {}
         return {a.checkpoint_key: a.full_name for node in graph.nodes for a in node.attributes if a.full_name}
-
-
-def _first_line(e: BaseException) -> str:
-    text = str(e).strip() or type(e).__name__
-    return text.splitlines()[0][:300]
 
 
 def _default_names(keys: list[str], object_names: Mapping[str, str]) -> dict[str, str]:
@@ -232,8 +207,7 @@ def _default_names(keys: list[str], object_names: Mapping[str, str]) -> dict[str
 
 
 def tf_checkpoint_names(path: str | os.PathLike[str]) -> dict[str, str]:
-    """Return ``{checkpoint key: default name}`` for every numeric entry of a TF checkpoint (see the module
-    docstring)."""
+    """Return ``{checkpoint key: default name}`` for every numeric entry of a TF checkpoint (see the module docstring)."""
     reader = _Reader(_require_prefix(path))
     keys = reader.numeric_keys()
     return _default_names(keys, reader.object_names())
@@ -242,10 +216,8 @@ def tf_checkpoint_names(path: str | os.PathLike[str]) -> dict[str, str]:
 def _require_prefix(path: str | os.PathLike[str]) -> Path:
     prefix = tf_prefix(path)
     if prefix is None:
-        raise FileNotFoundError(
-            f"{os.fspath(path)!r} is not a TF checkpoint: no {Path(path).name}.index "
-            f"(give the prefix, e.g. 'ckpts/model.ckpt-1200', or a directory with a '{STATE_FILE}' file)"
-        )
+        raise FileNotFoundError(f"{os.fspath(path)!r} is not a TF checkpoint: no {Path(path).name}.index "
+                                f"(give the prefix, e.g. 'ckpts/model.ckpt-1200', or a directory with a '{STATE_FILE}' file)")
     return prefix
 
 
@@ -309,13 +281,19 @@ def load_tf_checkpoint(
     Raises CheckpointMismatchError / CheckpointError / FileNotFoundError.
     """
     del allow_unmatched  # TF checkpoints always hold entries the bundle does not serve
-    prefix = _require_prefix(path)
+    return load_tf_prefix(_require_prefix(path), variables, rename=rename, strip_prefix=strip_prefix,
+                          allow_partial=allow_partial)
+
+
+def load_tf_prefix(prefix: Path, variables: Any, *, rename: Rename = None, strip_prefix: str | None = None,
+                   allow_partial: bool = False, label: str | None = None) -> dict[str, np.ndarray]:
+    """:func:`load_tf_checkpoint` of a local ``prefix``; ``label`` names it in messages (e.g. the URL it came from)."""
     specs = variable_specs(variables)
-    reader = _Reader(prefix)
+    reader = _Reader(prefix, label)
     keys = reader.numeric_keys()
     defaults = _default_names(keys, reader.object_names())
     user = renamer(rename, strip_prefix)
-    where = f"TF checkpoint {str(prefix)!r}"
+    where = reader.where
     chosen: dict[str, str] = {}  # key -> variable
     by_var: dict[str, str] = {}
     for k in keys:
@@ -351,48 +329,39 @@ class TFCheckpointState:
     paths: tuple[Path, ...]
 
 
-def _in_directory(directory: Path, recorded: str) -> Path:
-    """Where a path recorded in the state file is: relative to the directory; an absolute one
-    (TF1 ``Saver`` records absolute paths) is the trainer host's, so it is looked up by base name here."""
-    p = Path(recorded)
-    return directory / p.name if p.is_absolute() else directory / p
-
-
 def read_tf_state(directory: str | os.PathLike[str]) -> TFCheckpointState:
     """Parse ``directory/checkpoint`` (bounded to 1 MiB) with TF's CheckpointState proto.
 
-    FileNotFoundError if there is none; CheckpointError if it is not a valid state file.
+    FileNotFoundError if there is none; CheckpointError if it is not a valid state file.  A recorded absolute
+    path (TF1 ``Saver``) is the trainer host's: it is looked up by its base name in ``directory``.
     """
     d = Path(directory)
     state = d / STATE_FILE
     with open(state, "rb") as f:
         raw = f.read(MAX_STATE_BYTES + 1)
-    if len(raw) > MAX_STATE_BYTES:
-        raise CheckpointError(f"TF checkpoint state file {str(state)!r} is larger than {MAX_STATE_BYTES} bytes")
-    require_tensorflow()
-    from google.protobuf import text_format
-    from tensorflow.python.training.checkpoint_state_pb2 import CheckpointState
-
-    try:
-        proto = text_format.Parse(raw.decode("utf-8"), CheckpointState())
-    except (UnicodeDecodeError, text_format.ParseError) as e:
-        raise CheckpointError(
-            f"TF checkpoint state file {str(state)!r} is not a CheckpointState: {_first_line(e)}"
-        ) from None
-    newest = _in_directory(d, proto.model_checkpoint_path) if proto.model_checkpoint_path else None
-    paths = [_in_directory(d, p) for p in proto.all_model_checkpoint_paths]
-    if newest is not None and newest not in paths:
-        paths.append(newest)
-    return TFCheckpointState(newest, tuple(paths))
+    newest, paths = parse_state(raw, f"TF checkpoint state file {str(state)!r}")
+    return TFCheckpointState(d / local_name(newest) if newest else None, tuple(d / local_name(p) for p in paths))
 
 
 def tf_step(prefix: Path) -> int | None:
     """The step in a checkpoint name (``model.ckpt-1200`` -> 1200), or None."""
-    m = _STEP_RE.search(prefix.name)
-    return int(m.group(1)) if m else None
+    return step_of(prefix.name)
 
 
-_told_no_step: set[Path] = set()
+_told_no_step: OrderedDict[str, None] = OrderedDict()
+_told_lock = threading.Lock()
+
+
+def warn_no_step(where: str) -> None:
+    """Warn once per process (bounded memory) that the TF checkpoint ``where`` has no step in its name."""
+    with _told_lock:
+        if where in _told_no_step:
+            return
+        _told_no_step[where] = None
+        if len(_told_no_step) > _TOLD_MAX:
+            _told_no_step.popitem(last=False)
+    log.warning("TF checkpoint %s has no step in its name (save with global_step= or use "
+                "tf.train.CheckpointManager); the watcher cannot order it and ignores it", where)
 
 
 def list_tf_checkpoints(directory: str | os.PathLike[str]) -> list[CheckpointInfo]:
@@ -408,24 +377,9 @@ def list_tf_checkpoints(directory: str | os.PathLike[str]) -> list[CheckpointInf
         state = read_tf_state(d)
     except FileNotFoundError:
         return []
-    out = []
-    for prefix in state.paths:
-        step = tf_step(prefix)
-        if step is None:
-            if prefix not in _told_no_step:
-                _told_no_step.add(prefix)
-                log.warning("TF checkpoint %s has no step in its name (save with global_step= or use "
-                            "tf.train.CheckpointManager); the watcher cannot order it and ignores it", prefix)
-            continue
-        index = prefix.with_name(prefix.name + ".index")
-        try:
-            st = index.stat()
-            nbytes = st.st_size + sum(f.stat().st_size for f in _data_files(prefix))
-        except (OSError, CheckpointError):
-            log.debug("TF checkpoint %s is named by the state file but not complete on disk (yet)", prefix)
-            continue
-        out.append(CheckpointInfo(step, prefix, index, "", nbytes, (), st.st_mtime))
-    return sorted(out, key=lambda c: c.step, reverse=True)
+    store = LocalStore(d)
+    entries = list_entries(store, store.list(), tuple(p.name for p in state.paths), lambda n: warn_no_step(str(d / n)))
+    return [e.info for e in entries]
 
 
 def detect_protocol(directory: str | os.PathLike[str]) -> str | None:

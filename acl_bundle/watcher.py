@@ -60,7 +60,7 @@ from pathlib import Path
 from typing import Any
 
 from . import checks as _checks
-from ._archive import CheckpointError
+from ._archive import CheckpointError, NotReadyError
 from ._checkpoint.names import Rename, limit_for, select_weights, variable_specs
 from ._checkpoint.options import WatchOptions
 from ._checkpoint.protocol import (
@@ -69,17 +69,23 @@ from ._checkpoint.protocol import (
     CheckpointInfo,
     verify_checkpoint,
 )
-from ._checkpoint.scan import Scanner, StepPolicy
-from ._checkpoint.storage import Store, TransientError, is_url, open_store
+from ._checkpoint.scan import MAX_BACKOFF as MAX_BACKOFF
+from ._checkpoint.scan import Order, Scanner, StepPolicy, backoff
+from ._checkpoint.storage import FsspecStore, Store, TransientError, is_url, open_store
+from ._checkpoint.tfdir import STATE_FILE, fetched
 from ._errors import ModelClosedError
-from .tf_checkpoint import detect_protocol, load_tf_checkpoint, require_tensorflow
+from .tf_checkpoint import (
+    detect_protocol,
+    load_tf_checkpoint,
+    load_tf_prefix,
+    require_tensorflow,
+)
 
 log = logging.getLogger("acl_bundle")
 
 __all__ = ["AppliedCheckpoint", "CheckpointWatcher"]
 
 _DEFAULT: Any = object()  # check= not given: the finiteness check
-MAX_BACKOFF = 60.0  # seconds: the longest wait between retries after transient store errors
 
 
 @dataclass(frozen=True)
@@ -190,9 +196,12 @@ class CheckpointWatcher:
         self._specs = variable_specs(model.variables)
         self._max_bytes = opts.max_bytes if opts.max_bytes is not None else limit_for(self._specs)
         self._policy = StepPolicy(opts.start_after, opts.allow_step_reset)
-        self._scanner = Scanner(store, self._protocol_at_start(opts), self._keeping)
+        tf_store = open_store(directory, opts.storage_options)  # TF's files: every name
+        self._scanner = Scanner(store, tf_store, self._protocol_at_start(opts, tf_store), self._keeping,
+                                opts.poll_interval)
 
         self._served: CheckpointInfo | None = None  # the checkpoint whose weights are served
+        self._served_order: Order | None = None  # and its commit order (see _checkpoint/scan)
         self._applied_step: int | None = opts.start_after
         self._applied = self._refused = self._rolled_back = 0
         self._last: AppliedCheckpoint | None = None
@@ -215,18 +224,22 @@ class CheckpointWatcher:
         if store.remote:
             if opts.use_watchdog:
                 raise ValueError(f"use_watchdog=True watches a local directory; {store.url!r} is polled")
-            if opts.protocol == "tf":  # TF's protocol needs TF's reader on local files; an object store holds ours
-                raise ValueError(
-                    f"protocol='tf' reads TensorFlow checkpoints from a local directory, not {store.url!r}"
-                )
         elif not Path(str(store.root)).is_dir():
             raise FileNotFoundError(f"checkpoint directory {str(store.root)!r} does not exist or is not a directory")
         return store
 
-    def _protocol_at_start(self, opts: WatchOptions) -> str | None:
-        if self._store.remote:
-            return "acl_bundle"
-        protocol = detect_protocol(self._dir) if opts.protocol == "auto" else opts.protocol
+    def _protocol_at_start(self, opts: WatchOptions, tf_store: Store) -> str | None:
+        if opts.protocol != "auto":
+            protocol: str | None = opts.protocol
+        elif self._store.remote:
+            try:
+                names = tf_store.names()  # one LIST; detection is retried by the polls if this fails
+            except TransientError:
+                return None
+            protocol = "tf" if STATE_FILE in names else ("acl_bundle" if any(
+                n.endswith(MARKER_SUFFIX) for n in names) else None)
+        else:
+            protocol = detect_protocol(self._dir)
         if protocol == "tf":
             require_tensorflow()  # ImportError naming the extra, now rather than in the thread
         return protocol
@@ -277,6 +290,12 @@ class CheckpointWatcher:
     def skipped(self) -> int:
         """How many bad entries (corrupt, half-written, mismatched, malformed, refused by the check) were skipped."""
         return self._scanner.skipped
+
+    @property
+    def waiting(self) -> int:
+        """How many committed checkpoints are listed but not readable yet (missing, shorter than their marker or
+        index says): they are retried with back-off, and at once when one of their files changes."""
+        return self._scanner.waiting
 
     @property
     def refused(self) -> int:
@@ -363,8 +382,7 @@ class CheckpointWatcher:
 
     # ------------------------------------------------------------------ work
     def wait_for_step(self, step: int, timeout: float | None = None, *, run: str | None = None) -> bool:
-        """Block until a step >= ``step`` (of ``run``, if given) is applied; False on timeout or if the watcher
-        stopped."""
+        """Block until a step >= ``step`` (of ``run``, if given) is applied; False on timeout or if the watcher stopped."""
         deadline = None if timeout is None else time.monotonic() + timeout
         with self._cond:
             while (self._applied_step is None or self._applied_step < step
@@ -379,12 +397,8 @@ class CheckpointWatcher:
 
     @property
     def retry_delay(self) -> float:
-        """Seconds until the next poll: ``poll_interval``, doubled per consecutive transient failure up to
-        ``MAX_BACKOFF``."""
-        interval = self._opts.poll_interval
-        if not self._failures:
-            return interval
-        return min(interval * 2.0 ** min(self._failures, 30), max(MAX_BACKOFF, interval))
+        """Seconds until the next poll: ``poll_interval``, doubled per consecutive transient failure up to ``MAX_BACKOFF``."""
+        return backoff(self._opts.poll_interval, self._failures)
 
     def poll(self) -> AppliedCheckpoint | None:
         """Scan once and apply the newest good checkpoint above the applied step; return what was applied.
@@ -394,7 +408,7 @@ class CheckpointWatcher:
         """
         with self._poll_lock:
             try:
-                for info in self._scanner.candidates(self._served, self._policy):
+                for info in self._scanner.candidates(self._served, self._served_order, self._policy):
                     if self._stop.is_set() and self.running:
                         return None
                     applied = self._try(info)
@@ -422,9 +436,7 @@ class CheckpointWatcher:
             return ("the model keeps its current weights" if version is None
                     else f"the model keeps its current weights (version {version}; nothing applied from here yet)")
         if version is None or version == last.version:
-            return f"the model keeps the weights of step {last.step}" + (
-                "" if version is None else f" (version {version})"
-            )
+            return f"the model keeps the weights of step {last.step}" + ("" if version is None else f" (version {version})")
         return (f"the model keeps its current weights (version {version}; the last checkpoint applied from here "
                 f"was step {last.step}, version {last.version})")
 
@@ -433,7 +445,7 @@ class CheckpointWatcher:
         arrays: Any = None
         try:
             if self._scanner.protocol == "tf":  # read by TensorFlow's own reader (CRC32C-checked)
-                weights = load_tf_checkpoint(info.path, self._specs, **self._opts.names)
+                weights = self._read_tf(info)
             else:
                 arrays = verify_checkpoint(info, max_bytes=self._max_bytes, lazy=True, stop=self._stop.is_set,
                                            store=self._store)
@@ -447,6 +459,10 @@ class CheckpointWatcher:
             return None
         except TransientError:
             raise  # the store failed, not the checkpoint: retried (poll)
+        except NotReadyError as e:  # listed but not readable yet: retried with back-off, not marked bad
+            if not self._stop.is_set():
+                self._scanner.not_ready(info, str(e))
+            return None
         except Exception as e:  # any per-entry failure (CheckpointError, OSError, a surprise): skip this entry
             if self._stop.is_set():
                 return None  # abandoned because we are stopping: not the file's fault
@@ -474,8 +490,9 @@ class CheckpointWatcher:
         lag = max(0.0, time.time() - self._store.key_time(key)) if key else float("nan")
         applied = AppliedCheckpoint(info.step, version, info.path, len(weights), t1 - t0, t2 - t1, lag,
                                     info.run, info.created, info.nbytes)
+        self._scanner.applied(info)
         with self._cond:
-            self._served = info
+            self._served, self._served_order = info, self._scanner.order(info)
             self._applied_step = info.step
             self._applied += 1
             self._last = applied
@@ -490,6 +507,17 @@ class CheckpointWatcher:
             except Exception:
                 log.exception("on_apply callback failed for step %d", info.step)
         return applied
+
+    def _read_tf(self, info: CheckpointInfo) -> dict[str, Any]:
+        """A TF checkpoint's weights: read in place, or (object store) from a private local copy of its files."""
+        names = self._opts.names
+        names.pop("allow_unmatched")
+        store = self._scanner.tf_store
+        if not isinstance(store, FsspecStore):
+            return load_tf_checkpoint(info.path, self._specs, **names)
+        limit = self._opts.max_bytes if self._opts.max_bytes is not None else 4 * self._max_bytes
+        with fetched(store, self._scanner.tf_entry(info), limit=limit, stop=self._stop.is_set) as local:
+            return load_tf_prefix(local, self._specs, label=store.name_url(info.path.name), **names)
 
     def _update(self, info: CheckpointInfo, weights: dict[str, Any]) -> int:
         """``model.update`` with the checks (on the model's staged weights when it takes them) and a label."""
@@ -523,19 +551,14 @@ class CheckpointWatcher:
         try:
             self._model.rollback(to=before)
             self._rolled_back += 1
-            self._scanner.mark_bad(
-                info, f"health check failed after the update ({why}); rolled back to version {before}"
-            )
+            self._scanner.mark_bad(info, f"health check failed after the update ({why}); rolled back to version {before}")
         except ModelClosedError:
             raise
         except Exception as e:
-            self._scanner.mark_bad(
-                info,
-                f"health check failed after the update ({why}) and the rollback failed too "
-                f"({type(e).__name__}: {e}); the model serves this checkpoint",
-            )
+            self._scanner.mark_bad(info, f"health check failed after the update ({why}) and the rollback failed too "
+                                 f"({type(e).__name__}: {e}); the model serves this checkpoint")
             with self._cond:  # it is what is served now: record it so later steps compare against it
-                self._served = info
+                self._served, self._served_order = info, self._scanner.order(info)
                 self._applied_step = info.step
         return False
 

@@ -77,7 +77,8 @@ class MotoServer:
 class FaultProxy:
     """An HTTP proxy on loopback forwarding to ``upstream``; ``fail(mode, n, match)`` breaks the next ``n`` matching requests.
 
-    Modes: "500" (an S3 InternalError reply), "503" (SlowDown), "reset" (the connection is
+    Modes: "500" (an S3 InternalError reply), "503" (SlowDown), "404" (NoSuchKey: an object listed but not
+    readable yet, as on a store still replicating), "reset" (the connection is
     reset without a reply), "hang" (no reply for ``hang_seconds``, then closed).
     """
 
@@ -108,8 +109,8 @@ class FaultProxy:
                     time.sleep(proxy.hang_seconds)
                     self.close_connection = True
                     return
-                if mode in ("500", "503"):
-                    code = "InternalError" if mode == "500" else "SlowDown"
+                if mode in ("500", "503", "404"):
+                    code = {"500": "InternalError", "503": "SlowDown", "404": "NoSuchKey"}[mode]
                     data = f"<Error><Code>{code}</Code><Message>injected by the test</Message></Error>".encode()
                     self.send_response(int(mode))
                     self.send_header("Content-Type", "application/xml")

@@ -554,6 +554,92 @@ def test_allow_step_reset_takes_the_most_recent_commit(served):
     assert strict.poll().step == 51
 
 
+class _Clock:
+    """The writer's clock shifted by ``offset`` seconds (only the writer's: the watcher keeps the real one)."""
+
+    def __init__(self, monkeypatch, offset: float) -> None:
+        import time as real_time
+        import types
+
+        import acl_bundle._checkpoint.writer as writer
+
+        self.offset = offset
+        monkeypatch.setattr(writer, "time", types.SimpleNamespace(time=lambda: real_time.time() + self.offset))
+
+
+@pytest.mark.parametrize("ahead", [3600.0, -3600.0])
+def test_runs_are_applied_in_commit_order_whatever_the_writers_clocks_say(served, monkeypatch, caplog, ahead):
+    """Run a's host clock is `ahead` (+/-1 h), run b's the opposite: the watcher follows the commits, not `created`."""
+    m, w, d = served
+    clock = _Clock(monkeypatch, ahead)
+    for s in (100, 101):
+        write_checkpoint(d, _shifted(w, s), s, run="a")
+    wt = CheckpointWatcher(m, d, use_watchdog=False)
+    assert wt.poll().step == 101
+    clock.offset = -ahead  # the trainer restarts as run b on a host whose clock is 2 h off the first one's
+    write_checkpoint(d, _shifted(w, 7), 0, run="b")
+    with caplog.at_level(logging.INFO, logger="acl_bundle"):
+        assert wt.poll().step == 0 and wt.applied_run == "b"  # first seen after the applied checkpoint: newer
+        write_checkpoint(d, _shifted(w, 8), 1, run="b")
+        assert wt.poll().step == 1
+        assert wt.poll() is None and wt.poll() is None
+    _assert_serves(m, _shifted(w, 8))
+    ignored = [r.getMessage() for r in caplog.records if "ignoring run" in r.getMessage()]
+    assert len(ignored) == 1 and "'a'" in ignored[0] and "2 checkpoint(s), steps 100..101" in ignored[0]
+    # a fresh server orders the runs by the markers' mtimes (set by the file system at commit), not by `created`
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="acl_bundle"):
+        fresh = CheckpointWatcher(m, d, use_watchdog=False)
+        assert fresh.poll().step == 1 and fresh.applied_run == "b"
+        assert fresh.poll() is None
+    assert sum("ignoring run 'a'" in r.getMessage() for r in caplog.records) == 1
+
+
+def test_allow_step_reset_follows_commits_not_clocks(served, monkeypatch):
+    m, w, d = served
+    clock = _Clock(monkeypatch, 3600.0)
+    write_checkpoint(d, _shifted(w, 50), 50)
+    wt = CheckpointWatcher(m, d, use_watchdog=False, allow_step_reset=True)
+    assert wt.poll().step == 50
+    clock.offset = -3600.0  # restarted without a run id on a host 2 h behind
+    write_checkpoint(d, _shifted(w, 1), 0)
+    assert wt.poll().step == 0
+    write_checkpoint(d, _shifted(w, 2), 1)
+    assert wt.poll().step == 1 and wt.poll() is None
+    _assert_serves(m, _shifted(w, 2))
+    assert CheckpointWatcher(m, d, use_watchdog=False, allow_step_reset=True).poll().step == 1  # by mtime
+
+
+def test_keep_prunes_by_commit_order_not_the_writers_clock(tmp_path, monkeypatch):
+    w = {"a": np.ones(3, np.float32)}
+    clock = _Clock(monkeypatch, 3600.0)
+    write_checkpoint(tmp_path, w, 100, run="a", keep=2)
+    write_checkpoint(tmp_path, w, 101, run="a", keep=2)
+    clock.offset = -3600.0
+    write_checkpoint(tmp_path, w, 0, run="b", keep=2)
+    write_checkpoint(tmp_path, w, 1, run="b", keep=2)  # the run a checkpoints are the older commits
+    assert sorted((c.run, c.step) for c in list_checkpoints(tmp_path)) == [("b", 0), ("b", 1)]
+
+
+def test_log_lines_say_what_the_model_serves(served, caplog):
+    """Before anything is applied: no "step None"; after an update from elsewhere (an HTTP push): its version."""
+    m, w, d = served
+    _marker(d, 5, "step-00000005.npz", data=b"junk")
+    wt = CheckpointWatcher(m, d, use_watchdog=False)
+    with caplog.at_level(logging.WARNING, logger="acl_bundle"):
+        assert wt.poll() is None
+    assert "None" not in caplog.text and "nothing applied from here yet" in caplog.text and "(version 0" in caplog.text
+    write_checkpoint(d, _shifted(w, 6), 6)
+    assert wt.poll().step == 6 and m.version == 1
+    m.update(_shifted(w, 9))  # e.g. a push over HTTP: version 2, not from the directory
+    caplog.clear()
+    _marker(d, 7, "step-00000007.npz", data=b"junk")
+    with caplog.at_level(logging.WARNING, logger="acl_bundle"):
+        assert wt.poll() is None
+    assert "keeps its current weights (version 2; the last checkpoint applied from here was step 6, version 1)" \
+        in caplog.text
+
+
 def test_start_after_applies_to_every_run(served):
     m, w, d = served
     write_checkpoint(d, _shifted(w, 1), 3, run="x")

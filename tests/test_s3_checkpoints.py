@@ -11,6 +11,7 @@ import logging
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 
 import numpy as np
@@ -215,10 +216,12 @@ def test_corrupt_and_half_written_objects_are_refused(moto, bucket, served, capl
     assert applied is not None and applied.step == 1 and _device_step(m, w) == 1
     text = caplog.text
     assert "its marker says" in text and "SHA-256" in text and "missing" in text
-    assert wt.skipped == 4
+    assert wt.skipped == 2  # step 3 (SHA-256) and step 5 (JSON) are bad
+    assert wt.waiting == 2  # steps 2 (shorter than its marker says) and 4 (missing) may still be replicated
+    assert text.count("not readable yet") == 2
     caplog.clear()
     with caplog.at_level(logging.WARNING, logger="acl_bundle"):
-        assert wt.poll() is None  # known bad: not retried, not re-logged
+        assert wt.poll() is None  # known bad: not retried, not re-logged; the waiting ones: one WARNING each, given
     assert caplog.text == ""
     write_checkpoint(url, _shifted(w, 6), 6, storage_options=opts)
     assert wt.poll().step == 6 and _device_step(m, w) == 6
@@ -286,6 +289,71 @@ def test_transient_errors_are_retried_and_the_newest_step_applied(moto, proxy, b
             assert wt.wait_for_step(2, timeout=60)
     assert _device_step(m, w) == 2 and wt.skipped == 0
     assert wt.retry_delay == 0.05 and proxy.injected >= 3
+
+
+def test_a_listed_object_answering_404_is_applied_once_readable(moto, proxy, bucket, served, caplog):
+    """A store replicating: the data object is listed but GET answers 404 for a while (not a permanent mark)."""
+    m, w = served
+    url = f"s3://{bucket}/ckpts"
+    direct, via = s3help.options(moto.endpoint), s3help.options(proxy.endpoint)
+    write_checkpoint(url, _shifted(w, 1), 1, storage_options=direct)
+    wt = CheckpointWatcher(m, url, storage_options=via, poll_interval=0.01)
+    assert wt.poll().step == 1
+    info = write_checkpoint(url, _shifted(w, 2), 2, storage_options=direct)
+    proxy.fail("404", 10**6, match=f"GET /{bucket}/ckpts/{info.path.name}")
+    with caplog.at_level(logging.WARNING, logger="acl_bundle"):
+        for _ in range(3):
+            assert wt.poll() is None
+            time.sleep(0.05)  # past the entry's back-off (0.01 s doubling)
+        assert wt.waiting == 1 and wt.skipped == 0 and _device_step(m, w) == 1
+        proxy.clear()  # replicated
+        deadline = time.monotonic() + 10
+        while wt.applied_step != 2 and time.monotonic() < deadline:
+            wt.poll()
+            time.sleep(0.02)
+    assert wt.applied_step == 2 and _device_step(m, w) == 2 and wt.waiting == 0 and wt.skipped == 0
+    assert proxy.injected >= 3
+    warned = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warned) == 1 and "not readable yet" in warned[0] and info.marker.name in warned[0]
+
+
+def test_a_marker_synced_before_its_data_is_applied_when_the_data_arrives(moto, bucket, served):
+    """A sync tool copying the marker first: the missing object is waited for, and applied once it is listed."""
+    m, w = served
+    url, opts = f"s3://{bucket}/src", s3help.options(moto.endpoint)
+    info = write_checkpoint(url, _shifted(w, 3), 3, storage_options=opts)
+    import s3fs
+
+    fs = s3fs.S3FileSystem(**opts)
+    fs.copy(f"{bucket}/src/{info.marker.name}", f"{bucket}/dst/{info.marker.name}")
+    wt = CheckpointWatcher(m, f"s3://{bucket}/dst", storage_options=opts, poll_interval=60)
+    assert wt.poll() is None and wt.waiting == 1 and wt.skipped == 0
+    assert wt.poll() is None  # backing off (60 s): no new attempt, nothing changed
+    fs.copy(f"{bucket}/src/{info.path.name}", f"{bucket}/dst/{info.path.name}")
+    assert wt.poll().step == 3 and _device_step(m, w) == 3  # its data appeared: its identity changed, tried at once
+
+
+def test_runs_on_the_store_are_ordered_by_commit_not_by_the_writers_clocks(moto, bucket, served, monkeypatch, caplog):
+    import types
+
+    import acl_bundle._checkpoint.writer as writer
+
+    m, w = served
+    url, opts = f"s3://{bucket}/ckpts", s3help.options(moto.endpoint)
+    real = time.time
+    monkeypatch.setattr(writer, "time", types.SimpleNamespace(time=lambda: real() + 3600))
+    write_checkpoint(url, _shifted(w, 100), 100, run="a", storage_options=opts)
+    time.sleep(1.1)  # S3's LastModified has one-second resolution
+    monkeypatch.setattr(writer, "time", types.SimpleNamespace(time=lambda: real() - 3600))
+    write_checkpoint(url, _shifted(w, 1), 1, run="b", storage_options=opts)
+    with caplog.at_level(logging.WARNING, logger="acl_bundle"):
+        wt = CheckpointWatcher(m, url, storage_options=opts)
+        assert wt.poll().step == 1 and wt.applied_run == "b"  # by LastModified, though b's `created` is 2 h older
+        assert wt.poll() is None
+    assert sum("ignoring run 'a'" in r.getMessage() for r in caplog.records) == 1
+    monkeypatch.setattr(writer, "time", types.SimpleNamespace(time=lambda: real() + 3600))
+    write_checkpoint(url, _shifted(w, 2), 0, run="c", storage_options=opts)  # a restart on a host 1 h ahead
+    assert wt.poll().step == 0 and wt.applied_run == "c" and _device_step(m, w) == 2
 
 
 def _racing(moto, bucket, served, steps, writers, *, keep=None, poll=0.01):

@@ -99,12 +99,13 @@ def test_truncated_data_behind_marker_is_retried_when_it_changes(served):
     info = write_checkpoint(d, _shifted(w, 4), 4)
     good = info.path.read_bytes()
     info.path.write_bytes(good[: len(good) // 2])  # e.g. a copy tool still writing
-    wt = CheckpointWatcher(m, d, use_watchdog=False)
-    assert wt.poll() is None and wt.skipped == 1
+    wt = CheckpointWatcher(m, d, use_watchdog=False, poll_interval=60)
+    assert wt.poll() is None and wt.skipped == 0 and wt.waiting == 1  # not readable yet: retried, not marked bad
+    assert wt.poll() is None  # the back-off (60 s here) has not passed and nothing changed
     _assert_device_holds(m, w)
-    info.path.write_bytes(good)  # the file changed: worth one more try
+    info.path.write_bytes(good)  # the file changed: tried again at once
     os.utime(info.path, ns=(1, 1))
-    assert wt.poll().step == 4
+    assert wt.poll().step == 4 and wt.waiting == 0
     _assert_device_holds(m, _shifted(w, 4))
 
 
@@ -112,7 +113,7 @@ def test_corrupt_newest_falls_back_to_next_newest_good(served):
     m, w, d = served
     write_checkpoint(d, _shifted(w, 1), 1)
     bad = write_checkpoint(d, _shifted(w, 2), 2)
-    bad.path.write_bytes(b"PK\x03\x04" + b"\0" * 50)
+    bad.path.write_bytes(b"PK\x03\x04" + b"\0" * (bad.nbytes - 4))  # the marker's size, other bytes
     wt = CheckpointWatcher(m, d, use_watchdog=False)
     assert wt.poll().step == 1
     assert wt.skipped == 1

@@ -28,7 +28,7 @@ from collections.abc import Callable, Mapping
 from pathlib import Path, PurePath, PurePosixPath
 from typing import Any, Protocol
 
-from .._archive import CheckpointError, read_regular, stat_key
+from .._archive import CheckpointError, NotReadyError, read_regular, stat_key
 from .._files import write_atomic
 
 Key = tuple[Any, ...]
@@ -103,6 +103,11 @@ class LocalStore:
     def key_time(key: Key) -> float:
         """The entry's modification time (seconds) from its key."""
         return key[3] / 1e9
+
+    @staticmethod
+    def key_size(key: Key) -> int:
+        """The entry's size in bytes from its key."""
+        return int(key[2])
 
     def read(self, name: str, what: str, *, limit: int, expect: int | None = None,
              stop: Callable[[], bool] | None = None) -> tuple[bytearray, float]:
@@ -199,6 +204,10 @@ class FsspecStore:
     def key_time(key: Key) -> float:
         return float(key[2])
 
+    @staticmethod
+    def key_size(key: Key) -> int:
+        return int(key[0])
+
     def read(self, name: str, what: str, *, limit: int, expect: int | None = None,
              stop: Callable[[], bool] | None = None) -> tuple[bytearray, float]:
         """``(buffer, mtime)``: the object in ``CHUNK``-byte ranged GETs into one buffer of its listed size.
@@ -222,9 +231,8 @@ class FsspecStore:
             key = (int(info.get("size") or 0), str(info.get("ETag") or ""), _mtime(info))
         size = key[0]
         if expect is not None and size != expect:
-            raise CheckpointError(
-                f"{what} has {size} bytes, its marker says {expect} (truncated or still being written?)"
-            )
+            kind = NotReadyError if size < expect else CheckpointError
+            raise kind(f"{what} has {size} bytes, its marker says {expect} (truncated or still being written?)")
         if size > limit:
             raise CheckpointError(f"{what} has {size} bytes, more than the limit of {limit} (max_bytes=)")
         buf = bytearray(size)
@@ -240,7 +248,7 @@ class FsspecStore:
             except Exception as e:
                 raise TransientError(f"{what} cannot be read at byte {pos}: {_why(e)}") from e
             if not chunk:
-                raise CheckpointError(f"{what} shrank to {pos} bytes while being read (expected {size})")
+                raise NotReadyError(f"{what} shrank to {pos} bytes while being read (expected {size})")
             if len(chunk) > end - pos:
                 raise CheckpointError(f"{what}: the store returned {len(chunk)} bytes for a {end - pos}-byte range")
             buf[pos:pos + len(chunk)] = chunk
@@ -248,12 +256,39 @@ class FsspecStore:
             del chunk
         return buf, float(key[2])
 
+    def download(self, name: str, dest: Path, what: str, *, expect: int,
+                 stop: Callable[[], bool] | None = None) -> None:
+        """Copy the object to the new local file ``dest`` in ``CHUNK``-byte ranged GETs (``expect``: its listed size).
+
+        FileNotFoundError when the store answers 404; NotReadyError when it holds fewer bytes than listed.
+        """
+        path = str(self.root / name)
+        pos = 0
+        with open(dest, "xb") as f:
+            while pos < expect:
+                if stop is not None and stop():
+                    raise CheckpointError(f"{what}: reading abandoned (stopping)")
+                end = min(expect, pos + CHUNK)
+                try:
+                    chunk = self.fs.cat_file(path, start=pos, end=end)
+                except FileNotFoundError:
+                    raise
+                except Exception as e:
+                    raise TransientError(f"{what} cannot be read at byte {pos}: {_why(e)}") from e
+                if not chunk:
+                    raise NotReadyError(f"{what} has {pos} bytes, the listing said {expect} (still being replaced?)")
+                if len(chunk) > end - pos:
+                    raise CheckpointError(f"{what}: the store returned {len(chunk)} bytes for a {end - pos}-byte range")
+                f.write(chunk)
+                pos += len(chunk)
+                del chunk
+
     def put(self, name: str, write: Callable[[Any], object], *, exclusive: bool = False) -> tuple[str, int]:
         """One PUT of the bytes ``write(fileobj)`` produces (``exclusive``: ``If-None-Match: *``).
 
         FileExistsError when ``exclusive`` and the object exists.  A store whose
         fsspec driver has no create-only mode gets an exists-check before the PUT
-        (a narrower race, see docs/checkpoints.md, "Conditional writes elsewhere").
+        (a narrower race, see the README).
         """
         import io
 
@@ -304,6 +339,7 @@ class Store(Protocol):
     def list(self) -> dict[str, Key]: ...
     def key(self, name: str) -> Key | None: ...
     def key_time(self, key: Key) -> float: ...
+    def key_size(self, key: Key) -> int: ...
     def read(self, name: str, what: str, *, limit: int, expect: int | None = None,
              stop: Callable[[], bool] | None = None) -> tuple[bytearray, float]: ...
     def put(self, name: str, write: Callable[[Any], object], *, exclusive: bool = False) -> tuple[str, int]: ...
@@ -316,9 +352,7 @@ def open_store(location: str | os.PathLike[str], storage_options: Mapping[str, A
     if is_url(location):
         return FsspecStore(str(location), storage_options, suffixes=suffixes)
     if storage_options:
-        raise ValueError(
-            f"storage_options are for fsspec URLs (s3://..., gs://...), not the local path {str(location)!r}"
-        )
+        raise ValueError(f"storage_options are for fsspec URLs (s3://..., gs://...), not the local path {str(location)!r}")
     loc = str(location)
     return LocalStore(loc[len("file://"):] if loc.startswith("file://") else location, suffixes=suffixes)
 

@@ -187,7 +187,7 @@ def write_checkpoint(
     if keep is not None:
         good, _ = scan_markers(store)
         others = [c for c in good if c.marker.name != marker_name and c.marker.name.startswith(prefix + "-")]
-        others.sort(key=lambda c: (c.created, c.step, c.marker.name), reverse=True)
+        others.sort(key=lambda c: (_commit_time(store, c), c.step, c.marker.name), reverse=True)
         still = {c.path.name for c in others[: keep - 1]} | {data_name}
         for old in others[keep - 1:]:
             store.delete(old.marker.name)
@@ -198,6 +198,12 @@ def write_checkpoint(
         else:
             clean_checkpoints(store.root, grace=grace, _markers=good)
     return info
+
+
+def _commit_time(store: Store, info: CheckpointInfo) -> float:
+    """When ``info`` was committed by the store's clock (marker mtime, LastModified), not the writer's ``created``."""
+    key = store.key(info.marker.name)
+    return store.key_time(key) if key is not None else info.created
 
 
 def _safetensors_numpy() -> Any:

@@ -83,13 +83,16 @@ def test_a_corrupt_or_truncated_checkpoint_is_refused_and_the_last_good_weights_
         _state(tf1_dir, [2, 4, 6])
         with caplog.at_level(logging.WARNING, logger="acl_bundle"):
             assert w.poll() is None
-        assert w.skipped == 1 and w.applied_step == 4 and m.version == 1
-        assert "skipping checkpoint model.ckpt-6.index" in caplog.text and "the model keeps the weights of step 4" in caplog.text
+        if damage == "truncate":  # a shard shorter than the index says: maybe still being copied, retried
+            assert w.skipped == 0 and w.waiting == 1 and "not readable yet" in caplog.text
+        else:
+            assert w.skipped == 1 and "skipping checkpoint model.ckpt-6.index" in caplog.text
+        assert w.applied_step == 4 and m.version == 1 and "the model keeps the weights of step 4" in caplog.text
         after = sim.variables(m.bundle_id)
         for k in good:
             np.testing.assert_array_equal(after[k], good[k])
         _assert_serves(m, tf1_dir / "model.ckpt-4", oracles)
-        assert w.poll() is None and w.skipped == 1  # not retried until it changes
+        assert w.poll() is None and w.skipped == (damage != "truncate")  # not retried until it changes (or backs off)
         _copy_as(tf1_run.dir / "model.ckpt-6", tf1_dir / "model.ckpt-8")  # the trainer's next, good checkpoint
         _state(tf1_dir, [2, 4, 6, 8])
         assert w.poll().step == 8
