@@ -63,6 +63,7 @@ import numpy as np
 from ._archive import Archive, CheckpointError
 from ._checkpoint.names import DEFAULT_MAX_BYTES as DEFAULT_MAX_BYTES
 from ._checkpoint.names import (
+    TF_BOUND_FACTOR,
     CheckpointMismatchError,
     NameMatch,
     match_names,
@@ -125,13 +126,51 @@ def _open_archive(path: str | os.PathLike[str], limit: int,
         raise CheckpointError(f"checkpoint {text!r} is a TensorFlow MetaGraph (.meta: the graph, not its weights); "
                               f"give the checkpoint's prefix ({text[:-5]!r}), its .index file or its directory")
     if suffix not in SUFFIXES:
-        raise CheckpointError(f"checkpoint {text!r} has suffix {Path(name).suffix!r}; expected one of {list(SUFFIXES)}")
+        raise CheckpointError(f"checkpoint {text!r} is {_file_type(name)}; expected a .npz or .safetensors file or a "
+                              "TensorFlow checkpoint (its prefix, e.g. 'ckpts/model.ckpt-1200', with .index and "
+                              ".data-* files, or a directory with TF's 'checkpoint' state file)")
     what = f"checkpoint {text!r}"
     try:
         buf, _ = open_store(parent, storage_options).read(name, what, limit=limit)
     except FileNotFoundError:
         raise FileNotFoundError(f"checkpoint {text!r} does not exist or is not a file") from None
     return Archive(buf, suffix, what, limit=limit)
+
+
+_FILE_TYPES = {
+    ".meta": "a TensorFlow MetaGraph (the graph; the weights are in the checkpoint's .index and .data-* files)",
+    ".pb": "a TensorFlow graph or SavedModel protobuf, not a checkpoint",
+    ".pbtxt": "a TensorFlow text protobuf, not a checkpoint",
+    ".h5": "a Keras/HDF5 model file (save a tf.train.Checkpoint, or the weights as .npz)",
+    ".keras": "a Keras model archive (save a tf.train.Checkpoint, or the weights as .npz)",
+    ".onnx": "an ONNX model, not a checkpoint",
+    ".om": "an Ascend offline model (the bundle itself), not a checkpoint",
+    ".pt": "a PyTorch pickle, which acl_bundle never unpickles (save the state dict with safetensors.torch.save_file)",
+    ".pth": "a PyTorch pickle, which acl_bundle never unpickles (save the state dict with safetensors.torch.save_file)",
+    ".bin": "a raw or pickled weights file, which acl_bundle does not read (save it as .safetensors or .npz)",
+    ".pkl": "a pickle, which acl_bundle never unpickles",
+    ".ckpt": "a PyTorch Lightning / pickle checkpoint, which acl_bundle never unpickles (a TF checkpoint is named by "
+             "its prefix, with .index and .data-* files beside it)",
+}
+
+
+def _file_type(name: str) -> str:
+    """What a file name's suffix says it is, for messages."""
+    suffix = Path(name).suffix
+    known = _FILE_TYPES.get(suffix.lower())
+    if known is not None:
+        return known
+    return f"a file with suffix {suffix!r}" if suffix else "a name without a suffix"
+
+
+def _remote_tf(path: str | os.PathLike[str], storage_options: Mapping[str, Any] | None) -> Any:
+    """``(store, entry)`` when the URL ``path`` names a TF checkpoint (prefix, .index, .data-*, state-file prefix)."""
+    text = os.fspath(path)
+    if not is_url(text) or text.lower().endswith(SUFFIXES):
+        return None
+    from ._checkpoint.tfdir import remote_entry
+
+    return remote_entry(str(text), storage_options)
 
 
 def read_checkpoint(path: str | os.PathLike[str], *, max_bytes: int | None = None,
@@ -147,6 +186,14 @@ def read_checkpoint(path: str | os.PathLike[str], *, max_bytes: int | None = Non
         from .tf_checkpoint import read_tf_checkpoint
 
         return read_tf_checkpoint(prefix)
+    remote = _remote_tf(path, storage_options)
+    if remote is not None:  # its files copied to a private temporary directory for TF's reader
+        from ._checkpoint.tfdir import fetched
+        from .tf_checkpoint import read_tf_prefix
+
+        store, entry = remote
+        with fetched(store, entry, limit=byte_limit(max_bytes, DEFAULT_MAX_BYTES)) as local:
+            return read_tf_prefix(local, label=store.name_url(entry.info.path.name))
     return _open_archive(path, byte_limit(max_bytes, DEFAULT_MAX_BYTES), storage_options).arrays()
 
 
@@ -182,7 +229,10 @@ def load_checkpoint(
     shape (when the variables carry them; checked before its data is read).
     ``max_bytes`` bounds the file (default: :func:`limit_for` the variables).  A
     TensorFlow checkpoint maps names by TF's default
-    (:func:`acl_bundle.tf_checkpoint.load_tf_checkpoint`).
+    (:func:`acl_bundle.tf_checkpoint.load_tf_checkpoint`); on an object store (its prefix,
+    ``.index`` or a prefix holding TF's ``checkpoint`` state file) its index and data shards
+    are copied into a private temporary directory first, bounded by ``max_bytes`` (default:
+    four times :func:`limit_for`, room for optimizer slots) before the first byte.
     """
     prefix = None if is_url(path) else _tf_prefix(Path(path))
     if prefix is not None:
@@ -191,6 +241,15 @@ def load_checkpoint(
         return load_tf_checkpoint(prefix, variables, rename=rename, strip_prefix=strip_prefix,
                                   allow_partial=allow_partial)
     specs = variable_specs(variables)
+    remote = _remote_tf(path, storage_options)
+    if remote is not None:  # its files copied to a private temporary directory for TF's reader
+        from ._checkpoint.tfdir import fetched
+        from .tf_checkpoint import load_tf_prefix
+
+        store, entry = remote
+        with fetched(store, entry, limit=byte_limit(max_bytes, TF_BOUND_FACTOR * limit_for(specs))) as local:
+            return load_tf_prefix(local, specs, rename=rename, strip_prefix=strip_prefix, allow_partial=allow_partial,
+                                  label=store.name_url(entry.info.path.name))
     archive = _open_archive(path, byte_limit(max_bytes, limit_for(specs)), storage_options)
     return select_weights(archive, specs, rename=rename, strip_prefix=strip_prefix,
                           allow_partial=allow_partial, allow_unmatched=allow_unmatched,

@@ -227,7 +227,12 @@ def read_tf_checkpoint(path: str | os.PathLike[str]) -> dict[str, np.ndarray]:
     CheckpointError for a corrupt or truncated checkpoint (TF's CRC32C or short read),
     FileNotFoundError if ``path`` is not a TF checkpoint, ImportError without TensorFlow.
     """
-    reader = _Reader(_require_prefix(path))
+    return read_tf_prefix(_require_prefix(path))
+
+
+def read_tf_prefix(prefix: Path, label: str | None = None) -> dict[str, np.ndarray]:
+    """:func:`read_tf_checkpoint` of a local ``prefix``; ``label`` names it in messages."""
+    reader = _Reader(prefix, label)
     return {k: reader.get(k) for k in reader.numeric_keys()}
 
 

@@ -61,7 +61,13 @@ from typing import Any
 
 from . import checks as _checks
 from ._archive import CheckpointError, NotReadyError
-from ._checkpoint.names import Rename, limit_for, select_weights, variable_specs
+from ._checkpoint.names import (
+    TF_BOUND_FACTOR,
+    Rename,
+    limit_for,
+    select_weights,
+    variable_specs,
+)
 from ._checkpoint.options import WatchOptions
 from ._checkpoint.protocol import (
     MARKER_SUFFIX,
@@ -70,9 +76,9 @@ from ._checkpoint.protocol import (
     verify_checkpoint,
 )
 from ._checkpoint.scan import MAX_BACKOFF as MAX_BACKOFF
-from ._checkpoint.scan import Order, Scanner, StepPolicy, backoff
+from ._checkpoint.scan import Order, Scanner, StepPolicy, backoff, protocol_of
 from ._checkpoint.storage import FsspecStore, Store, TransientError, is_url, open_store
-from ._checkpoint.tfdir import STATE_FILE, fetched
+from ._checkpoint.tfdir import fetched
 from ._errors import ModelClosedError
 from .tf_checkpoint import (
     detect_protocol,
@@ -236,8 +242,7 @@ class CheckpointWatcher:
                 names = tf_store.names()  # one LIST; detection is retried by the polls if this fails
             except TransientError:
                 return None
-            protocol = "tf" if STATE_FILE in names else ("acl_bundle" if any(
-                n.endswith(MARKER_SUFFIX) for n in names) else None)
+            protocol = protocol_of(names, self._store.url)
         else:
             protocol = detect_protocol(self._dir)
         if protocol == "tf":
@@ -429,16 +434,7 @@ class CheckpointWatcher:
             return applied
 
     def _keeping(self) -> str:
-        """What the model serves while the watcher skips or waits, for log lines."""
-        version = getattr(self._model, "version", None)
-        last = self._last
-        if last is None:
-            return ("the model keeps its current weights" if version is None
-                    else f"the model keeps its current weights (version {version}; nothing applied from here yet)")
-        if version is None or version == last.version:
-            return f"the model keeps the weights of step {last.step}" + ("" if version is None else f" (version {version})")
-        return (f"the model keeps its current weights (version {version}; the last checkpoint applied from here "
-                f"was step {last.step}, version {last.version})")
+        return _serving(getattr(self._model, "version", None), self._last)
 
     def _try(self, info: CheckpointInfo) -> AppliedCheckpoint | None:
         t0 = time.perf_counter()
@@ -515,7 +511,7 @@ class CheckpointWatcher:
         store = self._scanner.tf_store
         if not isinstance(store, FsspecStore):
             return load_tf_checkpoint(info.path, self._specs, **names)
-        limit = self._opts.max_bytes if self._opts.max_bytes is not None else 4 * self._max_bytes
+        limit = self._opts.max_bytes if self._opts.max_bytes is not None else TF_BOUND_FACTOR * self._max_bytes
         with fetched(store, self._scanner.tf_entry(info), limit=limit, stop=self._stop.is_set) as local:
             return load_tf_prefix(local, self._specs, label=store.name_url(info.path.name), **names)
 
@@ -596,3 +592,14 @@ def _start_observer(directory: Path, wake: threading.Event) -> Any:
     obs.daemon = True
     obs.start()
     return obs
+
+
+def _serving(version: int | None, last: AppliedCheckpoint | None) -> str:
+    """What the model serves while the watcher skips or waits (``last``: applied from here), for log lines."""
+    if last is None:
+        return ("the model keeps its current weights" if version is None
+                else f"the model keeps its current weights (version {version}; nothing applied from here yet)")
+    if version is None or version == last.version:
+        return f"the model keeps the weights of step {last.step}" + ("" if version is None else f" (version {version})")
+    return (f"the model keeps its current weights (version {version}; the last checkpoint applied from here "
+            f"was step {last.step}, version {last.version})")

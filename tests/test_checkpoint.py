@@ -62,11 +62,20 @@ def test_corrupt_npz_names_the_file(tmp_path, content):
         read_checkpoint(p)
 
 
+@pytest.mark.parametrize("name, says", [("model.ckpt-5.meta", "a TensorFlow MetaGraph"), ("m.onnx", "an ONNX model"),
+                                         ("w.h5", "a Keras/HDF5 model file"), ("weights", "a name without a suffix"),
+                                         ("w.xyz", "a file with suffix '.xyz'")])
+def test_a_wrong_file_is_named_by_its_type(tmp_path, name, says):
+    (tmp_path / name).write_bytes(b"x")
+    with pytest.raises(CheckpointError, match=f"is {re.escape(says)}"):
+        load_checkpoint(tmp_path / name, VARS)
+
+
 def test_missing_file_and_bad_suffix(tmp_path):
     with pytest.raises(FileNotFoundError, match="does not exist"):
         read_checkpoint(tmp_path / "nope.npz")
     (tmp_path / "w.pt").write_bytes(b"x")
-    with pytest.raises(CheckpointError, match=r"suffix '\.pt'; expected one of \['\.npz', '\.safetensors'\]"):
+    with pytest.raises(CheckpointError, match=r"is a PyTorch pickle, which acl_bundle never unpickles.*expected a \.npz or \.safetensors"):
         read_checkpoint(tmp_path / "w.pt")
 
 

@@ -18,6 +18,7 @@ from .._archive import Archive, CheckpointError
 log = logging.getLogger("acl_bundle")
 
 DEFAULT_MAX_BYTES = 4 << 30  # data file / decoded bytes when no model bounds them
+TF_BOUND_FACTOR = 4  # a TF checkpoint copied from a store may hold optimizer slots: this many times limit_for
 SHOWN = 10  # names listed in one message before "... and N more"
 
 Rename = Mapping[str, str] | Callable[[str], "str | None"] | None

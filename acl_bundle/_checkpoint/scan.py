@@ -52,6 +52,16 @@ class _Waiting:
     next_at: float  # time.monotonic() of the next attempt
 
 
+def protocol_of(names: list[str], where: str) -> str | None:
+    """"tf" for a listing with TF's state file, "acl_bundle" for one with markers, None for neither (yet)."""
+    tf_state = STATE_FILE in names
+    ours = any(n.endswith(MARKER_SUFFIX) for n in names)
+    if tf_state and ours:
+        raise CheckpointError(f"{where!r} holds both TF checkpoints (a '{STATE_FILE}' state file) and acl_bundle "
+                              f"checkpoints (*{MARKER_SUFFIX} markers); choose one with protocol='tf' or 'acl_bundle'")
+    return "tf" if tf_state else ("acl_bundle" if ours else None)
+
+
 class StepPolicy:
     """Which committed checkpoints are newer than the one served, and their order (best first)."""
 
@@ -172,14 +182,7 @@ class Scanner:
 
         try:
             if self.store.remote:
-                names = self.tf_store.names()
-                tf_state = STATE_FILE in names
-                ours = any(n.endswith(MARKER_SUFFIX) for n in names)
-                if tf_state and ours:
-                    raise CheckpointError(f"{self._where!r} holds both TF checkpoints (a '{STATE_FILE}' state file) "
-                                          f"and acl_bundle checkpoints (*{MARKER_SUFFIX} markers); choose one with "
-                                          "protocol='tf' or 'acl_bundle'")
-                protocol = "tf" if tf_state else ("acl_bundle" if ours else None)
+                protocol = protocol_of(self.tf_store.names(), self._where)
             else:
                 protocol = detect_protocol(self._dir)
             if protocol == "tf":

@@ -110,27 +110,55 @@ def list_entries(store: Store, listing: Mapping[str, Key], recorded: tuple[str, 
 
     ``no_step(name)`` is told of a checkpoint without a step in its name (it cannot be ordered).
     """
-    state_key = listing.get(STATE_FILE)
-    root = Path(str(store.root))
     out = []
     for name in dict.fromkeys(local_name(r) for r in recorded):
-        step = tf_step(name)
-        if step is None:
+        if tf_step(name) is None:
             no_step(name)
             continue
-        index = f"{name}.index"
-        ikey = listing.get(index)
-        if ikey is None:
-            continue  # deleted by max_to_keep, or not copied yet: invisible until it is listed
         try:
-            shards = shard_names(list(listing), name, f"TF checkpoint {store.name_url(name)!r}")
+            out.append(entry_for(store, listing, name))
         except CheckpointError:
-            continue
-        keys = tuple(listing[s] for s in shards)
-        nbytes = store.key_size(ikey) + sum(store.key_size(k) for k in keys)
-        info = CheckpointInfo(step, root / name, root / index, "", nbytes, (), store.key_time(ikey))
-        out.append(TFEntry(info, (index, *shards), (state_key, ikey, *keys)))
+            continue  # deleted by max_to_keep, or not copied yet: invisible until all its files are listed
     return sorted(out, key=lambda e: e.info.step, reverse=True)
+
+
+def entry_for(store: Store, listing: Mapping[str, Key], name: str) -> TFEntry:
+    """The checkpoint ``name`` (a prefix) from a listing; CheckpointError if its index or a shard is not listed."""
+    where = f"TF checkpoint {store.name_url(name)!r}"
+    index = f"{name}.index"
+    ikey = listing.get(index)
+    if ikey is None:
+        raise CheckpointError(f"{where} has no index file {index}")
+    shards = shard_names(list(listing), name, where)
+    keys = tuple(listing[s] for s in shards)
+    nbytes = store.key_size(ikey) + sum(store.key_size(k) for k in keys)
+    root = Path(str(store.root))
+    info = CheckpointInfo(tf_step(name) or 0, root / name, root / index, "", nbytes, (), store.key_time(ikey))
+    return TFEntry(info, (index, *shards), (listing.get(STATE_FILE), ikey, *keys))
+
+
+def remote_entry(url: str, storage_options: Mapping[str, Any] | None) -> tuple[FsspecStore, TFEntry] | None:
+    """The TF checkpoint an object-store URL names (its prefix, ``.index`` or ``.data-*`` object, or a prefix
+    holding TF's state file: its newest checkpoint), or None when it names none."""
+    parent, _, name = url.rstrip("/").rpartition("/")
+    if name.endswith(".index"):
+        name = name[: -len(".index")]
+    elif DATA_RE.search(name):
+        name = DATA_RE.sub("", name)
+    store = FsspecStore(parent, storage_options)
+    listing = store.list()
+    if f"{name}.index" in listing:
+        return store, entry_for(store, listing, name)
+    inner = FsspecStore(url.rstrip("/"), storage_options)
+    listing = inner.list()
+    if STATE_FILE not in listing:
+        return None
+    where = f"TF checkpoint state file {inner.name_url(STATE_FILE)!r}"
+    raw, _ = inner.read(STATE_FILE, where, limit=MAX_STATE_BYTES)
+    newest, _ = parse_state(raw, where)
+    if newest is None:
+        raise CheckpointError(f"{where} names no checkpoint")
+    return inner, entry_for(inner, listing, local_name(newest))
 
 
 @contextlib.contextmanager

@@ -99,6 +99,37 @@ def test_a_corrupt_or_truncated_checkpoint_is_refused_and_the_last_good_weights_
         _assert_serves(m, tf1_dir / "model.ckpt-8", oracles)
 
 
+@pytest.mark.parametrize("how", ["completed", "fixed"])
+def test_a_shard_completed_or_fixed_in_place_is_applied_within_a_few_polls(tf1_run, tf1_dir, oracles, caplog, how):
+    """The Saver's ckpt-6 lands with its shard short (copied after the index) or damaged, then is mended in place."""
+    _state(tf1_dir, [2, 4])
+    with BundleModel(tf1_run.om) as m:
+        w = CheckpointWatcher(m, tf1_dir, use_watchdog=False, poll_interval=60)  # back-off alone would wait >= 60 s
+        assert w.poll().step == 4
+        shard = tf1_dir / "model.ckpt-6.data-00000-of-00001"
+        good = shard.read_bytes()
+        if how == "completed":
+            shard.write_bytes(good[: len(good) // 3])  # gsutil / a parallel rsync still copying it
+        else:
+            bad = bytearray(good)
+            bad[len(bad) // 2] ^= 0x01  # a late NFS flush: TF's CRC32C refuses it
+            shard.write_bytes(bytes(bad))
+        _state(tf1_dir, [2, 4, 6])
+        with caplog.at_level(logging.WARNING, logger="acl_bundle"):
+            assert w.poll() is None and w.poll() is None and w.applied_step == 4
+        assert (w.waiting, w.skipped) == ((1, 0) if how == "completed" else (0, 1))
+        assert len([r for r in caplog.records if "model.ckpt-6" in r.getMessage()]) == 1
+        with open(shard, "r+b") as f:  # mended in place: same inode, new size or bytes and mtime
+            f.write(good)
+        for polls in range(1, 4):
+            applied = w.poll()
+            if applied is not None:
+                break
+        assert applied is not None and applied.step == 6 and polls == 1
+        assert w.waiting == 0
+        _assert_serves(m, tf1_dir / "model.ckpt-6", oracles)
+
+
 def test_protocol_is_detected_per_directory_or_chosen(tf1_run, tf1_dir, tmp_path, oracles, caplog):
     with BundleModel(tf1_run.om) as m:
         with pytest.raises(ValueError, match="protocol must be one of"):
