@@ -16,8 +16,8 @@ whoever runs the trainer):
 * :func:`load_json` bounds size, nesting depth and integer digits (``int("9" * 5000)``
   and 100k nested brackets both raise inside ``json``).
 
-Every failure is :class:`CheckpointError` (a ``ValueError``; re-exported by :mod:`acl_bundle.checkpoint`) naming the file and, where
-there is one, the member.
+Every failure is :class:`CheckpointError` (a ``ValueError``; re-exported by :mod:`acl_bundle.checkpoint`) naming the
+file and, where there is one, the member.
 """
 from __future__ import annotations
 
@@ -112,9 +112,15 @@ def read_regular(
         while pos < size:
             if stop is not None and stop():
                 raise CheckpointError(f"{what}: reading abandoned (stopping)")
-            n = os.readv(fd, [view[pos:pos + (1 << 20)]]) if hasattr(os, "readv") else _readinto(fd, view[pos:pos + (1 << 20)])
+            n = (
+                os.readv(fd, [view[pos : pos + (1 << 20)]])
+                if hasattr(os, "readv")
+                else _readinto(fd, view[pos : pos + (1 << 20)])
+            )
             if n == 0:
-                raise NotReadyError(f"{what} shrank to {pos} bytes while being read (expected {size}; still being written?)")
+                raise NotReadyError(
+                    f"{what} shrank to {pos} bytes while being read (expected {size}; still being written?)"
+                )
             pos += n
         if os.read(fd, 1):
             raise NotReadyError(f"{what} grew past {size} bytes while being read (still being written?)")
@@ -254,7 +260,9 @@ class Archive(Mapping[str, np.ndarray]):
         return f"{self._what}: member {m!r}"
 
     def _declared(self, where: str, dtype: np.dtype, shape: Any) -> tuple[tuple[int, ...], int]:
-        if not isinstance(shape, (tuple, list)) or any(isinstance(d, bool) or not isinstance(d, int) or d < 0 for d in shape):
+        if not isinstance(shape, (tuple, list)) or any(
+            isinstance(d, bool) or not isinstance(d, int) or d < 0 for d in shape
+        ):
             raise CheckpointError(f"{where}: shape {shape!r} is not a list of non-negative ints")
         if len(shape) > 64:
             raise CheckpointError(f"{where}: {len(shape)} dimensions (at most 64)")
@@ -288,7 +296,9 @@ class Archive(Mapping[str, np.ndarray]):
             elif zi.compress_type == zipfile.ZIP_DEFLATED:
                 members[name] = self._deflated_member(zi, name, where)
             else:
-                raise CheckpointError(f"{where} uses zip compression method {zi.compress_type}; only stored and deflated are read")
+                raise CheckpointError(
+                    f"{where} uses zip compression method {zi.compress_type}; only stored and deflated are read"
+                )
         return members
 
     def _npy_header(self, fp: Any, where: str) -> tuple[np.dtype, tuple[int, ...], bool, int]:
@@ -308,7 +318,9 @@ class Archive(Mapping[str, np.ndarray]):
             # TokenError: numpy reads a cut-off header dict with tokenize (lib/format.py _filter_header)
             raise CheckpointError(f"{where} has no valid .npy header: {e}") from None
         if dtype.hasobject:
-            raise CheckpointError(f"{where} holds object (pickled) arrays of Python objects; only plain numeric arrays are read")
+            raise CheckpointError(
+                f"{where} holds object (pickled) arrays of Python objects; only plain numeric arrays are read"
+            )
         return dtype, shape, bool(fortran), header_len
 
     def _stored_member(self, zi: zipfile.ZipInfo, name: str, where: str) -> Member:
@@ -343,7 +355,9 @@ class Archive(Mapping[str, np.ndarray]):
             raise CheckpointError(f"{where} cannot be inflated: {e}") from None
         shape, nbytes = self._declared(where, dtype, shape)
         if hlen + nbytes != zi.file_size:
-            raise CheckpointError(f"{where} declares {nbytes} bytes of data but the zip directory says {zi.file_size - hlen}")
+            raise CheckpointError(
+                f"{where} declares {nbytes} bytes of data but the zip directory says {zi.file_size - hlen}"
+            )
         return Member(name, dtype, shape, fortran, nbytes, -1, zi)
 
     # ------------------------------------------------------------------ safetensors
@@ -376,7 +390,9 @@ class Archive(Mapping[str, np.ndarray]):
                 raise CheckpointError(f"{where}: entry is not an object")
             code, offs = d.get("dtype"), d.get("data_offsets")
             if code not in _SAFETENSORS_DTYPES:
-                raise CheckpointError(f"{where}: dtype {code!r} has no numpy equivalent; expected one of {sorted(_SAFETENSORS_DTYPES)}")
+                raise CheckpointError(
+                    f"{where}: dtype {code!r} has no numpy equivalent; expected one of {sorted(_SAFETENSORS_DTYPES)}"
+                )
             dtype = np.dtype(_SAFETENSORS_DTYPES[code])
             shape, nbytes = self._declared(where, dtype, d.get("shape"))
             if (not isinstance(offs, list) or len(offs) != 2
@@ -384,17 +400,23 @@ class Archive(Mapping[str, np.ndarray]):
                     or not 0 <= offs[0] <= offs[1] <= data_len):
                 raise CheckpointError(f"{where}: data_offsets {offs!r} do not lie within the {data_len} data bytes")
             if offs[1] - offs[0] != nbytes:
-                raise CheckpointError(f"{where} declares {nbytes} bytes ({code} {list(shape)}) but spans {offs[1] - offs[0]}")
+                raise CheckpointError(
+                    f"{where} declares {nbytes} bytes ({code} {list(shape)}) but spans {offs[1] - offs[0]}"
+                )
             spans.append((offs[0], offs[1], name))
             members[name] = Member(name, dtype, shape, False, nbytes, base + offs[0])
         spans.sort()
         pos = 0
         for begin, end, name in spans:  # no holes, no overlaps (as safetensors itself requires)
             if begin != pos:
-                raise CheckpointError(f"{self._where(name)}: data does not follow the previous tensor (offset {begin}, expected {pos})")
+                raise CheckpointError(
+                    f"{self._where(name)}: data does not follow the previous tensor (offset {begin}, expected {pos})"
+                )
             pos = end
         if pos != data_len:
-            raise CheckpointError(f"{what} is not a valid .safetensors file: {data_len - pos} trailing bytes after the tensors")
+            raise CheckpointError(
+                f"{what} is not a valid .safetensors file: {data_len - pos} trailing bytes after the tensors"
+            )
         return members
 
     # ------------------------------------------------------------------ data

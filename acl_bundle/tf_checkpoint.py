@@ -142,7 +142,8 @@ class _Reader:
             self.shapes = {k: tuple(int(d) for d in s) for k, s in self._r.get_variable_to_shape_map().items()}
             self.dtypes = self._r.get_variable_to_dtype_map()
         except Exception as e:  # noqa: BLE001 - TF raises OpError subclasses and plain RuntimeErrors
-            raise CheckpointError(f"{self.where} cannot be read (corrupt or truncated index?): {first_line(e)}") from None
+            raise CheckpointError(f"{self.where} cannot be read (corrupt or truncated index?): "
+                                  f"{first_line(e)}") from None
         # Numeric tensors are stored as their raw bytes, so complete data files hold at least their sum.
         # A shorter total is a truncated checkpoint (even where no tensor we read is cut) or an index
         # claiming shapes it does not have; checked before TF allocates anything from those shapes.
@@ -159,7 +160,8 @@ class _Reader:
     def numeric_keys(self) -> list[str]:
         """Every numeric tensor (not the object graph or other string entries)."""
         return sorted(k for k, dt in self.dtypes.items()
-                      if k != OBJECT_GRAPH_KEY and getattr(dt, "is_numpy_compatible", False) and dt.as_numpy_dtype is not object
+                      if k != OBJECT_GRAPH_KEY and getattr(dt, "is_numpy_compatible", False)
+                      and dt.as_numpy_dtype is not object
                       and np.dtype(dt.as_numpy_dtype).kind in "biufc")
 
     def get(self, key: str) -> np.ndarray:
@@ -184,7 +186,8 @@ class _Reader:
             raw = self._r.get_tensor(OBJECT_GRAPH_KEY)
             graph = trackable_object_graph_pb2.TrackableObjectGraph.FromString(bytes(raw))
         except Exception as e:  # noqa: BLE001 - an unreadable object graph only costs the friendly names
-            log.warning("%s: cannot parse its object graph (%s); using object paths as names", self.where, first_line(e))
+            log.warning("%s: cannot parse its object graph (%s); using object paths as names", self.where,
+                        first_line(e))
             return {}
         return {a.checkpoint_key: a.full_name for node in graph.nodes for a in node.attributes if a.full_name}
 
@@ -207,7 +210,7 @@ def _default_names(keys: list[str], object_names: Mapping[str, str]) -> dict[str
 
 
 def tf_checkpoint_names(path: str | os.PathLike[str]) -> dict[str, str]:
-    """Return ``{checkpoint key: default name}`` for every numeric entry of a TF checkpoint (see the module docstring)."""
+    """``{checkpoint key: default name}`` for every numeric entry of a TF checkpoint (see the module docstring)."""
     reader = _Reader(_require_prefix(path))
     keys = reader.numeric_keys()
     return _default_names(keys, reader.object_names())
@@ -217,7 +220,8 @@ def _require_prefix(path: str | os.PathLike[str]) -> Path:
     prefix = tf_prefix(path)
     if prefix is None:
         raise FileNotFoundError(f"{os.fspath(path)!r} is not a TF checkpoint: no {Path(path).name}.index "
-                                f"(give the prefix, e.g. 'ckpts/model.ckpt-1200', or a directory with a '{STATE_FILE}' file)")
+                                "(give the prefix, e.g. 'ckpts/model.ckpt-1200', or a directory with a "
+                                f"'{STATE_FILE}' file)")
     return prefix
 
 

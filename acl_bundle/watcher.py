@@ -387,7 +387,7 @@ class CheckpointWatcher:
 
     # ------------------------------------------------------------------ work
     def wait_for_step(self, step: int, timeout: float | None = None, *, run: str | None = None) -> bool:
-        """Block until a step >= ``step`` (of ``run``, if given) is applied; False on timeout or if the watcher stopped."""
+        """Block until a step >= ``step`` (of ``run``, if given) is applied; False on timeout or once stopped."""
         deadline = None if timeout is None else time.monotonic() + timeout
         with self._cond:
             while (self._applied_step is None or self._applied_step < step
@@ -402,7 +402,7 @@ class CheckpointWatcher:
 
     @property
     def retry_delay(self) -> float:
-        """Seconds until the next poll: ``poll_interval``, doubled per consecutive transient failure up to ``MAX_BACKOFF``."""
+        """Seconds until the next poll: ``poll_interval``, doubled per consecutive transient failure, at most 60 s."""
         return backoff(self._opts.poll_interval, self._failures)
 
     def poll(self) -> AppliedCheckpoint | None:
@@ -547,7 +547,8 @@ class CheckpointWatcher:
         try:
             self._model.rollback(to=before)
             self._rolled_back += 1
-            self._scanner.mark_bad(info, f"health check failed after the update ({why}); rolled back to version {before}")
+            self._scanner.mark_bad(info, f"health check failed after the update ({why}); "
+                                         f"rolled back to version {before}")
         except ModelClosedError:
             raise
         except Exception as e:

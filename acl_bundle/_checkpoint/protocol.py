@@ -84,7 +84,8 @@ def parse_marker(raw: bytes | bytearray, where: str, p: Any, mtime: float) -> Ch
         problems.append(f"'step' must be a non-negative int, got {step!r:.40} (at most 2**63-1)")
     if (not isinstance(file, str) or not file or len(file) > 255 or any(c in file for c in "/\\\0")
             or file.startswith(".") or not file.lower().endswith(SUFFIXES)):
-        problems.append(f"'file' must be a plain file name in the same directory, ending .npz or .safetensors, got {file!r:.80}")
+        problems.append("'file' must be a plain file name in the same directory, ending .npz or .safetensors, "
+                        f"got {file!r:.80}")
     if not isinstance(digest, str) or not re.fullmatch(r"[0-9a-f]{64}", digest):
         problems.append("'sha256' must be 64 lowercase hex digits")
     if isinstance(nbytes, bool) or not isinstance(nbytes, int) or not 0 <= nbytes <= MAX_STEP:
@@ -192,5 +193,6 @@ def verify_checkpoint(
         raise CheckpointError(f"{where} fails its SHA-256 check (corrupt or changed after commit)")
     archive = Archive(buf, suffix, where, limit=limit)  # the bytes just verified, not the file again
     if sorted(archive) != sorted(info.variables):
-        raise CheckpointError(f"{where} holds {show_names(sorted(archive))}, its marker lists {show_names(sorted(info.variables))}")
+        raise CheckpointError(f"{where} holds {show_names(sorted(archive))}, "
+                              f"its marker lists {show_names(sorted(info.variables))}")
     return archive if lazy else archive.arrays()

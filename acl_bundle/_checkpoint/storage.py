@@ -352,7 +352,8 @@ def open_store(location: str | os.PathLike[str], storage_options: Mapping[str, A
     if is_url(location):
         return FsspecStore(str(location), storage_options, suffixes=suffixes)
     if storage_options:
-        raise ValueError(f"storage_options are for fsspec URLs (s3://..., gs://...), not the local path {str(location)!r}")
+        raise ValueError(f"storage_options are for fsspec URLs (s3://..., gs://...), "
+                         f"not the local path {str(location)!r}")
     loc = str(location)
     return LocalStore(loc[len("file://"):] if loc.startswith("file://") else location, suffixes=suffixes)
 

@@ -162,7 +162,8 @@ def remote_entry(url: str, storage_options: Mapping[str, Any] | None) -> tuple[F
 
 
 @contextlib.contextmanager
-def fetched(store: FsspecStore, entry: TFEntry, *, limit: int, stop: Callable[[], bool] | None = None) -> Iterator[Path]:
+def fetched(store: FsspecStore, entry: TFEntry, *, limit: int,
+            stop: Callable[[], bool] | None = None) -> Iterator[Path]:
     """The local prefix of ``entry``'s files copied into a private temporary directory, removed afterwards.
 
     The listed sizes are checked against ``limit`` before anything is fetched; an object listed but answering 404,
