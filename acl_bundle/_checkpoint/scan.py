@@ -272,19 +272,19 @@ class Scanner:
                     log.warning("checkpoint watcher on %s: %s; %s", self._where, e, self.keeping())
         entries = list_entries(self.tf_store, listing, self._state[1],
                                lambda n: warn_no_step(self.tf_store.name_url(n)))
-        self._forget({e.info.marker.name for e in entries})
-        for e in entries:
-            name = e.info.marker.name
-            self._tf[name] = e
-            self._markers[name] = (e.identity[1], e.info)
-            self._order.setdefault(name, (self._polls, e.info.created))
-        return [e.info for e in entries]
+        self._forget({entry.info.marker.name for entry in entries})
+        for entry in entries:
+            name = entry.info.marker.name
+            self._tf[name] = entry
+            self._markers[name] = (entry.identity[1], entry.info)
+            self._order.setdefault(name, (self._polls, entry.info.created))
+        return [entry.info for entry in entries]
 
     def _forget(self, live: set[str]) -> None:
         """Drop what is known about entries no longer listed (the state stays bounded by what is there)."""
         for cache in (self._markers, self._order, self._tf, self._bad, self._waiting):
             for name in [n for n in cache if n not in live]:
-                del cache[name]  # type: ignore[attr-defined]
+                del cache[name]
         self._told &= live
 
     # ------------------------------------------------------------------ judging

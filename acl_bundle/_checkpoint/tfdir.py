@@ -88,11 +88,11 @@ def shard_names(names: Iterator[str] | list[str], prefix: str, where: str) -> li
         raise CheckpointError(f"{where} has no data file ({prefix}.data-00000-of-NNNNN)")
     if len(counts) != 1:
         raise CheckpointError(f"{where} has data files of different shard counts {sorted(counts)}")
-    n = counts.pop()
-    missing = [i for i in range(n) if i not in shards]
-    if missing or n == 0:
-        raise CheckpointError(f"{where} lacks data shard(s) {missing} of {n}")
-    return [shards[i] for i in range(n)]
+    total = counts.pop()
+    missing = [i for i in range(total) if i not in shards]
+    if missing or total == 0:
+        raise CheckpointError(f"{where} lacks data shard(s) {missing} of {total}")
+    return [shards[i] for i in range(total)]
 
 
 @dataclass(frozen=True)
