@@ -17,7 +17,8 @@ receiving the body / busy) and the time it entered it:
   it is still taken, up to ``health_reserve`` more, but answers only the health routes
   (others ``503``, closed); past that it is closed at once.
 * **Drain** (:meth:`Connections.drain`; the server closes the listener ``DRAIN_IDLE_GRACE``
-  s into it, new connections until then are answered like open ones): requests in flight
+  s into it or once no connection is left, new connections until then are answered like
+  open ones): requests in flight
   finish and their responses say ``Connection: close``; new requests on open connections
   are answered ``503`` by the app; a connection is closed once idle for ``DRAIN_IDLE_GRACE``
   s counted from the later of its last response and the drain's start (not at once: a
