@@ -184,6 +184,9 @@ def test_a_busy_port_exits_1_naming_it(tmp_path, busy):
     (["{om}", "--update-token-file", "{short}"], "at least 16"),
     (["{om}", "--http-port", "70000"], "--http-port must be 0..65535"),
     (["{om}", "--max-queue-delay-us", "-1"], "--max-queue-delay-us must be >= 0"),
+    (["{om}", "--header-timeout", "0"], "--header-timeout must be a positive number of seconds"),
+    (["{om}", "--max-connections", "0"], "--max-connections must be a positive integer"),
+    (["{om}", "--max-header-bytes", "-5"], "--max-header-bytes must be a positive integer"),
 ])
 def test_bad_options_are_one_line_errors(tmp_path, args, expect):
     om, _ = build_bundle(tmp_path)
