@@ -450,6 +450,8 @@ def test_every_path_in_the_development_tree_exists() -> None:
     tree = tree[:tree.index("```")]
     paths = [line.split()[0] for line in tree.strip().splitlines()]
     assert len(paths) > 30
+    twice = sorted({p for p in paths if paths.count(p) > 1})
+    assert not twice, f"docs/development.md lists these twice: {twice}"
     missing = [p for p in paths if not (ROOT / p).exists()]
     assert not missing, f"docs/development.md names paths that do not exist: {missing}"
     listed = {p.rstrip("/") for p in paths}
