@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 # model code until something needs them.
 _LAZY = {
     "AclCleanupWarning": "._errors", "AclError": "._errors", "BackendNotFoundError": "._errors",
-    "ModelClosedError": "._errors", "UnknownVariableError": "._errors",
+    "InterpreterShutdownError": "._errors", "ModelClosedError": "._errors", "UnknownVariableError": "._errors",
     "load_manifest": "._manifest", "manifest_path": "._manifest", "read_manifest": "._manifest",
     "CheckpointError": ".checkpoint", "CheckpointMismatchError": ".checkpoint",
     "load_checkpoint": ".checkpoint", "write_checkpoint": ".checkpoint",
@@ -29,7 +29,14 @@ _LAZY = {
 }
 
 if TYPE_CHECKING:
-    from ._errors import AclCleanupWarning, AclError, BackendNotFoundError, ModelClosedError, UnknownVariableError
+    from ._errors import (
+        AclCleanupWarning,
+        AclError,
+        BackendNotFoundError,
+        InterpreterShutdownError,
+        ModelClosedError,
+        UnknownVariableError,
+    )
     from ._manifest import load_manifest, manifest_path, read_manifest
     from .checkpoint import CheckpointError, CheckpointMismatchError, load_checkpoint, write_checkpoint
     from .model import BundleModel, StagedUpdate, TensorInfo, Variable, WeightVersion
@@ -43,6 +50,7 @@ __all__ = [
     "CheckpointError",
     "CheckpointMismatchError",
     "CheckpointWatcher",
+    "InterpreterShutdownError",
     "ModelClosedError",
     "StagedUpdate",
     "TensorInfo",

@@ -33,6 +33,10 @@ class ModelClosedError(RuntimeError):
     """The BundleModel was closed; no further calls are possible."""
 
 
+class InterpreterShutdownError(ModelClosedError):
+    """A model load was refused because the Python interpreter is shutting down (its models are being released)."""
+
+
 class UnknownVariableError(KeyError):
     """A weight key names no variable of the bundle."""
 

@@ -1,17 +1,12 @@
 """BundleModel: load an Ascend bundle model once, update its weights live, serve inference.
 
-The façade over the pieces, each in a file named for it:
-
-* :mod:`._context` — the model's ACL context, copy kinds (and, via :mod:`._backend`,
-  the process-wide runtime);
-* :mod:`._description` — what the bundle is (roles, tensors, variables) and the
-  checks of ``infer``/``update`` arguments against it;
-* :mod:`._buffers` — the release ledger and the per-batch infer slots;
-* :mod:`._updater` — the update graph's I/O, stage and commit, version; init at load;
-* :mod:`._gate` — admission: in-flight calls, phase-fair readers/writer, slots;
-* :mod:`._history` — host copies of applied weights (opt-in), for undo and ``rollback``;
-* :mod:`._fastinfer` — ``infer``'s specialised path for the plain case (exact arrays,
-  a built slot, no commit pending), everything else falling back to the general one.
+The façade over the device runtime in ``acl_bundle/_model/``, one file per concern:
+``context`` (the model's ACL context, copies), ``bundle`` (reading a bundle),
+``description`` (roles, tensors, variables; argument checks), ``buffers`` (release
+ledger, infer slots), ``updater`` (update graph, stage/commit, version), ``guard``
+(update checks), ``gate`` (admission), ``history`` (host copies for rollback),
+``fastinfer`` (infer's plain case), ``worker`` (the main thread's calls, out of reach
+of signal handlers), ``process`` (fork and interpreter exit).
 
 Concurrency model (what runs at the same time and what is serialised):
 
@@ -38,104 +33,43 @@ largest batch's).  ``BundleModel.device_bytes`` reports the total.
 """
 from __future__ import annotations
 
-import atexit
 import logging
 import os
 import sys
-import threading
 import warnings
 import weakref
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
 from functools import partial
 from typing import Any, TypeAlias
 
 import numpy as np
 
 from . import _backend
-from ._errors import AclCleanupWarning, ModelClosedError, check, unwrap
+from ._errors import AclCleanupWarning, ModelClosedError, unwrap
 from ._manifest import ManifestArg, ManifestVariable, manifest_path, read_manifest
 from ._model.buffers import Ledger, Slot, build_slot, probe_output_shapes
+from ._model.bundle import BundleDescription, describe_bundle, read_bundle
 from ._model.context import ModelContext, current_context, restore_context
-from ._model.description import Description, TensorInfo, Variable
+from ._model.description import TensorInfo, Variable
 from ._model.fastinfer import build as build_fast_infer
 from ._model.gate import Gate
+from ._model.guard import Guard, UnknownPreviousError  # noqa: F401  (re-exported: update(check=golden) raises it)
 from ._model.history import History, HistoryEntry
+from ._model.options import check_load_options, check_step
+from ._model.process import lifecycle, release_quietly
 from ._model.updater import StagedUpdate, Updater, WeightVersion, run_init
 from ._model.worker import INLINE, Worker, in_main_thread
-from .checks import Check, Golden, WeightsRefused, run_check, split_checks
+from .checks import Check, Golden, split_checks
 
 __all__ = ["BundleDescription", "BundleModel", "StagedUpdate", "TensorInfo", "Variable", "WeightVersion",
            "describe_bundle"]
 
 log = logging.getLogger("acl_bundle")
 
-EXIT_WAIT_SECONDS = 5.0
 DEFAULT_HISTORY_BYTES = 512 << 20
 Checks: TypeAlias = "Check | Golden | Sequence[Check | Golden] | None"
 # Mapping is invariant in its key type: a dict[str, ndarray] is not a Mapping[int | str, ndarray].
 Weights: TypeAlias = "Mapping[str, np.ndarray] | Mapping[int, np.ndarray] | Mapping[int | str, np.ndarray]"
-
-
-class UnknownPreviousError(ValueError):
-    """A golden-checked update changes a variable whose current value is not known on the host."""
-
-    def __init__(self, message: str, variables: list[str]) -> None:
-        super().__init__(message)
-        self.variables = variables
-
-
-class _Lifecycle:
-    """Process-wide: loads in progress, open models (for fork), and interpreter exit.
-
-    At interpreter exit (``threading``'s exit hook, which runs before ``atexit`` and so
-    before the models' finalizers) new loads are refused and loads in progress are
-    waited for, so no finalizer tears ACL down under a load.  In a child created by
-    ``os.fork()`` every model open in the parent is disowned: its calls raise, its close
-    and finalizer return without touching ACL (fork copies no device state).
-    """
-
-    def __init__(self) -> None:
-        self._cond = threading.Condition(threading.Lock())
-        self._loads = 0
-        self._exiting = False
-        self._open: weakref.WeakSet[Gate] = weakref.WeakSet()
-
-    def begin_load(self, source: str) -> None:
-        with self._cond:
-            if self._exiting:
-                raise RuntimeError(f"BundleModel({source!r}) refused: the Python interpreter is shutting down")
-            self._loads += 1
-
-    def end_load(self) -> None:
-        with self._cond:
-            self._loads -= 1
-            if not self._loads:
-                self._cond.notify_all()
-
-    def opened(self, gate: Gate) -> None:
-        with self._cond:
-            self._open.add(gate)
-
-    def at_exit(self) -> None:
-        with self._cond:
-            self._exiting = True
-            if not self._cond.wait_for(lambda: self._loads == 0, EXIT_WAIT_SECONDS):
-                log.warning("interpreter exit: %d BundleModel load(s) still running after %.0f s", self._loads,
-                            EXIT_WAIT_SECONDS)
-
-    def after_fork_in_child(self) -> None:
-        self._cond = threading.Condition(threading.Lock())  # a parent thread may have held it
-        self._loads = 0
-        for gate in list(self._open):
-            gate.disown_after_fork()
-        self._open = weakref.WeakSet()
-        _backend.forget_after_fork()
-
-
-_lifecycle = _Lifecycle()
-os.register_at_fork(after_in_child=_lifecycle.after_fork_in_child)
-getattr(threading, "_register_atexit", atexit.register)(_lifecycle.at_exit)
 
 
 class BundleModel:
@@ -274,47 +208,15 @@ class BundleModel:
         history_bytes: int = 0,
         backend_source: Any = None,
     ) -> None:
-        if isinstance(device_id, np.integer):
-            device_id = int(device_id)
-        if isinstance(max_concurrency, np.integer):
-            max_concurrency = int(max_concurrency)
-        if not isinstance(pad_batch, bool):
-            raise TypeError(f"pad_batch must be True or False, got {pad_batch!r}")
-        if staging_bytes is not None and (not isinstance(staging_bytes, int) or isinstance(staging_bytes, bool)
-                                          or staging_bytes < 0):
-            raise ValueError(f"staging_bytes must be an int >= 0 or None (the variables' total), got {staging_bytes!r}")
-        if not isinstance(device_id, int) or isinstance(device_id, bool) or device_id < 0:
-            raise ValueError(f"device_id must be a non-negative int, got {device_id!r}")
-        if not isinstance(max_concurrency, int) or isinstance(max_concurrency, bool) or max_concurrency < 1:
-            raise ValueError(f"max_concurrency must be an int >= 1, got {max_concurrency!r}")
-        if not isinstance(run_init, (bool, np.bool_)):
-            raise TypeError(f"run_init must be True or False, got {run_init!r}")
-        if roles is not None and (
-            not isinstance(roles, Mapping)
-            or not all(
-                isinstance(k, str) and isinstance(v, (int, np.integer)) and not isinstance(v, bool)
-                for k, v in roles.items()
-            )
-        ):
-            raise TypeError(
-                f"roles must be a mapping of 'infer'/'init'/'update' to graph indexes (ints), got {roles!r:.80}"
-            )
-        if init_inputs is not None and (
-            isinstance(init_inputs, (str, bytes, np.ndarray)) or not isinstance(init_inputs, Sequence)
-        ):
-            raise TypeError(
-                f"init_inputs must be a sequence of arrays (in input order) or None, got {type(init_inputs).__name__}"
-            )
-        for name, value in (("history", history), ("history_bytes", history_bytes)):
-            if not isinstance(value, int) or isinstance(value, bool) or value < 0:
-                raise ValueError(f"{name} must be a non-negative int, got {value!r}")
+        device_id, max_concurrency = check_load_options(
+            device_id, run_init, init_inputs, roles, max_concurrency, pad_batch, staging_bytes, history, history_bytes)
         self._history_args = (history, history_bytes)
         manifest_vars = None if manifest is False else read_manifest(manifest)  # type: ignore[arg-type]
         acl = _backend.resolve_acl(acl, source=backend_source)  # the one backend rule (see _backend)
         self._acl = acl
         self._source = source
         self._device_id = device_id
-        _lifecycle.begin_load(source)
+        lifecycle.begin_load(source)
         try:
             prev = current_context(acl)  # the caller's, given back however the load ends
             self._ledger = ledger = Ledger(acl)
@@ -331,11 +233,11 @@ class BundleModel:
             self._worker = worker = Worker(f"acl_bundle {source}")
             weakref.finalize(self, worker.stop)  # the worker outlives close (later calls are refused on it)
             self._updater.protect = self._protect
-            self._finalizer = weakref.finalize(self, _release_quietly, gate, ledger)
-            _lifecycle.opened(gate)
+            self._finalizer = weakref.finalize(self, release_quietly, gate, ledger)
+            lifecycle.opened(gate)
             restore_context(acl, prev if prev != self._ctx.handle else 0)
         finally:
-            _lifecycle.end_load()
+            lifecycle.end_load()
         log.info(
             "loaded bundle %s on device %d: model ids %s, %d variables, init %s",
             source,
@@ -375,7 +277,7 @@ class BundleModel:
         self.outputs = d.outputs  # image-size / dims models: dims that differ between gears are -1
         self._updater = Updater(ctx, ledger, d, descs[d.update], ids[d.update], self._gate, staging_bytes)
         self._updater.history = History(d.variables, *self._history_args)
-        self._golden_slots: dict[int, Slot] = {}  # one per batch size a golden check used; under the update lock
+        self._guard = Guard(ctx, ledger, d, self._infer_id, self._out_shapes, self._updater)
         self._fast = build_fast_infer(ctx, d.accept, d.default_batch, self._gate, self._infer_id, self._updater)
         if d.init is not None and run_init_graph:
             run_init(ctx, descs[d.init], ids[d.init], init_inputs)
@@ -481,7 +383,7 @@ class BundleModel:
         ``stats["refused_updates"]``.  ``source`` labels the history entry.
         """
         changed, plain, goldens = self._validate(weights, step, check, source)
-        stage = partial(self._guarded_stage, changed, step, plain, goldens, source)
+        stage = partial(self._guard.stage, changed, step, plain, goldens, source)
         return self._protect(self._write, None, stage, True)
 
     def stage(self, weights: Weights, *, step: int | None = None,
@@ -497,7 +399,7 @@ class BundleModel:
         changed, plain, goldens = self._validate(weights, step, check, source)
         if timeout is not None and (not isinstance(timeout, (int, float)) or isinstance(timeout, bool) or timeout < 0):
             raise ValueError(f"timeout must be a number of seconds >= 0 or None, got {timeout!r}")
-        stage = partial(self._guarded_stage, changed, step, plain, goldens, source)
+        stage = partial(self._guard.stage, changed, step, plain, goldens, source)
         return self._protect(self._write, timeout, stage, False)  # the StagedUpdate owns the update lock
 
     def _write(self, job: Any, timeout: float | None, stage: Callable[[], StagedUpdate], commit: bool) -> Any:
@@ -530,63 +432,10 @@ class BundleModel:
         if self._gate.closed:
             raise ModelClosedError(f"BundleModel({self._source!r}) is closed")
         changed = self._desc.check_weights(weights)
-        _check_step(step)
+        check_step(step)
         self._updater.check_fits(changed)
         plain, goldens = _checks_of(check, source)
         return changed, plain, goldens
-
-    def _guarded_stage(self, changed: dict[int, np.ndarray], step: int | None, plain: list[Check],
-                       goldens: list[Golden], source: str | None) -> StagedUpdate:
-        """Weight checks, then stage; arm the golden verify, its undo and the history copy. Update lock held."""
-        updater = self._updater
-        history = updater.history
-        if plain:
-            named = {self.variables[i].name: a for i, a in changed.items()}
-            try:
-                for c in plain:
-                    run_check(c, named)
-            except WeightsRefused as e:
-                updater.count("refused_updates")
-                log.info("update%s refused before staging: %s", f" from {source}" if source else "", e)
-                raise
-        verify = undo = None
-        if goldens:
-            if not history.enabled:
-                raise ValueError("a golden check needs the model's history to undo a refused update: "
-                                 "open the model with BundleModel(..., history=N)")
-            unknown = history.unknown(changed)
-            if unknown:
-                raise UnknownPreviousError(
-                    f"cannot guard this update with a golden check: the current value of {len(unknown)} variable(s) "
-                    f"{unknown[:10]} is not known on the host (no update has set it since load), so a refusal could "
-                    "not be undone; apply those variables once without the golden check first", unknown)
-            undo = history.current(changed)
-            verify = self._golden_verify(goldens)
-        kept = history.copy(changed) if history.enabled else None
-        staged = updater.stage(changed, step)
-        staged.verify, staged.undo, staged.kept, staged.source = verify, undo, kept, source
-        return staged
-
-    def _golden_verify(self, goldens: list[Golden]) -> Callable[[], None]:
-        """Check each golden input now and build its slot (outside the commit); return the in-commit verify."""
-        runs = []
-        for g in goldens:
-            given = g.inputs if isinstance(g.inputs, (tuple, list)) else (g.inputs,)
-            arrays, batch = self._desc.check_inputs(tuple(given))
-            slot = self._golden_slots.get(batch)
-            if slot is None:
-                slot = build_slot(self._acl, self._ledger, self._desc, self._infer_id, batch,
-                                  self._out_shapes[batch if self._desc.mb_index is not None else 0])
-                self._golden_slots[batch] = slot
-            runs.append((g, slot, [np.array(a, copy=True) for a in arrays]))
-        ctx, infer_id = self._ctx, self._infer_id
-
-        def verify() -> None:  # inside the commit: the update graph ran, no reader is admitted
-            for g, slot, arrays in runs:
-                outs = slot.run(ctx, infer_id, arrays)
-                g.judge(outs[0] if len(outs) == 1 else tuple(outs))
-
-        return verify
 
     def rollback(self, to: int | None = None) -> int:
         """Re-apply the weights of an earlier version as one atomic update; return the new version (a WeightVersion).
@@ -697,99 +546,3 @@ def _checks_of(check: Any, source: Any) -> tuple[list[Check], list[Golden]]:
     if source is not None and not isinstance(source, str):
         raise TypeError(f"source must be a str or None, got {type(source).__name__}")
     return split_checks(check)
-
-
-def read_bundle(acl: Any, ledger: Ledger, load: Callable[[Any], int], roles: Mapping[str, int] | None,
-                manifest_vars: list[ManifestVariable] | None, pad_batch: bool = True
-                ) -> tuple[int, list[int], list[int], Description]:
-    """Load a bundle and read its description: (bundle id, model ids, model descs, Description).
-
-    Every handle goes on ``ledger``.  Shared by :class:`BundleModel` and :func:`describe_bundle`.
-    """
-    bundle_id = load(acl)
-    ledger.push("acl.mdl.bundle_unload", lambda: acl.mdl.bundle_unload(bundle_id))
-    n = unwrap(acl, "acl.mdl.bundle_get_model_num", acl.mdl.bundle_get_model_num(bundle_id))
-    if n not in (2, 3):
-        raise ValueError(f"a bundle must hold 2 (infer, update) or 3 (infer, init, update) graphs; this one holds {n}")
-    ids = [unwrap(acl, "acl.mdl.bundle_get_model_id", acl.mdl.bundle_get_model_id(bundle_id, i)) for i in range(n)]
-    descs = [ledger.create("acl.mdl.create_desc", acl.mdl.create_desc, acl.mdl.destroy_desc) for _ in ids]
-    for desc, mid in zip(descs, ids):
-        check(acl, "acl.mdl.get_desc", acl.mdl.get_desc(desc, mid))
-    return bundle_id, ids, descs, Description.read(acl, descs, roles, manifest_vars, pad_batch)
-
-
-@dataclass(frozen=True)
-class BundleDescription:
-    """What a bundle file holds, read by :func:`describe_bundle` (``acl-bundle inspect``)."""
-
-    bundle_id: int
-    model_ids: dict[str, int]  # role ("infer", "init", "update") -> model id
-    inputs: tuple[TensorInfo, ...]
-    outputs: tuple[TensorInfo, ...]
-    variables: tuple[Variable, ...]
-    batch_sizes: tuple[int, ...]
-    manifest: str | None  # the manifest the variable shapes came from
-
-    @property
-    def has_init(self) -> bool:
-        return "init" in self.model_ids
-
-
-def describe_bundle(path: str | os.PathLike[str], *, acl: Any = None, device_id: int = 0,
-                    manifest: ManifestArg = None) -> BundleDescription:
-    """Load ``path`` only to read its description, then release it; nothing runs, nothing is changed.
-
-    Unlike opening a :class:`BundleModel` this allocates no staging, update or infer
-    buffers and runs no graph: only the bundle load itself takes device memory.  The
-    backend rule and ``manifest`` are those of :class:`BundleModel`.
-    """
-    path = os.fspath(path)
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"bundle file {path!r} does not exist or is not a file")
-    if manifest is None:
-        auto = manifest_path(path)
-        manifest = auto if auto.is_file() else False
-    mvars = None if manifest is False else read_manifest(manifest)  # type: ignore[arg-type]
-    acl = _backend.resolve_acl(acl, source=path)
-    ledger = Ledger(acl)
-    prev = current_context(acl)
-    try:
-        ModelContext(acl, device_id, ledger)
-        bundle_id, ids, _descs, d = read_bundle(
-            acl, ledger, lambda a: unwrap(a, "acl.mdl.bundle_load_from_file", a.mdl.bundle_load_from_file(path)),
-            None, mvars)
-    finally:
-        for p in ledger.release(restore=prev):
-            log.warning("describe_bundle teardown: %s", p)
-    roles = {"infer": d.infer, "init": d.init, "update": d.update}
-    return BundleDescription(bundle_id, {r: ids[i] for r, i in roles.items() if i is not None}, d.inputs, d.outputs,
-                             d.variables, d.batch_sizes,
-                             None if manifest is False or not isinstance(manifest, (str, os.PathLike))
-                             else os.fspath(manifest))
-
-
-def _check_step(step: Any) -> None:
-    if step is not None and (not isinstance(step, (int, np.integer)) or isinstance(step, bool) or step < 0):
-        raise ValueError(f"step must be a non-negative int or None, got {step!r}")
-
-
-def _release_quietly(gate: Gate, ledger: Ledger) -> list[str]:
-    """weakref.finalize target: release, log problems (warnings may be off at exit), return them.
-
-    Runs from close() (on the model's worker when close was called from the main thread),
-    from garbage collection, or at interpreter exit while daemon threads may still be
-    inside infer/update: it waits for in-flight calls first, and if they outlast
-    EXIT_WAIT_SECONDS it leaks the resources rather than free memory a running call
-    still uses.
-    """
-    if gate.forked:  # the parent's ACL handles mean nothing in a forked child
-        return []
-    if not gate.shutdown(EXIT_WAIT_SECONDS):
-        log.warning(
-            "calls still running after %.0f s; leaving this model's ACL resources to process exit", EXIT_WAIT_SECONDS
-        )
-        return ["in-flight calls did not finish; resources left to process exit"]
-    problems = ledger.release()
-    for p in problems:
-        log.warning("teardown problem: %s", p)
-    return problems

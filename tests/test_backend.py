@@ -120,7 +120,7 @@ def test_public_names_are_pinned():
 
     assert sorted(acl_bundle.__all__) == [
         "AclCleanupWarning", "AclError", "BackendNotFoundError", "BundleModel", "CheckpointError",
-        "CheckpointMismatchError", "CheckpointWatcher", "ModelClosedError", "StagedUpdate", "TensorInfo",
+        "CheckpointMismatchError", "CheckpointWatcher", "InterpreterShutdownError", "ModelClosedError", "StagedUpdate", "TensorInfo",
         "UnknownVariableError", "Variable", "WeightVersion", "load_checkpoint", "load_manifest", "manifest_path", "read_manifest", "write_checkpoint",
     ]
     assert all(hasattr(acl_bundle, n) for n in acl_bundle.__all__)

@@ -261,8 +261,9 @@ def test_fork_while_threads_infer_disowns_the_model_in_the_child(make_bundle):
 _EXIT_SCRIPT = textwrap.dedent("""
     import os, sys, threading, time
     os.environ["ACL_BUNDLE_BACKEND"] = "sim"
-    from acl_bundle import BundleModel
+    from acl_bundle import BundleModel, InterpreterShutdownError, ModelClosedError
     from acl_bundle.sim import acl
+    assert issubclass(InterpreterShutdownError, ModelClosedError)
     om, log = sys.argv[1], sys.argv[2]
     real = acl.mdl.bundle_load_from_file
     loading = threading.Event()
@@ -275,13 +276,13 @@ _EXIT_SCRIPT = textwrap.dedent("""
         while True:
             try:
                 BundleModel(om)  # dropped at once: loads and releases race with interpreter exit
-            except RuntimeError as e:  # refused once exit has begun
+            except InterpreterShutdownError as e:  # refused once exit has begun
                 assert "interpreter is shutting down" in str(e)
                 return
     def load_after_the_exit_pass():  # atexit runs after threading's exit hook
         try:
             BundleModel(om)
-        except RuntimeError as e:
+        except InterpreterShutdownError as e:
             with open(log, "w") as f:
                 f.write(str(e))
     import atexit
