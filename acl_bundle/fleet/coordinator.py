@@ -89,7 +89,7 @@ class Fleet:
             raise ValueError(f"backend must be None (pyACL) or 'sim', got {backend!r}")
         if not ray.is_initialized():
             raise RuntimeError("Ray is not initialised: call ray.init() (or ray.init(address='auto')) first")
-        self._bundle = os.fspath(bundle)
+        self._bundle = os.path.abspath(os.fspath(bundle))  # replicas run in their own cwd (Ray worker dirs)
         self._npus, self._backend, self._timeout = npus_per_replica, backend, float(timeout)
         self._device_ids = list(device_ids) if device_ids is not None else None
         self._options = dict(model_options or {})
@@ -382,17 +382,26 @@ class Fleet:
         pending = list(refs)
         deadline = time.monotonic() + timeout
         while pending:
-            done, pending = ray.wait(pending, num_returns=1, timeout=max(0.0, deadline - time.monotonic()))
+            # stage: one at a time, so that a failure ends the wait at once; the others: all, in one wait and one get
+            n = 1 if what == "stage" else len(pending)
+            done, pending = ray.wait(pending, num_returns=n, timeout=max(0.0, deadline - time.monotonic()))
             if not done:
                 break
-            for ref in done:
+            try:
+                got: list[tuple[Any, Any, BaseException | None]] = [
+                    (ref, v, None) for ref, v in zip(done, ray.get(done, timeout=0))]
+            except Exception:  # one failed: find which, one by one
+                got = []
+                for ref in done:
+                    try:
+                        got.append((ref, ray.get(ref, timeout=0), None))
+                    except Exception as e:
+                        got.append((ref, None, e))
+            for ref, value, err in got:
                 r = by_ref[ref]
-                try:
-                    value = ray.get(ref, timeout=0)
-                except Exception as e:
-                    failed[r.name] = f"{what} failed: {failure_reason(e, timeout)}"
-                    continue
-                if results is not None:
+                if err is not None:
+                    failed[r.name] = f"{what} failed: {failure_reason(err, timeout)}"
+                elif results is not None:
                     results[r.name] = value
             if failed and what == "stage":
                 break
