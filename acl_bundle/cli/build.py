@@ -17,8 +17,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, NamedTuple
 
-from .._precision import GE_DEFAULT as PRECISION_DEFAULT
-from .._precision import MODES as PRECISION_MODES
+from .._constants import PRECISION_DEFAULT, PRECISION_MODES
 from .base import PROG, Command, UsageError, name_list, require_extra
 
 MAX_GEARS = 100  # ATC --dynamic_batch_size: "档位数取值范围为(1,100]" (ATC parameter reference, --dynamic_batch_size)
@@ -335,7 +334,7 @@ def build_sim(args: argparse.Namespace) -> int:
 
 def build_ascend(args: argparse.Namespace) -> int:
     """--target ascend: the native GE bundle builder (acl_bundle.device_builder), same options."""
-    from .. import device_builder
+    from .. import device as device_builder
     from ..sim.tf_builder import parse_tensor_spec
 
     srcs, tf_model, src, out, batch_sizes, hw, dims = check_inputs(args)

@@ -33,7 +33,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from .._precision import GE_DEFAULT, MODES, check_mode
+from .._constants import PRECISION_DEFAULT as GE_DEFAULT
+from .._constants import PRECISION_MODES as MODES
+from .._constants import check_precision_mode as check_mode
 
 __all__ = ["GE_DEFAULT", "MATRIX_OPS", "MODES", "check_mode", "emulate"]
 

@@ -40,8 +40,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .._constants import CODES, NUMPY_TO_ACL, SIM_MAGIC
-from .._precision import MODES as PRECISION_MODES
+from .._constants import CODES, NUMPY_TO_ACL, PRECISION_MODES, SIM_MAGIC
 
 MAGIC = SIM_MAGIC  # b"ACLBSIM\x00"; kept in _constants so the backend rule reads it without the simulator
 FORMAT_MAJOR = 1

@@ -2,7 +2,7 @@
 
 Every test here is marked ``device`` and skips, saying why, unless ``import acl`` works in a fresh
 interpreter, ``acl.init`` + ``acl.rt.get_device_count`` see at least one NPU, and the native builder
-(``acl_bundle.device_builder``, needs the CANN toolkit, CMake and g++) can build a bundle.  The probe runs
+(``acl_bundle.device``, needs the CANN toolkit, CMake and g++) can build a bundle.  The probe runs
 in a subprocess so this process initialises ACL only through ``BundleModel``.  Environment:
 ``ACL_BUNDLE_DEVICE`` (device id, default 0), ``ACL_BUNDLE_SOC_VERSION`` (default: ``acl.get_soc_name()``).
 """
@@ -75,7 +75,7 @@ def device_bundles(device: Device, tmp_path_factory: pytest.TempPathFactory) -> 
     """Bundles of models.mlp built by the native builder: GE's default precision, fp32-kept, and dynamic batch."""
     import onnx
 
-    from acl_bundle import device_builder
+    from acl_bundle import device as device_builder
     from acl_bundle.sim import models
 
     tmp = tmp_path_factory.mktemp("device")

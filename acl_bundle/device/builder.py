@@ -19,15 +19,15 @@ import subprocess
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-from ._manifest import load_manifest, manifest_path
-from ._precision import check_mode
+from .._constants import check_precision_mode as check_mode
+from .._manifest import load_manifest, manifest_path
 
 log = logging.getLogger("acl_bundle")
 
 __all__ = ["DeviceBuildError", "DeviceBuildUnavailable", "build_device_bundle", "find_cann", "native_tool"]
 
 TOOL_NAME = "acl_bundle_builder"
-SOURCE_DIR = Path(__file__).resolve().parent.parent / "native" / "bundle_builder"
+SOURCE_DIR = Path(__file__).resolve().parents[2] / "native" / "bundle_builder"
 CANN_DEFAULTS = ("/usr/local/Ascend/ascend-toolkit/latest", "/usr/local/Ascend/cann")
 _GE_HEADER = Path("include/ge/ge_ir_build.h")
 BUILD_TIMEOUT = 1800.0  # compiling the tool; a GE model build has no limit unless the caller gives one
