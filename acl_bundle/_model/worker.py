@@ -16,8 +16,8 @@ completes), then raises its interrupt.  So the interrupted call either took full
 or none, and the caller gets its ``KeyboardInterrupt`` at the latest when the current
 device call returns.  (An interrupt that lands on one of the few lines outside the wait,
 before the job is marked, lets the caller go at once; the job then runs to its end on
-the worker: full effect, a moment after the caller got its interrupt, never a part.)  Other threads call the model directly: no signal handler runs in
-them.
+the worker: full effect, a moment after the caller got its interrupt, never a part.)
+Other threads call the model directly: no signal handler runs in them.
 
 Cost, measured: see ``docs/reliability.md`` (interrupts).
 """
