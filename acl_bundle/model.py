@@ -5,8 +5,8 @@ The façade over the device runtime in ``acl_bundle/_model/``, one file per conc
 ``description`` (roles, tensors, variables; argument checks), ``buffers`` (release
 ledger, infer slots), ``updater`` (update graph, stage/commit, version), ``guard``
 (update checks), ``gate`` (admission), ``history`` (host copies for rollback),
-``fastinfer`` (infer's plain case), ``worker`` (the main thread's calls, out of reach
-of signal handlers), ``process`` (fork and interpreter exit).
+``fastinfer`` (infer's plain case), ``general`` (its other cases), ``worker`` (the
+main thread's calls, out of reach of signal handlers), ``process`` (fork, exit).
 
 Concurrency model (what runs at the same time and what is serialised):
 
@@ -35,7 +35,6 @@ from __future__ import annotations
 
 import logging
 import os
-import sys
 import warnings
 import weakref
 from collections.abc import Callable, Mapping, Sequence
@@ -47,12 +46,13 @@ import numpy as np
 from . import _backend
 from ._errors import AclCleanupWarning, ModelClosedError, unwrap
 from ._manifest import ManifestArg, ManifestVariable, manifest_path, read_manifest
-from ._model.buffers import Ledger, Slot, build_slot, probe_output_shapes
+from ._model.buffers import Ledger, probe_output_shapes
 from ._model.bundle import BundleDescription, describe_bundle, read_bundle
 from ._model.context import ModelContext, current_context, restore_context
 from ._model.description import TensorInfo, Variable
 from ._model.fastinfer import build as build_fast_infer
 from ._model.gate import Gate
+from ._model.general import GeneralPath
 from ._model.guard import Guard, UnknownPreviousError  # noqa: F401  (re-exported: update(check=golden) raises it)
 from ._model.history import History, HistoryEntry
 from ._model.options import check_load_options, check_step
@@ -278,6 +278,7 @@ class BundleModel:
         self._updater = Updater(ctx, ledger, d, descs[d.update], ids[d.update], self._gate, staging_bytes)
         self._updater.history = History(d.variables, *self._history_args)
         self._guard = Guard(ctx, ledger, d, self._infer_id, self._out_shapes, self._updater)
+        self._general = GeneralPath(ctx, ledger, d, self._infer_id, self._out_shapes, self._updater, self._gate)
         self._fast = build_fast_infer(ctx, d.accept, d.default_batch, self._gate, self._infer_id, self._updater)
         if d.init is not None and run_init_graph:
             run_init(ctx, descs[d.init], ids[d.init], init_inputs)
@@ -302,7 +303,7 @@ class BundleModel:
             raise ModelClosedError(f"BundleModel({self._source!r}) is closed")
         arrays, rows = self._desc.check_inputs(inputs)
         batch = self._profile_of[rows]  # the batch size that runs these rows (itself when it is one)
-        outs, version = self._protect(self._read, batch, arrays, rows)
+        outs, version = self._protect(self._general.read, batch, arrays, rows)
         result = outs[0] if len(outs) == 1 else tuple(outs)
         return (result, version) if return_version else result
 
@@ -312,51 +313,6 @@ class BundleModel:
         if worker is None or self._gate.forked or not in_main_thread():
             return fn(INLINE, *args)
         return worker.call(fn, *args)
-
-    def _read(
-        self, job: Any, batch: int, arrays: list[np.ndarray], rows: int
-    ) -> tuple[list[np.ndarray], WeightVersion]:
-        """infer's general path as a reader of the gate (never in the main thread: see _protect)."""
-        gate = self._gate
-        slot = gate.begin_read(batch)
-        ctx, restore, held = self._ctx, 0, None
-        try:
-            restore = ctx.enter()
-            if slot is None:
-                slot = self._new_slot(batch)  # claimed
-            else:
-                gate.claim(slot, sys._getframe())  # a fast-path reader may still be on it
-            held = slot
-            if rows == batch:
-                outs = slot.run(ctx, self._infer_id, arrays)
-            else:
-                outs = slot.run_padded(ctx, self._infer_id, arrays, rows)
-            slot.reads += 1
-            version = self._updater.current  # inside the reader section: no commit can run
-        finally:
-            if restore:
-                restore_context(ctx.acl, restore)
-            if held is not None:
-                gate.release(held)
-            gate.end_read(batch, slot)
-        return outs, version
-
-    def _new_slot(self, batch: int) -> Slot:
-        """A freed slot of ``batch``, or a new one while fewer than ``max_concurrency`` exist (claimed)."""
-        gate = self._gate
-        slot = gate.acquire_slot(batch)
-        if slot is not None:
-            gate.claim(slot, sys._getframe(1))
-            return slot
-        try:
-            slot = build_slot(self._acl, self._ledger, self._desc, self._infer_id, batch,
-                              self._out_shapes[batch if self._desc.mb_index is not None else 0])
-        except BaseException:
-            gate.build_failed(batch)
-            raise
-        gate.claim(slot, sys._getframe(1))  # the reader's frame (_read), which releases it
-        gate.register(batch, slot)
-        return slot
 
     def update(
         self,

@@ -11,7 +11,8 @@ the application itself runs on the device, its memory is device memory (pyACL do
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -19,8 +20,13 @@ from .. import _backend
 from .._constants import ACL_HOST, ACL_MEMCPY_DEVICE_TO_DEVICE, ACL_MEMCPY_DEVICE_TO_HOST, ACL_MEMCPY_HOST_TO_DEVICE
 from .._errors import AclError, check, code_message, recent_error, unwrap
 
-if TYPE_CHECKING:
-    from .buffers import Ledger
+
+class Releases(Protocol):
+    """What a context needs of the release ledger (buffers.Ledger): somewhere to push its releases."""
+
+    context: int
+
+    def push(self, name: str, release: Callable[[], Any]) -> None: ...
 
 
 log = logging.getLogger("acl_bundle")
@@ -61,7 +67,7 @@ class ModelContext:
 
     __slots__ = ("acl", "device_id", "handle", "h2d", "d2h", "host_ptr")
 
-    def __init__(self, acl: Any, device_id: int, ledger: Ledger) -> None:
+    def __init__(self, acl: Any, device_id: int, ledger: Releases) -> None:
         """Share the process-wide runtime, create the context; each step's release goes on ``ledger``."""
         self.acl = acl
         self.device_id = device_id
