@@ -278,39 +278,6 @@ class Fleet:
         return out
 
     # ---------------------------------------------------------------- publish
-    def _check(self, weights: Any) -> dict[str, np.ndarray]:
-        """Driver-side validation (before anything is sent): keys, array types, dtypes and shapes."""
-        if not isinstance(weights, Mapping) or not weights:
-            raise TypeError(f"weights must be a non-empty mapping of variable name or index to array, "
-                            f"got {type(weights).__name__}")
-        out: dict[str, np.ndarray] = {}
-        problems = []
-        for key, a in weights.items():
-            if isinstance(key, (int, np.integer)) and not isinstance(key, bool) and 0 <= key < len(self._names):
-                name = self._names[key]
-            elif isinstance(key, str) and key in self._variables:
-                name = key
-            else:
-                problems.append(f"{key!r} is not a variable (expected one of {self._names} or an index "
-                                f"< {len(self._names)})")
-                continue
-            if name in out:
-                problems.append(f"variable {name!r} is given twice")
-                continue
-            if not isinstance(a, np.ndarray):
-                problems.append(f"variable {name!r}: expected a numpy.ndarray, got {type(a).__name__}")
-                continue
-            shape, dtype = self._variables[name]
-            if a.dtype != dtype:
-                problems.append(f"variable {name!r} is {dtype}, got {a.dtype}; cast it with .astype(numpy.{dtype})")
-            elif shape is not None and a.shape != shape:
-                problems.append(f"variable {name!r} has shape {shape}, got {a.shape}")
-            else:
-                out[name] = np.ascontiguousarray(a)
-        if problems:
-            raise ValueError("publish: " + "; ".join(problems))
-        return out
-
     def publish(self, weights: Weights, step: int, *,
                 timeout: float | None = None) -> PublishResult:
         """Make ``weights`` live on every ready replica, or on none.
@@ -323,7 +290,7 @@ class Fleet:
         if not isinstance(step, (int, np.integer)) or isinstance(step, bool) or step < 0:
             raise ValueError(f"step must be a non-negative int, got {step!r}")
         step = int(step)
-        checked = self._check(weights)
+        checked = check_weights(weights, self._names, self._variables)
         if not self._publish_lock.acquire(timeout=t):
             raise TimeoutError(f"publish of step {step}: another publish or catch-up held the fleet for {t} s")
         try:
@@ -539,3 +506,36 @@ class _FleetAsModel:
         self._fleet.publish(weights, step)
         return step
 
+
+def check_weights(weights: Any, names: list[str], variables: Mapping[str, Any]) -> dict[str, np.ndarray]:
+    """A publish's driver-side validation (before anything is sent): keys, array types, dtypes and shapes."""
+    if not isinstance(weights, Mapping) or not weights:
+        raise TypeError(f"weights must be a non-empty mapping of variable name or index to array, "
+                        f"got {type(weights).__name__}")
+    out: dict[str, np.ndarray] = {}
+    problems = []
+    for key, a in weights.items():
+        if isinstance(key, (int, np.integer)) and not isinstance(key, bool) and 0 <= key < len(names):
+            name = names[key]
+        elif isinstance(key, str) and key in variables:
+            name = key
+        else:
+            problems.append(f"{key!r} is not a variable (expected one of {names} or an index "
+                            f"< {len(names)})")
+            continue
+        if name in out:
+            problems.append(f"variable {name!r} is given twice")
+            continue
+        if not isinstance(a, np.ndarray):
+            problems.append(f"variable {name!r}: expected a numpy.ndarray, got {type(a).__name__}")
+            continue
+        shape, dtype = variables[name]
+        if a.dtype != dtype:
+            problems.append(f"variable {name!r} is {dtype}, got {a.dtype}; cast it with .astype(numpy.{dtype})")
+        elif shape is not None and a.shape != shape:
+            problems.append(f"variable {name!r} has shape {shape}, got {a.shape}")
+        else:
+            out[name] = np.ascontiguousarray(a)
+    if problems:
+        raise ValueError("publish: " + "; ".join(problems))
+    return out
