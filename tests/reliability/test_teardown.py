@@ -54,6 +54,19 @@ if MODE == "thread":
             except Exception:
                 return
     threading.Thread(target=spin, daemon=True).start()
+if MODE == "busy":  # models loading, updating, inferring and closing in daemon threads as the interpreter exits
+    def loop(step):
+        while True:
+            try:
+                step()
+            except Exception:  # ModelClosedError (InterpreterShutdownError for a load) once exit has begun
+                return
+    w = {0: np.zeros((8, 16), np.float32)}
+    steps = [lambda: BundleModel(om), lambda: b.update(w), lambda: a.infer(x), lambda: BundleModel(om).close(),
+             lambda: c.infer(np.ones((3, 8), np.float32))]
+    for step in steps:
+        threading.Thread(target=loop, args=(step,), daemon=True).start()
+    import time; time.sleep(0.2)
 print("EXITING", flush=True)
 if MODE == "sysexit":
     sys.exit(0)
@@ -80,6 +93,23 @@ def test_interpreter_exit_with_open_models(tmp_path, bundles, mode):
 def test_interpreter_exit_while_a_daemon_thread_infers(tmp_path, bundles):
     codes = [_run_exit_script(tmp_path, bundles, "thread").returncode for _ in range(6)]
     assert codes == [0] * 6, f"exit codes {codes}"
+
+
+def _busy_exits(tmp_path, bundles, runs: int) -> None:
+    results = [_run_exit_script(tmp_path, bundles, "busy") for _ in range(runs)]
+    bad = [(p.returncode, p.stdout[-300:], p.stderr[-500:]) for p in results
+           if p.returncode != 0 or "LEAKS_AT_EXIT {}" not in p.stdout or "Traceback" in p.stderr]
+    assert not bad, f"{len(bad)} of {runs} busy exits left ACL resources or failed: {bad[:2]}"
+
+
+def test_busy_interpreter_exits_release_everything(tmp_path, bundles):
+    """Models loading, updating, inferring and closing in other threads when the interpreter exits."""
+    _busy_exits(tmp_path, bundles, 4)
+
+
+@pytest.mark.slow
+def test_busy_interpreter_exits_release_everything_24_of_24(tmp_path, bundles):
+    _busy_exits(tmp_path, bundles, 24)
 
 
 class Boom(Exception):
