@@ -138,7 +138,6 @@ def _open_archive(path: str | os.PathLike[str], limit: int,
 
 
 _FILE_TYPES = {
-    ".meta": "a TensorFlow MetaGraph (the graph; the weights are in the checkpoint's .index and .data-* files)",
     ".pb": "a TensorFlow graph or SavedModel protobuf, not a checkpoint",
     ".pbtxt": "a TensorFlow text protobuf, not a checkpoint",
     ".h5": "a Keras/HDF5 model file (save a tf.train.Checkpoint, or the weights as .npz)",

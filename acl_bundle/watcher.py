@@ -28,7 +28,14 @@ being written has no marker yet and is invisible.  Rules the watcher keeps:
   mismatched, unreadable, a directory, a FIFO, a symlink, too large, or refused by the
   check, is logged once (WARNING, naming the file and the reason) and skipped; the
   model keeps the last good weights, the next-newest good step is tried instead, and
-  that entry is retried only when it changes (inode, size, mtime, mode or owner);
+  that entry is retried only when one of its files changes (ours: marker and data; TF:
+  state file, index and every shard; by inode, size, mtime, mode or owner);
+* a checkpoint listed but not readable yet (missing or 404 after listing, shorter than its
+  marker or index says) is retried with the poll back-off, at most 10 times, one WARNING
+  (:attr:`CheckpointWatcher.waiting`), not marked bad;
+* runs are ordered by when the watcher first listed them, then by the store's own
+  timestamps (mtime, S3 ``LastModified``), never by the writers' clocks; every ignored run
+  is logged once (``docs/checkpoints.md``);
 * a poll costs O(markers): the directory is listed again only when its mtime moved
   (by name, ``os.scandir``), only ``*.ckpt.json`` names are stat-ed, parsed markers
   are cached by their stat;
@@ -37,7 +44,8 @@ being written has no marker yet and is invisible.  Rules the watcher keeps:
 
 A directory written by an unchanged TensorFlow trainer (``tf.compat.v1.train.Saver``,
 ``tf.train.CheckpointManager``) is watched the same way under TensorFlow's protocol:
-the commit point is TF's ``checkpoint`` state file (:mod:`acl_bundle.tf_checkpoint`),
+the commit point is TF's ``checkpoint`` state file (:mod:`acl_bundle.tf_checkpoint`; on an
+object store too: the index and shards are copied into a private temporary directory for TF's reader),
 the step is the number in the checkpoint's name, and a checkpoint failing TF's CRC32C
 checks is skipped like a corrupt one of ours.  ``protocol="auto"`` (the default) picks
 the protocol by what the directory holds (a ``checkpoint`` state file: TF; ``*.ckpt.json``
