@@ -35,7 +35,7 @@ from typing import Any
 
 import numpy as np
 
-from ._constants import PRECISION_MODES
+from .device.precision import PRECISION_MODES
 
 #: How far a reduced-precision bundle's probabilities may be from the float32 reference (fp16 logits, softmax).
 REDUCED_PRECISION_TOLERANCE = 2e-2

@@ -17,7 +17,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, NamedTuple
 
-from .._constants import PRECISION_DEFAULT, PRECISION_MODES
+from ..device.precision import PRECISION_DEFAULT, PRECISION_MODES
 from .base import PROG, Command, UsageError, name_list, require_extra
 
 MAX_GEARS = 100  # ATC --dynamic_batch_size: "档位数取值范围为(1,100]" (ATC parameter reference, --dynamic_batch_size)

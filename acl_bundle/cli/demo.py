@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from .._constants import PRECISION_MODES
+from ..device.precision import PRECISION_MODES
 from .base import PROG, Command, UsageError, output_dir, output_file, require_extra
 
 _EPILOG = """\

@@ -19,8 +19,8 @@ import subprocess
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-from .._constants import check_precision_mode as check_mode
 from .._manifest import load_manifest, manifest_path
+from .precision import check_precision_mode as check_mode
 
 log = logging.getLogger("acl_bundle")
 

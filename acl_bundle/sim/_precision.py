@@ -33,9 +33,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from .._constants import PRECISION_DEFAULT as GE_DEFAULT
-from .._constants import PRECISION_MODES as MODES
-from .._constants import check_precision_mode as check_mode
+from ..device.precision import PRECISION_DEFAULT as GE_DEFAULT
+from ..device.precision import PRECISION_MODES as MODES
+from ..device.precision import check_precision_mode as check_mode
 
 __all__ = ["GE_DEFAULT", "MATRIX_OPS", "MODES", "check_mode", "emulate"]
 

@@ -40,7 +40,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .._constants import CODES, NUMPY_TO_ACL, PRECISION_MODES, SIM_MAGIC
+from .._constants import CODES, NUMPY_TO_ACL, SIM_MAGIC
+from ..device.precision import PRECISION_MODES
 
 MAGIC = SIM_MAGIC  # b"ACLBSIM\x00"; kept in _constants so the backend rule reads it without the simulator
 FORMAT_MAJOR = 1
