@@ -376,7 +376,7 @@ class BundleModel:
                 lock.release()
                 raise
             if job.cancelled:
-                staged._abort()
+                staged.abort()  # on the worker (or another thread): runs at once
                 return None
             return staged._commit_entered() if commit else staged
         finally:
