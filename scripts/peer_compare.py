@@ -1,13 +1,23 @@
 """acl-bundle against the Python servers of the same protocol (Seldon MLServer, KServe), when they are installed.
 
 The same model everywhere: an ONNX MLP 64-256-256-10, batch 1 (acl-bundle serves it as a simulator bundle with
-dynamic batch sizes 1-8; the peers run it with onnxruntime in a tiny custom runtime written here).  Each server is a
-process on loopback; tritonclient drives all of them over HTTP (binary tensors) and gRPC; closed-loop clients at each
-``--concurrency`` for ``--seconds`` per window, windows in rotated order over ``--rounds`` rounds.  Prints throughput
-and p50 per (server, protocol, concurrency) and acl-bundle / peer ratios.  MLServer and KServe are not dependencies
-of acl-bundle: a peer that is not importable is skipped with a note.
+dynamic batch sizes 1-8, its defaults otherwise: dynamic batching on, access log on; the peers run the ONNX file
+with onnxruntime in a tiny custom runtime written here, their defaults otherwise).  Each server is a process on
+loopback; tritonclient drives all of them, from this interpreter, over HTTP (binary tensors) and gRPC; closed-loop
+client threads at each ``--concurrency`` for ``--seconds`` per window, windows in rotated order over ``--rounds``
+rounds after one unrecorded warm-up window per case.  Before any timing, one answer of each server over each
+protocol is compared with numpy and with onnxruntime; during the windows every answer is checked against numpy.
 
-Run: ``python scripts/peer_compare.py [--peers mlserver,kserve] [--concurrency 1,8]``.
+Prints, per (server, protocol, concurrency), the median over rounds of throughput, p50 latency and the server's
+CPU per request (utime + stime of its process tree from /proc, so MLServer's inference worker counts), then
+acl-bundle / best-peer ratios.
+
+MLServer and KServe are not dependencies of acl-bundle.  Each peer runs under its own interpreter:
+``--mlserver-python`` / ``--kserve-python`` name a venv's python that has it (and onnxruntime); by default this
+interpreter is used when the peer is importable here, else the peer is skipped with a note.
+
+Run: ``python scripts/peer_compare.py --mlserver-python /work/peers/mlserver/bin/python
+--kserve-python /work/peers/kserve/bin/python [--concurrency 1,8] [--rounds 4] [--seconds 3]``.
 """
 from __future__ import annotations
 
@@ -16,6 +26,7 @@ import contextlib
 import importlib.util
 import json
 import os
+import platform
 import signal
 import socket
 import statistics
@@ -24,9 +35,17 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
+
+PEERS = ("mlserver", "kserve")
+Key = tuple[str, str, int]  # (server, protocol, concurrency)
+Stats = tuple[float, float, float, float]  # (requests/s, p50 ms, server CPU µs / request, client CPU µs / request)
+PROTOCOLS = ("http", "http-json", "grpc")  # http: binary tensors both ways
 
 MLSERVER_RUNTIME = '''
 import onnxruntime as ort
@@ -63,13 +82,54 @@ class OnnxMLP(kserve.Model):
         x = payload.inputs[0].as_numpy()
         y = self.sess.run(None, {"x": x})[0]
         out = InferOutput(name="y", shape=list(y.shape), datatype="FP32")
-        out.set_data_from_numpy(y)
-        return InferResponse(model_name="mlp", infer_outputs=[out], response_id=payload.id)
+        out.set_data_from_numpy(y, binary_data=payload.use_binary_outputs)
+        return InferResponse(model_name="mlp", infer_outputs=[out], response_id=payload.id,
+                             use_binary_outputs=payload.use_binary_outputs, requested_outputs=payload.request_outputs)
 
 
 if __name__ == "__main__":
-    kserve.ModelServer(http_port=int(sys.argv[2]), grpc_port=int(sys.argv[3])).start([OnnxMLP(sys.argv[1])])
+    path, http_port, grpc_port = sys.argv[1:4]
+    del sys.argv[1:]  # kserve parses sys.argv for its own flags
+    kserve.ModelServer(http_port=int(http_port), grpc_port=int(grpc_port)).start([OnnxMLP(path)])
 '''
+
+
+@dataclass(frozen=True)
+class Peer:
+    name: str
+    python: str
+    version: str
+
+
+def _probe(python: str, module: str) -> str | None:
+    """``module``'s version under ``python`` (and onnxruntime's), or None when either is not importable there."""
+    code = (f"import {module}, onnxruntime, importlib.metadata as m; "
+            f"print(m.version('{module}'), onnxruntime.__version__)")
+    r = subprocess.run([python, "-c", code], capture_output=True, text=True, timeout=120)
+    if r.returncode != 0:
+        return None
+    mod, ort = r.stdout.split()
+    return f"{module} {mod}, onnxruntime {ort}"
+
+
+def resolve_peers(names: Sequence[str], pythons: Mapping[str, str | None]) -> tuple[list[Peer], list[str]]:
+    """Which peers run and under which interpreter; notes for those skipped."""
+    peers, notes = [], []
+    for name in names:
+        given = pythons.get(name)
+        if given is None and importlib.util.find_spec(name) is None:
+            notes.append(f"{name}: not importable here and no --{name}-python given: skipped "
+                         f"(python3 -m venv /some/venv && /some/venv/bin/pip install {name} onnxruntime)")
+            continue
+        python = given or sys.executable
+        version = _probe(python, name)
+        if version is None:
+            if given:
+                raise SystemExit(f"--{name}-python {given}: cannot import {name} and onnxruntime there")
+            notes.append(f"{name}: importable but onnxruntime is not: skipped")
+            continue
+        peers.append(Peer(name, python, version))
+    return peers, notes
 
 
 def _port() -> int:
@@ -78,112 +138,275 @@ def _port() -> int:
         return s.getsockname()[1]
 
 
-def _wait_ready(http_port: int, proc: subprocess.Popen, timeout: float = 120) -> None:
+def _tree_cpu(pid: int) -> float:
+    """CPU seconds (utime + stime) of ``pid`` and all its live descendants."""
+    stats: dict[int, tuple[int, float]] = {}  # pid -> (ppid, cpu)
+    tick = os.sysconf("SC_CLK_TCK")
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        with contextlib.suppress(OSError, IndexError, ValueError):
+            with open(f"/proc/{entry}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+            stats[int(entry)] = (int(fields[1]), (int(fields[11]) + int(fields[12])) / tick)
+    total, todo = 0.0, [pid]
+    while todo:
+        p = todo.pop()
+        total += stats.get(p, (0, 0.0))[1]
+        todo += [c for c, (pp, _) in stats.items() if pp == p]
+    return total
+
+
+def _own_cpu() -> float:
+    """CPU seconds of this process (all threads: the load generator)."""
+    t = os.times()
+    return t.user + t.system
+
+
+def _wait_ready(http_port: int, proc: subprocess.Popen, log: Path, timeout: float = 120) -> None:
     import tritonclient.http as httpclient
 
     c = httpclient.InferenceServerClient(f"127.0.0.1:{http_port}")
     deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"server exited with {proc.returncode}")
-        with contextlib.suppress(Exception):
-            if c.is_model_ready("mlp"):
-                return
-        time.sleep(0.2)
-    raise RuntimeError("server not ready")
+    try:
+        while time.monotonic() < deadline:
+            if proc.poll() is not None:
+                raise RuntimeError(f"server exited with {proc.returncode}: {log.read_text()[-2000:]}")
+            with contextlib.suppress(Exception):
+                if c.is_model_ready("mlp"):
+                    return
+            time.sleep(0.2)
+    finally:
+        c.close()
+    raise RuntimeError(f"server not ready after {timeout} s: {log.read_text()[-2000:]}")
+
+
+def _command(kind: str, python: str, d: Path, onnx_path: Path, om_path: Path, hp: int, gp: int,
+             mlserver_workers: int | None) -> list[str]:
+    if kind == "acl-bundle":
+        return [sys.executable, "-m", "acl_bundle", "serve", str(om_path), "--sim", "--model-name", "mlp",
+                "--http-port", str(hp), "--grpc-port", str(gp)]
+    if kind == "mlserver":
+        (d / "peer_runtime.py").write_text(MLSERVER_RUNTIME)
+        settings: dict[str, object] = {"http_port": hp, "grpc_port": gp, "metrics_port": _port()}
+        if mlserver_workers is not None:
+            settings["parallel_workers"] = mlserver_workers
+        (d / "settings.json").write_text(json.dumps(settings))
+        (d / "model-settings.json").write_text(json.dumps({
+            "name": "mlp", "implementation": "peer_runtime.OnnxMLP", "parameters": {"uri": str(onnx_path)}}))
+        return [python, "-c", "import sys; from mlserver.cli import main; sys.argv[0] = 'mlserver'; main()",
+                "start", str(d)]
+    (d / "kserve_server.py").write_text(KSERVE_SERVER)
+    return [python, str(d / "kserve_server.py"), str(onnx_path), str(hp), str(gp)]
+
+
+def _stop(proc: subprocess.Popen) -> None:
+    if proc.poll() is None:
+        os.kill(proc.pid, signal.SIGTERM)
+    try:
+        proc.wait(30)
+    except subprocess.TimeoutExpired:
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(10)
 
 
 @contextlib.contextmanager
-def _start(kind: str, work: Path, onnx_path: Path, om_path: Path):
+def _start(kind: str, python: str, work: Path, onnx_path: Path, om_path: Path,
+           mlserver_workers: int | None = None) -> Iterator[tuple[int, int, int]]:
+    """Start one server; yield (pid, http port, grpc port)."""
     hp, gp = _port(), _port()
     d = work / kind
     d.mkdir()
-    log = open(d / "server.log", "wb")  # noqa: SIM115 - closed in the finally below
-    if kind == "acl-bundle":
-        args = [sys.executable, "-m", "acl_bundle", "serve", str(om_path), "--sim", "--model-name", "mlp",
-                "--http-port", str(hp), "--grpc-port", str(gp)]
-    elif kind == "mlserver":
-        (d / "peer_runtime.py").write_text(MLSERVER_RUNTIME)
-        (d / "settings.json").write_text(json.dumps({"http_port": hp, "grpc_port": gp, "metrics_port": _port()}))
-        (d / "model-settings.json").write_text(json.dumps({
-            "name": "mlp", "implementation": "peer_runtime.OnnxMLP", "parameters": {"uri": str(onnx_path)}}))
-        args = ["mlserver", "start", str(d)]
-    else:
-        (d / "kserve_server.py").write_text(KSERVE_SERVER)
-        args = [sys.executable, str(d / "kserve_server.py"), str(onnx_path), str(hp), str(gp)]
-    proc = subprocess.Popen(args, cwd=d, stdout=log, stderr=subprocess.STDOUT)
-    try:
-        _wait_ready(hp, proc)
-        yield hp, gp
-    finally:
-        if proc.poll() is None:
-            os.kill(proc.pid, signal.SIGTERM)
-            try:
-                proc.wait(30)
-            except subprocess.TimeoutExpired:
-                os.kill(proc.pid, signal.SIGKILL)
-                proc.wait(10)
-        log.close()
+    args = _command(kind, python, d, onnx_path, om_path, hp, gp, mlserver_workers)
+    env = dict(os.environ)
+    if kind != "acl-bundle":
+        env.pop("PYTHONPATH", None)  # the peer's venv only, not this tree
+    with open(d / "server.log", "wb") as log:
+        proc = subprocess.Popen(args, cwd=d, stdout=log, stderr=subprocess.STDOUT, env=env,
+                                start_new_session=True)  # its own group: a Ctrl-C here reaches it via _stop only
+        try:
+            _wait_ready(hp, proc, d / "server.log")
+            yield proc.pid, hp, gp
+        finally:
+            _stop(proc)
 
 
-def _window(proto: str, hp: int, gp: int, conc: int, seconds: float, x: np.ndarray,
-            want: np.ndarray) -> tuple[float, float]:
-    """Closed-loop clients for ``seconds``: (requests/s, p50 ms); every answer checked against numpy."""
+def _client(proto: str, hp: int, gp: int, x: np.ndarray) -> tuple[Any, list[Any], list[Any] | None]:
+    """(client, inputs, outputs) for one tritonclient over ``proto`` ("http": binary tensors both ways)."""
+    if proto.startswith("http"):
+        import tritonclient.http as httpclient
+
+        binary = proto == "http"
+        c = httpclient.InferenceServerClient(f"127.0.0.1:{hp}")
+        i = httpclient.InferInput("x", list(x.shape), "FP32")
+        i.set_data_from_numpy(x, binary_data=binary)
+        return c, [i], [httpclient.InferRequestedOutput("y", binary_data=binary)]
     import tritonclient.grpc as grpcclient
-    import tritonclient.http as httpclient
 
-    lat: list[float] = []
-    errors: list[str] = []
-    stop = time.monotonic() + seconds
+    c = grpcclient.InferenceServerClient(f"127.0.0.1:{gp}")
+    i = grpcclient.InferInput("x", list(x.shape), "FP32")
+    i.set_data_from_numpy(x)
+    return c, [i], None
 
-    def worker() -> None:
-        if proto == "http":
-            c = httpclient.InferenceServerClient(f"127.0.0.1:{hp}")
-            i = httpclient.InferInput("x", list(x.shape), "FP32")
-            i.set_data_from_numpy(x, binary_data=True)
-            outs = [httpclient.InferRequestedOutput("y", binary_data=True)]
-        else:
-            c = grpcclient.InferenceServerClient(f"127.0.0.1:{gp}")
-            i = grpcclient.InferInput("x", list(x.shape), "FP32")
-            i.set_data_from_numpy(x)
-            outs = None
-        mine = []
-        while time.monotonic() < stop:
-            t0 = time.perf_counter()
-            y = c.infer("mlp", [i], outputs=outs).as_numpy("y")
-            mine.append(time.perf_counter() - t0)
-            if not np.allclose(y, want, rtol=1e-4, atol=1e-4):
-                errors.append("wrong result")
-        lat.extend(mine)
+
+def check_answer(y: np.ndarray, references: Mapping[str, np.ndarray], tol: float = 1e-4) -> dict[str, float]:
+    """Max abs difference of ``y`` from each reference; AssertionError when one is off by more than ``tol``."""
+    diffs = {}
+    for name, ref in references.items():
+        if y.shape != ref.shape:
+            raise AssertionError(f"shape {y.shape}, {name} says {ref.shape}")
+        diffs[name] = float(np.max(np.abs(y.astype(np.float64) - ref)))
+        if not np.allclose(y, ref, rtol=tol, atol=tol):
+            raise AssertionError(f"answer differs from {name} by up to {diffs[name]:.3g}")
+    return diffs
+
+
+def _one_answer(proto: str, hp: int, gp: int, x: np.ndarray) -> np.ndarray:
+    c, inputs, outs = _client(proto, hp, gp, x)
+    try:
+        return c.infer("mlp", inputs, outputs=outs).as_numpy("y")
+    finally:
         c.close()
 
-    t0 = time.perf_counter()
+
+def _window(proto: str, pid: int, hp: int, gp: int, conc: int, seconds: float, x: np.ndarray,
+            want: np.ndarray) -> Stats:
+    """Closed-loop clients for ``seconds``: (requests/s, p50 ms, server and client CPU µs per request)."""
+    lat: list[float] = []
+    errors: list[str] = []
+    start = threading.Barrier(conc + 1)
+    stop = [0.0]
+
+    def worker() -> None:
+        c, inputs, outs = _client(proto, hp, gp, x)
+        mine = []
+        try:
+            start.wait()
+            while time.monotonic() < stop[0]:
+                t0 = time.perf_counter()
+                y = c.infer("mlp", inputs, outputs=outs).as_numpy("y")
+                mine.append(time.perf_counter() - t0)
+                if y is None or not np.allclose(y, want, rtol=1e-4, atol=1e-4):
+                    errors.append("wrong result")
+        except Exception as e:  # noqa: BLE001 - reported below, the window fails
+            errors.append(repr(e))
+            start.abort()
+        finally:
+            lat.extend(mine)
+            c.close()
+
     ts = [threading.Thread(target=worker) for _ in range(conc)]
     for t in ts:
         t.start()
+    stop[0] = time.monotonic() + seconds
+    cpu0, own0, t0 = _tree_cpu(pid), _own_cpu(), time.perf_counter()
+    with contextlib.suppress(threading.BrokenBarrierError):
+        start.wait()
     for t in ts:
         t.join()
+    elapsed, cpu, own = time.perf_counter() - t0, _tree_cpu(pid) - cpu0, _own_cpu() - own0
     if errors:
-        raise AssertionError(f"{len(errors)} wrong results")
-    return len(lat) / (time.perf_counter() - t0), 1e3 * statistics.median(lat)
+        raise AssertionError(f"{len(errors)} failed requests, first: {errors[0]}")
+    n = len(lat)
+    return n / elapsed, 1e3 * statistics.median(lat), 1e6 * cpu / n, 1e6 * own / n
+
+
+def medians(results: Mapping[Key, Sequence[Stats]]) -> dict[Key, Stats]:
+    """Median over rounds of each figure, separately."""
+    def m(v: Sequence[Stats], i: int) -> float:
+        return statistics.median(s[i] for s in v)
+
+    return {k: (m(v, 0), m(v, 1), m(v, 2), m(v, 3)) for k, v in results.items()}
+
+
+def ratio_rows(med: Mapping[Key, Stats], peers: Sequence[str], protocols: Sequence[str],
+               concs: Sequence[int]) -> list[dict[str, object]]:
+    """Per (protocol, concurrency): the best peer by throughput and acl-bundle / that peer's figures."""
+    rows: list[dict[str, object]] = []
+    for proto in protocols:
+        for c in concs:
+            have = [p for p in peers if (p, proto, c) in med]
+            if ("acl-bundle", proto, c) not in med or not have:
+                continue
+            best = max(have, key=lambda p: med[(p, proto, c)][0])
+            a, b = med[("acl-bundle", proto, c)], med[(best, proto, c)]
+            rows.append({"protocol": proto, "concurrency": c, "best_peer": best, "throughput": a[0] / b[0],
+                         "p50": a[1] / b[1], "cpu_per_request": a[2] / b[2]})
+    return rows
+
+
+def format_report(med: Mapping[Key, Stats], peers: Sequence[str], protocols: Sequence[str],
+                  concs: Sequence[int], rounds: int, seconds: float) -> str:
+    lines = [f"{'server':12s} {'proto':9s} {'conc':>4s} {'req/s':>8s} {'p50 ms':>7s} {'server CPU':>10s} "
+             f"{'client CPU':>10s}"
+             f"   (medians of {rounds} interleaved {seconds:g} s windows; CPU in us per request)"]
+    for (s, proto, c), (rps, p50, cpu, own) in sorted(
+            med.items(), key=lambda kv: (protocols.index(kv[0][1]), kv[0][2], kv[0][0] != "acl-bundle", kv[0][0])):
+        lines.append(f"{s:12s} {proto:9s} {c:4d} {rps:8.0f} {p50:7.2f} {cpu:10.0f} {own:10.0f}")
+    for peer in peers:
+        lines.append(f"\nacl-bundle / {peer}:")
+        for r in ratio_rows(med, [peer], protocols, concs):
+            lines.append(f"  {r['protocol']:9s} conc {r['concurrency']:3d}: throughput {r['throughput']:5.2f}x  "
+                         f"p50 {r['p50']:5.2f}x  server CPU/request {r['cpu_per_request']:5.2f}x")
+    if len(peers) > 1:
+        lines.append("\nacl-bundle / best peer (by throughput):")
+        for r in ratio_rows(med, peers, protocols, concs):
+            lines.append(f"  {r['protocol']:9s} conc {r['concurrency']:3d}: throughput {r['throughput']:5.2f}x "
+                         f"({r['best_peer']})  p50 {r['p50']:5.2f}x  server CPU/request {r['cpu_per_request']:5.2f}x")
+    return "\n".join(lines)
+
+
+def _versions() -> str:
+    import grpc
+    import onnxruntime
+    import tritonclient
+
+    here = Path(__file__).resolve().parents[1]
+    rev = subprocess.run(["git", "-C", str(here), "rev-parse", "--short", "HEAD"], capture_output=True, text=True)
+    tc = getattr(tritonclient, "__version__", None)
+    if tc is None:
+        import importlib.metadata
+
+        tc = importlib.metadata.version("tritonclient")
+    return (f"acl-bundle {rev.stdout.strip() or '?'} (Python {platform.python_version()}, grpcio {grpc.__version__}, "
+            f"onnxruntime {onnxruntime.__version__}); client tritonclient {tc}; {os.cpu_count()} CPUs")
+
+
+def _load() -> str:
+    return "load average " + " ".join(f"{v:.2f}" for v in os.getloadavg())
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--peers", default="mlserver,kserve")
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--peers", default=",".join(PEERS), help="comma-separated subset of mlserver,kserve")
+    for p in PEERS:
+        ap.add_argument(f"--{p}-python", help=f"an interpreter that can import {p} and onnxruntime")
+    ap.add_argument("--mlserver-parallel-workers", type=int, default=None,
+                    help="MLServer's parallel_workers (default: MLServer's own, 1: inference in a worker process)")
     ap.add_argument("--concurrency", default="1,8")
-    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--protocols", default=",".join(PROTOCOLS), help="http (binary tensors), http-json, grpc")
+    ap.add_argument("--rounds", type=int, default=4)
     ap.add_argument("--seconds", type=float, default=3.0)
     args = ap.parse_args()
     from acl_bundle.sim import builder, models
 
-    peers = []
-    for p in args.peers.split(","):
-        if p and importlib.util.find_spec(p) is None:
-            print(f"{p}: not installed, skipped (pip install {p} in a separate venv to compare)")
-        elif p:
-            peers.append(p)
+    names = [p for p in args.peers.split(",") if p]
+    unknown = set(names) - set(PEERS)
+    if unknown:
+        ap.error(f"--peers: unknown {sorted(unknown)}, expected a subset of {list(PEERS)}")
+    protocols = [p for p in args.protocols.split(",") if p]
+    if set(protocols) - set(PROTOCOLS):
+        ap.error(f"--protocols: expected a subset of {list(PROTOCOLS)}")
     concs = [int(c) for c in args.concurrency.split(",")]
+    peers, notes = resolve_peers(names, {p: getattr(args, f"{p}_python") for p in PEERS})
+    for n in notes:
+        print(n)
+    print(_versions())
+    for peer in peers:
+        print(f"{peer.name}: {peer.version} under {peer.python}")
+    print(f"before: {_load()}", flush=True)
+    import onnxruntime as ort
+
     with tempfile.TemporaryDirectory(prefix="acl_bundle_peers_") as tmp:
         work = Path(tmp)
         onnx_model, w = models.mlp((64, 256, 256, 10), seed=0, batch=1)
@@ -193,27 +416,42 @@ def main() -> None:
         om_path, _ = builder.save(builder.build_bundle(model, batch_sizes=[1, 2, 4, 8], init=True), work / "mlp.om")
         x = np.random.default_rng(1).standard_normal((1, 64)).astype(np.float32)
         want = models.mlp_reference(x, w)
-        servers = ["acl-bundle", *peers]
-        results: dict[tuple[str, str, int], list[tuple[float, float]]] = {}
+        refs = {"numpy": want.astype(np.float64),
+                "onnxruntime": ort.InferenceSession(str(onnx_path)).run(None, {"x": x})[0].astype(np.float64)}
+        pythons = {"acl-bundle": sys.executable, **{p.name: p.python for p in peers}}
+        servers = list(pythons)
+        results: dict[Key, list[Stats]] = {}
         with contextlib.ExitStack() as stack:
-            ports = {s: stack.enter_context(_start(s, work, onnx_path, Path(om_path))) for s in servers}
-            cases = [(s, proto, c) for proto in ("http", "grpc") for c in concs for s in servers]
+            procs = {s: stack.enter_context(_start(s, pythons[s], work, onnx_path, Path(om_path),
+                                                   args.mlserver_parallel_workers)) for s in servers}
+            from tritonclient.utils import InferenceServerException
+
+            refused = set()
+            for s in servers:
+                for proto in protocols:
+                    try:
+                        y = _one_answer(proto, *procs[s][1:], x)
+                    except InferenceServerException as e:  # e.g. MLServer has no binary tensor extension
+                        refused.add((s, proto))
+                        print(f"check {s:10s} {proto:9s}: refused, not measured: {str(e)[:160]}")
+                        continue
+                    diffs = check_answer(y, refs)
+                    print(f"check {s:10s} {proto:9s}: max |diff| " +
+                          ", ".join(f"{k} {v:.1e}" for k, v in diffs.items()))
+            if any(("acl-bundle", proto) in refused for proto in protocols):
+                raise SystemExit("acl-bundle refused a protocol: nothing to compare")
+            cases = [(s, proto, c) for proto in protocols for c in concs for s in servers if (s, proto) not in refused]
+            for case in cases:  # warm-up, not recorded
+                _window(case[1], *procs[case[0]], case[2], min(0.5, args.seconds), x, want)
             for r in range(args.rounds):
-                k = r % len(cases)
-                for case in cases[k:] + cases[:k]:  # rotated order each round
+                k = (r * len(cases)) // args.rounds  # rotated order each round
+                for case in cases[k:] + cases[:k]:
                     s, proto, c = case
-                    results.setdefault(case, []).append(_window(proto, *ports[s], c, args.seconds, x, want))
-    print(f"\n{'server':12s} {'proto':5s} {'conc':>4s} {'req/s':>9s} {'p50 ms':>8s}   (median of {args.rounds} "
-          f"interleaved {args.seconds:.0f} s windows)")
-    med = {k: (statistics.median(a for a, _ in v), statistics.median(b for _, b in v)) for k, v in results.items()}
-    for (s, proto, c), (rps, p50) in sorted(med.items(), key=lambda kv: (kv[0][1], kv[0][2], kv[0][0])):
-        print(f"{s:12s} {proto:5s} {c:4d} {rps:9.0f} {p50:8.2f}")
-    for peer in peers:
-        print(f"\nacl-bundle / {peer}:")
-        for proto in ("http", "grpc"):
-            for c in concs:
-                a, b = med[("acl-bundle", proto, c)], med[(peer, proto, c)]
-                print(f"  {proto:5s} conc {c:3d}: throughput {a[0] / b[0]:5.2f}x  p50 {a[1] / b[1]:5.2f}x")
+                    results.setdefault(case, []).append(_window(proto, *procs[s], c, args.seconds, x, want))
+                print(f"round {r + 1}/{args.rounds} done, {_load()}", flush=True)
+    print()
+    print(format_report(medians(results), [p.name for p in peers], protocols, concs, args.rounds, args.seconds))
+    print(f"\nafter: {_load()}")
 
 
 if __name__ == "__main__":
