@@ -27,8 +27,6 @@ import importlib.util
 import json
 import os
 import platform
-import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -42,6 +40,8 @@ from typing import Any
 
 import numpy as np
 
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))  # acl_bundle from this tree, as the acl-bundle server it starts
 PEERS = ("mlserver", "kserve")
 Key = tuple[str, str, int]  # (server, protocol, concurrency)
 Stats = tuple[float, float, float, float]  # (requests/s, p50 ms, server CPU µs / request, client CPU µs / request)
@@ -132,12 +132,6 @@ def resolve_peers(names: Sequence[str], pythons: Mapping[str, str | None]) -> tu
     return peers, notes
 
 
-def _port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _tree_cpu(pid: int) -> float:
     """CPU seconds (utime + stime) of ``pid`` and all its live descendants."""
     stats: dict[int, tuple[int, float]] = {}  # pid -> (ppid, cpu)
@@ -163,32 +157,16 @@ def _own_cpu() -> float:
     return t.user + t.system
 
 
-def _wait_ready(http_port: int, proc: subprocess.Popen, log: Path, timeout: float = 120) -> None:
-    import tritonclient.http as httpclient
-
-    c = httpclient.InferenceServerClient(f"127.0.0.1:{http_port}")
-    deadline = time.monotonic() + timeout
-    try:
-        while time.monotonic() < deadline:
-            if proc.poll() is not None:
-                raise RuntimeError(f"server exited with {proc.returncode}: {log.read_text()[-2000:]}")
-            with contextlib.suppress(Exception):
-                if c.is_model_ready("mlp"):
-                    return
-            time.sleep(0.2)
-    finally:
-        c.close()
-    raise RuntimeError(f"server not ready after {timeout} s: {log.read_text()[-2000:]}")
-
-
 def _command(kind: str, python: str, d: Path, onnx_path: Path, om_path: Path, hp: int, gp: int,
              mlserver_workers: int | None) -> list[str]:
     if kind == "acl-bundle":
         return [sys.executable, "-m", "acl_bundle", "serve", str(om_path), "--sim", "--model-name", "mlp",
                 "--http-port", str(hp), "--grpc-port", str(gp)]
     if kind == "mlserver":
+        from acl_bundle.bench.serve import free_port
+
         (d / "peer_runtime.py").write_text(MLSERVER_RUNTIME)
-        settings: dict[str, object] = {"http_port": hp, "grpc_port": gp, "metrics_port": _port()}
+        settings: dict[str, object] = {"http_port": hp, "grpc_port": gp, "metrics_port": free_port()}
         if mlserver_workers is not None:
             settings["parallel_workers"] = mlserver_workers
         (d / "settings.json").write_text(json.dumps(settings))
@@ -200,35 +178,23 @@ def _command(kind: str, python: str, d: Path, onnx_path: Path, om_path: Path, hp
     return [python, str(d / "kserve_server.py"), str(onnx_path), str(hp), str(gp)]
 
 
-def _stop(proc: subprocess.Popen) -> None:
-    if proc.poll() is None:
-        os.kill(proc.pid, signal.SIGTERM)
-    try:
-        proc.wait(30)
-    except subprocess.TimeoutExpired:
-        os.kill(proc.pid, signal.SIGKILL)
-        proc.wait(10)
-
-
 @contextlib.contextmanager
 def _start(kind: str, python: str, work: Path, onnx_path: Path, om_path: Path,
            mlserver_workers: int | None = None) -> Iterator[tuple[int, int, int]]:
-    """Start one server; yield (pid, http port, grpc port)."""
-    hp, gp = _port(), _port()
+    """Start one server; yield (pid, http port, grpc port) once its model is ready."""
+    from acl_bundle.bench.serve import free_port, loopback_server
+
+    hp, gp = free_port(), free_port()
     d = work / kind
     d.mkdir()
     args = _command(kind, python, d, onnx_path, om_path, hp, gp, mlserver_workers)
     env = dict(os.environ)
-    if kind != "acl-bundle":
-        env.pop("PYTHONPATH", None)  # the peer's venv only, not this tree
-    with open(d / "server.log", "wb") as log:
-        proc = subprocess.Popen(args, cwd=d, stdout=log, stderr=subprocess.STDOUT, env=env,
-                                start_new_session=True)  # its own group: a Ctrl-C here reaches it via _stop only
-        try:
-            _wait_ready(hp, proc, d / "server.log")
-            yield proc.pid, hp, gp
-        finally:
-            _stop(proc)
+    if kind == "acl-bundle":  # the server imports this tree
+        env["PYTHONPATH"] = os.pathsep.join([str(ROOT), *filter(None, [env.get("PYTHONPATH")])])
+    else:
+        env.pop("PYTHONPATH", None)  # the peer's venv only
+    with loopback_server(args, d / "server.log", hp, "/v2/models/mlp/ready", cwd=d, env=env, timeout=120) as proc:
+        yield proc.pid, hp, gp
 
 
 def _client(proto: str, hp: int, gp: int, x: np.ndarray) -> tuple[Any, list[Any], list[Any] | None]:
@@ -361,8 +327,7 @@ def _versions() -> str:
     import onnxruntime
     import tritonclient
 
-    here = Path(__file__).resolve().parents[1]
-    rev = subprocess.run(["git", "-C", str(here), "rev-parse", "--short", "HEAD"], capture_output=True, text=True)
+    rev = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"], capture_output=True, text=True)
     tc = getattr(tritonclient, "__version__", None)
     if tc is None:
         import importlib.metadata

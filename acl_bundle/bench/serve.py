@@ -31,7 +31,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -40,7 +40,7 @@ import numpy as np
 
 from .._files import package_root
 
-__all__ = ["ServeBenchConfig", "run", "format_table"]
+__all__ = ["ServeBenchConfig", "run", "format_table", "free_port", "loopback_server"]
 
 Progress = Callable[[str], None]
 
@@ -64,27 +64,33 @@ class ServeBenchConfig:
             self.rounds, self.latency_calls, self.window = 2, 40, 0.4
 
 
-def _free_port() -> int:
+def free_port() -> int:
+    """A loopback TCP port free at the time of the call."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
 
 
 @contextlib.contextmanager
-def _server(om: Path, log: Path, *extra: str) -> Iterator[tuple[int, int]]:
-    hp, gp = _free_port(), _free_port()
+def loopback_server(args: Sequence[str], log: Path, http_port: int, ready_path: str = "/v2/health/ready", *,
+                    cwd: str | Path | None = None, env: Mapping[str, str] | None = None,
+                    timeout: float = 60) -> Iterator[subprocess.Popen[bytes]]:
+    """Run ``args`` as a server process (output to ``log``) until ``GET ready_path`` on ``http_port`` answers 200;
+    yield the process; stop it on exit (SIGTERM, then SIGKILL after 30 s), by its PID.
+
+    Shared by ``acl-bundle serve-bench`` and ``scripts/peer_compare.py`` (which starts other servers with it).
+    """
     with open(log, "wb") as f:
-        proc = subprocess.Popen([sys.executable, "-m", "acl_bundle", "serve", str(om), "--sim", "--http-port", str(hp),
-                                 "--grpc-port", str(gp), *extra], stdout=f, stderr=subprocess.STDOUT,
-                                cwd=package_root())  # the child imports this tree, whatever the caller's folder
+        proc = subprocess.Popen(list(args), stdout=f, stderr=subprocess.STDOUT, cwd=cwd,
+                                env=None if env is None else dict(env))
     try:
-        deadline = time.monotonic() + 60
+        deadline = time.monotonic() + timeout
         while True:
             if proc.poll() is not None:
                 raise RuntimeError(f"server exited with {proc.returncode}: {log.read_text()[-2000:]}")
             try:
-                c = http.client.HTTPConnection("127.0.0.1", hp, timeout=2)
-                c.request("GET", "/v2/health/ready")
+                c = http.client.HTTPConnection("127.0.0.1", http_port, timeout=2)
+                c.request("GET", ready_path)
                 if c.getresponse().status == 200:
                     c.close()
                     break
@@ -92,9 +98,9 @@ def _server(om: Path, log: Path, *extra: str) -> Iterator[tuple[int, int]]:
             except OSError:
                 pass
             if time.monotonic() > deadline:
-                raise RuntimeError("server did not become ready")
+                raise RuntimeError(f"server did not become ready in {timeout} s: {log.read_text()[-2000:]}")
             time.sleep(0.05)
-        yield hp, gp
+        yield proc
     finally:
         if proc.poll() is None:
             os.kill(proc.pid, signal.SIGTERM)
@@ -103,6 +109,16 @@ def _server(om: Path, log: Path, *extra: str) -> Iterator[tuple[int, int]]:
         except subprocess.TimeoutExpired:
             os.kill(proc.pid, signal.SIGKILL)
             proc.wait(10)
+
+
+@contextlib.contextmanager
+def _server(om: Path, log: Path, *extra: str) -> Iterator[tuple[int, int]]:
+    hp, gp = free_port(), free_port()
+    args = [sys.executable, "-m", "acl_bundle", "serve", str(om), "--sim", "--http-port", str(hp),
+            "--grpc-port", str(gp), *extra]
+    # the child imports this tree, whatever the caller's folder
+    with loopback_server(args, log, hp, cwd=package_root()):
+        yield hp, gp
 
 
 def _pct(xs: list[float], q: float) -> float:
