@@ -2,15 +2,17 @@
 
 The same model everywhere: an ONNX MLP 64-256-256-10, batch 1 (acl-bundle serves it as a simulator bundle with
 dynamic batch sizes 1-8, its defaults otherwise: dynamic batching on, access log on; the peers run the ONNX file
-with onnxruntime in a tiny custom runtime written here, their defaults otherwise).  Each server is a process on
-loopback; tritonclient drives all of them, from this interpreter, over HTTP (binary tensors) and gRPC; closed-loop
-client threads at each ``--concurrency`` for ``--seconds`` per window, windows in rotated order over ``--rounds``
+with onnxruntime in a tiny custom runtime written here, one intra-op and one inter-op thread as the simulator's own
+session, their defaults otherwise).  Each server is a process on loopback; tritonclient drives all of them, from
+this interpreter, over HTTP (binary tensors both ways; ``http-json``: JSON bodies) and gRPC; closed-loop client
+threads at each ``--concurrency`` for ``--seconds`` per window, windows in rotated order over ``--rounds``
 rounds after one unrecorded warm-up window per case.  Before any timing, one answer of each server over each
 protocol is compared with numpy and with onnxruntime; during the windows every answer is checked against numpy.
+A protocol a server refuses (MLServer 1.7 has no binary tensor extension over HTTP) is reported and not measured.
 
 Prints, per (server, protocol, concurrency), the median over rounds of throughput, p50 latency and the server's
-CPU per request (utime + stime of its process tree from /proc, so MLServer's inference worker counts), then
-acl-bundle / best-peer ratios.
+CPU per request (utime + stime of its process tree from /proc, so MLServer's inference worker counts) and the
+client's (this process), then acl-bundle / peer and acl-bundle / best-peer ratios.
 
 MLServer and KServe are not dependencies of acl-bundle.  Each peer runs under its own interpreter:
 ``--mlserver-python`` / ``--kserve-python`` name a venv's python that has it (and onnxruntime); by default this
@@ -56,7 +58,9 @@ from mlserver.types import InferenceRequest, InferenceResponse
 
 class OnnxMLP(MLModel):
     async def load(self) -> bool:
-        self.sess = ort.InferenceSession(self.settings.parameters.uri)
+        so = ort.SessionOptions()  # as the simulator's session: one thread, no spinning pool on 2 shared cores
+        so.intra_op_num_threads = so.inter_op_num_threads = 1
+        self.sess = ort.InferenceSession(self.settings.parameters.uri, so)
         return True
 
     async def predict(self, payload: InferenceRequest) -> InferenceResponse:
@@ -75,7 +79,9 @@ from kserve import InferOutput, InferResponse
 class OnnxMLP(kserve.Model):
     def __init__(self, path):
         super().__init__("mlp")
-        self.sess = ort.InferenceSession(path)
+        so = ort.SessionOptions()  # as the simulator's session: one thread, no spinning pool on 2 shared cores
+        so.intra_op_num_threads = so.inter_op_num_threads = 1
+        self.sess = ort.InferenceSession(path, so)
         self.ready = True
 
     def predict(self, payload, headers=None):
