@@ -24,7 +24,7 @@ class MotoServer:
 
     def __init__(self, workdir: Path) -> None:
         self.log_path = workdir / "moto.log"
-        self._log = open(self.log_path, "wb")
+        self._log = open(self.log_path, "wb")  # noqa: SIM115 (the server's log, closed by stop())
         cmd = [sys.executable, "-c", "from moto.server import main; main()", "-H", "127.0.0.1", "-p", "0"]
         self.proc = subprocess.Popen(cmd, stdout=self._log, stderr=subprocess.STDOUT)
         deadline = time.monotonic() + 30
@@ -59,7 +59,9 @@ class MotoServer:
         return out
 
     def sync_log(self, bucket: str) -> int:
-        """Make one marker request and wait until the log shows it (all earlier requests are logged); return the count."""
+        """Make one marker request and wait until the log shows it (all earlier requests are logged).
+
+        Returns the count."""
         tag = f"/{bucket}/__sync__{uuid.uuid4().hex}"
         c = http.client.HTTPConnection("127.0.0.1", self.port, timeout=10)
         c.request("HEAD", tag)
@@ -75,7 +77,9 @@ class MotoServer:
 
 
 class FaultProxy:
-    """An HTTP proxy on loopback forwarding to ``upstream``; ``fail(mode, n, match)`` breaks the next ``n`` matching requests.
+    """An HTTP proxy on loopback forwarding to ``upstream``.
+
+    ``fail(mode, n, match)`` breaks the next ``n`` matching requests.
 
     Modes: "500" (an S3 InternalError reply), "503" (SlowDown), "404" (NoSuchKey: an object listed but not
     readable yet, as on a store still replicating), "reset" (the connection is

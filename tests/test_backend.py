@@ -7,10 +7,7 @@ import types
 import numpy as np
 import pytest
 
-from acl_bundle import BackendNotFoundError, BundleModel
-from acl_bundle import _backend
-from acl_bundle import sim
-
+from acl_bundle import BackendNotFoundError, BundleModel, _backend, sim
 from helpers import reference
 
 # Every pyACL name the public pyACL documentation lists, by submodule.
@@ -119,9 +116,25 @@ def test_public_names_are_pinned():
     import acl_bundle
 
     assert sorted(acl_bundle.__all__) == [
-        "AclCleanupWarning", "AclError", "BackendNotFoundError", "BundleModel", "CheckpointError",
-        "CheckpointMismatchError", "CheckpointWatcher", "InterpreterShutdownError", "ModelClosedError", "StagedUpdate", "TensorInfo",
-        "UnknownVariableError", "Variable", "WeightVersion", "load_checkpoint", "load_manifest", "manifest_path", "read_manifest", "write_checkpoint",
+        "AclCleanupWarning",
+        "AclError",
+        "BackendNotFoundError",
+        "BundleModel",
+        "CheckpointError",
+        "CheckpointMismatchError",
+        "CheckpointWatcher",
+        "InterpreterShutdownError",
+        "ModelClosedError",
+        "StagedUpdate",
+        "TensorInfo",
+        "UnknownVariableError",
+        "Variable",
+        "WeightVersion",
+        "load_checkpoint",
+        "load_manifest",
+        "manifest_path",
+        "read_manifest",
+        "write_checkpoint",
     ]
     assert all(hasattr(acl_bundle, n) for n in acl_bundle.__all__)
 
@@ -130,8 +143,10 @@ def test_core_import_needs_only_numpy():
     """`import acl_bundle` must not pull in onnx/onnxruntime (numpy is the only core dependency)."""
     import subprocess
 
-    code = ("import sys, acl_bundle; bad = [m for m in ('onnx', 'onnxruntime', 'safetensors', 'watchdog', 'matplotlib') "
-            "if m in sys.modules]; print(bad); sys.exit(1 if bad else 0)")
+    code = (
+        "import sys, acl_bundle; bad = [m for m in ('onnx', 'onnxruntime', 'safetensors', 'watchdog', 'matplotlib') "
+        "if m in sys.modules]; print(bad); sys.exit(1 if bad else 0)"
+    )
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert r.returncode == 0, r.stdout + r.stderr
 
@@ -156,7 +171,9 @@ def test_env_sim_wins_even_where_acl_imports(monkeypatch):
 def test_env_pyacl_forbids_the_fallback_and_carries_the_import_error(monkeypatch):
     monkeypatch.setitem(sys.modules, "acl", None)
     monkeypatch.setenv("ACL_BUNDLE_BACKEND", "pyacl")
-    with pytest.raises(BackendNotFoundError, match=r"ACL_BUNDLE_BACKEND=pyacl but 'import acl' failed \(ModuleNotFoundError") as ei:
+    with pytest.raises(
+        BackendNotFoundError, match=r"ACL_BUNDLE_BACKEND=pyacl but 'import acl' failed \(ModuleNotFoundError"
+    ) as ei:
         _backend.resolve_acl()
     assert isinstance(ei.value.__cause__, ImportError)
 

@@ -23,7 +23,10 @@ def _run(graph: GraphSpec, feed: dict[str, np.ndarray]) -> list[np.ndarray]:
 
 
 def _model(nodes, inputs, outputs, inits=(), opset: int = 17) -> onnx.ModelProto:  # type: ignore[no-untyped-def]
-    m = helper.make_model(helper.make_graph(nodes, "t", inputs, outputs, initializer=list(inits)), opset_imports=[helper.make_opsetid("", opset)])
+    m = helper.make_model(
+        helper.make_graph(nodes, "t", inputs, outputs, initializer=list(inits)),
+        opset_imports=[helper.make_opsetid("", opset)],
+    )
     m.ir_version = 8
     return m
 
@@ -45,7 +48,10 @@ def _mixed_model() -> onnx.ModelProto:
     return _model(
         nodes,
         [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 3])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, 2]), helper.make_tensor_value_info("z2", TensorProto.FLOAT, [1])],
+        [
+            helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, 2]),
+            helper.make_tensor_value_info("z2", TensorProto.FLOAT, [1]),
+        ],
         [w, idx, bf, d],
     )
 
@@ -165,7 +171,9 @@ def test_infer_graph_matches_numpy(dtype: str, tol: float, activation: str) -> N
     # a changed weight must change the result exactly as numpy says
     w2 = dict(weights, **{"fc2.bias": weights["fc2.bias"] + np.asarray(1, dtype)})
     (y2,) = _run(mf.graphs[0], {"x": x, **w2})
-    np.testing.assert_allclose(y2.astype(np.float32), models.mlp_reference(x, w2, activation).astype(np.float32), rtol=tol, atol=tol)
+    np.testing.assert_allclose(
+        y2.astype(np.float32), models.mlp_reference(x, w2, activation).astype(np.float32), rtol=tol, atol=tol
+    )
     assert not np.allclose(y2, y)
 
 
@@ -233,7 +241,11 @@ def test_only_dim0_may_be_dynamic() -> None:
 
 
 def test_unknown_rank_input_is_rejected() -> None:
-    m = _model([helper.make_node("Relu", ["x"], ["y"])], [helper.make_tensor_value_info("x", TensorProto.FLOAT, None)], [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)])
+    m = _model(
+        [helper.make_node("Relu", ["x"], ["y"])],
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, None)],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+    )
     with pytest.raises(ValueError, match="input 'x' has unknown rank"):
         builder.build_plain(m)
 
@@ -248,9 +260,16 @@ def test_bad_batch_sizes(sizes: object) -> None:
 def test_output_shapes_are_inferred_when_undeclared() -> None:
     w = numpy_helper.from_array(np.ones((3, 5), np.float32), "w")
     m = _model(
-        [helper.make_node("MatMul", ["x", "w"], ["h"]), helper.make_node("Transpose", ["h"], ["y"], perm=[1, 0]), helper.make_node("Shape", ["h"], ["s"])],
+        [
+            helper.make_node("MatMul", ["x", "w"], ["h"]),
+            helper.make_node("Transpose", ["h"], ["y"], perm=[1, 0]),
+            helper.make_node("Shape", ["h"], ["s"]),
+        ],
         [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 3])],
-        [helper.make_tensor_value_info("y", TensorProto.UNDEFINED, None), helper.make_tensor_value_info("s", TensorProto.UNDEFINED, None)],
+        [
+            helper.make_tensor_value_info("y", TensorProto.UNDEFINED, None),
+            helper.make_tensor_value_info("s", TensorProto.UNDEFINED, None),
+        ],
         [w],
     )
     mf = builder.build_bundle(m)
@@ -290,16 +309,28 @@ def test_probing_when_shape_inference_gives_up(monkeypatch: pytest.MonkeyPatch) 
 
 
 def test_unsupported_io_dtype_and_reserved_name() -> None:
-    m = _model([helper.make_node("Identity", ["x"], ["y"])], [helper.make_tensor_value_info("x", TensorProto.BFLOAT16, [2])], [helper.make_tensor_value_info("y", TensorProto.BFLOAT16, [2])])
+    m = _model(
+        [helper.make_node("Identity", ["x"], ["y"])],
+        [helper.make_tensor_value_info("x", TensorProto.BFLOAT16, [2])],
+        [helper.make_tensor_value_info("y", TensorProto.BFLOAT16, [2])],
+    )
     with pytest.raises(ValueError, match=r"input 'x' has dtype BFLOAT16"):
         builder.build_plain(m)
-    m = _model([helper.make_node("Identity", ["ascend_mbatch_shape_data"], ["y"])], [helper.make_tensor_value_info("ascend_mbatch_shape_data", TensorProto.FLOAT, [2])], [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2])])
+    m = _model(
+        [helper.make_node("Identity", ["ascend_mbatch_shape_data"], ["y"])],
+        [helper.make_tensor_value_info("ascend_mbatch_shape_data", TensorProto.FLOAT, [2])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2])],
+    )
     with pytest.raises(ValueError, match="reserved"):
         builder.build_plain(m)
 
 
 def test_graph_onnxruntime_rejects_is_a_value_error() -> None:
-    m = _model([helper.make_node("NoSuchOp", ["x"], ["y"], domain="com.example")], [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2])], [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2])])
+    m = _model(
+        [helper.make_node("NoSuchOp", ["x"], ["y"], domain="com.example")],
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2])],
+    )
     m.opset_import.append(helper.make_opsetid("com.example", 1))
     with pytest.raises(ValueError, match="onnxruntime rejects the graph"):
         builder.build_plain(m)
@@ -316,7 +347,9 @@ def test_constant_listed_as_input_becomes_a_pure_constant() -> None:
     assert [i.name for i in g.input] == ["x", "fc1.bias"]
     x = np.ones((1, 8), np.float32)
     (y,) = _run(mf.graphs[0], {"x": x, "fc1.bias": np.zeros(4, np.float32)})
-    np.testing.assert_allclose(y, models.mlp_reference(x, dict(weights, **{"fc1.bias": np.zeros(4, np.float32)})), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(
+        y, models.mlp_reference(x, dict(weights, **{"fc1.bias": np.zeros(4, np.float32)})), rtol=1e-5, atol=1e-6
+    )
 
 
 # --- no-init and plain ---------------------------------------------------------------
@@ -392,7 +425,15 @@ def test_save_plain_writes_no_manifest(tmp_path: Path) -> None:
 
 def test_hand_written_minimal_manifest(tmp_path: Path) -> None:
     p = tmp_path / "real.manifest.json"
-    p.write_text(json.dumps({"format": "acl-bundle-manifest", "version": 1, "variables": [{"name": "w", "dtype": "float16", "shape": [2, 3]}]}))
+    p.write_text(
+        json.dumps(
+            {
+                "format": "acl-bundle-manifest",
+                "version": 1,
+                "variables": [{"name": "w", "dtype": "float16", "shape": [2, 3]}],
+            }
+        )
+    )
     m = builder.load_manifest(tmp_path / "real.om")
     assert builder.variables_from_manifest(m) == [TensorSpec("w", "float16", (2, 3))]
 
@@ -405,13 +446,32 @@ def test_hand_written_minimal_manifest(tmp_path: Path) -> None:
         ('{"format": "other", "version": 1, "variables": []}', '"format" must be'),
         ('{"format": "acl-bundle-manifest", "version": 2, "variables": []}', '"version" must be'),
         ('{"format": "acl-bundle-manifest", "version": 1}', '"variables" must be a non-empty list'),
-        ('{"format": "acl-bundle-manifest", "version": true, "variables": [{"name": "a", "dtype": "float32", "shape": [1]}]}', '"version" must be'),
+        (
+            '{"format": "acl-bundle-manifest", "version": true, '
+            '"variables": [{"name": "a", "dtype": "float32", "shape": [1]}]}',
+            '"version" must be',
+        ),
         ('{"format": "acl-bundle-manifest", "version": 1, "variables": []}', '"variables" must be a non-empty list'),
         ('{"format": "acl-bundle-manifest", "version": 1, "variables": [3]}', r"variables\[0\] must be an object"),
-        ('{"format": "acl-bundle-manifest", "version": 1, "variables": [{"dtype": "float32", "shape": []}]}', '"name" must be'),
-        ('{"format": "acl-bundle-manifest", "version": 1, "variables": [{"name": "a", "dtype": "object", "shape": []}]}', '"dtype" must be'),
-        ('{"format": "acl-bundle-manifest", "version": 1, "variables": [{"name": "a", "dtype": "float32", "shape": [-1]}]}', '"shape" must be'),
-        ('{"format": "acl-bundle-manifest", "version": 1, "variables": [{"name": "a", "dtype": "float32", "shape": [1]}, {"name": "a", "dtype": "float32", "shape": [1]}]}', "appears twice"),
+        (
+            '{"format": "acl-bundle-manifest", "version": 1, "variables": [{"dtype": "float32", "shape": []}]}',
+            '"name" must be',
+        ),
+        (
+            '{"format": "acl-bundle-manifest", "version": 1, '
+            '"variables": [{"name": "a", "dtype": "object", "shape": []}]}',
+            '"dtype" must be',
+        ),
+        (
+            '{"format": "acl-bundle-manifest", "version": 1, '
+            '"variables": [{"name": "a", "dtype": "float32", "shape": [-1]}]}',
+            '"shape" must be',
+        ),
+        (
+            '{"format": "acl-bundle-manifest", "version": 1, "variables": '
+            '[{"name": "a", "dtype": "float32", "shape": [1]}, {"name": "a", "dtype": "float32", "shape": [1]}]}',
+            "appears twice",
+        ),
     ],
 )
 def test_bad_manifests(tmp_path: Path, content: str, match: str) -> None:

@@ -75,7 +75,10 @@ def test_missing_file_and_bad_suffix(tmp_path):
     with pytest.raises(FileNotFoundError, match="does not exist"):
         read_checkpoint(tmp_path / "nope.npz")
     (tmp_path / "w.pt").write_bytes(b"x")
-    with pytest.raises(CheckpointError, match=r"is a PyTorch pickle, which acl_bundle never unpickles.*expected a \.npz or \.safetensors"):
+    with pytest.raises(
+        CheckpointError,
+        match=r"is a PyTorch pickle, which acl_bundle never unpickles.*expected a \.npz or \.safetensors",
+    ):
         read_checkpoint(tmp_path / "w.pt")
 
 
@@ -118,7 +121,9 @@ def test_partial_and_unmatched_allowed_log_warning(tmp_path, caplog):
 
 def test_no_match_at_all_lists_variables(tmp_path):
     np.savez(tmp_path / "c.npz", a=np.zeros(1), b=np.zeros(1))
-    with pytest.raises(CheckpointMismatchError, match=r"no name matches a variable .* the variables are \['fc0.weight', 'fc0.bias'\]"):
+    with pytest.raises(
+        CheckpointMismatchError, match=r"no name matches a variable .* the variables are \['fc0.weight', 'fc0.bias'\]"
+    ):
         load_checkpoint(tmp_path / "c.npz", VARS, allow_partial=True, allow_unmatched=True)
 
 
@@ -173,7 +178,10 @@ def test_write_checkpoint_marker_matches_data(tmp_path):
     assert marker["sha256"] == hashlib.sha256(data).hexdigest()
     assert marker["bytes"] == len(data) and marker["step"] == 12 and marker["file"] == "step-00000012.npz"
     assert marker["variables"] == ["fc0.weight", "fc0.bias"]
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["step-00000012.ckpt.json", "step-00000012.npz"]  # no temp files
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "step-00000012.ckpt.json",
+        "step-00000012.npz",
+    ]  # no temp files
     arrays = verify_checkpoint(read_marker(info.marker))
     np.testing.assert_array_equal(arrays["fc0.weight"], w["fc0.weight"])
 
@@ -255,7 +263,9 @@ def test_malformed_marker(tmp_path):
 
 
 def test_strip_prefix_leaves_names_without_it_alone():
-    got = match_names(["module.fc0.weight", "fc0.bias", "modul.x"], ["fc0.weight", "fc0.bias", "modul.x"], strip_prefix="module.")
+    got = match_names(
+        ["module.fc0.weight", "fc0.bias", "modul.x"], ["fc0.weight", "fc0.bias", "modul.x"], strip_prefix="module."
+    )
     assert got.mapping == {"module.fc0.weight": "fc0.weight", "fc0.bias": "fc0.bias", "modul.x": "modul.x"}
     assert got.complete
 

@@ -16,8 +16,8 @@ from pathlib import Path
 import onnx
 import pytest
 
-from acl_bundle.device import builder as device_builder
 from acl_bundle.cli import main
+from acl_bundle.device import builder as device_builder
 from acl_bundle.sim import builder, models
 from acl_bundle.sim.format import dumps
 

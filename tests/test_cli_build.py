@@ -57,7 +57,8 @@ def test_build_bundle(mlp_file, tmp_path: Path, capsys: pytest.CaptureFixture[st
 def test_build_options(mlp_file, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:  # type: ignore[no-untyped-def]
     src, weights = mlp_file
     out = tmp_path / "sub.om"
-    rc = main(["build", str(src), "-o", str(out), "--variables", "fc1.weight, fc0.bias", "--no-init", "--batch-sizes", "1,8,32"])
+    rc = main(["build", str(src), "-o", str(out), "--variables", "fc1.weight, fc0.bias", "--no-init",
+               "--batch-sizes", "1,8,32"])
     assert rc == 0
     stdout = capsys.readouterr().out
     assert "graphs infer/update" in stdout and "(no initial values)" in stdout and "batch sizes 1,8,32" in stdout
@@ -93,7 +94,8 @@ def test_build_plain_and_default_output(mlp_file, capsys: pytest.CaptureFixture[
         (["--bogus"], "unrecognized arguments: --bogus"),
     ],
 )
-def test_user_errors(mlp_file, tmp_path: Path, capsys: pytest.CaptureFixture[str], extra: list[str], match: str) -> None:  # type: ignore[no-untyped-def]
+def test_user_errors(mlp_file, tmp_path: Path, capsys: pytest.CaptureFixture[str],  # type: ignore[no-untyped-def]
+                     extra: list[str], match: str) -> None:
     src, _ = mlp_file
     assert main(["build", str(src), "-o", str(tmp_path / "x.om"), *extra]) == 2
     _one_error_line(capsys, match)
@@ -108,7 +110,9 @@ def test_file_errors(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None
     _one_error_line(capsys, "no such TensorFlow frozen GraphDef (.pb): ")
     (tmp_path / "model.ckpt.meta").write_bytes(b"x")
     assert main(["build", str(tmp_path / "model.ckpt.meta")]) == 2
-    _one_error_line(capsys, "is a TensorFlow MetaGraph (.meta: give the frozen .pb or the SavedModel directory instead)")
+    _one_error_line(
+        capsys, "is a TensorFlow MetaGraph (.meta: give the frozen .pb or the SavedModel directory instead)"
+    )
     (tmp_path / "notsaved").mkdir()
     assert main(["build", str(tmp_path / "notsaved")]) == 2
     _one_error_line(capsys, "is a directory but not a SavedModel directory (no saved_model.pb in it)")
@@ -126,7 +130,8 @@ def test_dynamic_input_without_batch_sizes(tmp_path: Path, capsys: pytest.Captur
     p = tmp_path / "dyn.onnx"
     onnx.save(model, p)
     assert main(["build", str(p)]) == 2
-    _one_error_line(capsys, "input 'x' has dynamic dim 0 ('N'); give --batch-sizes or fix the shape")  # the option's name
+    # the option's name
+    _one_error_line(capsys, "input 'x' has dynamic dim 0 ('N'); give --batch-sizes or fix the shape")
 
 
 def test_argparse_errors_are_one_line(capsys: pytest.CaptureFixture[str]) -> None:
@@ -143,8 +148,8 @@ def test_help(capsys: pytest.CaptureFixture[str]) -> None:
     assert "build" in capsys.readouterr().out
     assert main(["build", "--help"]) == 0
     text = capsys.readouterr().out
-    for opt in ("--variables", "--no-init", "--plain", "--batch-sizes", "-o OM", "--target {sim,ascend}", "--soc-version SOC",
-                "--precision-mode MODE"):
+    for opt in ("--variables", "--no-init", "--plain", "--batch-sizes", "-o OM", "--target {sim,ascend}",
+                "--soc-version SOC", "--precision-mode MODE"):
         assert opt in text
     assert "simulator (acl_bundle.sim) only" in text
 
@@ -153,11 +158,23 @@ def test_python_dash_m_subprocess(mlp_file, tmp_path: Path) -> None:  # type: ig
     src, _ = mlp_file
     out = tmp_path / "sp.om"
     env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    r = subprocess.run([sys.executable, "-m", "acl_bundle", "build", str(src), "-o", str(out), "--batch-sizes", "1,4"], capture_output=True, text=True, env=env, timeout=120)
+    r = subprocess.run(
+        [sys.executable, "-m", "acl_bundle", "build", str(src), "-o", str(out), "--batch-sizes", "1,4"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+    )
     assert r.returncode == 0, r.stderr
     assert f"wrote {out}" in r.stdout and r.stderr == ""
     assert loads(out.read_bytes()).batch_sizes == [1, 4]
-    r = subprocess.run([sys.executable, "-m", "acl_bundle", "build", str(src), "--variables", "zz"], capture_output=True, text=True, env=env, timeout=120)
+    r = subprocess.run(
+        [sys.executable, "-m", "acl_bundle", "build", str(src), "--variables", "zz"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+    )
     assert r.returncode == 2
     assert r.stderr.count("\n") == 1 and r.stderr.startswith("acl-bundle: error: variable 'zz'")
     assert "Traceback" not in r.stderr

@@ -9,7 +9,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import numpy as np
 import onnx
 import pytest
 
@@ -149,7 +148,8 @@ def test_inspect_picks_the_backend_by_the_file(make_bundle, tmp_path, capsys, mo
     device_om.write_bytes(b"IMOD" + bytes(200))  # anything that is not a simulator file
     assert main(["inspect", str(device_om)]) == 2  # never silently on the simulator
     line = _error_line(capsys, re.escape(str(device_om)) + r" is not a simulator bundle, so it needs pyACL "
-                               r"\('import acl', from the Ascend CANN toolkit\), which was not found \(ModuleNotFoundError: ")
+                               r"\('import acl', from the Ascend CANN toolkit\), which was not found "
+                               r"\(ModuleNotFoundError: ")
     assert "pass --sim" in line and "acl=acl_bundle.sim.acl" not in line  # phrased for the command line
     monkeypatch.setenv("ACL_BUNDLE_BACKEND", "pyacl")
     assert main(["inspect", str(om)]) == 2
@@ -177,7 +177,6 @@ def test_library_warnings_reach_cli_users(make_bundle, capsys, monkeypatch):
 
 
 def test_unexpected_errors_are_one_line_without_a_traceback(make_bundle, capsys, monkeypatch):
-    import acl_bundle.cli as cli
 
     om, _ = make_bundle()
     import acl_bundle.cli.inspect as inspect_cmd

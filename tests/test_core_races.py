@@ -17,9 +17,8 @@ import time
 import numpy as np
 import pytest
 
-from acl_bundle import BundleModel, ModelClosedError, sim
+from acl_bundle import AclError, BundleModel, ModelClosedError, sim
 from acl_bundle.sim import acl as ACL
-
 from helpers import reference
 
 
@@ -193,9 +192,8 @@ def test_a_signal_during_the_simulated_update_graph_cannot_tear_it(make_bundle, 
 def test_a_failing_update_graph_takes_the_version_back(make_bundle):
     om, w0 = make_bundle()
     with BundleModel(om, acl=ACL) as m:
-        with sim.fault("acl.mdl.execute", 507011, on_call=1):
-            with pytest.raises(Exception):
-                m.update({k: v * 2 for k, v in w0.items()})
+        with sim.fault("acl.mdl.execute", 507011, on_call=1), pytest.raises(AclError):
+            m.update({k: v * 2 for k, v in w0.items()})
         x = _x(1)
         y, v = m.infer(x, return_version=True)
         assert v == 0
@@ -298,7 +296,8 @@ def test_interpreter_exit_while_a_daemon_thread_loads(make_bundle, tmp_path):
     script.write_text(_EXIT_SCRIPT)
     for i in range(3):
         log = tmp_path / f"refused{i}.txt"
-        p = subprocess.run([sys.executable, str(script), str(om), str(log)], capture_output=True, text=True, timeout=120)
+        p = subprocess.run([sys.executable, str(script), str(om), str(log)],
+                           capture_output=True, text=True, timeout=120)
         assert p.returncode == 0, (p.returncode, p.stderr[-2000:])
         assert "Fatal" not in p.stderr and "Traceback" not in p.stderr, p.stderr[-2000:]
         # a load started after the exit pass is refused, not left half-made
@@ -319,7 +318,7 @@ def test_device_bytes_counts_every_slot_built_concurrently(make_bundle):
                 barrier = threading.Barrier(8)
 
                 def first_call(b):
-                    barrier.wait(30)
+                    barrier.wait(30)  # noqa: B023 (the threads are joined in this iteration)
                     m.infer(_x(b))
 
                 threads = [threading.Thread(target=first_call, args=(b,)) for b in range(1, 9)]
@@ -345,7 +344,7 @@ def test_random_first_call_races_on_fresh_loads_never_give_wrong_shapes(make_bun
                 r = np.random.default_rng(seed)
                 for _ in range(20):
                     b = int(r.choice([1, 2, 4, 8]))
-                    results.append((b, m.infer(_x(b))))
+                    results.append((b, m.infer(_x(b))))  # noqa: B023 (joined in this iteration)
 
             ts = [threading.Thread(target=worker, args=(int(rng.integers(1 << 30)),)) for _ in range(6)]
             for t in ts:

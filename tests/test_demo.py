@@ -62,11 +62,15 @@ def test_output_lines_and_plot(tmp_path):
     assert len(table) == 6  # ticks 0,4,8,12,16 and the last one
     assert table[-1] == format_row(r.rows[-1])
     assert any("after the drift" in ln and f"live {r.live_after_drift:.3f}" in ln for ln in lines)
-    assert sorted(p.name for p in (tmp_path / "work" / "checkpoints").glob("*.ckpt.json"))[-1] == "step-00000020.ckpt.json"
+    assert (
+        sorted(p.name for p in (tmp_path / "work" / "checkpoints").glob("*.ckpt.json"))[-1] == "step-00000020.ckpt.json"
+    )
 
 
 def test_bad_config_lists_every_problem():
-    with pytest.raises(ValueError, match=r"^bad demo config: ticks must be >= 1, got 0; .*need 0 <= drift_start < drift_end < ticks"):
+    with pytest.raises(
+        ValueError, match=r"^bad demo config: ticks must be >= 1, got 0; .*need 0 <= drift_start < drift_end < ticks"
+    ):
         run_demo(DemoConfig(ticks=0), out=None)
 
 

@@ -160,7 +160,6 @@ def setup_s3(e: Env) -> Iterator[None]:
     pytest.importorskip("s3fs")
     pytest.importorskip("moto")
     import s3help
-
     from acl_bundle import BundleModel
 
     _, weights = _mlp_bundle(e.cwd)

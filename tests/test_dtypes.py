@@ -8,7 +8,6 @@ from onnx import TensorProto, helper, numpy_helper
 
 from acl_bundle import BundleModel, sim
 from acl_bundle.sim import builder
-
 from helpers import device_weights
 
 
@@ -37,8 +36,8 @@ def _model(w: dict[str, np.ndarray]) -> onnx.ModelProto:
     return model
 
 
-def _reference(a, m, u, l, w):
-    return a + w["wi"], m & w["wb"], np.concatenate([u, w["wu"]]), l * w["wl"]
+def _reference(a, m, u, i64, w):
+    return a + w["wi"], m & w["wb"], np.concatenate([u, w["wu"]]), i64 * w["wl"]
 
 
 def test_int_uint8_bool_tensors_round_trip(tmp_path):
@@ -53,19 +52,24 @@ def test_int_uint8_bool_tensors_round_trip(tmp_path):
     a = rng.integers(-5, 5, (2, 3), dtype=np.int32)
     m = rng.random((2, 3)) > 0.3
     u = rng.integers(0, 255, (2, 3), dtype=np.uint8)
-    l = rng.integers(-1000, 1000, 3, dtype=np.int64)
+    i64 = rng.integers(-1000, 1000, 3, dtype=np.int64)
     with BundleModel(om, acl=sim.acl) as model:
         assert [(v.name, v.dtype) for v in model.variables] == [(k, v.dtype) for k, v in w.items()]
-        assert [t.dtype for t in model.outputs] == [np.dtype(np.int32), np.dtype(np.bool_), np.dtype(np.uint8), np.dtype(np.int64)]
-        out = model.infer(a, m, u, l)
+        assert [t.dtype for t in model.outputs] == [
+            np.dtype(np.int32),
+            np.dtype(np.bool_),
+            np.dtype(np.uint8),
+            np.dtype(np.int64),
+        ]
+        out = model.infer(a, m, u, i64)
         assert type(out) is tuple and len(out) == 4  # several outputs: a tuple in model.outputs order
-        for got, want in zip(out, _reference(a, m, u, l, w)):
+        for got, want in zip(out, _reference(a, m, u, i64, w)):
             assert got.dtype == want.dtype
             np.testing.assert_array_equal(got, want)
         new = {"wb": ~w["wb"], "wl": w["wl"] * 3, "wu": 255 - w["wu"]}
         model.update(new)
         w2 = {**w, **new}
-        for got, want in zip(model.infer({"a": a, "m": m, "u": u, "l": l}), _reference(a, m, u, l, w2)):
+        for got, want in zip(model.infer({"a": a, "m": m, "u": u, "l": i64}), _reference(a, m, u, i64, w2)):
             np.testing.assert_array_equal(got, want)
         for k, v in device_weights(model).items():
             np.testing.assert_array_equal(v, w2[k])

@@ -8,9 +8,7 @@ import traceback
 import numpy as np
 import pytest
 
-from acl_bundle import AclError, BundleModel
-from acl_bundle import sim
-
+from acl_bundle import AclError, BundleModel, sim
 from helpers import reference
 
 ACL = sim.acl
@@ -66,9 +64,8 @@ def test_patched_and_faulted_acl_functions_reach_the_fast_path(make_bundle, monk
         assert len(seen) == 2  # in and out
         monkeypatch.undo()
         for name in ("acl.rt.memcpy", "acl.mdl.execute"):
-            with sim.fault(name, 500000):
-                with pytest.raises(AclError) as ei:
-                    m.infer(_x())
+            with sim.fault(name, 500000), pytest.raises(AclError) as ei:
+                m.infer(_x())
             assert (ei.value.func, ei.value.code) == (name, 500000)
             assert any(f.filename.endswith("_model/fastinfer.py") for f in traceback.extract_tb(ei.value.__traceback__))
             x = _x(seed=3)

@@ -55,7 +55,9 @@ def _bundle(init: bool = True, batch: bool = False) -> ModelFile:
 
 
 def _plain() -> ModelFile:
-    return ModelFile("plain", [GraphSpec("model", (TensorSpec("x", "uint8", (1, 2, 2)),), (TensorSpec("y", "bool", ()),), FAKE_ONNX)])
+    return ModelFile(
+        "plain", [GraphSpec("model", (TensorSpec("x", "uint8", (1, 2, 2)),), (TensorSpec("y", "bool", ()),), FAKE_ONNX)]
+    )
 
 
 def _pack(sections: list[tuple[bytes, bytes]], *, major: int = F.FORMAT_MAJOR, count: int | None = None) -> bytes:
@@ -159,7 +161,13 @@ def _onnx_bytes() -> bytes:
 
 @pytest.mark.parametrize(
     "data",
-    [_onnx_bytes(), _zip_bytes(), bytes(np.random.default_rng(1).integers(0, 256, 4096, dtype=np.uint8)), b"ACLBSIM\x01" + bytes(20), b"\x00" * 64],
+    [
+        _onnx_bytes(),
+        _zip_bytes(),
+        bytes(np.random.default_rng(1).integers(0, 256, 4096, dtype=np.uint8)),
+        b"ACLBSIM\x01" + bytes(20),
+        b"\x00" * 64,
+    ],
     ids=["onnx", "zip", "random", "near-magic", "zeros"],
 )
 def test_foreign_data(data: bytes) -> None:
@@ -235,13 +243,20 @@ def test_crc_flip_in_every_payload() -> None:
 
 def test_unknown_section_tag() -> None:
     mf = _bundle()
-    sections = [(b"META", json.dumps(_meta(mf)).encode()), (b"ONNX", FAKE_ONNX), (b"VARV", mf.initial_values[0]), (b"JUNK", mf.initial_values[1])]
+    sections = [
+        (b"META", json.dumps(_meta(mf)).encode()),
+        (b"ONNX", FAKE_ONNX),
+        (b"VARV", mf.initial_values[0]),
+        (b"JUNK", mf.initial_values[1]),
+    ]
     assert _code(_pack(sections)) == ERR_CORRUPT
 
 
 def test_meta_not_first() -> None:
     mf = _bundle()
-    sections = [(b"ONNX", FAKE_ONNX), (b"META", json.dumps(_meta(mf)).encode())] + [(b"VARV", v) for v in mf.initial_values]
+    sections = [(b"ONNX", FAKE_ONNX), (b"META", json.dumps(_meta(mf)).encode())] + [
+        (b"VARV", v) for v in mf.initial_values
+    ]
     assert _code(_pack(sections)) == ERR_CORRUPT
     assert _code(_pack([])) == ERR_CORRUPT  # no sections at all
 
@@ -279,14 +294,23 @@ def _meta_cases() -> list[tuple[str, object]]:
     edit("variable-wrong-size", lambda m: m["variables"][0].__setitem__("shape", [4, 4]))
     edit("duplicate-variable", lambda m: m["variables"][1].update(name="w", dtype="float32", shape=[3, 4]))
     edit("dynamic-variable", lambda m: m["variables"][0].__setitem__("shape", [-1, 4]))
-    edit("no-variables", lambda m: m.update(variables=[], has_initial_values=False, graphs=[m["graphs"][0], m["graphs"][2]]))
+    edit(
+        "no-variables",
+        lambda m: m.update(variables=[], has_initial_values=False, graphs=[m["graphs"][0], m["graphs"][2]]),
+    )
     edit("values-without-init", lambda m: m.__setitem__("graphs", [m["graphs"][0], m["graphs"][2]]))
     edit("init-without-values", lambda m: m.__setitem__("has_initial_values", False))
     edit("batch-zero", lambda m: m.__setitem__("batch_sizes", [0]))
     edit("batch-string", lambda m: m.__setitem__("batch_sizes", "12"))
     edit("batch-without-dynamic-dims", lambda m: m.__setitem__("batch_sizes", [1, 2]))
     edit("graphs-not-list", lambda m: m.__setitem__("graphs", {"role": "infer"}))
-    cases += [("json-list", [1, 2]), ("json-null", None), ("json-string", "bundle"), ("not-json", b"{kind: bundle"), ("not-utf8", b"\xff\xfe{}")]
+    cases += [
+        ("json-list", [1, 2]),
+        ("json-null", None),
+        ("json-string", "bundle"),
+        ("not-json", b"{kind: bundle"),
+        ("not-utf8", b"\xff\xfe{}"),
+    ]
     return cases
 
 
@@ -308,7 +332,9 @@ def test_meta_edit_helper_is_faithful() -> None:
 
 def test_more_onnx_sections_than_graphs() -> None:
     mf = _bundle()
-    sections = [(b"META", json.dumps(_meta(mf)).encode()), (b"ONNX", FAKE_ONNX), (b"ONNX", FAKE_ONNX)] + [(b"VARV", v) for v in mf.initial_values]
+    sections = [(b"META", json.dumps(_meta(mf)).encode()), (b"ONNX", FAKE_ONNX), (b"ONNX", FAKE_ONNX)] + [
+        (b"VARV", v) for v in mf.initial_values
+    ]
     assert _code(_pack(sections)) == ERR_CORRUPT
 
 
@@ -345,7 +371,21 @@ def test_random_bytes_raise_only_format_error(data: bytes) -> None:
 
 
 @settings(max_examples=300, deadline=None)
-@given(meta=st.recursive(st.none() | st.booleans() | st.integers() | st.text(max_size=8), lambda c: st.lists(c, max_size=4) | st.dictionaries(st.sampled_from(["kind", "graphs", "role", "inputs", "outputs", "has_onnx", "variables", "name", "dtype", "shape", "has_initial_values", "batch_sizes"]), c, max_size=6), max_leaves=20))
+@given(
+    meta=st.recursive(
+        st.none() | st.booleans() | st.integers() | st.text(max_size=8),
+        lambda c: (
+            st.lists(c, max_size=4)
+            | st.dictionaries(
+                st.sampled_from(["kind", "graphs", "role", "inputs", "outputs", "has_onnx", "variables", "name",
+                                 "dtype", "shape", "has_initial_values", "batch_sizes"]),
+                c,
+                max_size=6,
+            )
+        ),
+        max_leaves=20,
+    )
+)
 def test_random_metadata_raises_only_format_error(meta: object) -> None:
     with pytest.raises(FormatError):
         loads(_with_meta(_bundle(), meta))

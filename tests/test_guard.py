@@ -13,7 +13,6 @@ from acl_bundle.checkpoint import write_checkpoint
 from acl_bundle.checks import WeightsRefused, finite, golden
 from acl_bundle.model import UnknownPreviousError
 from acl_bundle.watcher import CheckpointWatcher
-
 from helpers import reference
 
 X = np.random.default_rng(3).standard_normal((1, 8)).astype(np.float32)
@@ -126,15 +125,15 @@ def test_golden_needs_a_known_previous_value(make_bundle):
     om, w = make_bundle()
     with BundleModel(om, history=2) as m:
         before = _bytes(m)
-        with pytest.raises(UnknownPreviousError, match=r"current value of 4 variable\(s\) .*not known on the host") as ei:
+        with pytest.raises(UnknownPreviousError,
+                           match=r"current value of 4 variable\(s\) .*not known on the host") as ei:
             m.update(_set(w, 1), check=golden(X, lambda y: True))
         assert ei.value.variables == ["fc0.weight", "fc0.bias", "fc1.weight", "fc1.bias"]
         assert _bytes(m) == before and m.version == 0
         m.update({"fc0.bias": w["fc0.bias"]})  # seed one variable: a golden update of it alone is possible
         assert m.update({"fc0.bias": w["fc0.bias"] + 1}, check=golden(X, lambda y: True)) == 2
-    with BundleModel(om) as m:
-        with pytest.raises(ValueError, match=r"needs the model's history .*history=N"):
-            m.update(_set(w, 1), check=golden(X, lambda y: True))
+    with BundleModel(om) as m, pytest.raises(ValueError, match=r"needs the model's history .*history=N"):
+        m.update(_set(w, 1), check=golden(X, lambda y: True))
 
 
 def test_golden_inputs_are_validated_before_anything_changes(model):
@@ -150,9 +149,9 @@ def test_a_failed_undo_closes_the_model_instead_of_serving_refused_weights(model
     m.update(w)
     calls = []
     with sim.record() as rec:
-        with sim.fault("acl.mdl.execute", 507011, on_call=3):  # 1 update graph, 2 golden infer, 3 the undo
-            with pytest.raises(WeightsRefused) as ei:
-                m.update(_set(w, 5), check=golden(X, lambda y: False))
+        # execute calls: 1 update graph, 2 golden infer, 3 the undo
+        with sim.fault("acl.mdl.execute", 507011, on_call=3), pytest.raises(WeightsRefused) as ei:
+            m.update(_set(w, 5), check=golden(X, lambda y: False))
         calls = [c for c in rec if c == "acl.mdl.execute"]
     assert len(calls) == 3
     assert any("the model was closed" in n for n in getattr(ei.value, "__notes__", []))
@@ -192,7 +191,9 @@ def test_rollback_refuses_what_it_cannot_know(model):
     with pytest.raises(ValueError, match="no update is in the history"):
         m.rollback()
     m.update({"fc0.bias": w["fc0.bias"] + 1})
-    with pytest.raises(ValueError, match=r"cannot roll back to version 0: the value of 1 variable\(s\) .*\['fc0.bias'\]"):
+    with pytest.raises(
+        ValueError, match=r"cannot roll back to version 0: the value of 1 variable\(s\) .*\['fc0.bias'\]"
+    ):
         m.rollback()
     with pytest.raises(ValueError, match="the history covers versions 0 to 0"):
         m.rollback(to=5)
@@ -281,9 +282,8 @@ def test_watcher_golden_check(make_bundle, tmp_path, caplog):
         assert m.infer(X).tobytes() == ref["y"].tobytes()
         write_checkpoint(tmp_path, {k: v + np.float32(1e-4) for k, v in base.items()}, 3)  # close by
         assert wt.poll().step == 3
-    with BundleModel(om) as m:
-        with pytest.raises(ValueError, match="need\\(s\\) the model's history"):
-            CheckpointWatcher(m, tmp_path, golden=check)
+    with BundleModel(om) as m, pytest.raises(ValueError, match="need\\(s\\) the model's history"):
+        CheckpointWatcher(m, tmp_path, golden=check)
 
 
 def test_stage_takes_checks_too(model):

@@ -15,7 +15,6 @@ import logging
 import os
 import stat
 import subprocess
-import sys
 import threading
 import time
 import zipfile
@@ -37,7 +36,6 @@ from acl_bundle.checkpoint import (
 )
 from acl_bundle.checks import WeightsRefused, finite
 from acl_bundle.watcher import CheckpointWatcher
-
 from helpers import reference
 
 X = np.linspace(-1, 1, 8, dtype=np.float32).reshape(1, 8)
@@ -63,9 +61,16 @@ def _marker(d: Path, step: int, file: str, *, data: bytes | None = None, name: s
     if data is None and p.is_file() and not p.is_symlink():
         data = p.read_bytes()
     data = data or b""
-    body = {"format": "acl_bundle.checkpoint", "version": 1, "step": step, "file": file, "bytes": len(data),
-            "sha256": hashlib.sha256(data).hexdigest(), "variables": ["fc0.weight", "fc0.bias", "fc1.weight", "fc1.bias"],
-            "created": time.time()}
+    body = {
+        "format": "acl_bundle.checkpoint",
+        "version": 1,
+        "step": step,
+        "file": file,
+        "bytes": len(data),
+        "sha256": hashlib.sha256(data).hexdigest(),
+        "variables": ["fc0.weight", "fc0.bias", "fc1.weight", "fc1.bias"],
+        "created": time.time(),
+    }
     body.update(fields)
     m = d / (name or f"step-{step:08d}.ckpt.json")
     m.write_text(json.dumps(body) if not isinstance(fields.get("_raw"), str) else fields["_raw"])
@@ -173,7 +178,9 @@ def test_marker_that_is_a_symlink_out_of_the_directory(served, caplog, tmp_path)
 
 
 def test_unreadable_data_file_is_retried_after_chmod(served, caplog, monkeypatch):
-    """EACCES (emulated by mode, since the tests may run as root) is skipped once; a chmod changes the key and it is retried."""
+    """EACCES (emulated by mode, since the tests may run as root) is skipped once.
+
+    A chmod changes the key and it is retried."""
     real_open = os.open
 
     def fake_open(path, flags, *a, **k):
@@ -203,8 +210,15 @@ def test_unreadable_newest_falls_back_to_the_next_newest_good(served, monkeypatc
     write_checkpoint(d, _shifted(w, 1), 1)
     newest = write_checkpoint(d, _shifted(w, 2), 2)
     real_open = os.open
-    monkeypatch.setattr(os, "open", lambda p, f, *a, **k: (_ for _ in ()).throw(PermissionError(13, "Permission denied"))
-                        if str(p) == str(newest.path) else real_open(p, f, *a, **k))
+    monkeypatch.setattr(
+        os,
+        "open",
+        lambda p, f, *a, **k: (
+            (_ for _ in ()).throw(PermissionError(13, "Permission denied"))
+            if str(p) == str(newest.path)
+            else real_open(p, f, *a, **k)
+        ),
+    )
     wt = CheckpointWatcher(m, d, use_watchdog=False)
     with caplog.at_level(logging.WARNING, logger="acl_bundle"):
         assert wt.poll().step == 1
@@ -257,7 +271,9 @@ def test_created_far_in_the_future_is_refused(served, caplog):
 def test_huge_sparse_data_file_is_refused_before_reading(served, caplog, monkeypatch):
     reads = []
     real_readv = os.readv
-    monkeypatch.setattr(os, "readv", lambda fd, bufs: (reads.append(sum(len(b) for b in bufs)), real_readv(fd, bufs))[1])
+    monkeypatch.setattr(
+        os, "readv", lambda fd, bufs: (reads.append(sum(len(b) for b in bufs)), real_readv(fd, bufs))[1]
+    )
 
     def bad(d, w):
         p = d / "step-00000002.npz"
@@ -302,12 +318,12 @@ BOMB_ELEMENTS = 128 << 20  # float32: 512 MiB inflated
 def bomb(tmp_path_factory) -> Path:
     """A 510 KiB .npz whose member 'junk' inflates to 512 MiB."""
     p = tmp_path_factory.mktemp("bomb") / "bomb.npz"
-    with zipfile.ZipFile(p, "w", zipfile.ZIP_DEFLATED, compresslevel=9) as zf:
-        with zf.open("junk.npy", "w", force_zip64=True) as f:
-            np.lib.format.write_array_header_1_0(f, {"descr": "<f4", "fortran_order": False, "shape": (BOMB_ELEMENTS,)})
-            zeros = bytes(1 << 20)
-            for _ in range(BOMB_ELEMENTS * 4 // len(zeros)):
-                f.write(zeros)
+    with (zipfile.ZipFile(p, "w", zipfile.ZIP_DEFLATED, compresslevel=9) as zf,
+          zf.open("junk.npy", "w", force_zip64=True) as f):
+        np.lib.format.write_array_header_1_0(f, {"descr": "<f4", "fortran_order": False, "shape": (BOMB_ELEMENTS,)})
+        zeros = bytes(1 << 20)
+        for _ in range(BOMB_ELEMENTS * 4 // len(zeros)):
+            f.write(zeros)
     assert p.stat().st_size < 600 << 10
     return p
 
@@ -383,8 +399,11 @@ def test_npz_bomb_matched_member_is_refused_by_its_header(served, bomb, caplog):
 def test_npz_bomb_read_without_a_model_is_bounded_by_max_bytes(bomb):
     _peak_reset()
     before = _peak_kib()
-    with pytest.raises(CheckpointError, match=r"member 'junk.npy' declares 134217728 elements of float32 \(536870912 bytes\); "
-                                              r"inflating it would exceed the limit of 1048576"):
+    with pytest.raises(
+        CheckpointError,
+        match=r"member 'junk.npy' declares 134217728 elements of float32 \(536870912 bytes\); "
+        r"inflating it would exceed the limit of 1048576",
+    ):
         read_checkpoint(bomb, max_bytes=1 << 20)
     assert _peak_kib() - before < 16 << 10
 
@@ -661,7 +680,10 @@ def test_keep_only_prunes_its_own_prefix(tmp_path):
     write_checkpoint(tmp_path, w, 1, prefix="other")
     for s in (1, 2, 3):
         write_checkpoint(tmp_path, w, s, keep=1)
-    assert sorted(c.marker.name for c in list_checkpoints(tmp_path)) == ["other-00000001.ckpt.json", "step-00000003.ckpt.json"]
+    assert sorted(c.marker.name for c in list_checkpoints(tmp_path)) == [
+        "other-00000001.ckpt.json",
+        "step-00000003.ckpt.json",
+    ]
 
 
 # --------------------------------------------------------------------------- the guard
@@ -672,7 +694,12 @@ def test_nan_weights_are_refused_by_default(served, caplog):
         nan["fc1.bias"][1] = np.nan
         nan["fc0.weight"] = np.full_like(nan["fc0.weight"], np.inf)
         write_checkpoint(d, nan, 2)
-    wt, _ = _survives(served, caplog, bad, mentions="non-finite values (NaN or inf) in 2 variable(s): fc0.weight (128 of 128), fc1.bias (1 of 4)")
+    wt, _ = _survives(
+        served,
+        caplog,
+        bad,
+        mentions="non-finite values (NaN or inf) in 2 variable(s): fc0.weight (128 of 128), fc1.bias (1 of 4)",
+    )
     assert wt.refused == 1
 
 
@@ -713,8 +740,13 @@ def test_crash_debris_older_than_the_grace_period_is_removed(tmp_path):
     old = time.time() - 7200
     debris = [".step-00000002.npz.k3j4h5g6.tmp", ".step-00000002.ckpt.json.0123456789ab.tmp", "step-00000003.npz"]
     young = [".step-00000004.npz.aaaaaaaa.tmp", "step-00000005.npz"]
-    keep = ["step-00000006.npz", ".step-00000006.ckpt.json.bbbbbbbbbbbb.tmp",  # a marker being written protects its data
-            "notes.txt", ".hidden", "README.npz.bak"]
+    keep = [
+        "step-00000006.npz",
+        ".step-00000006.ckpt.json.bbbbbbbbbbbb.tmp",  # a marker being written protects its data
+        "notes.txt",
+        ".hidden",
+        "README.npz.bak",
+    ]
     for name in debris + young + keep:
         (tmp_path / name).write_bytes(b"x")
     for name in debris + ["step-00000006.npz", "notes.txt", ".hidden", "README.npz.bak"]:
@@ -744,7 +776,9 @@ def test_failed_marker_write_leaves_nothing_and_names_step_and_file(tmp_path, mo
         return real(path, write)
 
     monkeypatch.setattr(storage, "write_atomic", flaky)
-    with pytest.raises(OSError, match=r"cannot write checkpoint step 9: step-00000009.ckpt.json in .*No space left") as ei:
+    with pytest.raises(
+        OSError, match=r"cannot write checkpoint step 9: step-00000009.ckpt.json in .*No space left"
+    ) as ei:
         write_checkpoint(tmp_path, {"a": np.ones(3, np.float32)}, 9)
     assert ei.value.errno == 28
     assert list(tmp_path.iterdir()) == []
@@ -911,8 +945,11 @@ def test_a_surprise_exception_in_one_entry_does_not_stop_the_scan(served, caplog
     real = ck.read_marker
     import acl_bundle._checkpoint.scan as scan_mod
 
-    monkeypatch.setattr(scan_mod, "read_marker",
-                        lambda p, **k: (_ for _ in ()).throw(RuntimeError("surprise")) if "00000002" in str(p) else real(p, **k))
+    monkeypatch.setattr(
+        scan_mod,
+        "read_marker",
+        lambda p, **k: (_ for _ in ()).throw(RuntimeError("surprise")) if "00000002" in str(p) else real(p, **k),
+    )
     wt = CheckpointWatcher(m, d, use_watchdog=False)
     with caplog.at_level(logging.WARNING, logger="acl_bundle"):
         assert wt.poll().step == 1

@@ -95,8 +95,9 @@ def test_import_acl_bundle_loads_nothing_else() -> None:
 def test_the_runtime_loads_no_other_subsystem() -> None:
     """``from acl_bundle import BundleModel`` imports the runtime, not checkpoints, the server, the fleet, ..."""
     ours = {m for m in _loaded_by("from acl_bundle import BundleModel") if m.startswith("acl_bundle")}
-    others = {m for m in ours if m.count(".") and m.split(".")[1] in {"checkpoint", "tf_checkpoint", "watcher", "_checkpoint",
-                                                    "_archive", "serve", "fleet", "sim", "cli", "bench", "demo"}}
+    subsystems = {"checkpoint", "tf_checkpoint", "watcher", "_checkpoint", "_archive", "serve", "fleet", "sim", "cli",
+                  "bench", "demo"}
+    others = {m for m in ours if m.count(".") and m.split(".")[1] in subsystems}
     assert not others, others
     assert "acl_bundle._model" in ours
 

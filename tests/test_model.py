@@ -7,10 +7,8 @@ import threading
 import numpy as np
 import pytest
 
-from acl_bundle import AclError, BundleModel, ModelClosedError, UnknownVariableError
+from acl_bundle import AclError, BundleModel, ModelClosedError, UnknownVariableError, sim
 from acl_bundle import _constants as C
-from acl_bundle import sim
-
 from helpers import device_weights, reference
 
 ACL = sim.acl
@@ -69,9 +67,9 @@ def test_dynamic_batch_two_sizes(make_bundle):
             np.testing.assert_allclose(m.infer(x), reference(x, new), rtol=1e-5, atol=1e-5)
         with pytest.raises(ValueError, match=r"batch 1\.\.4, got \(5, 8\)"):
             m.infer(_x(rng, batch=5))
-    with BundleModel(om, acl=ACL, pad_batch=False) as m:
-        with pytest.raises(ValueError, match=r"batch in \[1, 4\], got \(3, 8\)"):
-            m.infer(_x(rng, batch=3))
+    with (BundleModel(om, acl=ACL, pad_batch=False) as m,
+          pytest.raises(ValueError, match=r"batch in \[1, 4\], got \(3, 8\)")):
+        m.infer(_x(rng, batch=3))
 
 
 def test_rows_between_batch_sizes_are_padded_up_and_the_padding_dropped(make_bundle):
@@ -133,19 +131,32 @@ def test_description(make_bundle):
 
 # --------------------------------------------------------------------------- bad input
 BAD_UPDATES = [
-    ({"nope": 0}, UnknownVariableError, r"^unknown variable 'nope'; expected an index 0\.\.3 or one of \['fc0.weight', 'fc0.bias', 'fc1.weight', 'fc1.bias'\]$"),
+    (
+        {"nope": 0},
+        UnknownVariableError,
+        r"^unknown variable 'nope'; expected an index 0\.\.3 or one of "
+        r"\['fc0.weight', 'fc0.bias', 'fc1.weight', 'fc1.bias'\]$",
+    ),
     ({7: 0}, UnknownVariableError, r"^unknown variable 7; expected an index 0\.\.3"),
     ({True: 0}, UnknownVariableError, r"^unknown variable True"),
     ({-1: 0}, UnknownVariableError, r"^unknown variable -1; expected an index 0\.\.3"),
     ({0: "w"}, TypeError, r"^variable 'fc0.weight' needs a numpy.ndarray of float32, got str$"),
     ({0: [[1.0]]}, TypeError, r"got list$"),
-    ({0: np.zeros((8, 16), np.float64)}, TypeError, r"^variable 'fc0.weight' is float32, got float64; cast it with \.astype\(numpy\.float32\)$"),
+    (
+        {0: np.zeros((8, 16), np.float64)},
+        TypeError,
+        r"^variable 'fc0.weight' is float32, got float64; cast it with \.astype\(numpy\.float32\)$",
+    ),
     ({0: np.zeros((8, 16), ">f4")}, TypeError, r"got >f4"),
     ({0: np.zeros((16, 8), np.float32)}, ValueError, r"^variable 'fc0.weight' has shape \(8, 16\), got \(16, 8\)$"),
     ({0: np.zeros((8, 16, 1), np.float32)}, ValueError, r"has shape \(8, 16\), got \(8, 16, 1\)$"),
     ({}, ValueError, r"^update got an empty mapping"),
     ({0: np.zeros((8, 16), np.float32), "fc0.weight": np.zeros((8, 16), np.float32)}, ValueError, r"named twice"),
-    ({"nope": 0, 1: np.zeros(3, np.float32)}, UnknownVariableError, r"^2 problems in update: unknown variable 'nope'.*; variable 'fc0.bias' has shape \(16,\), got \(3,\)$"),
+    (
+        {"nope": 0, 1: np.zeros(3, np.float32)},
+        UnknownVariableError,
+        r"^2 problems in update: unknown variable 'nope'.*; variable 'fc0.bias' has shape \(16,\), got \(3,\)$",
+    ),
 ]
 
 
@@ -170,9 +181,10 @@ def test_bad_update_is_rejected_and_changes_nothing(make_bundle, weights, exc, m
 
 def test_update_rejects_non_mapping(make_bundle):
     om, _ = make_bundle()
-    with BundleModel(om, acl=ACL) as m:
-        with pytest.raises(TypeError, match=r"^update expects a mapping of variable index or name to numpy array, got list$"):
-            m.update([np.zeros((8, 16), np.float32)])
+    with BundleModel(om, acl=ACL) as m, pytest.raises(
+        TypeError, match=r"^update expects a mapping of variable index or name to numpy array, got list$"
+    ):
+        m.update([np.zeros((8, 16), np.float32)])
 
 
 @pytest.mark.parametrize("args,exc,msg", [
@@ -216,7 +228,9 @@ def test_update_copies_exactly_the_changed_bytes(make_bundle):
         before = sim.stats()
         m.update({"fc1.bias": w0["fc1.bias"] + 1})
         after = sim.stats()
-        assert after["bytes_copied"]["HOST_TO_DEVICE"] - before["bytes_copied"]["HOST_TO_DEVICE"] == w0["fc1.bias"].nbytes
+        assert (
+            after["bytes_copied"]["HOST_TO_DEVICE"] - before["bytes_copied"]["HOST_TO_DEVICE"] == w0["fc1.bias"].nbytes
+        )
         assert after["update_bytes_applied"] - before["update_bytes_applied"] == w0["fc1.bias"].nbytes
         assert m.stats["last_update"]["bytes"] == w0["fc1.bias"].nbytes
         assert m.stats["update_bytes"] == w0["fc0.weight"].nbytes + w0["fc1.bias"].nbytes  # cumulative
@@ -285,12 +299,20 @@ def test_manifest_that_disagrees_is_refused(make_bundle, tmp_path):
         BundleModel(om, acl=ACL, manifest=bad)
     with pytest.raises(ValueError, match='"format" must be'):
         BundleModel(om, acl=ACL, manifest={"vars": []})
-    wrong_shape = {**bad, "variables": [{"name": "fc0.weight", "dtype": "float32", "shape": [16, 8, 1]},
-                                       {"name": "fc0.bias", "dtype": "float32", "shape": [16]},
-                                       {"name": "fc1.weight", "dtype": "float16", "shape": [16, 4]},
-                                       {"name": "fc1.bias", "dtype": "float32", "shape": [5]}]}
-    with pytest.raises(ValueError, match=r"'fc1.weight': manifest float16 \(16, 4\) \(128 B\) vs bundle float32 \(256 B\); "
-                                         r"'fc1.bias': manifest float32 \(5,\) \(20 B\) vs bundle float32 \(16 B\)$"):
+    wrong_shape = {
+        **bad,
+        "variables": [
+            {"name": "fc0.weight", "dtype": "float32", "shape": [16, 8, 1]},
+            {"name": "fc0.bias", "dtype": "float32", "shape": [16]},
+            {"name": "fc1.weight", "dtype": "float16", "shape": [16, 4]},
+            {"name": "fc1.bias", "dtype": "float32", "shape": [5]},
+        ],
+    }
+    with pytest.raises(
+        ValueError,
+        match=r"'fc1.weight': manifest float16 \(16, 4\) \(128 B\) vs bundle float32 \(256 B\); "
+        r"'fc1.bias': manifest float32 \(5,\) \(20 B\) vs bundle float32 \(16 B\)$",
+    ):
         BundleModel(om, acl=ACL, manifest=wrong_shape)
 
 
@@ -346,10 +368,9 @@ def test_close_is_idempotent_and_use_after_close_is_clear(make_bundle):
 
 def test_exception_inside_with_releases_everything(make_bundle):
     om, _ = make_bundle()
-    with pytest.raises(RuntimeError, match="boom"):
-        with BundleModel(om, acl=ACL) as m:
-            m.infer(np.zeros((1, 8), np.float32))
-            raise RuntimeError("boom")
+    with pytest.raises(RuntimeError, match="boom"), BundleModel(om, acl=ACL) as m:
+        m.infer(np.zeros((1, 8), np.float32))
+        raise RuntimeError("boom")
     assert m.closed and sim.leaks() == {}
 
 
@@ -392,9 +413,11 @@ def _constructor_trace(om):
 # indistinguishable from a value, so the sweep cannot expect an exception from them. get_context failing
 # means "no current context" (the wrapper then sets its own and has nothing to restore); get_input_index_by_name
 # failing means "no dynamic-shape input" (a static model).
-BARE_GETTERS = re.compile(r"^acl\.mdl\.get_(num_(inputs|outputs)|(input|output)_(size_by_index|data_type|format|name_by_index))$"
-                          r"|^acl\.rt\.get_context$|^acl\.mdl\.get_input_index_by_name$"
-                          r"|^acl\.get_recent_err_msg$")  # diagnostics: read after get_context's expected miss
+BARE_GETTERS = re.compile(
+    r"^acl\.mdl\.get_(num_(inputs|outputs)|(input|output)_(size_by_index|data_type|format|name_by_index))$"
+    r"|^acl\.rt\.get_context$|^acl\.mdl\.get_input_index_by_name$"
+    r"|^acl\.get_recent_err_msg$"
+)  # diagnostics: read after get_context's expected miss
 
 
 def test_constructor_failure_at_every_step_leaves_nothing(make_bundle):
@@ -407,9 +430,8 @@ def test_constructor_failure_at_every_step_leaves_nothing(make_bundle):
         seen[name] = seen.get(name, 0) + 1
         if BARE_GETTERS.match(name):
             continue
-        with sim.fault(name, 500000, on_call=seen[name]) as f:
-            with pytest.raises((AclError, ValueError)) as ei:
-                BundleModel(om, acl=ACL)
+        with sim.fault(name, 500000, on_call=seen[name]) as f, pytest.raises((AclError, ValueError)) as ei:
+            BundleModel(om, acl=ACL)
         assert f.fired == 1, name
         if isinstance(ei.value, AclError):
             assert ei.value.func == name
@@ -455,7 +477,9 @@ def test_two_devices(make_bundle):
         assert sim.live_resources()["devices"] == {0: 1, 1: 1}
         b.update({0: w0["fc0.weight"] * 0})
         np.testing.assert_allclose(a.infer(x), reference(x, w0), rtol=1e-5, atol=1e-5)
-        np.testing.assert_allclose(b.infer(x), reference(x, {**w0, "fc0.weight": w0["fc0.weight"] * 0}), rtol=1e-5, atol=1e-5)
+        np.testing.assert_allclose(
+            b.infer(x), reference(x, {**w0, "fc0.weight": w0["fc0.weight"] * 0}), rtol=1e-5, atol=1e-5
+        )
 
 
 def test_calls_from_another_thread_use_the_models_context(make_bundle):
@@ -490,15 +514,15 @@ def test_acl_error_reads_well():
     assert (e.func, e.code, e.name) == ("acl.mdl.execute", 145003, "ACL_ERROR_GE_EXEC_MODEL_ID_INVALID")
 
 
-# --------------------------------------------------------------------------- contract details (found by mutation testing)
+# --------------------------------------------------------------------------- contract details (mutation testing)
 def test_failed_update_is_counted_and_leaves_version_and_weights(make_bundle):
     om, w0 = make_bundle()
     x = _x(np.random.default_rng(11))
     with BundleModel(om, acl=ACL) as m:
         before = device_weights(m)
-        with sim.fault("acl.mdl.execute", 507011, on_call=1):
-            with pytest.raises(AclError, match=r"^acl\.mdl\.execute returned 507011"):
-                m.update({"fc0.bias": w0["fc0.bias"] + 1})
+        with (sim.fault("acl.mdl.execute", 507011, on_call=1),
+              pytest.raises(AclError, match=r"^acl\.mdl\.execute returned 507011")):
+            m.update({"fc0.bias": w0["fc0.bias"] + 1})
         st = m.stats
         assert (st["failed_updates"], st["updates"], st["version"], m.version) == (1, 0, 0, 0)
         assert all(before[k].tobytes() == v.tobytes() for k, v in device_weights(m).items())
@@ -508,13 +532,15 @@ def test_failed_update_is_counted_and_leaves_version_and_weights(make_bundle):
 
 
 def test_infer_slot_whose_buffers_failed_to_build_is_given_back(make_bundle):
-    """With one slot per batch size, a failed first build must not leave the slot counted (later calls would wait forever)."""
+    """With one slot per batch size, a failed first build must not leave the slot counted.
+
+    Later calls would wait forever."""
     om, w0 = make_bundle()
     x = np.ones((1, 8), np.float32)
     m = BundleModel(om, acl=ACL, max_concurrency=1)
-    with sim.fault("acl.rt.malloc", 207001, on_call=1):
-        with pytest.raises(AclError, match=r"^acl\.rt\.malloc returned 207001"):
-            m.infer(x)
+    with (sim.fault("acl.rt.malloc", 207001, on_call=1),
+          pytest.raises(AclError, match=r"^acl\.rt\.malloc returned 207001")):
+        m.infer(x)
     out = {}
     t = threading.Thread(target=lambda: out.update(y=m.infer(x)), daemon=True)
     t.start()

@@ -5,19 +5,25 @@ import numpy as np
 import pytest
 
 from acl_bundle import BundleModel, UnknownVariableError, sim
-
 from helpers import reference
 
 
-@pytest.mark.parametrize("kwargs,error,pattern", [
-    (dict(run_init="no"), TypeError, r"run_init must be True or False, got 'no'"),
-    (dict(max_concurrency=True), ValueError, r"max_concurrency must be an int >= 1, got True"),
-    (dict(acl="sim"), TypeError, r"acl must be the pyACL module .* got 'sim'; for the simulator pass acl=acl_bundle.sim.acl"),
-    (dict(roles=[0, 1, 2]), TypeError, r"roles must be a mapping of 'infer'/'init'/'update' to graph indexes"),
-    (dict(roles={"infer": "0", "update": 2}), TypeError, r"roles must be a mapping"),
-    (dict(init_inputs=np.zeros(3)), TypeError, r"init_inputs must be a sequence of arrays"),
-    (dict(history=-1), ValueError, r"history must be a non-negative int, got -1"),
-])
+@pytest.mark.parametrize(
+    "kwargs,error,pattern",
+    [
+        ({"run_init": "no"}, TypeError, r"run_init must be True or False, got 'no'"),
+        ({"max_concurrency": True}, ValueError, r"max_concurrency must be an int >= 1, got True"),
+        (
+            {"acl": "sim"},
+            TypeError,
+            r"acl must be the pyACL module .* got 'sim'; for the simulator pass acl=acl_bundle.sim.acl",
+        ),
+        ({"roles": [0, 1, 2]}, TypeError, r"roles must be a mapping of 'infer'/'init'/'update' to graph indexes"),
+        ({"roles": {"infer": "0", "update": 2}}, TypeError, r"roles must be a mapping"),
+        ({"init_inputs": np.zeros(3)}, TypeError, r"init_inputs must be a sequence of arrays"),
+        ({"history": -1}, ValueError, r"history must be a non-negative int, got -1"),
+    ],
+)
 def test_constructor_arguments_are_type_checked(make_bundle, kwargs, error, pattern):
     om, _ = make_bundle()
     with pytest.raises(error, match=pattern):

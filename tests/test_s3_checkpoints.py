@@ -21,7 +21,6 @@ pytest.importorskip("s3fs")
 pytest.importorskip("moto")
 
 import s3help  # noqa: E402
-
 from acl_bundle import BundleModel, sim  # noqa: E402
 from acl_bundle.checkpoint import (  # noqa: E402
     CheckpointError,
@@ -497,4 +496,5 @@ def test_a_large_object_streams_into_about_one_copy(moto, bucket):
     finally:
         tracemalloc.stop()
     np.testing.assert_array_equal(got, big)
-    assert info.nbytes <= peak < info.nbytes + 3 * CHUNK, f"peak {peak} for {info.nbytes} bytes"  # one copy plus about a chunk in flight
+    # one copy plus about a chunk in flight
+    assert info.nbytes <= peak < info.nbytes + 3 * CHUNK, f"peak {peak} for {info.nbytes} bytes"

@@ -8,7 +8,6 @@ import pytest
 
 from acl_bundle import BundleModel, ModelClosedError, WeightVersion
 from acl_bundle.sim import acl as ACL
-
 from helpers import device_weights, reference
 
 

@@ -5,9 +5,7 @@ import threading
 
 import numpy as np
 
-from acl_bundle import BundleModel
-from acl_bundle import sim
-
+from acl_bundle import BundleModel, ModelClosedError, sim
 from helpers import reference
 
 
@@ -162,5 +160,5 @@ def test_close_waiting_for_a_failing_update_is_woken(make_bundle, monkeypatch):
     b.join(30)
     assert not b.is_alive(), "close() was never woken after the in-flight update failed"
     assert len(errors) == 1 and errors[0].func == "acl.rt.memcpy"
-    with pytest.raises(Exception):
+    with pytest.raises(ModelClosedError):
         m.infer(np.ones((1, 8), np.float32))

@@ -165,7 +165,8 @@ def test_start_after_skips_older_steps(served):
     assert wt.poll() is None and m.version == 0
 
 
-@pytest.mark.parametrize("use_watchdog", [False, pytest.param(True, marks=pytest.mark.skipif(not HAVE_WATCHDOG, reason="watchdog not installed"))])
+@pytest.mark.parametrize("use_watchdog", [
+    False, pytest.param(True, marks=pytest.mark.skipif(not HAVE_WATCHDOG, reason="watchdog not installed"))])
 def test_background_thread_follows_the_trainer(served, use_watchdog):
     m, w, d = served
     seen = []
@@ -223,9 +224,8 @@ def test_checkpoint_the_device_refuses_is_skipped_once_and_weights_kept(served, 
     m, w, d = served
     write_checkpoint(d, _shifted(w, 1), 1)
     wt = CheckpointWatcher(m, d, use_watchdog=False)
-    with caplog.at_level(logging.WARNING, logger="acl_bundle"):
-        with sim.fault("acl.mdl.execute", 507011, on_call=1):
-            assert wt.poll() is None
+    with caplog.at_level(logging.WARNING, logger="acl_bundle"), sim.fault("acl.mdl.execute", 507011, on_call=1):
+        assert wt.poll() is None
     assert wt.skipped == 1 and wt.applied_step is None and m.version == 0
     assert "model.update failed: AclError" in caplog.text
     _assert_device_holds(m, w)

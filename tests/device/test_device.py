@@ -9,10 +9,10 @@ from __future__ import annotations
 
 import threading
 
-import helpers
 import numpy as np
 import pytest
 
+import helpers
 from acl_bundle import BundleModel, ModelClosedError, sim
 from acl_bundle.sim import builder, models
 

@@ -8,10 +8,10 @@ import time
 
 import numpy as np
 import pytest
-from helpers import reference
 
 from acl_bundle.fleet import Fleet, FleetError
 from acl_bundle.sim import builder, models
+from helpers import reference
 
 ray = pytest.importorskip("ray")
 pytestmark = pytest.mark.ray

@@ -12,7 +12,6 @@ import pytest
 from acl_bundle import write_checkpoint
 from acl_bundle.fleet import Fleet, NoReadyReplicaError, Publisher, PublishError
 from acl_bundle.sim import builder, models
-
 from helpers import reference
 
 ray = pytest.importorskip("ray")
@@ -82,7 +81,7 @@ class Traffic:
             self.seen.append((step, replica))
             np.testing.assert_allclose(y, reference(x, self.world.weights[step]), rtol=1e-5, atol=1e-5)
 
-    def __enter__(self) -> "Traffic":
+    def __enter__(self) -> Traffic:
         self._t.start()
         return self
 

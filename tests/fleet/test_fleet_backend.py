@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from helpers import reference
 
 from acl_bundle import sim
 from acl_bundle.sim import builder, models
+from helpers import reference
 
 ray = pytest.importorskip("ray")
 

@@ -94,8 +94,20 @@ def test_ascendfly_context_model_array_path(tmp_path):
         assert acl.mdl.get_desc(desc, model_id) == 0
         tensors, datasets = {}, []
         for side, n, get_dims, get_dt, get_fmt in (
-            ("in", acl.mdl.get_num_inputs(desc), acl.mdl.get_input_dims_v2, acl.mdl.get_input_data_type, acl.mdl.get_input_format),
-            ("out", acl.mdl.get_num_outputs(desc), acl.mdl.get_output_dims, acl.mdl.get_output_data_type, acl.mdl.get_output_format),
+            (
+                "in",
+                acl.mdl.get_num_inputs(desc),
+                acl.mdl.get_input_dims_v2,
+                acl.mdl.get_input_data_type,
+                acl.mdl.get_input_format,
+            ),
+            (
+                "out",
+                acl.mdl.get_num_outputs(desc),
+                acl.mdl.get_output_dims,
+                acl.mdl.get_output_data_type,
+                acl.mdl.get_output_format,
+            ),
         ):
             ds = acl.mdl.create_dataset()
             datasets.append(ds)

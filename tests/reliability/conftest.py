@@ -7,9 +7,10 @@ per session.
 """
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import pytest
@@ -18,7 +19,7 @@ from acl_bundle import sim
 from acl_bundle.sim import builder, models
 
 SIZES = (8, 16, 4)
-TOL = dict(rtol=1e-4, atol=1e-5)
+TOL = {"rtol": 1e-4, "atol": 1e-5}
 
 
 @dataclass(frozen=True)

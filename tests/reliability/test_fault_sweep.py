@@ -34,16 +34,15 @@ import re
 import traceback
 import warnings
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import pytest
 
-from acl_bundle import AclCleanupWarning, AclError, BundleModel
+from acl_bundle import AclCleanupWarning, AclError, BundleModel, sim
 from acl_bundle.checks import golden
-from acl_bundle import sim
-
 from conftest import Bundle, live_count, matches, snapshot, weight_sets
 
 CODE = 500000  # ACL_ERROR_INTERNAL_ERROR: not a code any call returns on its own here
@@ -390,13 +389,11 @@ def test_every_acl_call_in_the_wrapper_is_swept(bundles):
     import inspect
     import pkgutil
 
-    import acl_bundle
-    from acl_bundle.sim import _state
-
     # The wrapper, read off the layout: the public model module, the package that implements it
     # (acl_bundle/_model/) and the foundation module that talks to pyACL (_backend). A module added
     # to _model/ is scanned without anyone listing it here.
     from acl_bundle import _model
+    from acl_bundle.sim import _state
 
     modules = ["model", "_backend"] + [f"_model.{m.name}" for m in pkgutil.iter_modules(_model.__path__)]
     assert {"_model.context", "_model.buffers", "_model.updater", "_model.gate", "_model.description"} <= set(modules)
@@ -428,9 +425,8 @@ def test_steady_infer_scenario_sweeps_the_fast_path(bundles):
             continue
         sim.reset()
         st = sc.setup(bundle)
-        with sim.fault(name, CODE, on_call=seen[name]):
-            with pytest.raises(AclError) as ei:
-                sc.action(st)
+        with sim.fault(name, CODE, on_call=seen[name]), pytest.raises(AclError) as ei:
+            sc.action(st)
         sites.add(_site(ei.value).split(":")[0])
         st.model.close()
     assert sites == {"_model/fastinfer.py"}, sites

@@ -18,10 +18,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from acl_bundle import AclError, BundleModel
-from acl_bundle import sim
+from acl_bundle import AclError, BundleModel, sim
 from acl_bundle.sim import builder, models
-
 from conftest import matches
 
 LOADERS = {"file": "acl.mdl.bundle_load_from_file", "bytes": "acl.mdl.bundle_load_from_mem"}
@@ -198,9 +196,8 @@ def test_bad_manifest_beside_a_good_bundle(tmp_path, good):
     ]
     for text, reaches_acl in cases:
         man.write_text(text)
-        with sim.record() as calls:
-            with pytest.raises(ValueError):
-                BundleModel(om)
+        with sim.record() as calls, pytest.raises(ValueError):
+            BundleModel(om)
         assert bool(calls) == reaches_acl, (text, calls[:3])
         assert sim.leaks() == {}
 

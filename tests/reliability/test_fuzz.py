@@ -18,7 +18,6 @@ from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
 from acl_bundle import AclError, BundleModel
-
 from conftest import reference, snapshot
 
 ALLOWED = (TypeError, ValueError, KeyError)
@@ -27,7 +26,8 @@ SLOW_EXAMPLES = 5000
 
 # ------------------------------------------------------------------ strategies
 DTYPES = st.sampled_from(
-    ["float32", "float64", "float16", "int32", "int64", "uint8", "bool", "complex64", "complex128", ">f4", "U3", "S2", "O"]
+    ["float32", "float64", "float16", "int32", "int64", "uint8", "bool", "complex64", "complex128", ">f4", "U3",
+     "S2", "O"]
 )
 FLOATS = st.one_of(
     st.floats(allow_nan=True, allow_infinity=True, width=32),
@@ -140,7 +140,7 @@ def _arrays_in(obj, out=None) -> list[np.ndarray]:
     if isinstance(obj, np.ndarray):
         out.append(obj)
     elif isinstance(obj, dict):
-        for k, v in obj.items():
+        for v in obj.values():
             _arrays_in(v, out)
     elif isinstance(obj, (list, tuple)):
         for v in obj:
@@ -186,9 +186,13 @@ def _fuzz_update(bundle, n: int) -> dict:
                 after = snapshot(m.bundle_id)
                 given_names = set()
                 for key, value in arg.items():
-                    var = variables[int(key)] if not isinstance(key, str) else next(x for x in variables if x.name == key)
+                    var = (
+                        variables[int(key)] if not isinstance(key, str) else next(x for x in variables if x.name == key)
+                    )
                     given_names.add(var.name)
-                    assert after[var.name] == np.ascontiguousarray(value).tobytes(), f"{var.name} not applied bit-exactly"
+                    assert after[var.name] == np.ascontiguousarray(value).tobytes(), (
+                        f"{var.name} not applied bit-exactly"
+                    )
                 for name in set(before) - given_names:
                     assert after[name] == before[name], f"{name} changed though it was not given"
             assert _fingerprint(arrays) == before_args, "the caller's arrays were modified"
@@ -203,7 +207,9 @@ def _fuzz_update(bundle, n: int) -> dict:
 
 def test_fuzz_update(bundles):
     t = _fuzz_update(bundles["init"], CI_EXAMPLES)
-    print(f"\nFUZZ update: {sum(t.values())} examples, {t['accepted']} accepted, {t['rejected']} rejected, 0 corruptions")
+    print(
+        f"\nFUZZ update: {sum(t.values())} examples, {t['accepted']} accepted, {t['rejected']} rejected, 0 corruptions"
+    )
     assert t["rejected"] and t["accepted"], t  # the strategy reaches both outcomes
 
 

@@ -26,9 +26,9 @@ from collections.abc import Callable
 
 import numpy as np
 import pytest
-from helpers import reference
 
 from acl_bundle import BundleModel, ModelClosedError, sim
+from helpers import reference
 
 ALWAYS_COUNTED = ("/threading.py", "/queue.py", "/weakref.py")
 

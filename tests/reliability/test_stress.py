@@ -16,9 +16,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import pytest
 
-from acl_bundle import BundleModel, ModelClosedError
-from acl_bundle import sim
-
+from acl_bundle import BundleModel, ModelClosedError, sim
 from conftest import TOL, reference, weight_sets
 
 
@@ -126,7 +124,8 @@ def _stress(bundle, threads: int, ops: int, n_sets: int, batches, only: str | No
         assert m.stats["infers"] >= 2 * threads * ops
     print(
         f"\nSTRESS: {threads} infer threads x {ops} infers (batch sizes {list(batches)}) + 1 updater cycling "
-        f"{n_sets - 1} weight sets (after set 0): {busy.infer_ops} infers and {busy.update_ops} updates checked, torn 0, "
+        f"{n_sets - 1} weight sets (after set 0): {busy.infer_ops} infers and {busy.update_ops} updates checked, "
+        f"torn 0, "
         f"wrong set 0, version regressions 0; infer throughput {quiet.rate:,.0f}/s without updates, "
         f"{busy.rate:,.0f}/s with the update stream ({busy.update_ops / busy.seconds:,.0f} updates/s)"
     )
@@ -251,7 +250,9 @@ def _churn(threads: int, cycles: int, bundle) -> tuple[int, int]:
 def test_open_close_churn_in_threads(bundles):
     cycles, served = _churn(6, 40, bundles["init"])
     assert sim.leaks() == {}
-    print(f"\nCHURN: 6 threads x 40 open/update/infer/close cycles = {cycles}, while another model served {served} infers")
+    print(
+        f"\nCHURN: 6 threads x 40 open/update/infer/close cycles = {cycles}, while another model served {served} infers"
+    )
 
 
 @pytest.mark.slow

@@ -18,9 +18,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from acl_bundle import BundleModel, ModelClosedError
-from acl_bundle import sim
-
+from acl_bundle import BundleModel, ModelClosedError, sim
 from conftest import matches
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -119,10 +117,9 @@ class Boom(Exception):
 @pytest.mark.parametrize("exc", [Boom("inside with"), KeyboardInterrupt(), SystemExit(3)])
 def test_exception_inside_with_closes_and_propagates(bundles, exc):
     b = bundles["init"]
-    with pytest.raises(type(exc)) as info:
-        with BundleModel(b.path) as m:
-            m.infer(np.ones((1, 8), np.float32))
-            raise exc
+    with pytest.raises(type(exc)) as info, BundleModel(b.path) as m:
+        m.infer(np.ones((1, 8), np.float32))
+        raise exc
     assert info.value is exc  # __exit__ does not swallow or replace it
     assert m.closed and sim.leaks() == {}
     with pytest.raises(ModelClosedError):
@@ -130,9 +127,8 @@ def test_exception_inside_with_closes_and_propagates(bundles, exc):
 
 
 def test_wrapper_error_inside_with(bundles):
-    with pytest.raises(ValueError):
-        with BundleModel(bundles["init"].path) as m:
-            m.infer(np.ones((2, 8), np.float32))  # wrong shape
+    with pytest.raises(ValueError), BundleModel(bundles["init"].path) as m:
+        m.infer(np.ones((2, 8), np.float32))  # wrong shape
     assert m.closed and sim.leaks() == {}
 
 

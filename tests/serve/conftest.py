@@ -74,7 +74,7 @@ class ServerProc:
         except subprocess.TimeoutExpired:
             os.kill(self.proc.pid, signal.SIGKILL)
             self.proc.wait(10)
-            raise AssertionError(f"server pid {self.proc.pid} did not exit within {timeout}s of SIGTERM")
+            raise AssertionError(f"server pid {self.proc.pid} did not exit within {timeout}s of SIGTERM") from None
 
 
 def build_bundle(directory: Path, name: str = "mlp", *, sizes=SIZES, batch_sizes=BATCH_SIZES, init=True, seed=0):

@@ -6,10 +6,10 @@ import json
 import time
 
 import numpy as np
-from helpers import reference
 
 from acl_bundle import write_checkpoint
 from conftest import build_bundle, new_weights, serve_process
+from helpers import reference
 
 
 def _wait_for(srv, text, timeout=30):

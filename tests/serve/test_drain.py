@@ -15,10 +15,10 @@ import time
 import numpy as np
 import pytest
 import tritonclient.http as httpclient
-from helpers import reference
 from tritonclient.utils import InferenceServerException
 
 from conftest import TOKEN, new_weights, npz_bytes, serve_process
+from helpers import reference
 
 
 def _outcome(fn) -> str:

@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 import tritonclient.grpc as grpcclient
 import tritonclient.http as httpclient
-from helpers import reference
 from tritonclient.utils import InferenceServerException
 
 from conftest import TOKEN, new_weights, npz_bytes, serve_process
+from helpers import reference
 
 VERSIONS: dict[int, dict] = {}  # weight version -> its weights (the stream test pushes one)
 

@@ -17,11 +17,11 @@ import zipfile
 
 import numpy as np
 import pytest
-from helpers import reference
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from conftest import TOKEN, serve_process
+from helpers import reference
 
 BIG = "@@BIG@@"    # replaced in the JSON text by a 5000-digit integer literal
 DEEP = "@@DEEP@@"  # replaced by 3000 nested lists

@@ -12,10 +12,10 @@ import grpc
 import numpy as np
 import pytest
 import tritonclient.grpc as grpcclient
-from helpers import reference
 from tritonclient.grpc import service_pb2
 
 from conftest import TOKEN, free_port, npz_bytes, serve_process
+from helpers import reference
 
 MiB = 1 << 20
 INFER = "/inference.GRPCInferenceService/ModelInfer"

@@ -1,4 +1,4 @@
-"""Readiness, --require-weights, --watch (checkpoint step in responses), SIGTERM drain, startup errors, the Python API."""
+"""Readiness, --require-weights, --watch (checkpoint step in responses), SIGTERM drain, startup errors, Python API."""
 from __future__ import annotations
 
 import json
@@ -155,7 +155,9 @@ def test_a_bundle_that_does_not_load_exits_1_with_the_reason(tmp_path):
     assert r.returncode == 1
     errors = [line for line in r.stderr.splitlines() if "error" in line.lower()]
     # one error line, printed once, with the runtime's reason and no unrelated get_context trailer (issue 23)
-    assert len(errors) == 1 and errors[0].startswith("acl-bundle: error: acl.mdl.bundle_load_from_file returned"), r.stderr
+    assert len(errors) == 1 and errors[0].startswith("acl-bundle: error: acl.mdl.bundle_load_from_file returned"), (
+        r.stderr
+    )
     assert "get_context" not in r.stderr and "unexpected" not in r.stderr, r.stderr
 
 
@@ -199,9 +201,12 @@ def test_bad_options_are_one_line_errors(tmp_path, args, expect):
 
 
 def test_help_does_not_import_the_server_stack():
-    code = ("import sys; from acl_bundle import cli; cli.main(['--help']); "
-            "heavy = [m for m in ('uvicorn', 'starlette', 'grpc', 'tritonclient', 'prometheus_client') if m in sys.modules]; "
-            "sys.exit(len(heavy))")
+    code = (
+        "import sys; from acl_bundle import cli; cli.main(['--help']); "
+        "heavy = [m for m in ('uvicorn', 'starlette', 'grpc', 'tritonclient', 'prometheus_client') "
+        "if m in sys.modules]; "
+        "sys.exit(len(heavy))"
+    )
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert r.returncode == 0, r.stderr
     assert "serve" in r.stdout

@@ -48,7 +48,11 @@ def _run_load(srv, requests_per_client: int, clients: int = 32, rate_hz: float =
     def client(i: int) -> None:
         use_grpc = i % 2 == 1
         rng = np.random.default_rng(i)
-        c = grpcclient.InferenceServerClient(srv.grpc_url) if use_grpc else httpclient.InferenceServerClient(srv.http_url)
+        c = (
+            grpcclient.InferenceServerClient(srv.grpc_url)
+            if use_grpc
+            else httpclient.InferenceServerClient(srv.http_url)
+        )
         mod = grpcclient if use_grpc else httpclient
         try:
             start.wait()

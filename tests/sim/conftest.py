@@ -2,15 +2,15 @@
 from __future__ import annotations
 
 import itertools
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import pytest
+from simhelp import Rig
 
 from acl_bundle import sim
 from acl_bundle.sim import builder, models
-from simhelp import Rig
 
 acl = sim.acl
 _n = itertools.count()

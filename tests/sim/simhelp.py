@@ -1,6 +1,7 @@
 """Helpers for the simulator tests (imported by tests/sim/conftest.py and the tests)."""
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 from typing import Any
 
@@ -75,11 +76,15 @@ class Rig:
 
     def h2d(self, dst: int, arr: np.ndarray) -> None:
         arr = np.ascontiguousarray(arr)
-        assert acl.rt.memcpy(dst, arr.nbytes, acl.util.numpy_to_ptr(arr), arr.nbytes, C.ACL_MEMCPY_HOST_TO_DEVICE) == 0, acl.get_recent_err_msg()
+        assert (
+            acl.rt.memcpy(dst, arr.nbytes, acl.util.numpy_to_ptr(arr), arr.nbytes, C.ACL_MEMCPY_HOST_TO_DEVICE) == 0
+        ), acl.get_recent_err_msg()
 
     def d2h(self, src: int, dtype: Any, shape: tuple) -> np.ndarray:
         out = np.empty(shape, dtype)
-        assert acl.rt.memcpy(acl.util.numpy_to_ptr(out), out.nbytes, src, out.nbytes, C.ACL_MEMCPY_DEVICE_TO_HOST) == 0, acl.get_recent_err_msg()
+        assert (
+            acl.rt.memcpy(acl.util.numpy_to_ptr(out), out.nbytes, src, out.nbytes, C.ACL_MEMCPY_DEVICE_TO_HOST) == 0
+        ), acl.get_recent_err_msg()
         return out
 
     def close(self) -> None:
@@ -90,10 +95,8 @@ class Rig:
         for db in self.dbs:
             acl.destroy_data_buffer(db)
         for td in self.tds:
-            try:
+            with contextlib.suppress(sim.SimulatorMisuse):
                 acl.destroy_tensor_desc(td)
-            except sim.SimulatorMisuse:
-                pass
         for p in self.ptrs:
             acl.rt.free(p)
         for m in self.models:

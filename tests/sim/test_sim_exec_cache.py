@@ -3,12 +3,12 @@ descriptor changes, or device memory is freed: every check of an uncached execut
 from __future__ import annotations
 
 import numpy as np
-from helpers import reference as ref
 from test_sim_models import BundleRun, run_dyn
 
 from acl_bundle import _constants as C
 from acl_bundle import sim
 from acl_bundle.sim import _state
+from helpers import reference as ref
 
 acl = sim.acl
 E_PARAM = 100000

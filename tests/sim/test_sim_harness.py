@@ -8,7 +8,6 @@ import threading
 import numpy as np
 import pytest
 
-from acl_bundle import _constants as C
 from acl_bundle import sim
 
 acl = sim.acl

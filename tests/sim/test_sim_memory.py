@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import gc
-import warnings
 
 import numpy as np
 import pytest
@@ -74,7 +73,9 @@ def test_memcpy_round_trip_and_stats(dev):
 
 
 def test_memcpy_count_checks(dev):
-    """count 0 first, then NULL/kind (100000), then count > dest_max (107000): memory.cpp:653-663, api_error.cc:2135-2139."""
+    """count 0 first, then NULL/kind (100000), then count > dest_max (107000).
+
+    memory.cpp:653-663, api_error.cc:2135-2139."""
     p, _ = acl.rt.malloc(256, 2)
     src = np.zeros(400, np.uint8)
     sp = acl.util.numpy_to_ptr(src)
@@ -251,7 +252,7 @@ def test_memset_async_runs_with_its_stream(dev):
     ctx, _ = acl.rt.create_context(0)
     assert acl.rt.memset_async(p, 8, 0, 8, st) == 107003  # another context's stream
     assert acl.rt.destroy_context(ctx) == 0
-    default_ctx = [c for c in sim.live_resources()["devices"]]
+    default_ctx = list(sim.live_resources()["devices"])
     assert default_ctx == [0]
     assert acl.rt.set_device(0) == 0  # back to the default context (a second reference)
     assert acl.rt.reset_device(0) == 0

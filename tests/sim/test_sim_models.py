@@ -7,12 +7,12 @@ import threading
 
 import numpy as np
 import pytest
-from helpers import reference as ref
 from simhelp import Rig
 
 from acl_bundle import _constants as C
 from acl_bundle import sim
 from acl_bundle.sim import _state, format
+from helpers import reference as ref
 
 acl = sim.acl
 F, ND = C.ACL_FLOAT, C.ACL_FORMAT_ND
@@ -497,7 +497,8 @@ def test_bundle_models_are_not_serialised(rig, mlp_bundle):
     finally:
         model.session = real
     assert seen == {"update": 0, "joined": True}
-    np.testing.assert_allclose(y, ref(np.ones((1, 8), np.float32), {**w, "fc1.bias": np.full(4, 5.0, np.float32)}), rtol=1e-5, atol=1e-5)
+    expect = ref(np.ones((1, 8), np.float32), {**w, "fc1.bias": np.full(4, 5.0, np.float32)})
+    np.testing.assert_allclose(y, expect, rtol=1e-5, atol=1e-5)
 
 
 def test_dead_model_desc(rig, mlp_plain):

@@ -9,10 +9,10 @@ import json
 import struct
 from pathlib import Path
 
-import helpers
 import numpy as np
 import pytest
 
+import helpers
 from acl_bundle import BundleModel
 from acl_bundle.sim import builder, models
 from acl_bundle.sim import format as F

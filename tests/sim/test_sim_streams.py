@@ -2,10 +2,10 @@
 from __future__ import annotations
 
 import numpy as np
-from helpers import reference as ref
 
 from acl_bundle import _constants as C
 from acl_bundle import sim
+from helpers import reference as ref
 
 acl = sim.acl
 H2D, D2H = C.ACL_MEMCPY_HOST_TO_DEVICE, C.ACL_MEMCPY_DEVICE_TO_HOST

@@ -10,8 +10,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import tensorflow as tf
-
 import tfhelp
+
 from acl_bundle import BundleModel, cli, load_checkpoint
 from acl_bundle.sim import builder, tf_builder
 
@@ -45,7 +45,9 @@ def test_saved_model_bundle_uses_the_signature_names_and_computes_what_tensorflo
     x = np.random.default_rng(3).standard_normal((4, 8)).astype(np.float32)
     with BundleModel(tf2_run.om) as m:
         assert [t.name for t in m.inputs] == ["x:0"] and [t.name for t in m.outputs] == ["y:0"]
-        assert {v.name for v in m.variables} == {f"{n}/{k}:0" for n in ("dense", "hidden", "out") for k in ("kernel", "bias")}
+        assert {v.name for v in m.variables} == {
+            f"{n}/{k}:0" for n in ("dense", "hidden", "out") for k in ("kernel", "bias")
+        }
         np.testing.assert_allclose(m.infer({"x:0": x}), serve(x=tf.constant(x))["y"].numpy(), rtol=1e-5, atol=1e-6)
 
 
@@ -101,7 +103,9 @@ def _tf_inference(trainable_from: str, stats_from: str, x: np.ndarray) -> np.nda
 
 
 @pytest.mark.parametrize("with_stats", [False, True])
-def test_inference_mode_graph_keeps_chosen_variables_updatable_and_bn_statistics_frozen(bn_graphs, tmp_path, with_stats):
+def test_inference_mode_graph_keeps_chosen_variables_updatable_and_bn_statistics_frozen(
+    bn_graphs, tmp_path, with_stats
+):
     pb, first, later = bn_graphs
     chosen = tfhelp.TRAINABLE + (tfhelp.BN_STATS if with_stats else [])
     mf = tf_builder.build_bundle_from_tf(pb, inputs=["x:0"], outputs=["y:0"], variables=chosen, batch_sizes=[4])
@@ -142,8 +146,11 @@ def test_a_variable_that_cannot_stay_updatable_fails_the_build_naming_it():
         tf.identity(tf.gather(x * w, [0, 2], axis=tf.constant(1, name="axis")), name="y")
 
     gd = _graph_with(build)
-    with pytest.raises(ValueError, match=r"\['axis:0'\] cannot stay updatable: the converter needs them as constants "
-                                         r"\(tf2onnx cannot convert node 'GatherV2': Axis of GatherV2 node must be constant\)"):
+    with pytest.raises(
+        ValueError,
+        match=r"\['axis:0'\] cannot stay updatable: the converter needs them as constants "
+        r"\(tf2onnx cannot convert node 'GatherV2': Axis of GatherV2 node must be constant\)",
+    ):
         tf_builder.tf_to_onnx(gd, outputs=["y:0"], variables=["w", "axis"])
     with pytest.raises(ValueError, match="'nope' cannot stay updatable: there is no such node"):
         tf_builder.tf_to_onnx(gd, outputs=["y:0"], variables=["nope"])
@@ -204,7 +211,9 @@ def test_bad_tf_models_are_clear_errors(tmp_path, tf1_run):
 def test_saved_model_errors_name_what_exists(tmp_path, tf2_run):
     with pytest.raises(ValueError, match=r"no signature 'predict'; it has \['serving_default'\]"):
         tf_builder.tf_to_onnx(tf2_run.export, signature="predict")
-    with pytest.raises(ValueError, match=r"signature 'serving_default' has no output 'logits:0'; its outputs are \['y:0'\]"):
+    with pytest.raises(
+        ValueError, match=r"signature 'serving_default' has no output 'logits:0'; its outputs are \['y:0'\]"
+    ):
         tf_builder.tf_to_onnx(tf2_run.export, outputs=["logits"])
     with pytest.raises(ValueError, match=r"reads no such variable; it reads \['dense/bias:0'"):
         tf_builder.tf_to_onnx(tf2_run.export, variables=["dense/gamma"])
@@ -244,9 +253,9 @@ def test_cli_tf_errors_are_one_line(tf1_run, tmp_path, capsys, argv, message):
 
 
 def test_cli_refuses_tf_options_for_onnx(tmp_path, capsys):
-    from acl_bundle.sim import models
-
     import onnx
+
+    from acl_bundle.sim import models
 
     model, _ = models.mlp((4, 2))
     onnx.save(model, str(tmp_path / "m.onnx"))

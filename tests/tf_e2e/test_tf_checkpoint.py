@@ -120,7 +120,9 @@ def test_prefix_index_data_file_and_directory_name_the_same_checkpoint(tf1_run):
 def test_sharded_checkpoint_is_read_across_its_data_files(tmp_path):
     values = {f"v{i}": np.full((64,), i, np.float32) for i in range(4)}
     ck = tf.train.Checkpoint(**{k: tf.Variable(v, name=k) for k, v in values.items()})
-    opts = tf.train.CheckpointOptions(experimental_sharding_callback=tf.train.experimental.MaxShardSizePolicy(max_shard_size=300))
+    opts = tf.train.CheckpointOptions(
+        experimental_sharding_callback=tf.train.experimental.MaxShardSizePolicy(max_shard_size=300)
+    )
     prefix = ck.write(str(tmp_path / "c"), options=opts)
     assert len(list(tmp_path.glob("c.data-*"))) == 4
     w = load_checkpoint(prefix, list(values))
@@ -219,7 +221,8 @@ def test_core_package_imports_without_tensorflow_and_asks_for_the_extra():
         f"    load_checkpoint({str(ROOT / 'no-such')!r} + '/model.ckpt-1', ['a'])\n"
         "except FileNotFoundError: pass\n"
         "import pathlib, tempfile\n"
-        "d = pathlib.Path(tempfile.mkdtemp()); (d / 'm.ckpt-1.index').write_bytes(b'x'); (d / 'm.ckpt-1.data-00000-of-00001').write_bytes(b'x')\n"
+        "d = pathlib.Path(tempfile.mkdtemp()); (d / 'm.ckpt-1.index').write_bytes(b'x'); "
+        "(d / 'm.ckpt-1.data-00000-of-00001').write_bytes(b'x')\n"
         "try:\n"
         "    load_checkpoint(d / 'm.ckpt-1', ['a'])\n"
         "except ImportError as e:\n"

@@ -1,4 +1,4 @@
-"""TensorFlow checkpoint directories on S3 (a moto server): the watcher and load_checkpoint read them like local ones."""
+"""TensorFlow checkpoint directories on S3 (a moto server): the watcher and load_checkpoint read them as local ones."""
 from __future__ import annotations
 
 import logging
@@ -14,7 +14,6 @@ pytest.importorskip("moto")
 pytest.importorskip("s3fs")
 
 import s3help  # noqa: E402
-
 from acl_bundle import BundleModel, CheckpointError, CheckpointWatcher, load_checkpoint  # noqa: E402
 from acl_bundle.checkpoint import read_checkpoint  # noqa: E402
 from acl_bundle.tf_checkpoint import read_tf_checkpoint  # noqa: E402

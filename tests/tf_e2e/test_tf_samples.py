@@ -11,11 +11,17 @@ import pytest
 ROOT = Path(__file__).resolve().parents[2]
 SAMPLES = {
     "tf_online_update.py": ["OK: every served result matched TensorFlow's output for the weights of its version"],
-    "tf_checkpoint_serving.py": ["OK: after every applied checkpoint the bundle matched TensorFlow's own inference of it",
-                                 "[trainer tf1] TensorFlow", "[trainer tf2] TensorFlow", "acl_bundle imported: False"],
+    "tf_checkpoint_serving.py": [
+        "OK: after every applied checkpoint the bundle matched TensorFlow's own inference of it",
+        "[trainer tf1] TensorFlow",
+        "[trainer tf2] TensorFlow",
+        "acl_bundle imported: False",
+    ],
     "tf_freeze_and_build.py": ["OK: the inference-mode graph served every checkpoint as TensorFlow does"],
-    "tf_device_bundle.py": ["OK: the simulator's fp32 bundle matched TensorFlow, its force_fp16 bundle drifted as fp16 does",
-                            "device bundle: "],
+    "tf_device_bundle.py": [
+        "OK: the simulator's fp32 bundle matched TensorFlow, its force_fp16 bundle drifted as fp16 does",
+        "device bundle: ",
+    ],
 }
 
 

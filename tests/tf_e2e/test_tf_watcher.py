@@ -11,8 +11,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import tensorflow as tf
-
 import tfhelp
+
 from acl_bundle import BundleModel, CheckpointWatcher, sim, write_checkpoint
 from acl_bundle.sim import builder, tf_builder
 
@@ -121,7 +121,7 @@ def test_a_shard_completed_or_fixed_in_place_is_applied_within_a_few_polls(tf1_r
         assert len([r for r in caplog.records if "model.ckpt-6" in r.getMessage()]) == 1
         with open(shard, "r+b") as f:  # mended in place: same inode, new size or bytes and mtime
             f.write(good)
-        for polls in range(1, 4):
+        for polls in range(1, 4):  # noqa: B007 (read after the loop: how many polls it took)
             applied = w.poll()
             if applied is not None:
                 break
@@ -196,7 +196,8 @@ def _kill_rounds(variant: str, base: Path, first: tfhelp.Trainer, rounds: int, r
                                 problems.append(f"step {a.step}: served version {version}, applied {a.version}")
                             seen.append((a.step, a.path, y))
 
-                    watcher = CheckpointWatcher(model, d, poll_interval=0.02, use_watchdog=False, on_apply=on_apply).start()
+                    watcher = CheckpointWatcher(model, d, poll_interval=0.02, use_watchdog=False,
+                                                on_apply=on_apply).start()
                 if r == 0:
                     t.go()
                 first_step = int(t.wait_line("saving").split()[1])
@@ -236,7 +237,12 @@ def _kill_rounds(variant: str, base: Path, first: tfhelp.Trainer, rounds: int, r
             model.close()
     assert not problems, problems
     assert len(seen) >= rounds
-    return {"variant": variant, "applied": len(seen), "steps": [s for s, *_ in seen], "half_written_left": sorted(leftovers)}
+    return {
+        "variant": variant,
+        "applied": len(seen),
+        "steps": [s for s, *_ in seen],
+        "half_written_left": sorted(leftovers),
+    }
 
 
 def _kill_test(tmp_path: Path, rounds: int) -> None:
@@ -244,8 +250,18 @@ def _kill_test(tmp_path: Path, rounds: int) -> None:
     print(f"seed {seed}")
     rng = random.Random(seed)
     # both trainers start (and import TensorFlow) at once, then run one after the other
-    first = {v: tfhelp.Trainer(v, tmp_path / v / "ckpts", steps=10**6, every=1, hidden=512, hold=True,
-                               export=tmp_path / v / ("model.pb" if v == "tf1" else "saved_model")) for v in ("tf1", "tf2")}
+    first = {
+        v: tfhelp.Trainer(
+            v,
+            tmp_path / v / "ckpts",
+            steps=10**6,
+            every=1,
+            hidden=512,
+            hold=True,
+            export=tmp_path / v / ("model.pb" if v == "tf1" else "saved_model"),
+        )
+        for v in ("tf1", "tf2")
+    }
     try:
         for v, t in first.items():
             print(_kill_rounds(v, tmp_path / v, t, rounds, rng))

@@ -43,7 +43,9 @@ def _ready(a: argparse.Namespace) -> None:
 # --------------------------------------------------------------------------- TF1
 def tf1_dense(x, n: int, name: str, relu: bool):
     with tf1.variable_scope(name):
-        w = tf1.get_variable("kernel", [int(x.shape[-1]), n], initializer=tf1.glorot_uniform_initializer(seed=len(name)))
+        w = tf1.get_variable(
+            "kernel", [int(x.shape[-1]), n], initializer=tf1.glorot_uniform_initializer(seed=len(name))
+        )
         b = tf1.get_variable("bias", [n], initializer=tf1.zeros_initializer())
     h = tf.matmul(x, w) + b
     return tf.nn.relu(h) if relu else h

@@ -1,13 +1,13 @@
 """TensorFlow as the oracle: restore a checkpoint into the trainer's own model code and run it."""
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import sys
 from pathlib import Path
 
 import numpy as np
-
 import tf_trainer
 
 HERE = Path(__file__).resolve().parent
@@ -15,7 +15,7 @@ TRAINER = HERE / "tf_trainer.py"
 
 
 class TF1Oracle:
-    """The trainer's TF1 inference graph in a session; ``__call__(prefix, x)`` restores the checkpoint and runs ``y``."""
+    """The trainer's TF1 inference graph in a session; ``__call__(prefix, x)`` restores a checkpoint and runs ``y``."""
 
     def __init__(self, hidden: int) -> None:
         import tensorflow as tf
@@ -67,7 +67,9 @@ def oracle(variant: str, hidden: int) -> TF1Oracle | TF2Oracle:
 
 
 class Trainer:
-    """tf_trainer.py as its own process (plain TensorFlow, no acl_bundle on its path); stdout lines collected by a thread."""
+    """tf_trainer.py as its own process (plain TensorFlow, no acl_bundle on its path).
+
+    Its stdout lines are collected by a thread."""
 
     def __init__(self, variant: str, directory: Path, *, steps: int, every: int = 2, hidden: int = 16,
                  export: Path | None = None, resume: bool = False, keep: int = 1000, seed: int = 0,
@@ -87,7 +89,7 @@ class Trainer:
         directory.parent.mkdir(parents=True, exist_ok=True)
         env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
         env["TF_CPP_MIN_LOG_LEVEL"] = "2"
-        self.stderr = tempfile.TemporaryFile(mode="w+")
+        self.stderr = tempfile.TemporaryFile(mode="w+")  # noqa: SIM115 (the process's stderr, closed by close())
         self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self.stderr, text=True,
                                      env=env, cwd=str(directory.parent))
         self.lines: list[str] = []
@@ -146,10 +148,8 @@ class Trainer:
         self.kill()
         self._thread.join(timeout=5)
         for f in (self.proc.stdout, self.proc.stdin, self.stderr):
-            try:
+            with contextlib.suppress(OSError):  # stdin of a killed process
                 f.close()
-            except OSError:  # stdin of a killed process
-                pass
 
 
 # --------------------------------------------------------------------------- an inference-mode graph (BN + Dropout)
