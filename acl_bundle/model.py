@@ -57,7 +57,7 @@ from ._model.guard import Guard, UnknownPreviousError  # noqa: F401  (re-exporte
 from ._model.history import History, HistoryEntry
 from ._model.options import check_load_options, check_step
 from ._model.process import lifecycle, release_quietly
-from ._model.updater import StagedUpdate, Updater, WeightVersion, run_init
+from ._model.updater import StagedUpdate, Updater, WeightVersion, commit_admitted, run_init
 from ._model.worker import INLINE, Worker, in_main_thread
 from .checks import Check, Golden, split_checks
 
@@ -378,7 +378,7 @@ class BundleModel:
             if job.cancelled:
                 staged.abort()  # on the worker (or another thread): runs at once
                 return None
-            return staged._commit_entered() if commit else staged
+            return commit_admitted(staged) if commit else staged
         finally:
             gate.exit()
 
@@ -456,6 +456,16 @@ class BundleModel:
     @property
     def closed(self) -> bool:
         return self._gate.closed
+
+    @property
+    def context(self) -> int:
+        """The ACL context (``aclrtContext`` handle) the model's resources live in; ModelClosedError once closed.
+
+        For the caller's own pyACL work beside the model, e.g. a dataset run in the same context.
+        """
+        if self._gate.closed:
+            raise ModelClosedError(f"BundleModel({self._source!r}) is closed")
+        return self._ctx.handle
 
     @property
     def device_bytes(self) -> int:

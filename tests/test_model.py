@@ -353,6 +353,18 @@ def test_skip_init_and_init_inputs(make_bundle):
 
 
 # --------------------------------------------------------------------------- lifecycle
+def test_context_is_the_models_own_live_context_until_close(make_bundle):
+    om, _ = make_bundle()
+    before = set(sim.live_resources()["contexts"])
+    m = BundleModel(om, acl=ACL)
+    created = set(sim.live_resources()["contexts"]) - before
+    assert created == {m.context}  # the one context the load created, not the caller's (none here)
+    m.close()
+    assert set(sim.live_resources()["contexts"]) == before  # released with the model
+    with pytest.raises(ModelClosedError, match=r"is closed$"):
+        m.context  # noqa: B018
+
+
 def test_close_is_idempotent_and_use_after_close_is_clear(make_bundle):
     om, w0 = make_bundle()
     m = BundleModel(om, acl=ACL)

@@ -113,7 +113,7 @@ class StagedUpdate:
         return updater
 
     def _commit_entered(self) -> WeightVersion:
-        """Commit; the caller has registered the in-flight call with the gate."""
+        """Commit; the caller has registered the in-flight call with the gate (see :func:`commit_admitted`)."""
         updater = self._take()
         try:
             self.version = updater.commit(self)
@@ -163,6 +163,16 @@ class StagedUpdate:
     def __repr__(self) -> str:
         state = "open" if self.open else (f"committed v{self.version}" if self.version is not None else "aborted")
         return f"<StagedUpdate {self.variables} variables, {self.nbytes} B, step={self.step} {state}>"
+
+
+def commit_admitted(staged: StagedUpdate) -> WeightVersion:
+    """Commit ``staged`` for a caller that has already entered the model's gate (``Gate.enter``).
+
+    ``BundleModel.update`` stages and commits in one admitted write (``BundleModel._write``), so
+    the commit must not enter the gate a second time as :meth:`StagedUpdate.commit` does; like
+    it, this raises ``RuntimeError`` when the stage was already committed or aborted.
+    """
+    return staged._commit_entered()
 
 
 class Updater:

@@ -486,7 +486,7 @@ def _s1_models(c: _Ctx, cfg: BenchConfig, rows: list) -> None:
         raws: dict[int, RawInfer] = {}
         try:
             for b in cfg.s1_batches:  # the raw datasets live in the wrapper's context: see the note
-                raws[b] = RawInfer(c.acl, path, b, context=m._ctx.handle)
+                raws[b] = RawInfer(c.acl, path, b, context=m.context)
             for b in cfg.s1_batches:
                 c.progress(f"1 wrapper overhead: {name} MLP {sizes}, batch {b}")
                 x = c.rng.standard_normal((b, sizes[0])).astype(np.float32)

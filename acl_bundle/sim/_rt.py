@@ -268,12 +268,12 @@ def get_context() -> tuple[int, int]:  # noqa: F811 - the same call in one Pytho
     frames for it would weigh on every figure.  With a recorder or a fault active, or any
     context but a created one current, the decorated call answers.
     """
-    if S._RECORDERS or S._FAULTS:
+    if S.RECORDERS or S.FAULTS:
         return _get_context_api()
     t = TLS
     cid = t.ctx
     if cid and t.gen == WORLD.gen and cid in WORLD.contexts:
-        with S._stats_lock:
+        with S.STATS_LOCK:
             calls = S.STATS["calls"]
             calls["acl.rt.get_context"] = calls.get("acl.rt.get_context", 0) + 1
         return cid, 0

@@ -203,7 +203,7 @@ def set_err(code: int, msg: str) -> int:
 
 
 # ---- stats, faults, recorders ------------------------------------------------------
-_stats_lock = threading.Lock()
+STATS_LOCK = threading.Lock()
 DIRS = ("HOST_TO_DEVICE", "DEVICE_TO_HOST", "DEVICE_TO_DEVICE", "HOST_TO_HOST")
 
 
@@ -223,7 +223,7 @@ STATS = _fresh_stats()
 
 
 def bump(key: str, n: int = 1, sub: Any = None) -> None:
-    with _stats_lock:
+    with STATS_LOCK:
         if sub is None:
             STATS[key] += n
         else:
@@ -232,7 +232,7 @@ def bump(key: str, n: int = 1, sub: Any = None) -> None:
 
 def stats() -> dict:
     """Counters since the last reset() (a deep copy)."""
-    with _stats_lock:
+    with STATS_LOCK:
         return {k: (dict(v) if isinstance(v, dict) else v) for k, v in STATS.items()}
 
 
@@ -249,15 +249,15 @@ class Fault:
         self.fired = 0
 
     def __enter__(self) -> Fault:
-        with _stats_lock:
+        with STATS_LOCK:
             self.seen = 0
-            _FAULTS.append(self)
+            FAULTS.append(self)
         return self
 
     def __exit__(self, *exc: object) -> None:
-        with _stats_lock:
-            if self in _FAULTS:
-                _FAULTS.remove(self)
+        with STATS_LOCK:
+            if self in FAULTS:
+                FAULTS.remove(self)
 
     def _hit(self) -> bool:
         self.seen += 1
@@ -269,8 +269,8 @@ class Fault:
         return True
 
 
-_FAULTS: list[Fault] = []
-_RECORDERS: list[list[str]] = []
+FAULTS: list[Fault] = []
+RECORDERS: list[list[str]] = []
 
 
 def fault(func: str, code: int, *, on_call: int = 1, times: int | None = 1) -> Fault:
@@ -285,21 +285,21 @@ class record:
 
     def __enter__(self) -> list[str]:
         self.calls: list[str] = []
-        with _stats_lock:
-            _RECORDERS.append(self.calls)
+        with STATS_LOCK:
+            RECORDERS.append(self.calls)
         return self.calls
 
     def __exit__(self, *exc: object) -> None:
-        with _stats_lock:
-            if any(r is self.calls for r in _RECORDERS):
-                _RECORDERS[:] = [r for r in _RECORDERS if r is not self.calls]
+        with STATS_LOCK:
+            if any(r is self.calls for r in RECORDERS):
+                RECORDERS[:] = [r for r in RECORDERS if r is not self.calls]
 
 
 def clear_stats_and_faults() -> None:
-    with _stats_lock:
+    with STATS_LOCK:
         STATS.clear()
         STATS.update(_fresh_stats())
-        _FAULTS.clear()
+        FAULTS.clear()
 
 
 # ---- API decorator ------------------------------------------------------------------
@@ -363,13 +363,13 @@ def api(
         @functools.wraps(fn)
         def wrapper(*args: Any, **kwargs: Any) -> Any:
             hit: Fault | None = None
-            with _stats_lock:
+            with STATS_LOCK:
                 calls = STATS["calls"]
                 calls[name] = calls.get(name, 0) + 1
-                if _RECORDERS or _FAULTS:  # the common case (neither) costs one test
-                    for r in _RECORDERS:
+                if RECORDERS or FAULTS:  # the common case (neither) costs one test
+                    for r in RECORDERS:
                         r.append(name)
-                    for f in _FAULTS:
+                    for f in FAULTS:
                         if f.func == name and f._hit() and hit is None:
                             hit = f
             if hit is not None:
@@ -401,9 +401,9 @@ def api(
 
             @functools.wraps(fn)
             def wrapper(*args: Any, **kwargs: Any) -> Any:  # noqa: F811 - the same, without the unused checks
-                if _RECORDERS or _FAULTS:  # tests and fault injection: counted there
+                if RECORDERS or FAULTS:  # tests and fault injection: counted there
                     return slow(*args, **kwargs)
-                with _stats_lock:
+                with STATS_LOCK:
                     calls = STATS["calls"]
                     calls[name] = calls.get(name, 0) + 1
                 return fn(*args, **kwargs)
