@@ -376,3 +376,18 @@ def test_known_big_class_is_split(path: str) -> None:
 
 def test_model_py_is_at_most_550_lines() -> None:
     assert len((PKG / "model.py").read_text().splitlines()) <= 550
+
+
+# --------------------------------------------------------------------------- the tests' own helpers
+def test_no_test_imports_a_conftest() -> None:
+    """``from conftest import`` takes whichever conftest was imported first (tests/, tests/serve, tests/sim ...).
+
+    Shared helpers live in the ``helpers`` package (tests/helpers, on pytest's pythonpath); conftests hold fixtures.
+    """
+    bad = []
+    for path in sorted((ROOT / "tests").rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else \
+                [node.module or ""] if isinstance(node, ast.ImportFrom) else []
+            bad += [f"{path.relative_to(ROOT)}:{node.lineno}" for n in names if n.split(".")[0] == "conftest"]
+    assert not bad, bad

@@ -43,7 +43,7 @@ import pytest
 
 from acl_bundle import AclCleanupWarning, AclError, BundleModel, sim
 from acl_bundle.checks import golden
-from conftest import Bundle, live_count, matches, snapshot, weight_sets
+from helpers.reliability import Bundle, live_count, matches, snapshot, weight_sets
 
 CODE = 500000  # ACL_ERROR_INTERNAL_ERROR: not a code any call returns on its own here
 NULL_HANDLE = 200000

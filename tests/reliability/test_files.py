@@ -20,7 +20,7 @@ import pytest
 
 from acl_bundle import AclError, BundleModel, sim
 from acl_bundle.sim import builder, models
-from conftest import matches
+from helpers.reliability import matches
 
 LOADERS = {"file": "acl.mdl.bundle_load_from_file", "bytes": "acl.mdl.bundle_load_from_mem"}
 

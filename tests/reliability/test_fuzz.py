@@ -18,7 +18,7 @@ from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
 from acl_bundle import AclError, BundleModel
-from conftest import reference, snapshot
+from helpers.reliability import reference, snapshot
 
 ALLOWED = (TypeError, ValueError, KeyError)
 CI_EXAMPLES = 500

@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 
 from acl_bundle import BundleModel, ModelClosedError, sim
-from conftest import TOL, reference, weight_sets
+from helpers.reliability import TOL, reference, weight_sets
 
 
 @dataclass

@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 
 from acl_bundle import BundleModel, ModelClosedError, sim
-from conftest import matches
+from helpers.reliability import matches
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -8,8 +8,8 @@ import time
 import numpy as np
 
 from acl_bundle import write_checkpoint
-from conftest import build_bundle, new_weights, serve_process
 from helpers import reference
+from helpers.serve import build_bundle, new_weights, serve_process
 
 
 def _wait_for(srv, text, timeout=30):

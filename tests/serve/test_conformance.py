@@ -11,8 +11,8 @@ import tritonclient.grpc as grpcclient
 import tritonclient.http as httpclient
 from tritonclient.utils import InferenceServerException
 
-from conftest import TOKEN, new_weights, npz_bytes
 from helpers import reference
+from helpers.serve import TOKEN, new_weights, npz_bytes
 
 AUTH_HTTP = {"Authorization": f"Bearer {TOKEN}"}
 AUTH_GRPC = {"authorization": f"Bearer {TOKEN}"}

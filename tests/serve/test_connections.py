@@ -15,7 +15,7 @@ import time
 
 import pytest
 
-from conftest import serve_process
+from helpers.serve import serve_process
 
 LIMIT = 4096  # --max-header-bytes for these tests
 

@@ -17,8 +17,8 @@ import pytest
 import tritonclient.http as httpclient
 from tritonclient.utils import InferenceServerException
 
-from conftest import TOKEN, new_weights, npz_bytes, serve_process
 from helpers import reference
+from helpers.serve import TOKEN, new_weights, npz_bytes, serve_process
 
 
 def _outcome(fn) -> str:

@@ -11,8 +11,8 @@ import tritonclient.grpc as grpcclient
 import tritonclient.http as httpclient
 from tritonclient.utils import InferenceServerException
 
-from conftest import TOKEN, new_weights, npz_bytes, serve_process
 from helpers import reference
+from helpers.serve import TOKEN, new_weights, npz_bytes, serve_process
 
 VERSIONS: dict[int, dict] = {}  # weight version -> its weights (the stream test pushes one)
 

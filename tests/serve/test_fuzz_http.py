@@ -20,8 +20,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from conftest import TOKEN, serve_process
 from helpers import reference
+from helpers.serve import TOKEN, serve_process
 
 BIG = "@@BIG@@"    # replaced in the JSON text by a 5000-digit integer literal
 DEEP = "@@DEEP@@"  # replaced by 3000 nested lists

@@ -14,8 +14,8 @@ import pytest
 import tritonclient.grpc as grpcclient
 from tritonclient.grpc import service_pb2
 
-from conftest import TOKEN, free_port, npz_bytes, serve_process
 from helpers import reference
+from helpers.serve import TOKEN, free_port, npz_bytes, serve_process
 
 MiB = 1 << 20
 INFER = "/inference.GRPCInferenceService/ModelInfer"

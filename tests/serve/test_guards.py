@@ -19,8 +19,8 @@ import tritonclient.http as httpclient
 from tritonclient.grpc import service_pb2, service_pb2_grpc
 from tritonclient.utils import InferenceServerException
 
-from conftest import TOKEN, new_weights, npz_bytes, serve_process
 from helpers import reference
+from helpers.serve import TOKEN, new_weights, npz_bytes, serve_process
 
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
 X = np.random.default_rng(5).standard_normal((3, 8)).astype(np.float32)

@@ -14,8 +14,8 @@ import pytest
 import tritonclient.http as httpclient
 
 from acl_bundle import BundleModel, write_checkpoint
-from conftest import TOKEN, build_bundle, free_port, new_weights, npz_bytes, serve_process, wait_ready
 from helpers import reference
+from helpers.serve import TOKEN, build_bundle, free_port, new_weights, npz_bytes, serve_process, wait_ready
 
 
 def _infer_json(srv, x):

@@ -14,8 +14,8 @@ import pytest
 import tritonclient.grpc as grpcclient
 import tritonclient.http as httpclient
 
-from conftest import TOKEN, new_weights, npz_bytes, serve_process
 from helpers import reference
+from helpers.serve import TOKEN, new_weights, npz_bytes, serve_process
 
 
 def _run_load(srv, requests_per_client: int, clients: int = 32, rate_hz: float = 10.0) -> dict:

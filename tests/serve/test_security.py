@@ -18,8 +18,8 @@ import tritonclient.grpc as grpcclient
 import tritonclient.http as httpclient
 from tritonclient.utils import InferenceServerException
 
-from conftest import TOKEN, new_weights, npz_bytes, serve_process
 from helpers import reference
+from helpers.serve import TOKEN, new_weights, npz_bytes, serve_process
 
 REQUEST_LIMIT = 64 * 1024
 UPDATE_LIMIT = 256 * 1024
