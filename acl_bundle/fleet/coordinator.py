@@ -24,6 +24,7 @@ from .errors import (
 )
 from .publisher import Inbox, Publisher
 from .replica import ReplicaActor
+from .rounds import wait_round
 from .transport import ObjectStoreTransport, Transport
 
 if TYPE_CHECKING:
@@ -46,6 +47,12 @@ class PublishResult:
     seconds: float                          # publish start to the last commit confirmed
     commit_skew: float                      # first to last replica's commit end (replica clocks)
     commit_ends: dict[str, float] = field(default_factory=dict)
+    # where the time went: "send" (the payload into the transport), "stage" (stage calls out to the last
+    # replica staged), "commit" (commit calls out to the last commit confirmed), seconds
+    phases: dict[str, float] = field(default_factory=dict)
+    # per replica, seconds: "stage_call" (stage call sent to its start in the replica), "receive", "stage"
+    # (BundleModel.stage), "commit_call", "commit_wait" (waiting for the commit instant), "commit"
+    timings: dict[str, dict[str, float]] = field(default_factory=dict)
 
 
 
@@ -73,12 +80,15 @@ class Fleet:
         simulator, a device bundle on pyACL).  A simulated host has a device per replica.
     timeout: default seconds for every call (start, stage, commit, abort, infer).
     model_options: extra ``BundleModel`` keyword arguments (``max_concurrency``, ``manifest`` ...).
+    commit_lead: 0 (default): each replica commits when its commit call arrives; > 0: the commit calls
+        carry the instant (sent + ``commit_lead`` seconds) at which every replica commits (the commit
+        barrier, docs/fleet.md).  Settable between publishes.
     """
 
     def __init__(self, bundle: str | os.PathLike[str], replicas: int = 1, *, npus_per_replica: float = 0,
                  device_ids: Sequence[int] | None = None, backend: str | None = None,
                  timeout: float = DEFAULT_TIMEOUT, model_options: Mapping[str, Any] | None = None,
-                 transport: Transport | None = None, actor_threads: int = 4) -> None:
+                 transport: Transport | None = None, actor_threads: int = 4, commit_lead: float = 0.0) -> None:
         ray = import_ray()
         if not isinstance(replicas, int) or isinstance(replicas, bool) or replicas < 1:
             raise ValueError(f"replicas must be an int >= 1, got {replicas!r}")
@@ -108,6 +118,7 @@ class Fleet:
         self._names: list[str] = []
         self._next_index = itertools.count()
         self.evicted: dict[str, str] = {}      # name -> why, for every replica ever evicted
+        self.commit_lead = commit_lead
         try:
             for _ in range(replicas):
                 self.add_replica()
@@ -248,6 +259,17 @@ class Fleet:
 
     # ---------------------------------------------------------------- state
     @property
+    def commit_lead(self) -> float:
+        """Seconds from sending the commit calls to the instant every replica commits (0: no barrier)."""
+        return self._commit_lead
+
+    @commit_lead.setter
+    def commit_lead(self, seconds: float) -> None:
+        if isinstance(seconds, bool) or not isinstance(seconds, (int, float)) or not 0 <= seconds <= 1:
+            raise ValueError(f"commit_lead must be a number of seconds in [0, 1], got {seconds!r}")
+        self._commit_lead = float(seconds)
+
+    @property
     def step(self) -> int | None:
         """The step the fleet last committed (None: nothing published yet)."""
         return self._step
@@ -303,13 +325,16 @@ class Fleet:
                                           f"(evicted: {self.evicted or 'none'})")
             t0 = time.perf_counter()
             handle = self._transport.send(checked)  # once, whatever the fleet size
+            t_sent, wall_sent = time.perf_counter(), time.time()
             txn = next(self._txn)
-            failed = self._phase(live, [r.actor.stage.remote([handle], step, txn, t) for r in live], t, "stage")
+            staged: dict[str, Any] = {}
+            failed = wait_round(live, [r.actor.stage.remote([handle], step, txn, t) for r in live], t, "stage",
+                                 staged)
             t_staged = time.perf_counter()
             if failed:
                 survivors = [r for r in live if r.name not in failed]
                 aborts = [r.actor.abort.remote(txn) for r in survivors]
-                failed.update(self._phase(survivors, aborts, t, "abort"))
+                failed.update(wait_round(survivors, aborts, t, "abort"))
                 for r in live:
                     if r.name in failed:
                         self._evict(r, failed[r.name])
@@ -317,16 +342,18 @@ class Fleet:
                     f"publish of step {step} aborted, the fleet stays at step {self._step}: "
                     + "; ".join(f"replica {n}: {w}" for n, w in failed.items()),
                     failed, step=step, committed=False, fleet_step=self._step)
-            refs = [r.actor.commit.remote(txn) for r in live]
+            wall_commit = time.time()
+            at = wall_commit + self._commit_lead if self._commit_lead else None
+            refs = [r.actor.commit.remote(txn, at) for r in live]
             results: dict[str, Any] = {}
-            failed = self._phase(live, refs, t, "commit", results)
+            failed = wait_round(live, refs, t, "commit", results)
             t_end = time.perf_counter()
             for r in live:
                 if r.name in failed:
                     self._evict(r, failed[r.name])
             self._step = step
             self._remember(handle, frozenset(checked))
-            ends = {n: end for n, (_, end) in results.items()}
+            ends = {n: end for n, (_, end, _) in results.items()}
             if failed:
                 raise PublishError(
                     f"publish of step {step} committed on {sorted(ends)}; lost while committing: "
@@ -334,48 +361,14 @@ class Fleet:
                     failed, step=step, committed=True, fleet_step=step)
             skew = max(ends.values()) - min(ends.values())
             log.debug("fleet: step %d live on %d replicas, skew %.3f ms", step, len(ends), 1e3 * skew)
-            return PublishResult(step, sorted(ends), t_staged - t0, t_end - t0, skew, ends)
+            timings = {n: {"stage_call": staged[n]["called"] - wall_sent, "receive": staged[n]["receive"],
+                           "stage": staged[n]["stage"], "commit_call": c["called"] - wall_commit,
+                           "commit_wait": c["wait"], "commit": c["commit"]}
+                       for n, (_, _, c) in results.items()}
+            phases = {"send": t_sent - t0, "stage": t_staged - t_sent, "commit": t_end - t_staged}
+            return PublishResult(step, sorted(ends), t_staged - t0, t_end - t0, skew, ends, phases, timings)
         finally:
             self._publish_lock.release()
-
-    def _phase(self, rs: list[_Replica], refs: list[Any], timeout: float, what: str,
-               results: dict[str, Any] | None = None) -> dict[str, str]:
-        """Wait for one call per replica; return {name: why} for each that failed or is late.
-
-        A stage failure ends the wait at once (no point waiting for the others)."""
-        ray = import_ray()
-        by_ref = dict(zip(refs, rs))
-        failed: dict[str, str] = {}
-        pending = list(refs)
-        deadline = time.monotonic() + timeout
-        while pending:
-            # stage: one at a time, so that a failure ends the wait at once; the others: all, in one wait and one get
-            n = 1 if what == "stage" else len(pending)
-            done, pending = ray.wait(pending, num_returns=n, timeout=max(0.0, deadline - time.monotonic()))
-            if not done:
-                break
-            try:
-                got: list[tuple[Any, Any, BaseException | None]] = [
-                    (ref, v, None) for ref, v in zip(done, ray.get(done, timeout=0))]
-            except Exception:  # one failed: find which, one by one
-                got = []
-                for ref in done:
-                    try:
-                        got.append((ref, ray.get(ref, timeout=0), None))
-                    except Exception as e:
-                        got.append((ref, None, e))
-            for ref, value, err in got:
-                r = by_ref[ref]
-                if err is not None:
-                    failed[r.name] = f"{what} failed: {failure_reason(err, timeout)}"
-                elif results is not None:
-                    results[r.name] = value
-            if failed and what == "stage":
-                break
-        for ref in pending:
-            if what != "stage" or not failed:
-                failed[by_ref[ref].name] = f"{what} did not answer within {timeout} s"
-        return failed
 
     def _remember(self, handle: Any, names: frozenset[str]) -> None:
         """Keep what a joiner needs: the newest payload of every variable ever published."""

@@ -62,29 +62,49 @@ class ReplicaActor:
     def mark_ready(self) -> None:
         self._ready = True
 
-    def stage(self, weights: list[Any], step: int, txn: int, timeout: float) -> float:
-        """Phase 1 of publish ``txn``: fetch, validate and copy to the device; return the stage seconds."""
+    def stage(self, weights: list[Any], step: int, txn: int, timeout: float) -> dict[str, float]:
+        """Phase 1 of publish ``txn``: fetch, validate and copy to the device.
+
+        Returns where the time went: ``called`` (wall clock when the call began here), ``receive``
+        (reading the payload), ``stage`` (``BundleModel.stage``: validation and the host->device copy)."""
+        called = time.time()
         self._delay("stage_delay")
         if txn in self._aborted:
             raise StageCancelled(f"publish {txn} was aborted")
-        staged = self._model.stage(self._transport.receive(weights[0], timeout), step=step, timeout=timeout)
+        t0 = time.perf_counter()
+        payload = self._transport.receive(weights[0], timeout)
+        t1 = time.perf_counter()
+        staged = self._model.stage(payload, step=step, timeout=timeout)
+        t2 = time.perf_counter()
         with self._lock:
             if txn in self._aborted:
                 staged.abort()
                 raise StageCancelled(f"publish {txn} was aborted")
             self._staged = (txn, staged)
-        return staged.stage_seconds
+        return {"called": called, "receive": t1 - t0, "stage": t2 - t1}
 
-    def commit(self, txn: int) -> tuple[int | None, float]:
-        """Phase 2: make publish ``txn`` live; return (step, wall-clock time the commit ended)."""
+    def commit(self, txn: int, at: float | None = None) -> tuple[int | None, float, dict[str, float]]:
+        """Phase 2: make publish ``txn`` live; return (step, wall-clock time the commit ended, timings).
+
+        ``at``: a wall-clock instant (``time.time()``; one host, one clock) before which the commit does
+        not start, so that replicas reached at different moments go live together.  Timings: ``called``
+        (wall clock when the call began here), ``wait`` (seconds spent waiting for ``at``), ``commit``."""
+        called = time.time()
         with self._lock:
             if self._staged is None or self._staged[0] != txn:
                 raise RuntimeError(f"replica {self._name}: publish {txn} is not staged here")
             staged = self._staged[1]
             self._staged = None
         self._delay("commit_delay")
+        waited = 0.0
+        if at is not None:
+            waited = max(0.0, at - time.time())
+            if waited:
+                time.sleep(waited)
+        t0 = time.perf_counter()
         version = staged.commit()
-        return version.step, time.time()
+        end = time.time()
+        return version.step, end, {"called": called, "wait": waited, "commit": time.perf_counter() - t0}
 
     def abort(self, txn: int) -> None:
         with self._lock:

@@ -19,8 +19,24 @@ pytestmark = pytest.mark.ray
 TIMEOUT = 20.0
 
 
+def _stat(pid: int | str) -> list[bytes]:
+    with open(f"/proc/{pid}/stat", "rb") as f:
+        return f.read().rsplit(b")", 1)[1].split()  # [state, ppid, ...]
+
+
+def raylet_pid() -> int:
+    """This test session's raylet: the parent of every worker of its cluster (e.g. of a Ray task's process)."""
+    @ray.remote(num_cpus=0)
+    def pid() -> int:
+        return os.getpid()
+
+    return int(_stat(ray.get(pid.remote(), timeout=TIMEOUT))[1])
+
+
 def replica_pids() -> set[int]:
-    """PIDs of live Ray worker processes running a ReplicaActor (Ray titles them ``ray::ReplicaActor...``)."""
+    """PIDs of live worker processes of this session's Ray cluster running a ReplicaActor (Ray titles them
+    ``ray::ReplicaActor...``); other clusters on the machine (other test runs) are not counted."""
+    parent = raylet_pid()
     pids = set()
     for d in os.listdir("/proc"):
         if not d.isdigit():
@@ -28,11 +44,10 @@ def replica_pids() -> set[int]:
         try:
             with open(f"/proc/{d}/cmdline", "rb") as f:
                 cmd = f.read()
-            with open(f"/proc/{d}/stat", "rb") as f:
-                state = f.read().rsplit(b")", 1)[1].split()[0]
+            state, ppid = _stat(d)[:2]
         except OSError:
             continue
-        if cmd.startswith(b"ray::ReplicaActor") and state != b"Z":
+        if cmd.startswith(b"ray::ReplicaActor") and state != b"Z" and int(ppid) == parent:
             pids.add(int(d))
     return pids
 

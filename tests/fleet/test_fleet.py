@@ -111,6 +111,9 @@ def _publish_many(w: World, n: int) -> None:
             step = w.next_step()
             res = w.publish(w.new_weights(partial=i % 3 == 2), step)
             assert sorted(res.replicas) == sorted(w.fleet.status()) and len(res.replicas) == N
+            assert sorted(res.timings) == sorted(res.replicas)  # every replica's breakdown, and the phases add up
+            assert abs(sum(res.phases.values()) - res.seconds) < 1e-3, (res.phases, res.seconds)
+            assert all(v >= 0 for t in res.timings.values() for v in t.values()), res.timings
             w.agree(step)  # after publish returns, every live replica serves the new step
     assert not traffic.errors, traffic.errors[:3]
     assert len({s for s, _ in traffic.seen}) > 1 and len({r for _, r in traffic.seen}) == N
@@ -123,6 +126,21 @@ def test_publishes_with_traffic_every_result_matches_its_step(w):
 @pytest.mark.slow
 def test_publishes_with_traffic_100(w):
     _publish_many(w, 100)
+
+
+def test_commit_barrier_every_replica_commits_at_the_instant(w):
+    with pytest.raises(ValueError, match=r"commit_lead must be a number of seconds in \[0, 1\], got -1"):
+        w.fleet.commit_lead = -1
+    w.fleet.commit_lead = 0.3  # far longer than a commit call takes to arrive: every replica waits for it
+    try:
+        before = time.time()
+        step = w.next_step()
+        res = w.publish(w.new_weights(partial=False), step)
+    finally:
+        w.fleet.commit_lead = 0.0
+    assert min(res.commit_ends.values()) >= before + 0.3
+    assert all(t["commit_wait"] > 0.1 for t in res.timings.values()), res.timings
+    w.agree(step)
 
 
 def test_bad_weights_are_refused_before_anything_is_sent(w):
