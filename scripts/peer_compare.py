@@ -71,6 +71,7 @@ class OnnxMLP(MLModel):
 
 KSERVE_SERVER = '''
 import sys
+import uuid
 import kserve
 import onnxruntime as ort
 from kserve import InferOutput, InferResponse
@@ -89,7 +90,7 @@ class OnnxMLP(kserve.Model):
         y = self.sess.run(None, {"x": x})[0]
         out = InferOutput(name="y", shape=list(y.shape), datatype="FP32")
         out.set_data_from_numpy(y, binary_data=payload.use_binary_outputs)
-        return InferResponse(model_name="mlp", infer_outputs=[out], response_id=payload.id,
+        return InferResponse(model_name="mlp", infer_outputs=[out], response_id=payload.id or str(uuid.uuid4()),
                              use_binary_outputs=payload.use_binary_outputs, requested_outputs=payload.request_outputs)
 
 
@@ -409,7 +410,7 @@ def main() -> None:
                         y = _one_answer(proto, *procs[s][1:], x)
                     except InferenceServerException as e:  # e.g. MLServer has no binary tensor extension
                         refused.add((s, proto))
-                        print(f"check {s:10s} {proto:9s}: refused, not measured: {str(e)[:160]}")
+                        print(f"check {s:10s} {proto:9s}: refused, not measured: {' '.join(str(e).split())[:200]}")
                         continue
                     diffs = check_answer(y, refs)
                     print(f"check {s:10s} {proto:9s}: max |diff| " +
