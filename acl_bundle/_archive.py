@@ -32,7 +32,7 @@ import tokenize
 import zipfile
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 
@@ -425,7 +425,7 @@ class Archive(Mapping[str, np.ndarray]):
         m = self.members[name]
         where = self._where(m.zinfo.filename if m.zinfo else name)
         count = m.nbytes // m.dtype.itemsize if m.dtype.itemsize else 0
-        order = "F" if m.fortran else "C"
+        order: Literal["C", "F"] = "F" if m.fortran else "C"
         if m.offset >= 0:
             if m.nbytes == 0:
                 return np.empty(m.shape, m.dtype, order=order)

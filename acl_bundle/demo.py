@@ -385,8 +385,8 @@ def _run(cfg: DemoConfig, wd: Path, plot: str | Path | None, say: Callable[[str]
 
 def _summary(r: DemoResult, say: Callable[[str], None]) -> None:
     live0, frozen0 = r.before_drift
-    upd = [row.update_ms for row in r.rows if row.new_checkpoint]
-    lag = [row.lag_ms for row in r.rows if row.new_checkpoint]
+    upd = [row.update_ms for row in r.rows if row.new_checkpoint and row.update_ms is not None]
+    lag = [row.lag_ms for row in r.rows if row.new_checkpoint and row.lag_ms is not None]
     say("")
     say(f"before the drift  (ticks < {r.config.drift_start}):   live {live0:.3f}   frozen {frozen0:.3f}")
     say(

@@ -42,6 +42,19 @@ def test_ruff_sees_the_projects_rules(tmp_path: Path) -> None:
     assert r.returncode == 1 and "E501" in r.stdout and "I001" in r.stdout, r.stdout
 
 
+# Modules mypy does not check yet, each with why; every other module of the package is in [tool.mypy] files.
+MYPY_NOT_YET = {"acl_bundle/serve": "the gRPC server work of this session (i27grpc) first"}
+
+
+def test_mypy_checks_the_whole_package_but_the_listed_modules() -> None:
+    tomllib = pytest.importorskip("tomllib")  # Python 3.11+
+    files = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["mypy"]["files"]
+    unchecked = sorted(str(p.relative_to(ROOT)) for p in (ROOT / "acl_bundle").rglob("*.py")
+                       if not any(str(p.relative_to(ROOT)) == f or p.is_relative_to(ROOT / f) for f in files)
+                       and not any(str(p.relative_to(ROOT)) == m or p.is_relative_to(ROOT / m) for m in MYPY_NOT_YET))
+    assert not unchecked, f"add to [tool.mypy] files in pyproject.toml: {unchecked}"
+
+
 def test_mypy_is_clean() -> None:
     r = _run([*_tool("mypy"), "--no-incremental", "--cache-dir", "/dev/null"])
     assert r.returncode == 0, f"mypy (files from pyproject.toml):\n{r.stdout}\n{r.stderr}"

@@ -314,6 +314,7 @@ class RawInfer:
 
     def __init__(self, acl: Any, path: str, batch: int, device_id: int = 0, context: int = 0) -> None:
         self.acl = acl
+        self.ctx = 0  # the context it loads into and runs in (set by _open)
         self._undo: list[Callable[[], Any]] = []
         self._owns_init = False
         try:
@@ -427,7 +428,7 @@ class RawInfer:
 
     def close(self) -> None:
         """Release in reverse order (idempotent)."""
-        if self._undo and getattr(self, "ctx", 0):
+        if self._undo and self.ctx:
             self.acl.rt.set_context(self.ctx)
         while self._undo:
             self._undo.pop()()
@@ -435,7 +436,9 @@ class RawInfer:
 
 # ---------------------------------------------------------------------------- scenarios
 def _s1_wrapper_overhead(c: _Ctx) -> dict:
-    cfg, rows, notes = c.cfg, [], []
+    cfg = c.cfg
+    rows: list[dict] = []
+    notes: list[str] = []
     _s1_models(c, cfg, rows)
     notes.append("raw = numpy_to_ptr + memcpy H2D + execute + np.empty + numpy_to_ptr + memcpy D2H on a second "
                  "load of the same bundle file, datasets pre-built; both sides return a new array")
@@ -1031,7 +1034,7 @@ def _s8_pause(c: _Ctx) -> dict:
             if not per["stall/commit"]:
                 continue
             what = f"{label}, {threads} infer thread{'s' if threads > 1 else ''}"
-            detail = {"stall_ms": _median(per["stall_ms"]), "commit_ms": _median(per["commit_ms"]),
+            detail: dict[str, Any] = {"stall_ms": _median(per["stall_ms"]), "commit_ms": _median(per["commit_ms"]),
                       "p99_none_ms": _median(per["p99_none_ms"]), "alone_ms": _median(per["alone_ms"]),
                       "update_mib": nbytes / MiB, "updates_hz": rate, "gil_switch_ms": 1e3 * sys.getswitchinterval()}
             for key, name, op, goal in (("stall/commit", "longest stall / its commit", "<=", 1.2),

@@ -58,7 +58,8 @@ def run_fleet_bench(*, replicas: int = 4, sizes_mib: tuple[int, ...] = (4, 64), 
                 om, _ = builder.save(builder.build_bundle(model, init=True), Path(d) / f"b{mib}.om")
                 rng = np.random.default_rng(0)
                 with Fleet(str(om), replicas=replicas, backend="sim", timeout=120) as fleet:
-                    solo = ray.remote(ReplicaActor).options(num_cpus=0, max_concurrency=2).remote(
+                    # an actor handle: its methods' .remote() are made at run time, beyond ray's types
+                    solo: Any = ray.remote(ReplicaActor).options(num_cpus=0, max_concurrency=2).remote(
                         "solo", str(om), replicas, "sim", {}, ObjectStoreTransport(), None)
                     try:
                         pub: dict[str, list[Any]] = {m: [] for m in modes}

@@ -186,7 +186,7 @@ def _latency(cfg: ServeBenchConfig, work: Path, progress: Progress) -> list[dict
                 raw.request("POST", "/v2/models/small/infer", head + x.tobytes(), hdrs)
                 r = raw.getresponse()
                 body = r.read()
-                k = int(r.getheader("Inference-Header-Content-Length"))
+                k = int(r.getheader("Inference-Header-Content-Length", "0"))
                 np.frombuffer(body[k:], np.float32)
                 out.append(time.perf_counter() - t)
                 if r.status != 200:

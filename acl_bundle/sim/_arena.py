@@ -113,7 +113,8 @@ class Arena:
 
     def view(self, ptr: int, nbytes: int) -> np.ndarray:
         """A uint8 numpy view of ``[ptr, ptr+nbytes)`` (the memory stays owned by the arena)."""
-        return np.frombuffer((ctypes.c_char * max(nbytes, 1)).from_address(ptr), dtype=np.uint8)[:nbytes]
+        # numpy's stubs list bytes-like types only; a ctypes array has the buffer protocol too
+        return np.frombuffer((ctypes.c_char * max(nbytes, 1)).from_address(ptr), dtype=np.uint8)[:nbytes]  # type: ignore[call-overload]
 
     # -- free list (lock held) ---------------------------------------------------------
     def _insert(self, start: int, size: int) -> None:

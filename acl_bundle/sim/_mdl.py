@@ -21,7 +21,16 @@ from .._constants import ACL_DYNAMIC_TENSOR_NAME, ACL_FORMAT_ND, NUMPY_TO_ACL
 from . import _state as S
 from ._data import get_db, get_ds, get_td
 from ._dynamic import Dynamic, read_values, write_values
-from ._memory import describe, device_alloc, device_range, device_release, free_device_block, new_device_block, resolve
+from ._memory import (
+    Block,
+    describe,
+    device_alloc,
+    device_range,
+    device_release,
+    free_device_block,
+    new_device_block,
+    resolve,
+)
 from ._precision import emulate as emulate_precision
 from ._state import LOCK, WORLD, api, bump, ints, new_bundle_id, new_handle, new_model_id, set_err
 from .format import FormatError, GraphSpec, ModelFile, TensorSpec, loads
@@ -826,7 +835,7 @@ def _prepare_infer(name: str, m: Model, ids: Any, ods: Any, in_dbs: list,
                 S.E_PARAM, f"{name}: output {i} ({spec.name}) buffer has {db.size} bytes, needs {need}"
             ), None
         keep.append(blk.owner())
-    made = []
+    made: list[Block] = []
     for i in to_alloc:
         need = specs_out[i].nbytes_of(shapes_out[i])
         blk = new_device_block(m.device, max(need, 1))
@@ -884,6 +893,7 @@ def _prepare_update(name: str, m: Model, ids: Any, in_dbs: list) -> tuple[int, W
     """
     b = m.bundle
     assert b is not None
+    todo: list[int] | range
     if ids.checked_for == m.id and ids.checked_frees == WORLD.device_frees:
         todo = sorted(ids.dirty | ids.nonempty)
     else:

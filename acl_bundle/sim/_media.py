@@ -524,7 +524,7 @@ def _submit(name: str, stream: int, build: Callable[[], Callable[[], int]]) -> i
 
 # ---- YUV420SP planes -------------------------------------------------------------------------------
 def _view(ptr: int, n: int) -> np.ndarray:
-    return np.frombuffer((ctypes.c_uint8 * n).from_address(ptr), dtype=np.uint8)
+    return np.frombuffer((ctypes.c_uint8 * n).from_address(ptr), dtype=np.uint8)  # type: ignore[call-overload]  # ctypes buffer
 
 
 def read_yuv420sp(pd: PicDesc) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -589,8 +589,8 @@ def _vpc_task(
     def run() -> int:
         _ = keep
         for s, d, live, box, (dl, dt, dr, db), interp in snap:
-            planes = _crop_resize(read_yuv420sp(s), box, dr - dl, db - dt, interp)
-            write_yuv420sp(d, *planes, x0=dl, y0=dt)
+            y, u, v = _crop_resize(read_yuv420sp(s), box, dr - dl, db - dt, interp)
+            write_yuv420sp(d, y, u, v, x0=dl, y0=dt)
             live.ret_code = 0
         return 0
 

@@ -598,4 +598,4 @@ def ptr_to_numpy(ptr: int, shape: tuple, npy_type: int) -> np.ndarray:
     _blk, keep = _host_view("ptr_to_numpy", ptr, n)
     carr = (ctypes.c_char * max(n, 1)).from_address(ptr)
     carr._keep = keep  # type: ignore[attr-defined]
-    return np.frombuffer(carr, dtype=dt, count=n // dt.itemsize).reshape(shape)
+    return np.frombuffer(carr, dtype=dt, count=n // dt.itemsize).reshape(shape)  # type: ignore[call-overload]  # ctypes buffer

@@ -174,7 +174,7 @@ def _build() -> types.ModuleType:
     mdl = _make_module("acl.mdl", groups["acl.mdl"])
     media = _make_module("acl.media", groups["acl.media"])
     acl = _make_module("acl", groups["acl"], {"rt": rt, "mdl": mdl, "util": util, "media": media})
-    acl.__path__ = []  # type: ignore[attr-defined]  # a package, so "import acl.rt" works
+    acl.__path__ = []  # a package, so "import acl.rt" works
     _MODULES.update({"acl": acl, "acl.rt": rt, "acl.mdl": mdl, "acl.util": util, "acl.media": media})
     return acl
 

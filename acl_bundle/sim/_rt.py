@@ -245,7 +245,7 @@ def set_context(context: int) -> int:
 
 
 @api("acl.rt.get_context", "t1")
-def get_context() -> tuple[int, int]:
+def _get_context_api() -> tuple[int, int]:
     # No LOCK: aclrtGetCurrentContextImpl takes none either (hicann/runtime
     # src/acl/aclrt_impl/context.cpp:74-88: one rtCtxGetCurrent, the calling thread's
     # current context). This reads the calling thread's own state and one dict lookup, each
@@ -257,10 +257,8 @@ def get_context() -> tuple[int, int]:
     return ctx.id, 0
 
 
-_get_context_api = get_context  # the decorated call: counting, recorders, injected faults
-
-
-def get_context() -> tuple[int, int]:  # noqa: F811 - the same call in one Python frame
+# _get_context_api is the decorated call (counting, recorders, injected faults); the registry gets this one:
+def get_context() -> tuple[int, int]:
     """``acl.rt.get_context``: the decorated call's answer, counted the same way, without its frames.
 
     Real pyACL answers from a thread-local in a C call; an application's serving path

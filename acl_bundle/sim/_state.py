@@ -453,7 +453,7 @@ def iter_live(d: dict) -> Iterator:
 try:  # the C module behind `signal`: the same calls without the enum wrapping (~10x cheaper)
     import _signal as _sig
 except ImportError:  # pragma: no cover - not CPython
-    _sig = signal  # type: ignore[assignment]
+    _sig = signal
 _DEFERRABLE = tuple(getattr(signal, n) for n in ("SIGINT", "SIGTERM", "SIGHUP") if hasattr(signal, n))
 
 

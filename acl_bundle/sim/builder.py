@@ -61,7 +61,7 @@ import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Union
+from typing import TYPE_CHECKING, Any, Union
 
 import numpy as np
 
@@ -70,6 +70,9 @@ from .._files import write_atomic
 from .._manifest import MANIFEST_FORMAT, MANIFEST_VERSION, load_manifest, manifest_path
 from ._precision import check_mode as check_precision_mode
 from .format import GraphSpec, ModelFile, TensorSpec, dumps
+
+if TYPE_CHECKING:
+    import onnx
 
 __all__ = [
     "MANIFEST_FORMAT",
@@ -87,7 +90,7 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-ModelSource = Union["onnx.ModelProto", str, os.PathLike, bytes]  # noqa: F821
+ModelSource = Union["onnx.ModelProto", str, os.PathLike, bytes]
 
 BATCH_DIM = "batch"
 MAX_BATCH_GEARS = 100  # ATC accepts at most 100 --dynamic_batch_size gears
@@ -463,10 +466,10 @@ def _output_specs(
             (batch and dims and dims[0] == BATCH_DIM and all(isinstance(d, int) for d in dims[1:]))
             or (not batch and all(isinstance(d, int) for d in dims))
         )
-        if ok and batch and dims is not None:
-            specs.append(TensorSpec(name, "", (-1, *(int(d) for d in dims[1:]))))  # dtype filled below
+        if ok and batch and dims is not None:  # ok: every dim but a batch dim is an int
+            specs.append(TensorSpec(name, "", (-1, *(d for d in dims[1:] if isinstance(d, int)))))  # dtype below
         elif ok and dims is not None:
-            specs.append(TensorSpec(name, "", tuple(int(d) for d in dims)))
+            specs.append(TensorSpec(name, "", tuple(d for d in dims if isinstance(d, int))))
         else:
             specs.append(None)
             need_probe = True
@@ -610,9 +613,10 @@ def _build(
     data, _sess = _validate(proto)
     role = role or ("infer" if bundle else "model")
     log.debug("built %s graph: %d inputs, %d outputs, %d variables", role, len(inputs), len(outputs), len(var_specs))
+    hw_pairs = [(h, w) for h, w in hw]  # _check_gears(width=2): each gear is (height, width)
     return _Built(
-        GraphSpec(role, tuple(inputs), tuple(outputs), data), var_specs, values, sizes, hw, dyn_dims, gear_outputs
-    )  # type: ignore[arg-type]
+        GraphSpec(role, tuple(inputs), tuple(outputs), data), var_specs, values, sizes, hw_pairs, dyn_dims, gear_outputs
+    )
 
 
 def build_bundle(
@@ -646,9 +650,8 @@ def build_bundle(
     if init:
         graphs.append(GraphSpec("init", (), ()))
     graphs.append(GraphSpec("update", (), ()))
-    return ModelFile(
-        "bundle", graphs, b.variables, b.values if init else [], b.batch_sizes, b.hw, b.dims, b.gear_outputs, mode
-    )
+    values: list[bytes | memoryview] = list(b.values) if init else []
+    return ModelFile("bundle", graphs, b.variables, values, b.batch_sizes, b.hw, b.dims, b.gear_outputs, mode)
 
 
 def build_plain(

@@ -84,7 +84,11 @@ class TensorSpec:
         """Byte size with the dynamic dim (-1) replaced by ``batch``."""
         n = 1
         for d in self.shape:
-            n *= batch if d == -1 else d
+            if d == -1:
+                if batch is None:
+                    raise ValueError(f"{self.name} has a dynamic dim; its byte size needs a batch")
+                d = batch
+            n *= d
         return n * self.np_dtype.itemsize
 
     def nbytes_of(self, shape: tuple[int, ...]) -> int:
@@ -190,11 +194,11 @@ def dumps(model: ModelFile) -> bytes:
         meta["gear_outputs"] = [[list(s) for s in gear] for gear in model.gear_outputs]
     if model.precision_mode:
         meta["precision_mode"] = model.precision_mode
-    sections = [(b"META", json.dumps(meta, sort_keys=True).encode())]
+    sections: list[tuple[bytes, bytes | memoryview]] = [(b"META", json.dumps(meta, sort_keys=True).encode())]
     sections += [(b"ONNX", g.onnx) for g in onnx_graphs]
     sections += [(b"VARV", v) for v in model.initial_values]
     minor = PRECISION_MINOR if model.precision_mode else FORMAT_MINOR
-    out = [_HEADER.pack(MAGIC, FORMAT_MAJOR, minor, len(sections))]
+    out: list[bytes | memoryview] = [_HEADER.pack(MAGIC, FORMAT_MAJOR, minor, len(sections))]
     for tag, payload in sections:
         out.append(_SECTION.pack(tag, len(payload), zlib.crc32(payload)))
         out.append(payload)
@@ -246,7 +250,7 @@ def _from_sections(sections: list[tuple[bytes, memoryview]]) -> ModelFile:
     rest = sections[1:]
     onnx_payloads = [bytes(p) for t, p in rest if t == b"ONNX"]
     # Views into the file's bytes, not copies: loading then moves only the bytes init really writes.
-    var_payloads = [p for t, p in rest if t == b"VARV"]
+    var_payloads: list[bytes | memoryview] = [p for t, p in rest if t == b"VARV"]
     if len(onnx_payloads) + len(var_payloads) != len(rest):
         raise FormatError(ERR_CORRUPT, "unknown section tag")
     kind = meta["kind"]

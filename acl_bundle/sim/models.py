@@ -323,7 +323,7 @@ def sequence_model(features: int = 4, out: int = 3, *, seed: int = 0) -> tuple[o
     ``[B, T, out]`` and ``"summed"`` = the mask-weighted sum of ``proj`` over T ``[B, out]``.
     """
     rng = np.random.default_rng(seed)
-    weights = {
+    weights: dict[str, np.ndarray] = {
         "W": rng.standard_normal((features, out)).astype(np.float32),
         "b": rng.uniform(-0.5, 0.5, out).astype(np.float32),
         "axes": np.array([1], np.int64),

@@ -277,7 +277,8 @@ def _load_saved_model(path: Path, inputs: Sequence[str] | None, outputs: Sequenc
     in_by_key: dict[str, str] = {}
     for k in sorted(specs):
         name = f"{specs[k].name}:0" if specs[k].name else None
-        in_by_key[k] = name if name in {t.name for t in data_in} else data_in[sorted(specs).index(k)].name
+        in_by_key[k] = name if name is not None and name in {t.name for t in data_in} \
+            else data_in[sorted(specs).index(k)].name
     out_specs = fn.structured_outputs
     flat_keys = sorted(out_specs) if isinstance(out_specs, Mapping) else [f"output_{i}" for i in range(len(fn.outputs))]
     out_by_key = {k: t.name for k, t in zip(flat_keys, fn.outputs)}
@@ -388,7 +389,7 @@ class _ConversionErrors(logging.Handler):
     def describe(self) -> str:
         r = self.records[0]
         cause = f": {_err(r.exc_info[1])}" if r.exc_info and r.exc_info[1] is not None else ""
-        if str(r.msg).startswith("Failed to convert node") and r.args:
+        if str(r.msg).startswith("Failed to convert node") and isinstance(r.args, tuple) and r.args:
             text = f"cannot convert node {r.args[0]!r}"
         else:
             text = (r.getMessage().splitlines() or ["failed"])[0]
