@@ -7,14 +7,24 @@ message's wire format (tags and lengths only, no allocation per field) and refus
 request with more than ``MAX_TENSORS`` inputs / outputs / raw contents, more than
 ``MAX_DIMS`` dims in a shape (ACL's ``ACL_MAX_DIM_CNT``) or more than ``MAX_PARAMETERS``
 parameters in one map; only then is the message parsed.
+
+A message of at most ``SMALL_REQUEST`` bytes parses into a few MiB at most, whatever it
+holds, so :func:`parse_infer_request` parses it first and checks the same bounds on the
+parsed message (one ``len`` per field instead of a Python walk over its bytes: 1-2 µs
+against ~12 µs for a single-row request).
 """
 from __future__ import annotations
 
-__all__ = ["MAX_DIMS", "MAX_PARAMETERS", "MAX_TENSORS", "WireError", "check_infer_request"]
+from collections.abc import Callable
+from typing import Any
+
+__all__ = ["MAX_DIMS", "MAX_PARAMETERS", "MAX_TENSORS", "SMALL_REQUEST", "WireError", "check_infer_request",
+           "parse_infer_request"]
 
 MAX_TENSORS = 256      # inputs, requested outputs, raw_input_contents: each at most this many
 MAX_DIMS = 128         # dims of one shape (ACL_MAX_DIM_CNT in CANN's acl_base.h)
 MAX_PARAMETERS = 64    # entries of one parameters map (request, input or output)
+SMALL_REQUEST = 64 * 1024  # bytes: parsed before its bounds are checked (32K tiny fields at most: a few MiB parsed)
 
 # ModelInferRequest field numbers (grpc_service.proto)
 _REQ_PARAMETERS, _REQ_INPUTS, _REQ_OUTPUTS, _REQ_RAW = 4, 5, 6, 7
@@ -106,3 +116,32 @@ def _check_input(buf: bytes, start: int, end: int, index: int) -> None:
             params += 1
             if params > MAX_PARAMETERS:
                 raise WireError(f"input {index} has more than {MAX_PARAMETERS} parameters")
+
+
+def parse_infer_request(buf: bytes, parse: Callable[[bytes], Any]) -> Any:
+    """``parse(buf)`` (a ModelInferRequest), refused with :class:`WireError` if it breaks a bound: checked on the
+    wire bytes before parsing when ``buf`` is over ``SMALL_REQUEST`` bytes, on the parsed message otherwise."""
+    if len(buf) > SMALL_REQUEST:
+        check_infer_request(buf)
+        return parse(buf)
+    req = parse(buf)
+    _check_parsed(req)
+    return req
+
+
+def _check_parsed(req: Any) -> None:
+    """The bounds of :func:`check_infer_request`, on a parsed (small) ModelInferRequest; the same messages."""
+    for n, limit, what in ((len(req.inputs), MAX_TENSORS, "input tensors"),
+                           (len(req.outputs), MAX_TENSORS, "requested outputs"),
+                           (len(req.raw_input_contents), MAX_TENSORS, "raw_input_contents"),
+                           (len(req.parameters), MAX_PARAMETERS, "request parameters")):
+        if n > limit:
+            raise WireError(f"the request has more than {limit} {what}")
+    for i, t in enumerate(req.inputs):
+        if len(t.shape) > MAX_DIMS:
+            raise WireError(f"input {i} has a shape of more than {MAX_DIMS} dims")
+        if len(t.parameters) > MAX_PARAMETERS:
+            raise WireError(f"input {i} has more than {MAX_PARAMETERS} parameters")
+    for i, o in enumerate(req.outputs):
+        if len(o.parameters) > MAX_PARAMETERS:
+            raise WireError(f"output {i} has more than {MAX_PARAMETERS} parameters")

@@ -32,6 +32,7 @@ gRPC server stops.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -42,7 +43,7 @@ import numpy as np
 from google.protobuf import json_format
 from tritonclient.grpc import model_config_pb2, service_pb2, service_pb2_grpc
 
-from .grpc_limits import WireError, check_infer_request
+from .grpc_limits import WireError, parse_infer_request
 from .http_app import EXTENSIONS, SERVER_NAME
 from .protocol import InputTensor, ServeError, response_parameters
 from .service import ModelService
@@ -56,6 +57,7 @@ __all__ = ["GrpcFrontEnd", "create_grpc_server"]
 _HEALTH = frozenset({"live", "ready"})
 _SHM = "shared_memory_region"
 STREAM_WINDOW = 64  # requests of one ModelStreamInfer stream running at once
+_DRAIN = object()  # put in a stream's queue by drain_streams: an idle stream ends
 
 # InferTensorContents field per datatype (typed, non-raw inputs).
 _CONTENTS = {"BOOL": "bool_contents", "INT8": "int_contents", "INT16": "int_contents", "INT32": "int_contents",
@@ -87,9 +89,9 @@ class _Servicer(service_pb2_grpc.GRPCInferenceServiceServicer):
         self.draining = False  # set by GrpcFrontEnd.stop: every new call but health answers UNAVAILABLE
         self.in_flight = 0
         self._children: dict[tuple[str, int], Any] = {}
+        self._streams: set[asyncio.Queue[Any]] = set()  # the open ModelStreamInfer streams' response queues
 
     async def _call(self, name: str, context: grpc.aio.ServicerContext, fn: Callable[[], Awaitable[Any]]) -> Any:
-        m = self.s.metrics
         t0 = time.perf_counter()
         code = 200
         self.in_flight += 1
@@ -108,18 +110,22 @@ class _Servicer(service_pb2_grpc.GRPCInferenceServiceServicer):
             await context.abort(grpc.StatusCode.INTERNAL, f"internal error: {type(e).__name__}")
         finally:
             self.in_flight -= 1
-            dt = time.perf_counter() - t0
-            children = self._children.get((name, code))
-            if children is None:  # prometheus labels() looked up once per (method, outcome)
-                children = self._children[(name, code)] = (m.request_seconds.labels("grpc", name),
-                                                           m.requests.labels("grpc", name, str(code)))
-            children[0].observe(dt)
-            children[1].inc()
-            if access_log.isEnabledFor(logging.INFO):
-                peer = context.peer()
-                access_log.info("grpc %s %d %.3fms client=%s", name, code, dt * 1e3, peer,
-                                extra={"protocol": "grpc", "method": name, "path": name, "status": code,
-                                       "duration_ms": round(dt * 1e3, 3), "client": peer, "endpoint": name})
+            self._record(name, code, time.perf_counter() - t0, context)
+
+    def _record(self, name: str, code: int, dt: float, context: grpc.aio.ServicerContext) -> None:
+        """One call's metrics and access-log line."""
+        children = self._children.get((name, code))
+        if children is None:  # prometheus labels() looked up once per (method, outcome)
+            m = self.s.metrics
+            children = self._children[(name, code)] = (m.request_seconds.labels("grpc", name),
+                                                       m.requests.labels("grpc", name, str(code)))
+        children[0].observe(dt)
+        children[1].inc()
+        if access_log.isEnabledFor(logging.INFO):
+            peer = context.peer()
+            access_log.info("grpc %s %d %.3fms client=%s", name, code, dt * 1e3, peer,
+                            extra={"protocol": "grpc", "method": name, "path": name, "status": code,
+                                   "duration_ms": round(dt * 1e3, 3), "client": peer, "endpoint": name})
 
     async def ServerLive(self, request: Any, context: Any) -> Any:
         return await self._call("live", context, self._live)
@@ -236,8 +242,8 @@ class _Servicer(service_pb2_grpc.GRPCInferenceServiceServicer):
         in flight, its response naming its weight version); responses come back in request order; a refused
         request is answered in the stream (``error_message``) and the stream goes on.  At most
         ``STREAM_WINDOW`` requests of one stream run at once (reading pauses beyond).  When the server drains,
-        requests still arriving are answered "shutting down" and the stream ends UNAVAILABLE."""
-        m = self.s.metrics
+        the stream ends UNAVAILABLE once the requests it has read are answered (an idle stream at once; a
+        request read meanwhile is answered "shutting down")."""
         pending: asyncio.Queue[Any] = asyncio.Queue(STREAM_WINDOW)
 
         async def one(request: Any) -> Any:
@@ -259,11 +265,7 @@ class _Servicer(service_pb2_grpc.GRPCInferenceServiceServicer):
                 return service_pb2.ModelStreamInferResponse(error_message=f"internal error: {type(e).__name__}")
             finally:
                 self.in_flight -= 1
-                dt = time.perf_counter() - t0
-                m.request_seconds.labels("grpc", "stream_infer").observe(dt)
-                m.requests.labels("grpc", "stream_infer", str(code)).inc()
-                if access_log.isEnabledFor(logging.INFO):
-                    access_log.info("grpc stream_infer %d %.3fms client=%s", code, dt * 1e3, context.peer())
+                self._record("stream_infer", code, time.perf_counter() - t0, context)
 
         async def reader() -> None:
             try:
@@ -273,26 +275,34 @@ class _Servicer(service_pb2_grpc.GRPCInferenceServiceServicer):
                 await pending.put(None)
 
         read = asyncio.ensure_future(reader())
+        self._streams.add(pending)
         try:
             while True:
-                try:
-                    task = await asyncio.wait_for(pending.get(), 0.1)
-                except asyncio.TimeoutError:
-                    if self.draining:  # an idle stream ends when the server drains
-                        break
-                    continue
+                task = await pending.get()  # the next response in request order; or None (end), or _DRAIN
                 if task is None:
                     read.result()
                     break
+                if task is _DRAIN:
+                    break
                 yield await task
+                if self.draining and pending.empty():  # drained while busy: end once answered
+                    break
         finally:
+            self._streams.discard(pending)
             read.cancel()
             while not pending.empty():
                 t = pending.get_nowait()
-                if t is not None:
+                if t is not None and t is not _DRAIN:
                     t.cancel()
         if self.draining:
             await context.abort(grpc.StatusCode.UNAVAILABLE, "the server is shutting down")
+
+    def drain_streams(self) -> None:
+        """Draining: every open ModelStreamInfer stream that waits for its next request ends."""
+        self.draining = True
+        for q in self._streams:
+            with contextlib.suppress(asyncio.QueueFull):  # a full stream is busy: it ends once it has answered
+                q.put_nowait(_DRAIN)
 
     async def ModelStatistics(self, request: Any, context: Any) -> Any:
         async def fn() -> Any:
@@ -396,11 +406,11 @@ class _Servicer(service_pb2_grpc.GRPCInferenceServiceServicer):
 
 
 def _infer_request(data: bytes) -> Any:
-    """ModelInfer's request deserializer: bounds checked on the wire bytes first; a refusal is returned, not
-    raised (grpcio would answer a raising deserializer INTERNAL), so the handler can answer INVALID_ARGUMENT."""
+    """ModelInfer's request deserializer: bounds checked (on the wire bytes first, unless the message is small); a
+    refusal is returned, not raised (grpcio would answer a raising deserializer INTERNAL), so the handler can answer
+    INVALID_ARGUMENT."""
     try:
-        check_infer_request(data)
-        return service_pb2.ModelInferRequest.FromString(data)
+        return parse_infer_request(data, service_pb2.ModelInferRequest.FromString)
     except WireError as e:
         return e
     except Exception as e:  # google.protobuf.message.DecodeError
@@ -451,7 +461,7 @@ class GrpcFrontEnd:
     async def stop(self, grace: float | None) -> None:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + (grace or 0.0)
-        self.servicer.draining = True
+        self.servicer.drain_streams()
         while self.servicer.in_flight and loop.time() < deadline:
             await asyncio.sleep(0.005)
         self.drained = not self.servicer.in_flight

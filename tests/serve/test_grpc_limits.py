@@ -3,6 +3,7 @@
 Memory is the server's peak RSS (``VmHWM`` of /proc/<pid>/status, reset through clear_refs before each case)."""
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import threading
@@ -13,6 +14,7 @@ import numpy as np
 import pytest
 import tritonclient.grpc as grpcclient
 from tritonclient.grpc import service_pb2
+from tritonclient.utils import InferenceServerException
 
 from helpers import reference
 from helpers.serve import TOKEN, free_port, npz_bytes, serve_process
@@ -186,6 +188,58 @@ def test_sigterm_under_grpc_load_calls_finish_or_are_refused_unavailable(tmp_pat
     assert after.count("StatusCode.CANCELLED") <= max(6, len(after) // 100), after.count("StatusCode.CANCELLED")
 
 
+def test_sigterm_ends_open_streams_unavailable_and_the_drain_completes(tmp_path):
+    """An idle ModelStreamInfer stream and busy ones (closed-loop, results checked) all end UNAVAILABLE soon after
+    SIGTERM, never with a wrong result; the drain completes (exit 0) well inside its 30 s timeout."""
+    import queue
+
+    ends: dict[str, str] = {}
+    with serve_process(tmp_path, "--drain-timeout", "30", token=False) as s:
+        x = np.ones((1, 8), np.float32)
+        want = reference(x, s.weights)
+
+        def stream(name: str, busy: bool) -> None:
+            c = grpcclient.InferenceServerClient(s.grpc_url)
+            i = grpcclient.InferInput("x", [1, 8], "FP32")
+            i.set_data_from_numpy(x)
+            got: queue.SimpleQueue = queue.SimpleQueue()
+            c.start_stream(callback=lambda result, error: got.put((result, error)))
+            try:
+                while True:
+                    if busy:
+                        # the stream may have just ended: then this raises and its error is queued
+                        with contextlib.suppress(InferenceServerException):
+                            c.async_stream_infer("mlp", [i])
+                    result, error = got.get(timeout=20)
+                    if error is not None and error.status() is None:  # answered in the stream, which goes on
+                        assert "shutting down" in error.message(), error.message()
+                        continue
+                    if error is not None:
+                        ends[name] = str(error.status())
+                        return
+                    np.testing.assert_allclose(result.as_numpy("y"), want, rtol=1e-5, atol=1e-5)
+            except queue.Empty:
+                ends[name] = "no end"
+            finally:
+                c.stop_stream()
+                c.close()
+
+        ts = [threading.Thread(target=stream, args=(f"busy{k}", True)) for k in range(3)]
+        ts.append(threading.Thread(target=stream, args=("idle", False)))
+        for t in ts:
+            t.start()
+        time.sleep(1.0)
+        t_sig = time.monotonic()
+        os.kill(s.proc.pid, signal.SIGTERM)
+        code = s.proc.wait(30)
+        took = time.monotonic() - t_sig
+        for t in ts:
+            t.join(30)
+    assert code == 0
+    assert took < 10, f"the drain took {took:.1f} s: an open stream held it"
+    assert ends == dict.fromkeys(("busy0", "busy1", "busy2", "idle"), "StatusCode.UNAVAILABLE"), ends
+
+
 def test_an_update_port_takes_pushes_over_the_infer_limit(tmp_path):
     up = free_port()
     with serve_process(tmp_path, "--max-request-bytes", str(1 * MiB), "--grpc-update-port", str(up)) as s:
@@ -212,3 +266,56 @@ def test_an_update_port_takes_pushes_over_the_infer_limit(tmp_path):
         i.set_data_from_numpy(x)
         np.testing.assert_allclose(c.infer("mlp", [i]).as_numpy("y"), reference(x, w), rtol=1e-5, atol=1e-5)
         c.close()
+
+
+def _over_bound(case: str) -> service_pb2.ModelInferRequest:
+    r = service_pb2.ModelInferRequest(model_name="mlp")
+    if case == "inputs":
+        for _ in range(257):
+            r.inputs.add(name="x", datatype="FP32", shape=[1])
+    elif case == "outputs":
+        for _ in range(257):
+            r.outputs.add(name="y")
+    elif case == "raw":
+        r.raw_input_contents.extend([b""] * 257)
+    elif case == "request parameters":
+        for i in range(65):
+            r.parameters[f"p{i}"].int64_param = i
+    elif case == "dims":
+        r.inputs.add(name="x", datatype="FP32", shape=[1] * 129)
+    elif case == "input parameters":
+        t = r.inputs.add(name="x", datatype="FP32", shape=[1])
+        for i in range(65):
+            t.parameters[f"p{i}"].int64_param = i
+    elif case == "output parameters":
+        o = r.outputs.add(name="y")
+        for i in range(65):
+            o.parameters[f"p{i}"].int64_param = i
+    return r
+
+
+@pytest.mark.parametrize("case, needle", [
+    ("inputs", "more than 256 input tensors"), ("outputs", "more than 256 requested outputs"),
+    ("raw", "more than 256 raw_input_contents"), ("request parameters", "more than 64 request parameters"),
+    ("dims", "input 0 has a shape of more than 128 dims"), ("input parameters", "input 0 has more than 64 parameters"),
+    ("output parameters", "output 0 has more than 64 parameters"),
+])
+def test_small_and_large_requests_are_held_to_the_same_bounds(case, needle):
+    """A small request is parsed first and checked on the parsed message, a large one on its wire bytes: both
+    paths refuse every bound with the same message (and a request within the bounds passes both)."""
+    from acl_bundle.serve.grpc_limits import SMALL_REQUEST, WireError, parse_infer_request
+
+    small = _over_bound(case)
+    large = service_pb2.ModelInferRequest()
+    large.CopyFrom(small)
+    large.id = "p" * (SMALL_REQUEST + 1)  # padding that breaks no bound: the wire path
+    parse = service_pb2.ModelInferRequest.FromString
+    for r in (small, large):
+        body = r.SerializeToString()
+        assert (len(body) > SMALL_REQUEST) == (r is large)
+        with pytest.raises(WireError, match=needle):
+            parse_infer_request(body, parse)
+    ok = service_pb2.ModelInferRequest(model_name="mlp", id="p" * (SMALL_REQUEST + 1))
+    ok.inputs.add(name="x", datatype="FP32", shape=[1] * 128)
+    for r in (ok, service_pb2.ModelInferRequest(model_name="mlp")):
+        assert parse_infer_request(r.SerializeToString(), parse) == r
