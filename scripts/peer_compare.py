@@ -14,6 +14,10 @@ Prints, per (server, protocol, concurrency), the median over rounds of throughpu
 CPU per request (utime + stime of its process tree from /proc, so MLServer's inference worker counts) and the
 client's (this process), then acl-bundle / peer and acl-bundle / best-peer ratios.
 
+MLServer runs once per ``--mlserver-parallel-workers`` value: by default twice, with its own default (1: inference
+in a worker process, each request handed over a pipe) and with 0 (inference in the server process), which is
+faster here; the best peer is the fastest of all.
+
 MLServer and KServe are not dependencies of acl-bundle.  Each peer runs under its own interpreter:
 ``--mlserver-python`` / ``--kserve-python`` name a venv's python that has it (and onnxruntime); by default this
 interpreter is used when the peer is importable here, else the peer is skipped with a note.
@@ -185,16 +189,36 @@ def _command(kind: str, python: str, d: Path, onnx_path: Path, om_path: Path, hp
     return [python, str(d / "kserve_server.py"), str(onnx_path), str(hp), str(gp)]
 
 
+@dataclass(frozen=True)
+class Server:
+    label: str  # as printed
+    kind: str  # "acl-bundle" or a peer's name
+    python: str
+    mlserver_workers: int | None = None  # MLServer's parallel_workers, None: its default
+
+
+def servers_to_run(peers: Sequence[Peer], mlserver_workers: Sequence[int | None]) -> list[Server]:
+    """acl-bundle, then every peer; MLServer once per ``parallel_workers`` setting (None: its default)."""
+    out = [Server("acl-bundle", "acl-bundle", sys.executable)]
+    for p in peers:
+        if p.name == "mlserver":
+            out += [Server("mlserver" if n is None else f"mlserver-pw{n}", p.name, p.python, n)
+                    for n in mlserver_workers]
+        else:
+            out.append(Server(p.name, p.name, p.python))
+    return out
+
+
 @contextlib.contextmanager
-def _start(kind: str, python: str, work: Path, onnx_path: Path, om_path: Path,
-           mlserver_workers: int | None = None) -> Iterator[tuple[int, int, int]]:
+def _start(server: Server, work: Path, onnx_path: Path, om_path: Path) -> Iterator[tuple[int, int, int]]:
     """Start one server; yield (pid, http port, grpc port) once its model is ready."""
     from acl_bundle.bench.serve import free_port, loopback_server
 
     hp, gp = free_port(), free_port()
-    d = work / kind
+    d = work / server.label
     d.mkdir()
-    args = _command(kind, python, d, onnx_path, om_path, hp, gp, mlserver_workers)
+    kind = server.kind
+    args = _command(kind, server.python, d, onnx_path, om_path, hp, gp, server.mlserver_workers)
     env = dict(os.environ)
     if kind == "acl-bundle":  # the server imports this tree
         env["PYTHONPATH"] = os.pathsep.join([str(ROOT), *filter(None, [env.get("PYTHONPATH")])])
@@ -358,8 +382,9 @@ def main() -> None:
     ap.add_argument("--peers", default=",".join(PEERS), help="comma-separated subset of mlserver,kserve")
     for p in PEERS:
         ap.add_argument(f"--{p}-python", help=f"an interpreter that can import {p} and onnxruntime")
-    ap.add_argument("--mlserver-parallel-workers", type=int, default=None,
-                    help="MLServer's parallel_workers (default: MLServer's own, 1: inference in a worker process)")
+    ap.add_argument("--mlserver-parallel-workers", default="default,0",
+                    help="MLServer's parallel_workers, one MLServer per comma-separated value (default: MLServer's "
+                         "own, 1 = inference in a worker process; 0 = in the server process)")
     ap.add_argument("--concurrency", default="1,8")
     ap.add_argument("--protocols", default=",".join(PROTOCOLS), help="http (binary tensors), http-json, grpc")
     ap.add_argument("--rounds", type=int, default=4)
@@ -375,6 +400,10 @@ def main() -> None:
     if set(protocols) - set(PROTOCOLS):
         ap.error(f"--protocols: expected a subset of {list(PROTOCOLS)}")
     concs = [int(c) for c in args.concurrency.split(",")]
+    try:
+        workers = [None if w == "default" else int(w) for w in args.mlserver_parallel_workers.split(",")]
+    except ValueError:
+        ap.error("--mlserver-parallel-workers: comma-separated whole numbers or 'default'")
     peers, notes = resolve_peers(names, {p: getattr(args, f"{p}_python") for p in PEERS})
     for n in notes:
         print(n)
@@ -395,12 +424,11 @@ def main() -> None:
         want = models.mlp_reference(x, w)
         refs = {"numpy": want.astype(np.float64),
                 "onnxruntime": ort.InferenceSession(str(onnx_path)).run(None, {"x": x})[0].astype(np.float64)}
-        pythons = {"acl-bundle": sys.executable, **{p.name: p.python for p in peers}}
-        servers = list(pythons)
+        specs = servers_to_run(peers, workers)
+        servers = [sv.label for sv in specs]
         results: dict[Key, list[Stats]] = {}
         with contextlib.ExitStack() as stack:
-            procs = {s: stack.enter_context(_start(s, pythons[s], work, onnx_path, Path(om_path),
-                                                   args.mlserver_parallel_workers)) for s in servers}
+            procs = {sv.label: stack.enter_context(_start(sv, work, onnx_path, Path(om_path))) for sv in specs}
             from tritonclient.utils import InferenceServerException
 
             refused = set()
@@ -410,10 +438,10 @@ def main() -> None:
                         y = _one_answer(proto, *procs[s][1:], x)
                     except InferenceServerException as e:  # e.g. MLServer has no binary tensor extension
                         refused.add((s, proto))
-                        print(f"check {s:10s} {proto:9s}: refused, not measured: {' '.join(str(e).split())[:200]}")
+                        print(f"check {s:12s} {proto:9s}: refused, not measured: {' '.join(str(e).split())[:200]}")
                         continue
                     diffs = check_answer(y, refs)
-                    print(f"check {s:10s} {proto:9s}: max |diff| " +
+                    print(f"check {s:12s} {proto:9s}: max |diff| " +
                           ", ".join(f"{k} {v:.1e}" for k, v in diffs.items()))
             if any(("acl-bundle", proto) in refused for proto in protocols):
                 raise SystemExit("acl-bundle refused a protocol: nothing to compare")
@@ -427,7 +455,7 @@ def main() -> None:
                     results.setdefault(case, []).append(_window(proto, *procs[s], c, args.seconds, x, want))
                 print(f"round {r + 1}/{args.rounds} done, {_load()}", flush=True)
     print()
-    print(format_report(medians(results), [p.name for p in peers], protocols, concs, args.rounds, args.seconds))
+    print(format_report(medians(results), servers[1:], protocols, concs, args.rounds, args.seconds))
     print(f"\nafter: {_load()}")
 
 

@@ -59,3 +59,10 @@ def test_a_peer_without_an_interpreter_is_skipped_and_a_wrong_one_refused():
     assert peers == [] and "skipped" in notes[0]
     with pytest.raises(SystemExit, match=f"cannot import {name}"):
         pc.resolve_peers([name], {name: sys.executable})
+
+
+def test_mlserver_runs_once_per_parallel_workers_setting():
+    peers = [pc.Peer("mlserver", "/m/python", "v"), pc.Peer("kserve", "/k/python", "v")]
+    got = [(s.label, s.kind, s.python, s.mlserver_workers) for s in pc.servers_to_run(peers, [None, 0])]
+    assert got == [("acl-bundle", "acl-bundle", sys.executable, None), ("mlserver", "mlserver", "/m/python", None),
+                   ("mlserver-pw0", "mlserver", "/m/python", 0), ("kserve", "kserve", "/k/python", None)]
