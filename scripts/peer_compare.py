@@ -321,10 +321,29 @@ def medians(results: Mapping[Key, Sequence[Stats]]) -> dict[Key, Stats]:
     return {k: (m(v, 0), m(v, 1), m(v, 2), m(v, 3)) for k, v in results.items()}
 
 
-def ratio_rows(med: Mapping[Key, Stats], peers: Sequence[str], protocols: Sequence[str],
-               concs: Sequence[int]) -> list[dict[str, object]]:
-    """Per (protocol, concurrency): the best peer by throughput and acl-bundle / that peer's figures."""
-    rows: list[dict[str, object]] = []
+@dataclass(frozen=True)
+class Ratio:
+    """acl-bundle / ``best_peer`` for one (protocol, concurrency), of the medians."""
+    protocol: str
+    concurrency: int
+    best_peer: str
+    throughput: float
+    p50: float
+    cpu_per_request: float
+    round_range: tuple[float, float] | None = None  # lowest, highest throughput ratio of one round
+
+    def line(self, name_peer: bool) -> str:
+        rounds = "" if self.round_range is None else "rounds {:.2f}-{:.2f}".format(*self.round_range)
+        note = ", ".join(x for x in (rounds, self.best_peer if name_peer else "") if x)
+        return (f"  {self.protocol:9s} conc {self.concurrency:3d}: throughput {self.throughput:5.2f}x ({note})  "
+                f"p50 {self.p50:5.2f}x  server CPU/request {self.cpu_per_request:5.2f}x")
+
+
+def ratio_rows(med: Mapping[Key, Stats], peers: Sequence[str], protocols: Sequence[str], concs: Sequence[int],
+               results: Mapping[Key, Sequence[Stats]] | None = None) -> list[Ratio]:
+    """Per (protocol, concurrency): the best peer by throughput and acl-bundle / that peer's figures; with the
+    per-round ``results``, also the lowest and highest throughput ratio of a round (``round_range``)."""
+    rows: list[Ratio] = []
     for proto in protocols:
         for c in concs:
             have = [p for p in peers if (p, proto, c) in med]
@@ -332,13 +351,17 @@ def ratio_rows(med: Mapping[Key, Stats], peers: Sequence[str], protocols: Sequen
                 continue
             best = max(have, key=lambda p: med[(p, proto, c)][0])
             a, b = med[("acl-bundle", proto, c)], med[(best, proto, c)]
-            rows.append({"protocol": proto, "concurrency": c, "best_peer": best, "throughput": a[0] / b[0],
-                         "p50": a[1] / b[1], "cpu_per_request": a[2] / b[2]})
+            span = None
+            if results is not None:
+                per_round = [x[0] / y[0] for x, y in zip(results[("acl-bundle", proto, c)], results[(best, proto, c)])]
+                span = (min(per_round), max(per_round))
+            rows.append(Ratio(proto, c, best, a[0] / b[0], a[1] / b[1], a[2] / b[2], span))
     return rows
 
 
-def format_report(med: Mapping[Key, Stats], peers: Sequence[str], protocols: Sequence[str],
+def format_report(results: Mapping[Key, Sequence[Stats]], peers: Sequence[str], protocols: Sequence[str],
                   concs: Sequence[int], rounds: int, seconds: float) -> str:
+    med = medians(results)
     lines = [f"{'server':12s} {'proto':9s} {'conc':>4s} {'req/s':>8s} {'p50 ms':>7s} {'server CPU':>10s} "
              f"{'client CPU':>10s}"
              f"   (medians of {rounds} interleaved {seconds:g} s windows; CPU in us per request)"]
@@ -347,14 +370,10 @@ def format_report(med: Mapping[Key, Stats], peers: Sequence[str], protocols: Seq
         lines.append(f"{s:12s} {proto:9s} {c:4d} {rps:8.0f} {p50:7.2f} {cpu:10.0f} {own:10.0f}")
     for peer in peers:
         lines.append(f"\nacl-bundle / {peer}:")
-        for r in ratio_rows(med, [peer], protocols, concs):
-            lines.append(f"  {r['protocol']:9s} conc {r['concurrency']:3d}: throughput {r['throughput']:5.2f}x  "
-                         f"p50 {r['p50']:5.2f}x  server CPU/request {r['cpu_per_request']:5.2f}x")
+        lines += [r.line(False) for r in ratio_rows(med, [peer], protocols, concs, results)]
     if len(peers) > 1:
         lines.append("\nacl-bundle / best peer (by throughput):")
-        for r in ratio_rows(med, peers, protocols, concs):
-            lines.append(f"  {r['protocol']:9s} conc {r['concurrency']:3d}: throughput {r['throughput']:5.2f}x "
-                         f"({r['best_peer']})  p50 {r['p50']:5.2f}x  server CPU/request {r['cpu_per_request']:5.2f}x")
+        lines += [r.line(True) for r in ratio_rows(med, peers, protocols, concs, results)]
     return "\n".join(lines)
 
 
@@ -455,7 +474,7 @@ def main() -> None:
                     results.setdefault(case, []).append(_window(proto, *procs[s], c, args.seconds, x, want))
                 print(f"round {r + 1}/{args.rounds} done, {_load()}", flush=True)
     print()
-    print(format_report(medians(results), servers[1:], protocols, concs, args.rounds, args.seconds))
+    print(format_report(results, servers[1:], protocols, concs, args.rounds, args.seconds))
     print(f"\nafter: {_load()}")
 
 

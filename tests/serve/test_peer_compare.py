@@ -16,22 +16,24 @@ _spec.loader.exec_module(pc)  # type: ignore[union-attr]
 
 
 def test_ratio_rows_pick_the_best_peer_per_protocol_and_concurrency():
-    med = {
-        ("acl-bundle", "grpc", 8): (1300.0, 6.0, 500.0, 300.0),
-        ("kserve", "grpc", 8): (1000.0, 8.0, 1000.0, 300.0),
-        ("mlserver", "grpc", 8): (650.0, 12.0, 2000.0, 300.0),
-        ("acl-bundle", "http", 1): (1000.0, 1.0, 600.0, 300.0),
-        ("kserve", "http", 1): (400.0, 2.0, 1500.0, 300.0),
-        ("mlserver", "http", 1): (500.0, 2.5, 2500.0, 300.0),
-        ("mlserver", "http", 8): (700.0, 9.0, 2000.0, 300.0),  # no acl-bundle figure: no row
+    results = {  # two rounds each: (req/s, p50 ms, server CPU, client CPU)
+        ("acl-bundle", "grpc", 8): [(1300.0, 6.0, 500.0, 300.0), (1200.0, 6.0, 500.0, 300.0)],
+        ("kserve", "grpc", 8): [(1000.0, 8.0, 1000.0, 300.0), (1000.0, 8.0, 1000.0, 300.0)],
+        ("mlserver", "grpc", 8): [(650.0, 12.0, 2000.0, 300.0), (650.0, 12.0, 2000.0, 300.0)],
+        ("acl-bundle", "http", 1): [(1000.0, 1.0, 600.0, 300.0), (1000.0, 1.0, 600.0, 300.0)],
+        ("kserve", "http", 1): [(400.0, 2.0, 1500.0, 300.0), (400.0, 2.0, 1500.0, 300.0)],
+        ("mlserver", "http", 1): [(500.0, 2.5, 2500.0, 300.0), (400.0, 2.5, 2500.0, 300.0)],
+        ("mlserver", "http", 8): [(700.0, 9.0, 2000.0, 300.0)] * 2,  # no acl-bundle figure: no row
     }
-    rows = pc.ratio_rows(med, ["mlserver", "kserve"], ["http", "grpc"], [1, 8])
-    assert [(r["protocol"], r["concurrency"], r["best_peer"]) for r in rows] == [
-        ("http", 1, "mlserver"), ("grpc", 8, "kserve")]
-    assert rows[0]["throughput"] == pytest.approx(2.0) and rows[0]["p50"] == pytest.approx(0.4)
-    assert rows[1]["throughput"] == pytest.approx(1.3) and rows[1]["cpu_per_request"] == pytest.approx(0.5)
-    report = pc.format_report(med, ["mlserver", "kserve"], ["http", "grpc"], [1, 8], 4, 3.0)
-    assert "throughput  1.30x (kserve)" in report
+    med = pc.medians(results)
+    rows = pc.ratio_rows(med, ["mlserver", "kserve"], ["http", "grpc"], [1, 8], results)
+    assert [(r.protocol, r.concurrency, r.best_peer) for r in rows] == [("http", 1, "mlserver"), ("grpc", 8, "kserve")]
+    assert rows[0].throughput == pytest.approx(1000 / 450) and rows[0].p50 == pytest.approx(0.4)
+    assert rows[0].round_range == pytest.approx((2.0, 2.5))
+    assert rows[1].throughput == pytest.approx(1.25) and rows[1].cpu_per_request == pytest.approx(0.5)
+    assert rows[1].round_range == pytest.approx((1.2, 1.3))
+    report = pc.format_report(results, ["mlserver", "kserve"], ["http", "grpc"], [1, 8], 2, 3.0)
+    assert "throughput  1.25x (rounds 1.20-1.30, kserve)" in report
 
 
 def test_medians_are_per_figure():
