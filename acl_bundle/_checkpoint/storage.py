@@ -24,7 +24,7 @@ from __future__ import annotations
 import hashlib
 import os
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path, PurePath, PurePosixPath
 from typing import Any, Protocol
 
@@ -236,6 +236,19 @@ class FsspecStore:
         if size > limit:
             raise CheckpointError(f"{what} has {size} bytes, more than the limit of {limit} (max_bytes=)")
         buf = bytearray(size)
+        for pos, chunk in self._ranges(path, what, size, stop,
+                                       lambda pos: f"{what} shrank to {pos} bytes while being read (expected {size})"):
+            buf[pos:pos + len(chunk)] = chunk
+            del chunk  # one chunk in flight at a time
+        return buf, float(key[2])
+
+    def _ranges(self, path: str, what: str, size: int, stop: Callable[[], bool] | None,
+                short: Callable[[int], str]) -> Iterator[tuple[int, bytes]]:
+        """``(offset, bytes)`` of ``path``'s first ``size`` bytes, in ``CHUNK``-byte ranged GETs, in order.
+
+        ``stop()`` true abandons the read (CheckpointError); a store error is a TransientError,
+        404 a FileNotFoundError; an empty range before ``size`` a NotReadyError worded by ``short(offset)``.
+        """
         pos = 0
         while pos < size:
             if stop is not None and stop():
@@ -248,13 +261,13 @@ class FsspecStore:
             except Exception as e:
                 raise TransientError(f"{what} cannot be read at byte {pos}: {_why(e)}") from e
             if not chunk:
-                raise NotReadyError(f"{what} shrank to {pos} bytes while being read (expected {size})")
+                raise NotReadyError(short(pos))
             if len(chunk) > end - pos:
                 raise CheckpointError(f"{what}: the store returned {len(chunk)} bytes for a {end - pos}-byte range")
-            buf[pos:pos + len(chunk)] = chunk
-            pos += len(chunk)
-            del chunk
-        return buf, float(key[2])
+            n = len(chunk)
+            yield pos, chunk
+            del chunk  # not held while the next range is fetched
+            pos += n
 
     def download(self, name: str, dest: Path, what: str, *, expect: int,
                  stop: Callable[[], bool] | None = None) -> None:
@@ -263,25 +276,12 @@ class FsspecStore:
         FileNotFoundError when the store answers 404; NotReadyError when it holds fewer bytes than listed.
         """
         path = str(self.root / name)
-        pos = 0
         with open(dest, "xb") as f:
-            while pos < expect:
-                if stop is not None and stop():
-                    raise CheckpointError(f"{what}: reading abandoned (stopping)")
-                end = min(expect, pos + CHUNK)
-                try:
-                    chunk = self.fs.cat_file(path, start=pos, end=end)
-                except FileNotFoundError:
-                    raise
-                except Exception as e:
-                    raise TransientError(f"{what} cannot be read at byte {pos}: {_why(e)}") from e
-                if not chunk:
-                    raise NotReadyError(f"{what} has {pos} bytes, the listing said {expect} (still being replaced?)")
-                if len(chunk) > end - pos:
-                    raise CheckpointError(f"{what}: the store returned {len(chunk)} bytes for a {end - pos}-byte range")
+            for _, chunk in self._ranges(path, what, expect, stop,
+                                         lambda pos: f"{what} has {pos} bytes, the listing said {expect} "
+                                                     "(still being replaced?)"):
                 f.write(chunk)
-                pos += len(chunk)
-                del chunk
+                del chunk  # one chunk in flight at a time
 
     def put(self, name: str, write: Callable[[Any], object], *, exclusive: bool = False) -> tuple[str, int]:
         """One PUT of the bytes ``write(fileobj)`` produces (``exclusive``: ``If-None-Match: *``).
