@@ -39,13 +39,13 @@ import warnings
 import weakref
 from collections.abc import Callable, Mapping, Sequence
 from functools import partial
-from typing import Any, TypeAlias
+from typing import TYPE_CHECKING, Any, TypeAlias
 
 import numpy as np
 
 from . import _backend
 from ._errors import AclCleanupWarning, ModelClosedError, unwrap
-from ._manifest import ManifestArg, ManifestVariable, manifest_path, read_manifest
+from ._manifest import ManifestVariable, manifest_path, read_manifest
 from ._model.buffers import Ledger, probe_output_shapes
 from ._model.bundle import BundleDescription, describe_bundle, read_bundle
 from ._model.context import ModelContext, current_context, restore_context
@@ -55,18 +55,20 @@ from ._model.gate import Gate
 from ._model.general import GeneralPath
 from ._model.guard import Guard, UnknownPreviousError  # noqa: F401  (re-exported: update(check=golden) raises it)
 from ._model.history import History, HistoryEntry
-from ._model.options import check_load_options, check_step
+from ._model.options import LoadOptions, check_load_options, check_step, load_options, with_load_signature
 from ._model.process import lifecycle, release_quietly
 from ._model.updater import StagedUpdate, Updater, WeightVersion, commit_admitted, run_init
 from ._model.worker import INLINE, Worker, in_main_thread
 from .checks import Check, Golden, split_checks
+
+if TYPE_CHECKING:
+    from typing_extensions import Unpack  # typing.Unpack from Python 3.11
 
 __all__ = ["BundleDescription", "BundleModel", "StagedUpdate", "TensorInfo", "Variable", "WeightVersion",
            "describe_bundle"]
 
 log = logging.getLogger("acl_bundle")
 
-DEFAULT_HISTORY_BYTES = 512 << 20
 Checks: TypeAlias = "Check | Golden | Sequence[Check | Golden] | None"
 # Mapping is invariant in its key type: a dict[str, ndarray] is not a Mapping[int | str, ndarray].
 Weights: TypeAlias = "Mapping[str, np.ndarray] | Mapping[int, np.ndarray] | Mapping[int | str, np.ndarray]"
@@ -117,54 +119,29 @@ class BundleModel:
     one-output model, else a tuple in ``outputs`` order.
     """
 
-    def __init__(
-        self,
-        path: str | os.PathLike[str],
-        *,
-        device_id: int = 0,
-        acl: Any = None,
-        run_init: bool = True,
-        init_inputs: Sequence[np.ndarray] | None = None,
-        manifest: ManifestArg = None,
-        roles: Mapping[str, int] | None = None,
-        max_concurrency: int = 2,
-        pad_batch: bool = True,
-        staging_bytes: int | None = None,
-        history: int = 0,
-        history_bytes: int = DEFAULT_HISTORY_BYTES,
-    ) -> None:
+    # The keyword-only load options (LoadOptions, defaults LOAD_DEFAULTS in _model/options.py) are the same for
+    # both loaders; help() and inspect show them through the signature with_load_signature gives.
+    @with_load_signature("path", "str | os.PathLike[str]", "None")
+    def __init__(self, path: str | os.PathLike[str], **options: Unpack[LoadOptions]) -> None:
+        opts = load_options("BundleModel", options)
         path = os.fspath(path)
         self._unloaded(repr(path))
         if not os.path.isfile(path):
             raise FileNotFoundError(f"bundle file {path!r} does not exist or is not a file")
-        if manifest is None:
+        if opts["manifest"] is None:
             auto = manifest_path(path)
-            manifest = auto if auto.is_file() else False
+            opts["manifest"] = auto if auto.is_file() else False
         self._open(
             lambda acl: unwrap(acl, "acl.mdl.bundle_load_from_file", acl.mdl.bundle_load_from_file(path)),
-            path, device_id, acl, run_init, init_inputs, manifest, roles, max_concurrency, pad_batch, staging_bytes,
-            history, history_bytes, backend_source=path,
+            path, opts, backend_source=path,
         )
 
     @classmethod
-    def from_bytes(
-        cls,
-        data: bytes,
-        *,
-        device_id: int = 0,
-        acl: Any = None,
-        run_init: bool = True,
-        init_inputs: Sequence[np.ndarray] | None = None,
-        manifest: ManifestArg = None,
-        roles: Mapping[str, int] | None = None,
-        max_concurrency: int = 2,
-        pad_batch: bool = True,
-        staging_bytes: int | None = None,
-        history: int = 0,
-        history_bytes: int = DEFAULT_HISTORY_BYTES,
-    ) -> BundleModel:
+    @with_load_signature("data", "bytes", "BundleModel")
+    def from_bytes(cls, data: bytes, **options: Unpack[LoadOptions]) -> BundleModel:
         """Load a bundle from bytes in host memory (``acl.mdl.bundle_load_from_mem``; a bytearray or memoryview is
-        copied)."""
+        copied); the keyword options are the constructor's (no manifest unless ``manifest=`` gives one)."""
+        opts = load_options("from_bytes", options)
         if isinstance(data, (bytearray, memoryview)):
             data = bytes(data)  # bytes_to_ptr needs an immutable bytes object that lives as long as the load
         if not isinstance(data, bytes):
@@ -180,8 +157,8 @@ class BundleModel:
             ptr = acl.util.bytes_to_ptr(data)
             return unwrap(acl, "acl.mdl.bundle_load_from_mem", acl.mdl.bundle_load_from_mem(ptr, len(data)))
 
-        self._open(load, "<bytes>", device_id, acl, run_init, init_inputs, manifest or False, roles, max_concurrency,
-                   pad_batch, staging_bytes, history, history_bytes, backend_source=data)
+        opts["manifest"] = opts["manifest"] or False
+        self._open(load, "<bytes>", opts, backend_source=data)
         return self
 
     # ------------------------------------------------------------------ load
@@ -191,27 +168,16 @@ class BundleModel:
         self._finalizer: weakref.finalize | None = None
         self._worker: Worker | None = None
 
-    def _open(
-        self,
-        load: Callable[[Any], int],
-        source: str,
-        device_id: int,
-        acl: Any,
-        run_init: bool,
-        init_inputs: Sequence[np.ndarray] | None,
-        manifest: ManifestArg,
-        roles: Mapping[str, int] | None,
-        max_concurrency: int,
-        pad_batch: bool,
-        staging_bytes: int | None,
-        history: int = 0,
-        history_bytes: int = 0,
-        backend_source: Any = None,
-    ) -> None:
+    def _open(self, load: Callable[[Any], int], source: str, opts: Mapping[str, Any], backend_source: Any) -> None:
+        """Check every option (``load_options``' dict), then load; on any failure release what was acquired."""
+        acl, run_init, init_inputs, manifest, roles, pad_batch, staging_bytes, history, history_bytes = (
+            opts["acl"], opts["run_init"], opts["init_inputs"], opts["manifest"], opts["roles"], opts["pad_batch"],
+            opts["staging_bytes"], opts["history"], opts["history_bytes"])
         device_id, max_concurrency = check_load_options(
-            device_id, run_init, init_inputs, roles, max_concurrency, pad_batch, staging_bytes, history, history_bytes)
+            opts["device_id"], run_init, init_inputs, roles, opts["max_concurrency"], pad_batch, staging_bytes, history,
+            history_bytes)
         self._history_args = (history, history_bytes)
-        manifest_vars = None if manifest is False else read_manifest(manifest)  # type: ignore[arg-type]
+        manifest_vars = None if manifest is False else read_manifest(manifest)
         acl = _backend.resolve_acl(acl, source=backend_source)  # the one backend rule (see _backend)
         self._acl = acl
         self._source = source

@@ -59,3 +59,17 @@ def test_mypy_is_clean() -> None:
     r = _run([*_tool("mypy"), "--no-incremental", "--cache-dir", "/dev/null"])
     assert r.returncode == 0, f"mypy (files from pyproject.toml):\n{r.stdout}\n{r.stderr}"
     assert "source files" in r.stdout, r.stdout  # it checked the configured files, not nothing
+
+
+def test_mypy_reads_the_loaders_keyword_options(tmp_path: Path) -> None:
+    """BundleModel(**options: Unpack[LoadOptions]): a misspelt or mistyped option is a type error, as if named."""
+    code = tmp_path / "use.py"
+    code.write_text("from acl_bundle import BundleModel\n"
+                    "BundleModel('b.om', max_concurrency=2, history=1)\n"
+                    "BundleModel.from_bytes(b'x', run_init=False)\n"
+                    "BundleModel('b.om', max_concurency=2)\n"
+                    "BundleModel.from_bytes(b'x', history='1')\n")
+    r = _run([*_tool("mypy"), "--no-incremental", "--cache-dir", "/dev/null", "--config-file",
+              str(ROOT / "pyproject.toml"), str(code)])
+    errors = [line.split(":")[1] for line in r.stdout.splitlines() if ": error:" in line]
+    assert errors == ["4", "5"], r.stdout

@@ -58,3 +58,23 @@ def test_update_errors_are_bounded_and_suggest_the_prefix(make_bundle):
         assert m.version == 0
         with pytest.raises(UnknownVariableError, match=r"4 of them match once the prefix 'module\.' is removed"):
             m.update({f"module.{k}": v for k, v in w.items()})
+
+
+def test_both_loaders_show_and_take_the_same_keyword_options(make_bundle):
+    import inspect
+
+    expect = [("device_id", 0), ("acl", None), ("run_init", True), ("init_inputs", None), ("manifest", None),
+              ("roles", None), ("max_concurrency", 2), ("pad_batch", True), ("staging_bytes", None), ("history", 0),
+              ("history_bytes", 512 << 20)]
+    for loader, first in ((BundleModel, "path"), (BundleModel.from_bytes, "data")):
+        params = list(inspect.signature(loader).parameters.values())
+        assert params[0].name == first and params[0].kind is inspect.Parameter.POSITIONAL_OR_KEYWORD
+        assert [(p.name, p.default) for p in params[1:]] == expect
+        assert all(p.kind is inspect.Parameter.KEYWORD_ONLY for p in params[1:])
+    om, w = make_bundle()
+    with pytest.raises(TypeError, match=r"^BundleModel\(\) got an unexpected keyword argument 'max_concurency'$"):
+        BundleModel(om, acl=sim.acl, max_concurency=1)
+    with pytest.raises(TypeError, match=r"^from_bytes\(\) got an unexpected keyword argument 'histroy'$"):
+        BundleModel.from_bytes(om.read_bytes(), acl=sim.acl, histroy=1)
+    with BundleModel.from_bytes(om.read_bytes(), acl=sim.acl, max_concurrency=1, history=1) as m:
+        assert m.keeps_history and m.variables  # the options reach the load

@@ -1,10 +1,71 @@
 """The load options of a BundleModel, checked once before anything is acquired."""
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
-from typing import Any
+import inspect
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, TypedDict, TypeVar, cast
 
 import numpy as np
+
+from .._manifest import ManifestArg
+
+DEFAULT_HISTORY_BYTES = 512 << 20
+
+
+class LoadOptions(TypedDict, total=False):
+    """The keyword arguments ``BundleModel(path, ...)`` and ``BundleModel.from_bytes(data, ...)`` share.
+
+    Their defaults are :data:`LOAD_DEFAULTS`; their meaning is in ``BundleModel``'s docstring.
+    """
+
+    device_id: int
+    acl: Any
+    run_init: bool
+    init_inputs: Sequence[np.ndarray] | None
+    manifest: ManifestArg
+    roles: Mapping[str, int] | None
+    max_concurrency: int
+    pad_batch: bool
+    staging_bytes: int | None
+    history: int
+    history_bytes: int
+
+
+LOAD_DEFAULTS: dict[str, Any] = {
+    "device_id": 0, "acl": None, "run_init": True, "init_inputs": None, "manifest": None, "roles": None,
+    "max_concurrency": 2, "pad_batch": True, "staging_bytes": None, "history": 0,
+    "history_bytes": DEFAULT_HISTORY_BYTES,
+}
+
+
+def load_options(loader: str, given: Mapping[str, Any]) -> dict[str, Any]:
+    """Every load option: ``given`` over :data:`LOAD_DEFAULTS`; a keyword no loader takes is a TypeError."""
+    for key in given:
+        if key not in LOAD_DEFAULTS:
+            raise TypeError(f"{loader}() got an unexpected keyword argument {key!r}")
+    return {**LOAD_DEFAULTS, **given}
+
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def with_load_signature(first: str, annotation: str, returns: str) -> Callable[[F], F]:
+    """Give a loader taking ``(self_or_cls, first, **options)`` the signature it is called with.
+
+    ``help()`` and ``inspect.signature`` then show ``first`` and each load option, keyword-only, with
+    its type and default; type checkers read the options from :class:`LoadOptions` (``Unpack``).
+    """
+    p = inspect.Parameter
+    params = [p("self", p.POSITIONAL_OR_KEYWORD), p(first, p.POSITIONAL_OR_KEYWORD, annotation=annotation)]
+    hints = {k: getattr(a, "__forward_arg__", a) for k, a in LoadOptions.__annotations__.items()}  # the text
+    params += [p(k, p.KEYWORD_ONLY, default=v, annotation=hints[k]) for k, v in LOAD_DEFAULTS.items()]
+    signature = inspect.Signature(params, return_annotation=returns)
+
+    def apply(fn: F) -> F:
+        cast(Any, fn).__signature__ = signature
+        return fn
+
+    return apply
 
 
 def check_load_options(device_id: Any, run_init: Any, init_inputs: Any, roles: Any, max_concurrency: Any,
