@@ -11,7 +11,9 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -136,3 +138,24 @@ def npz_bytes(weights: dict) -> bytes:
     buf = io.BytesIO()
     np.savez(buf, **weights)
     return buf.getvalue()
+
+
+def sigterm_under_load(srv: ServerProc, clients: list[Callable[[], None]], stop: threading.Event,
+                       load_s: float) -> tuple[int, float]:
+    """Run each client in a thread, let them load the server ``load_s`` seconds, then SIGTERM it.
+
+    Waits for the server's exit (30 s), sets ``stop``, joins the clients (each must end within 30 s);
+    returns (the server's exit code, the monotonic time of the signal).
+    """
+    threads = [threading.Thread(target=c) for c in clients]
+    for t in threads:
+        t.start()
+    time.sleep(load_s)
+    t_sig = time.monotonic()
+    os.kill(srv.proc.pid, signal.SIGTERM)
+    code = srv.proc.wait(30)
+    stop.set()
+    for t in threads:
+        t.join(30)
+    assert not any(t.is_alive() for t in threads), "a client thread did not end after the server exited"
+    return code, t_sig

@@ -11,6 +11,7 @@ import os
 import signal
 import threading
 import time
+from functools import partial
 
 import numpy as np
 import pytest
@@ -18,7 +19,7 @@ import tritonclient.http as httpclient
 from tritonclient.utils import InferenceServerException
 
 from helpers import reference
-from helpers.serve import TOKEN, new_weights, npz_bytes, serve_process
+from helpers.serve import TOKEN, new_weights, npz_bytes, serve_process, sigterm_under_load
 
 
 def _outcome(fn) -> str:
@@ -77,18 +78,8 @@ def _drain_under_load(tmp_path, clients: int, runs: int) -> None:
             outcomes: list = []
             stop_at = threading.Event()
             stop_at.deadline = time.monotonic() + 60  # type: ignore[attr-defined]
-            threads = [threading.Thread(target=_loop_infer, args=(srv, outcomes, stop_at)) for _ in range(clients)]
-            threads.append(threading.Thread(target=_loop_push, args=(srv, outcomes)))
-            for t in threads:
-                t.start()
-            time.sleep(1.5)
-            t_sig = time.monotonic()
-            os.kill(srv.proc.pid, signal.SIGTERM)
-            code = srv.proc.wait(30)
-            stop_at.set()
-            for t in threads:
-                t.join(30)
-            assert not any(t.is_alive() for t in threads)
+            loads = [partial(_loop_infer, srv, outcomes, stop_at) for _ in range(clients)]
+            code, t_sig = sigterm_under_load(srv, [*loads, partial(_loop_push, srv, outcomes)], stop_at, 1.5)
             cut = [r for _, r in outcomes if r not in ("ok", "refused") and not r.startswith("status 503")]
             assert not cut, (cut, srv.log()[-3000:])
             assert code == 0, srv.log()[-3000:]

@@ -17,7 +17,7 @@ from tritonclient.grpc import service_pb2
 from tritonclient.utils import InferenceServerException
 
 from helpers import reference
-from helpers.serve import TOKEN, free_port, npz_bytes, serve_process
+from helpers.serve import TOKEN, free_port, npz_bytes, serve_process, sigterm_under_load
 
 MiB = 1 << 20
 INFER = "/inference.GRPCInferenceService/ModelInfer"
@@ -166,16 +166,7 @@ def test_sigterm_under_grpc_load_calls_finish_or_are_refused_unavailable(tmp_pat
                     time.sleep(0.001)
             c.close()
 
-        ts = [threading.Thread(target=client) for _ in range(6)]
-        for t in ts:
-            t.start()
-        time.sleep(1.0)
-        t_sig = time.monotonic()
-        os.kill(s.proc.pid, signal.SIGTERM)
-        code = s.proc.wait(30)
-        stop.set()
-        for t in ts:
-            t.join(30)
+        code, t_sig = sigterm_under_load(s, [client] * 6, stop, 1.0)
     assert code == 0
     before = [st for t, st in calls if t < t_sig - 0.05]
     assert before and set(before) == {"OK"}  # calls well before the signal all completed
