@@ -169,10 +169,10 @@ def _own_cpu() -> float:
 
 
 def _command(kind: str, python: str, d: Path, onnx_path: Path, om_path: Path, hp: int, gp: int,
-             mlserver_workers: int | None) -> list[str]:
+             mlserver_workers: int | None, extra: Sequence[str] = ()) -> list[str]:
     if kind == "acl-bundle":
         return [sys.executable, "-m", "acl_bundle", "serve", str(om_path), "--sim", "--model-name", "mlp",
-                "--http-port", str(hp), "--grpc-port", str(gp)]
+                "--http-port", str(hp), "--grpc-port", str(gp), *extra]
     if kind == "mlserver":
         from acl_bundle.bench.serve import free_port
 
@@ -195,11 +195,16 @@ class Server:
     kind: str  # "acl-bundle" or a peer's name
     python: str
     mlserver_workers: int | None = None  # MLServer's parallel_workers, None: its default
+    extra: tuple[str, ...] = ()  # acl-bundle serve options of a variant
 
 
-def servers_to_run(peers: Sequence[Peer], mlserver_workers: Sequence[int | None]) -> list[Server]:
-    """acl-bundle, then every peer; MLServer once per ``parallel_workers`` setting (None: its default)."""
+def servers_to_run(peers: Sequence[Peer], mlserver_workers: Sequence[int | None],
+                   variants: Mapping[str, Sequence[str]] | None = None) -> list[Server]:
+    """acl-bundle, its ``variants`` (label: extra ``serve`` options), then every peer; MLServer once per
+    ``parallel_workers`` setting (None: its default)."""
     out = [Server("acl-bundle", "acl-bundle", sys.executable)]
+    out += [Server(f"acl-bundle:{k}", "acl-bundle", sys.executable, extra=tuple(v))
+            for k, v in (variants or {}).items()]
     for p in peers:
         if p.name == "mlserver":
             out += [Server("mlserver" if n is None else f"mlserver-pw{n}", p.name, p.python, n)
@@ -218,7 +223,7 @@ def _start(server: Server, work: Path, onnx_path: Path, om_path: Path) -> Iterat
     d = work / server.label
     d.mkdir()
     kind = server.kind
-    args = _command(kind, server.python, d, onnx_path, om_path, hp, gp, server.mlserver_workers)
+    args = _command(kind, server.python, d, onnx_path, om_path, hp, gp, server.mlserver_workers, server.extra)
     env = dict(os.environ)
     if kind == "acl-bundle":  # the server imports this tree
         env["PYTHONPATH"] = os.pathsep.join([str(ROOT), *filter(None, [env.get("PYTHONPATH")])])
@@ -340,40 +345,42 @@ class Ratio:
 
 
 def ratio_rows(med: Mapping[Key, Stats], peers: Sequence[str], protocols: Sequence[str], concs: Sequence[int],
-               results: Mapping[Key, Sequence[Stats]] | None = None) -> list[Ratio]:
-    """Per (protocol, concurrency): the best peer by throughput and acl-bundle / that peer's figures; with the
+               results: Mapping[Key, Sequence[Stats]] | None = None, ours: str = "acl-bundle") -> list[Ratio]:
+    """Per (protocol, concurrency): the best peer by throughput and ``ours`` / that peer's figures; with the
     per-round ``results``, also the lowest and highest throughput ratio of a round (``round_range``)."""
     rows: list[Ratio] = []
     for proto in protocols:
         for c in concs:
             have = [p for p in peers if (p, proto, c) in med]
-            if ("acl-bundle", proto, c) not in med or not have:
+            if (ours, proto, c) not in med or not have:
                 continue
             best = max(have, key=lambda p: med[(p, proto, c)][0])
-            a, b = med[("acl-bundle", proto, c)], med[(best, proto, c)]
+            a, b = med[(ours, proto, c)], med[(best, proto, c)]
             span = None
             if results is not None:
-                per_round = [x[0] / y[0] for x, y in zip(results[("acl-bundle", proto, c)], results[(best, proto, c)])]
+                per_round = [x[0] / y[0] for x, y in zip(results[(ours, proto, c)], results[(best, proto, c)])]
                 span = (min(per_round), max(per_round))
             rows.append(Ratio(proto, c, best, a[0] / b[0], a[1] / b[1], a[2] / b[2], span))
     return rows
 
 
 def format_report(results: Mapping[Key, Sequence[Stats]], peers: Sequence[str], protocols: Sequence[str],
-                  concs: Sequence[int], rounds: int, seconds: float) -> str:
+                  concs: Sequence[int], rounds: int, seconds: float, ours: Sequence[str] = ("acl-bundle",)) -> str:
     med = medians(results)
-    lines = [f"{'server':12s} {'proto':9s} {'conc':>4s} {'req/s':>8s} {'p50 ms':>7s} {'server CPU':>10s} "
+    w = max(12, *(len(s) for s in [*ours, *peers]))
+    lines = [f"{'server':{w}s} {'proto':9s} {'conc':>4s} {'req/s':>8s} {'p50 ms':>7s} {'server CPU':>10s} "
              f"{'client CPU':>10s}"
              f"   (medians of {rounds} interleaved {seconds:g} s windows; CPU in us per request)"]
     for (s, proto, c), (rps, p50, cpu, own) in sorted(
-            med.items(), key=lambda kv: (protocols.index(kv[0][1]), kv[0][2], kv[0][0] != "acl-bundle", kv[0][0])):
-        lines.append(f"{s:12s} {proto:9s} {c:4d} {rps:8.0f} {p50:7.2f} {cpu:10.0f} {own:10.0f}")
-    for peer in peers:
-        lines.append(f"\nacl-bundle / {peer}:")
-        lines += [r.line(False) for r in ratio_rows(med, [peer], protocols, concs, results)]
-    if len(peers) > 1:
-        lines.append("\nacl-bundle / best peer (by throughput):")
-        lines += [r.line(True) for r in ratio_rows(med, peers, protocols, concs, results)]
+            med.items(), key=lambda kv: (protocols.index(kv[0][1]), kv[0][2], kv[0][0] not in ours, kv[0][0])):
+        lines.append(f"{s:{w}s} {proto:9s} {c:4d} {rps:8.0f} {p50:7.2f} {cpu:10.0f} {own:10.0f}")
+    for me in ours:
+        for peer in peers:
+            lines.append(f"\n{me} / {peer}:")
+            lines += [r.line(False) for r in ratio_rows(med, [peer], protocols, concs, results, me)]
+        if len(peers) > 1:
+            lines.append(f"\n{me} / best peer (by throughput):")
+            lines += [r.line(True) for r in ratio_rows(med, peers, protocols, concs, results, me)]
     return "\n".join(lines)
 
 
@@ -404,6 +411,9 @@ def main() -> None:
     ap.add_argument("--mlserver-parallel-workers", default="default,0",
                     help="MLServer's parallel_workers, one MLServer per comma-separated value (default: MLServer's "
                          "own, 1 = inference in a worker process; 0 = in the server process)")
+    ap.add_argument("--acl-bundle-variant", action="append", default=[], metavar="NAME=OPTIONS",
+                    help="also run acl-bundle with these serve options, e.g. 'nobatch=--no-dynamic-batching' "
+                         "(repeatable; for information, beside the defaults)")
     ap.add_argument("--concurrency", default="1,8")
     ap.add_argument("--protocols", default=",".join(PROTOCOLS), help="http (binary tensors), http-json, grpc")
     ap.add_argument("--rounds", type=int, default=4)
@@ -423,6 +433,12 @@ def main() -> None:
         workers = [None if w == "default" else int(w) for w in args.mlserver_parallel_workers.split(",")]
     except ValueError:
         ap.error("--mlserver-parallel-workers: comma-separated whole numbers or 'default'")
+    variants = {}
+    for v in args.acl_bundle_variant:
+        name, sep, opts = v.partition("=")
+        if not sep or not name:
+            ap.error(f"--acl-bundle-variant {v!r}: expected NAME=OPTIONS")
+        variants[name] = opts.split()
     peers, notes = resolve_peers(names, {p: getattr(args, f"{p}_python") for p in PEERS})
     for n in notes:
         print(n)
@@ -443,8 +459,9 @@ def main() -> None:
         want = models.mlp_reference(x, w)
         refs = {"numpy": want.astype(np.float64),
                 "onnxruntime": ort.InferenceSession(str(onnx_path)).run(None, {"x": x})[0].astype(np.float64)}
-        specs = servers_to_run(peers, workers)
+        specs = servers_to_run(peers, workers, variants)
         servers = [sv.label for sv in specs]
+        ours = [sv.label for sv in specs if sv.kind == "acl-bundle"]
         results: dict[Key, list[Stats]] = {}
         with contextlib.ExitStack() as stack:
             procs = {sv.label: stack.enter_context(_start(sv, work, onnx_path, Path(om_path))) for sv in specs}
@@ -457,12 +474,12 @@ def main() -> None:
                         y = _one_answer(proto, *procs[s][1:], x)
                     except InferenceServerException as e:  # e.g. MLServer has no binary tensor extension
                         refused.add((s, proto))
-                        print(f"check {s:12s} {proto:9s}: refused, not measured: {' '.join(str(e).split())[:200]}")
+                        print(f"check {s:18s} {proto:9s}: refused, not measured: {' '.join(str(e).split())[:200]}")
                         continue
                     diffs = check_answer(y, refs)
-                    print(f"check {s:12s} {proto:9s}: max |diff| " +
+                    print(f"check {s:18s} {proto:9s}: max |diff| " +
                           ", ".join(f"{k} {v:.1e}" for k, v in diffs.items()))
-            if any(("acl-bundle", proto) in refused for proto in protocols):
+            if any((me, proto) in refused for me in ours for proto in protocols):
                 raise SystemExit("acl-bundle refused a protocol: nothing to compare")
             cases = [(s, proto, c) for proto in protocols for c in concs for s in servers if (s, proto) not in refused]
             for case in cases:  # warm-up, not recorded
@@ -474,7 +491,8 @@ def main() -> None:
                     results.setdefault(case, []).append(_window(proto, *procs[s], c, args.seconds, x, want))
                 print(f"round {r + 1}/{args.rounds} done, {_load()}", flush=True)
     print()
-    print(format_report(results, servers[1:], protocols, concs, args.rounds, args.seconds))
+    peer_labels = [s for s in servers if s not in ours]
+    print(format_report(results, peer_labels, protocols, concs, args.rounds, args.seconds, ours))
     print(f"\nafter: {_load()}")
 
 

@@ -65,6 +65,9 @@ def test_a_peer_without_an_interpreter_is_skipped_and_a_wrong_one_refused():
 
 def test_mlserver_runs_once_per_parallel_workers_setting():
     peers = [pc.Peer("mlserver", "/m/python", "v"), pc.Peer("kserve", "/k/python", "v")]
-    got = [(s.label, s.kind, s.python, s.mlserver_workers) for s in pc.servers_to_run(peers, [None, 0])]
-    assert got == [("acl-bundle", "acl-bundle", sys.executable, None), ("mlserver", "mlserver", "/m/python", None),
-                   ("mlserver-pw0", "mlserver", "/m/python", 0), ("kserve", "kserve", "/k/python", None)]
+    got = [(s.label, s.kind, s.python, s.mlserver_workers, s.extra)
+           for s in pc.servers_to_run(peers, [None, 0], {"nb": ["--no-dynamic-batching"]})]
+    assert got == [("acl-bundle", "acl-bundle", sys.executable, None, ()),
+                   ("acl-bundle:nb", "acl-bundle", sys.executable, None, ("--no-dynamic-batching",)),
+                   ("mlserver", "mlserver", "/m/python", None, ()), ("mlserver-pw0", "mlserver", "/m/python", 0, ()),
+                   ("kserve", "kserve", "/k/python", None, ())]
