@@ -4,11 +4,13 @@ The same model everywhere: an ONNX MLP 64-256-256-10, batch 1 (acl-bundle serves
 dynamic batch sizes 1-8, its defaults otherwise: dynamic batching on, access log on; the peers run the ONNX file
 with onnxruntime in a tiny custom runtime written here, one intra-op and one inter-op thread as the simulator's own
 session, their defaults otherwise).  Each server is a process on loopback; tritonclient drives all of them, from
-this interpreter, over HTTP (binary tensors both ways; ``http-json``: JSON bodies) and gRPC; closed-loop client
-threads at each ``--concurrency`` for ``--seconds`` per window, windows in rotated order over ``--rounds``
-rounds after one unrecorded warm-up window per case.  Before any timing, one answer of each server over each
-protocol is compared with numpy and with onnxruntime; during the windows every answer is checked against numpy.
-A protocol a server refuses (MLServer 1.7 has no binary tensor extension over HTTP) is reported and not measured.
+this interpreter, over HTTP (binary tensors both ways; ``http-json``: JSON bodies) and gRPC (unary; ``grpc-stream``:
+``ModelStreamInfer``, one stream per client, one request in flight, set against a peer's unary gRPC where the peer
+has no streaming); closed-loop client threads at each ``--concurrency`` for ``--seconds`` per window, windows in
+rotated order over ``--rounds`` rounds after one unrecorded warm-up window per case.  Before any timing, one answer
+of each server over each protocol is compared with numpy and with onnxruntime; during the windows every answer is
+checked against numpy.  A protocol a server refuses (MLServer 1.7 has no binary tensor extension over HTTP; neither
+peer has ``ModelStreamInfer``) is reported and not measured.
 
 Prints, per (server, protocol, concurrency), the median over rounds of throughput, p50 latency and the server's
 CPU per request (utime + stime of its process tree from /proc, so MLServer's inference worker counts) and the
@@ -33,6 +35,7 @@ import importlib.util
 import json
 import os
 import platform
+import queue
 import statistics
 import subprocess
 import sys
@@ -51,7 +54,7 @@ sys.path.insert(0, str(ROOT))  # acl_bundle from this tree, as the acl-bundle se
 PEERS = ("mlserver", "kserve")
 Key = tuple[str, str, int]  # (server, protocol, concurrency)
 Stats = tuple[float, float, float, float]  # (requests/s, p50 ms, server CPU µs / request, client CPU µs / request)
-PROTOCOLS = ("http", "http-json", "grpc")  # http: binary tensors both ways
+PROTOCOLS = ("http", "http-json", "grpc", "grpc-stream")  # http: binary tensors; grpc-stream: ModelStreamInfer
 
 MLSERVER_RUNTIME = '''
 import onnxruntime as ort
@@ -251,7 +254,25 @@ def _client(proto: str, hp: int, gp: int, x: np.ndarray) -> tuple[Any, Callable[
     g = grpcclient.InferenceServerClient(f"127.0.0.1:{gp}")
     gi = grpcclient.InferInput("x", list(x.shape), "FP32")
     gi.set_data_from_numpy(x)
-    return g, lambda: g.infer("mlp", [gi]).as_numpy("y")
+    if proto == "grpc":
+        return g, lambda: g.infer("mlp", [gi]).as_numpy("y")
+    # grpc-stream: one ModelStreamInfer stream per client, one request in flight (closed loop)
+    answers: queue.SimpleQueue[tuple[Any, Any]] = queue.SimpleQueue()
+
+    def streamed() -> np.ndarray:
+        g.async_stream_infer("mlp", [gi])
+        result, error = answers.get(timeout=30)
+        if error is not None:
+            raise error
+        return result.as_numpy("y")
+
+    class _Stream:
+        def close(self) -> None:
+            g.stop_stream()
+            g.close()
+
+    g.start_stream(callback=lambda result, error: answers.put((result, error)))
+    return _Stream(), streamed
 
 
 def check_answer(y: np.ndarray, references: Mapping[str, np.ndarray], tol: float = 1e-4) -> dict[str, float]:
@@ -340,7 +361,7 @@ class Ratio:
     def line(self, name_peer: bool) -> str:
         rounds = "" if self.round_range is None else "rounds {:.2f}-{:.2f}".format(*self.round_range)
         note = ", ".join(x for x in (rounds, self.best_peer if name_peer else "") if x)
-        return (f"  {self.protocol:9s} conc {self.concurrency:3d}: throughput {self.throughput:5.2f}x ({note})  "
+        return (f"  {self.protocol:11s} conc {self.concurrency:3d}: throughput {self.throughput:5.2f}x ({note})  "
                 f"p50 {self.p50:5.2f}x  server CPU/request {self.cpu_per_request:5.2f}x")
 
 
@@ -368,12 +389,12 @@ def format_report(results: Mapping[Key, Sequence[Stats]], peers: Sequence[str], 
                   concs: Sequence[int], rounds: int, seconds: float, ours: Sequence[str] = ("acl-bundle",)) -> str:
     med = medians(results)
     w = max(12, *(len(s) for s in [*ours, *peers]))
-    lines = [f"{'server':{w}s} {'proto':9s} {'conc':>4s} {'req/s':>8s} {'p50 ms':>7s} {'server CPU':>10s} "
+    lines = [f"{'server':{w}s} {'proto':11s} {'conc':>4s} {'req/s':>8s} {'p50 ms':>7s} {'server CPU':>10s} "
              f"{'client CPU':>10s}"
              f"   (medians of {rounds} interleaved {seconds:g} s windows; CPU in us per request)"]
     for (s, proto, c), (rps, p50, cpu, own) in sorted(
             med.items(), key=lambda kv: (protocols.index(kv[0][1]), kv[0][2], kv[0][0] not in ours, kv[0][0])):
-        lines.append(f"{s:{w}s} {proto:9s} {c:4d} {rps:8.0f} {p50:7.2f} {cpu:10.0f} {own:10.0f}")
+        lines.append(f"{s:{w}s} {proto:11s} {c:4d} {rps:8.0f} {p50:7.2f} {cpu:10.0f} {own:10.0f}")
     for me in ours:
         for peer in peers:
             lines.append(f"\n{me} / {peer}:")
@@ -381,6 +402,14 @@ def format_report(results: Mapping[Key, Sequence[Stats]], peers: Sequence[str], 
         if len(peers) > 1:
             lines.append(f"\n{me} / best peer (by throughput):")
             lines += [r.line(True) for r in ratio_rows(med, peers, protocols, concs, results, me)]
+        if "grpc-stream" in protocols and "grpc" in protocols:  # the peers have no ModelStreamInfer: their unary
+            sub = {(p, "grpc-stream", c): results[(p, "grpc", c)] for p in peers for c in concs
+                   if (p, "grpc", c) in results and (p, "grpc-stream", c) not in results}
+            both = {**results, **sub}
+            rows = ratio_rows(medians(both), peers, ["grpc-stream"], concs, both, me)
+            if rows and sub:
+                lines.append(f"\n{me} grpc-stream / best peer's unary grpc (where a peer has no ModelStreamInfer):")
+                lines += [r.line(True) for r in rows]
     return "\n".join(lines)
 
 
@@ -415,7 +444,8 @@ def main() -> None:
                     help="also run acl-bundle with these serve options, e.g. 'nobatch=--no-dynamic-batching' "
                          "(repeatable; for information, beside the defaults)")
     ap.add_argument("--concurrency", default="1,8")
-    ap.add_argument("--protocols", default=",".join(PROTOCOLS), help="http (binary tensors), http-json, grpc")
+    ap.add_argument("--protocols", default=",".join(PROTOCOLS),
+                    help="http (binary tensors), http-json, grpc, grpc-stream (ModelStreamInfer)")
     ap.add_argument("--rounds", type=int, default=4)
     ap.add_argument("--seconds", type=float, default=3.0)
     args = ap.parse_args()
@@ -474,10 +504,11 @@ def main() -> None:
                         y = _one_answer(proto, *procs[s][1:], x)
                     except InferenceServerException as e:  # e.g. MLServer has no binary tensor extension
                         refused.add((s, proto))
-                        print(f"check {s:18s} {proto:9s}: refused, not measured: {' '.join(str(e).split())[:200]}")
+                        print(f"check {s:18s} {proto:11s}: refused, not measured: "
+                              f"{type(e).__name__}: {' '.join(str(e).split())[:200]}")
                         continue
                     diffs = check_answer(y, refs)
-                    print(f"check {s:18s} {proto:9s}: max |diff| " +
+                    print(f"check {s:18s} {proto:11s}: max |diff| " +
                           ", ".join(f"{k} {v:.1e}" for k, v in diffs.items()))
             if any((me, proto) in refused for me in ours for proto in protocols):
                 raise SystemExit("acl-bundle refused a protocol: nothing to compare")

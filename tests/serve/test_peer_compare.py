@@ -71,3 +71,13 @@ def test_mlserver_runs_once_per_parallel_workers_setting():
                    ("acl-bundle:nb", "acl-bundle", sys.executable, None, ("--no-dynamic-batching",)),
                    ("mlserver", "mlserver", "/m/python", None, ()), ("mlserver-pw0", "mlserver", "/m/python", 0, ()),
                    ("kserve", "kserve", "/k/python", None, ())]
+
+
+def test_streaming_is_set_against_the_peers_unary_grpc_when_they_have_no_stream():
+    results = {("acl-bundle", "grpc", 8): [(1000.0, 6.0, 700.0, 300.0)],
+               ("acl-bundle", "grpc-stream", 8): [(1500.0, 4.0, 400.0, 300.0)],
+               ("kserve", "grpc", 8): [(1200.0, 5.0, 560.0, 300.0)]}
+    report = pc.format_report(results, ["kserve"], ["grpc", "grpc-stream"], [8], 1, 3.0)
+    own, cross = report.split("grpc-stream / best peer's unary grpc")
+    assert "throughput  0.83x" in own  # unary against unary
+    assert "throughput  1.25x (rounds 1.25-1.25, kserve)" in cross  # stream against kserve's unary
