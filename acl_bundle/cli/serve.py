@@ -40,24 +40,40 @@ OPTION_NAMES = [
     ("protocol=", "--protocol"),
     ("check=None", "--no-finite-check"),
 ]
+#: Options handed to ServeConfig as they are (the field is the option's name): (option, type, default, metavar, help)
+SERVING_LIMITS: list[tuple[str, type, Any, str, str]] = [
+    ("--instances", int, 2, "N", "infer calls (batches) running at once (default 2)"),
+    ("--max-request-bytes", int, 64 << 20, "N", "largest infer request, REST body or gRPC message (default 64 MiB)"),
+    ("--drain-timeout", float, 10.0, "S", "on SIGTERM/SIGINT, wait this long for in-flight requests; those still "
+     "running then are answered 503 and the exit status is 3 (default 10 s)"),
+]
+HTTP_LIMITS: list[tuple[str, type, Any, str, str]] = [
+    ("--max-header-bytes", int, 16 << 10, "N",
+     "largest HTTP request head (request line + headers; 431 past it; default 16 KiB)"),
+    ("--max-headers", int, 100, "N", "most HTTP header fields in a request (431 past it; default 100)"),
+    ("--header-timeout", float, 10.0, "S",
+     "an HTTP request head must arrive within S s of its first byte (408; default 10 s)"),
+    ("--body-timeout", float, 60.0, "S", "an HTTP request body must arrive within S s of its head (408; default 60 s)"),
+    ("--keep-alive-timeout", float, 5.0, "S", "close an HTTP connection idle this long (default 5 s)"),
+    ("--max-connections", int, 1000, "N", "open HTTP connections (default 1000, lowered to fit the descriptor "
+     "limit); past it the longest-idle connection is closed"),
+]
+
+
+def _field(option: str) -> str:
+    return option[2:].replace("-", "_")
+
+
 #: ServeConfig fields named in its errors -> options (only for those errors: the words are common)
 CONFIG_NAMES = [
     ("http_port", "--http-port"),
     ("grpc_update_port", "--grpc-update-port"),
     ("grpc_port", "--grpc-port"),
-    ("max_request_bytes", "--max-request-bytes"),
     ("max_update_bytes", "--max-update-bytes"),
     ("max_queue_delay", "--max-queue-delay-us"),
-    ("drain_timeout", "--drain-timeout"),
-    ("max_header_bytes", "--max-header-bytes"),
-    ("max_headers", "--max-headers"),
-    ("header_timeout", "--header-timeout"),
-    ("body_timeout", "--body-timeout"),
-    ("keep_alive_timeout", "--keep-alive-timeout"),
-    ("max_connections", "--max-connections"),
+    *((_field(o), o) for o, *_ in SERVING_LIMITS + HTTP_LIMITS),
     ("poll_interval", "--poll-interval"),
     ("model_name", "--model-name"),
-    ("instances", "--instances"),
     ("history_bytes", "--history-bytes"),
     ("history", "--history"),
 ]
@@ -198,38 +214,10 @@ class Serve(Command):
             metavar="US",
             help="how long a request may wait for others to batch with (default 0: batch what is queued)",
         )
-        s.add_argument(
-            "--instances", type=int, default=2, metavar="N", help="infer calls (batches) running at once (default 2)"
-        )
-        s.add_argument(
-            "--max-request-bytes",
-            type=int,
-            default=64 << 20,
-            metavar="N",
-            help="largest infer request, REST body or gRPC message (default 64 MiB)",
-        )
-        s.add_argument(
-            "--drain-timeout",
-            type=float,
-            default=10.0,
-            metavar="S",
-            help="on SIGTERM/SIGINT, wait this long for in-flight requests; those still running then are "
-            "answered 503 and the exit status is 3 (default 10 s)",
-        )
         h = p.add_argument_group("HTTP connections")
-        h.add_argument("--max-header-bytes", type=int, default=16 << 10, metavar="N",
-                       help="largest HTTP request head (request line + headers; 431 past it; default 16 KiB)")
-        h.add_argument("--max-headers", type=int, default=100, metavar="N",
-                       help="most HTTP header fields in a request (431 past it; default 100)")
-        h.add_argument("--header-timeout", type=float, default=10.0, metavar="S",
-                       help="an HTTP request head must arrive within S s of its first byte (408; default 10 s)")
-        h.add_argument("--body-timeout", type=float, default=60.0, metavar="S",
-                       help="an HTTP request body must arrive within S s of its head (408; default 60 s)")
-        h.add_argument("--keep-alive-timeout", type=float, default=5.0, metavar="S",
-                       help="close an HTTP connection idle this long (default 5 s)")
-        h.add_argument("--max-connections", type=int, default=1000, metavar="N",
-                       help="open HTTP connections (default 1000, lowered to fit the descriptor limit); past it the "
-                       "longest-idle connection is closed")
+        for group, table in ((s, SERVING_LIMITS), (h, HTTP_LIMITS)):
+            for option, kind, default, metavar, text in table:
+                group.add_argument(option, type=kind, default=default, metavar=metavar, help=text)
         s.add_argument("--device", type=int, default=0, metavar="ID", help="device id (default 0)")
         s.add_argument("--sim", action="store_true", help="run on the simulator, whatever the file")
         s.add_argument(
@@ -297,16 +285,8 @@ class Serve(Command):
             require_weights=args.require_weights,
             dynamic_batching=not args.no_dynamic_batching,
             max_queue_delay=args.max_queue_delay_us / 1e6,
-            instances=args.instances,
-            max_request_bytes=args.max_request_bytes,
             max_update_bytes=args.max_update_bytes,
-            drain_timeout=args.drain_timeout,
-            max_header_bytes=args.max_header_bytes,
-            max_headers=args.max_headers,
-            header_timeout=args.header_timeout,
-            body_timeout=args.body_timeout,
-            keep_alive_timeout=args.keep_alive_timeout,
-            max_connections=args.max_connections,
+            **{_field(o): getattr(args, _field(o)) for o, *_ in SERVING_LIMITS + HTTP_LIMITS},
             device_id=args.device,
             acl=acl,
         )
