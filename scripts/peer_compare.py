@@ -9,8 +9,9 @@ this interpreter, over HTTP (binary tensors both ways; ``http-json``: JSON bodie
 has no streaming); closed-loop client threads at each ``--concurrency`` for ``--seconds`` per window, windows in
 rotated order over ``--rounds`` rounds after one unrecorded warm-up window per case.  Before any timing, one answer
 of each server over each protocol is compared with numpy and with onnxruntime; during the windows every answer is
-checked against numpy.  A protocol a server refuses (MLServer 1.7 has no binary tensor extension over HTTP; neither
-peer has ``ModelStreamInfer``) is reported and not measured.
+checked against numpy.  A protocol a server refuses (MLServer 1.7 has no binary tensor extension over HTTP;
+KServe 0.21 has no ``ModelStreamInfer``; MLServer 1.7's, made for generation, answered the custom runtime here with
+the error "mlp") is reported and not measured.
 
 Prints, per (server, protocol, concurrency), the median over rounds of throughput, p50 latency and the server's
 CPU per request (utime + stime of its process tree from /proc, so MLServer's inference worker counts) and the
