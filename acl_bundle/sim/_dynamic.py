@@ -106,10 +106,17 @@ def write_values(addr: int, size: int, values: tuple[int, ...]) -> None:
         ctype.from_address(addr + k * ctypes.sizeof(ctype)).value = v
 
 
+def values_view(addr: int, size: int, n: int) -> ctypes.Array | None:
+    """The ``n`` gear values of an mbatch buffer as a ctypes array over its memory (int64 if it holds 8 bytes each,
+    else uint32), or None if it is too small.  ``tuple(view)`` reads the current values."""
+    if size >= 8 * n:
+        return (ctypes.c_int64 * n).from_address(addr)
+    if size >= 4 * n:
+        return (ctypes.c_uint32 * n).from_address(addr)
+    return None
+
+
 def read_values(addr: int, size: int, n: int) -> tuple[int, ...] | None:
     """The ``n`` gear values in an mbatch buffer (uint64 if it holds 8 bytes each, else uint32), or None."""
-    if size >= 8 * n:
-        return tuple(ctypes.c_int64.from_address(addr + 8 * k).value for k in range(n))
-    if size >= 4 * n:
-        return tuple(ctypes.c_uint32.from_address(addr + 4 * k).value for k in range(n))
-    return None
+    view = values_view(addr, size, n)
+    return None if view is None else tuple(view)

@@ -20,7 +20,7 @@ import numpy as np
 from .._constants import ACL_DYNAMIC_TENSOR_NAME, ACL_FORMAT_ND, NUMPY_TO_ACL
 from . import _state as S
 from ._data import get_db, get_ds, get_td
-from ._dynamic import Dynamic, read_values, write_values
+from ._dynamic import Dynamic, read_values, values_view, write_values
 from ._memory import (
     Block,
     describe,
@@ -652,8 +652,10 @@ class _ExecCache:
     keep: list[Any]
     bind_in: list[Any]
     bind_out: list[Any]
-    io: Any = None  # the IOBinding, built on first run
-    in_place: bool = False  # onnxruntime wrote every output into its bound buffer (checked on the first run)
+    values: tuple[int, ...] | None = None  # the gear's values in that buffer when checked (dynamic models)
+    view: Any = None  # a ctypes array over those values in the buffer's memory: read on every execute
+    io: Any = None  # the IOBinding, kept once a run wrote every output into its bound buffer
+    works: dict[str, Work] = field(default_factory=dict)  # the work of an execute by API name, made once
     busy: Any = field(default_factory=threading.Lock)
 
     def valid(self, ids: Any, ods: Any) -> bool:
@@ -730,39 +732,46 @@ def _gear_of(name: str, m: Model, mb: Any) -> tuple[int | None, int]:
 
 def _cached(name: str, m: Model, ids: Any, ods: Any) -> tuple[int, Work | None] | None:
     """The cached work of this (model, datasets) if still valid (LOCK held), else None."""
-    c = m.exec_cache.get((ids.id, ods.id))
+    key = (ids.id, ods.id)
+    c = m.exec_cache.get(key)
     if c is None:
         return None
-    if not c.valid(ids, ods):
-        del m.exec_cache[(ids.id, ods.id)]
+    if not (c.ids is ids and c.ods is ods and c.ids_gen == ids.gen and c.ods_gen == ods.gen
+            and c.frees == WORLD.device_frees):
+        del m.exec_cache[key]
         return None
-    gear = None
-    if m.dyn is not None:
+    if c.view is not None and tuple(c.view) != c.values:  # the shape buffer holds other values: which gear, if any
         gear, ret = _gear_of(name, m, c.mb)
         if gear is None:
             return ret, None
         if gear != c.gear:
             return None
-    return 0, _infer_work(name, m, c, c.bind_in, c.bind_out, c.keep, gear)
+    work = c.works.get(name)
+    if work is None:
+        work = c.works[name] = _infer_work(name, m, c, c.bind_in, c.bind_out, c.keep, c.gear)
+    return 0, work
 
 
 def _infer_work(name: str, m: Model, c: _ExecCache | None, bind_in: list, bind_out: list, keep: list,
                 gear: int | None) -> Work:
     sess = m.session
+    run = sess.run_with_iobinding
+    mid = m.id
 
     def work() -> int:
         _ = keep
         mine = c is not None and c.busy.acquire(blocking=False)  # the cached binding, unless another thread has it
         try:
-            io = c.io if mine and c is not None and c.io is not None else None
-            if io is None:
+            io = c.io if mine and c is not None else None
+            if io is not None:
+                run(io)
+            else:
                 io = sess.io_binding()
                 for n, dt, shape, ptr in bind_in:
                     io.bind_input(n, "cpu", 0, dt.type, shape, ptr)
                 for n, dt, shape, ptr in bind_out:
                     io.bind_output(n, "cpu", 0, dt.type, shape, ptr)
-            sess.run_with_iobinding(io)
-            if not (mine and c is not None and c.in_place):
+                run(io)
                 in_place = True
                 for (_n, dt, _shape, ptr), ov in zip(bind_out, io.get_outputs()):
                     if ov.data_ptr() != ptr:  # onnxruntime allocated its own output: copy it into place
@@ -770,15 +779,15 @@ def _infer_work(name: str, m: Model, c: _ExecCache | None, bind_in: list, bind_o
                         arr = np.ascontiguousarray(ov.numpy(), dtype=dt)
                         ctypes.memmove(ptr, arr.ctypes.data, arr.nbytes)
                 if mine and c is not None and in_place:  # only a binding that writes in place is kept
-                    c.io, c.in_place = io, True
+                    c.io = io
         except Exception as e:  # onnxruntime error types vary
-            return set_err(S.E_EXEC, f"{name}: model {m.id} failed in onnxruntime: {e}")
+            return set_err(S.E_EXEC, f"{name}: model {mid} failed in onnxruntime: {e}")
         finally:
             if mine and c is not None:
                 c.busy.release()
         if gear is not None:
             m.last_gear = gear
-        bump("executions", 1, m.id)
+        bump("executions", 1, mid)
         return 0
 
     return work
@@ -861,10 +870,13 @@ def _prepare_infer(name: str, m: Model, ids: Any, ods: Any, in_dbs: list,
         del m.exec_cache[key]  # stale (a dataset destroyed or changed): keep nothing of it alive
     if len(m.exec_cache) >= EXEC_CACHE_SIZE:
         m.exec_cache.pop(next(iter(m.exec_cache)))
+    mb = in_dbs[-1] if m.dyn is not None else None
     c = m.exec_cache[(ids.id, ods.id)] = _ExecCache(
-        ids, ods, ids.gen, ods.gen, WORLD.device_frees, gear, in_dbs[-1] if m.dyn is not None else None,
-        keep, bind_in, bind_out)
-    return 0, _infer_work(name, m, c, bind_in, bind_out, keep, gear)
+        ids, ods, ids.gen, ods.gen, WORLD.device_frees, gear, mb, keep, bind_in, bind_out)
+    if mb is not None and m.dyn is not None and gear is not None:  # checked above: live memory, big enough
+        c.values, c.view = m.dyn.gears[gear], values_view(mb.addr, mb.size, m.dyn.width)
+    work = c.works[name] = _infer_work(name, m, c, bind_in, bind_out, keep, gear)
+    return 0, work
 
 
 def _init_work(m: Model) -> Work:

@@ -160,7 +160,8 @@ def set_device(device_id: int) -> int:
             return set_err(S.E_DEVICE, f"set_device: device {device_id} not in [0, {S.CONFIG.device_count})")
         WORLD.devices[device_id] = WORLD.devices.get(device_id, 0) + 1
         if device_id not in WORLD.default_ctx:
-            WORLD.default_ctx[device_id] = new_handle()
+            cid = WORLD.default_ctx[device_id] = new_handle()
+            WORLD.default_ctx_objs[cid] = S.DefaultCtx(cid, device_id)
         _make_current(WORLD.default_ctx[device_id])
     return 0
 
@@ -177,6 +178,8 @@ def reset_device(device_id: int) -> int:
             return 0
         del WORLD.devices[device_id]
         cid = WORLD.default_ctx.pop(device_id, None)  # implicit context dies with the device
+        if cid is not None:
+            WORLD.default_ctx_objs.pop(cid, None)
         doomed = _streams_of(cid) if cid is not None else []
     _tear_down(doomed)
     return 0

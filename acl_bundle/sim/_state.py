@@ -174,6 +174,7 @@ class World:
         self.regions = Intervals(multi=True)  # bytes_to_ptr / numpy_to_ptr registrations
         self.device_used: dict[int, int] = {}  # device -> accounted bytes
         self.device_frees = 0  # device memory given back so far: a cached "this address is live" is stale after one
+        self.default_ctx_objs: dict[int, DefaultCtx] = {}  # the same default contexts by id (set and popped with it)
 
 
 LOCK = threading.RLock()
@@ -322,18 +323,15 @@ REGISTRY: dict[str, Callable] = {}
 
 def current_context() -> Any:
     """The live current context of the calling thread, or None. Call with LOCK held."""
-    if TLS.gen != WORLD.gen or not TLS.ctx:
+    tls = TLS
+    cid = tls.ctx
+    if not cid or tls.gen != WORLD.gen:
         return None
-    ctx = WORLD.contexts.get(TLS.ctx)
-    if ctx is not None:
-        return ctx
-    for dev, cid in WORLD.default_ctx.items():
-        if cid == TLS.ctx:
-            return DefaultCtx(cid, dev)
-    return None
+    ctx = WORLD.contexts.get(cid)
+    return ctx if ctx is not None else WORLD.default_ctx_objs.get(cid)
 
 
-@dataclass
+@dataclass(frozen=True)
 class DefaultCtx:
     id: int
     device: int
@@ -430,8 +428,16 @@ def check_int(*names_values: tuple[str, Any]) -> None:
 def ints(*names: str) -> Callable[..., None]:
     """A ``pre`` hook checking that the positional arguments are ints (pyACL raises TypeError)."""
 
+    n = len(names)
+
     def pre(*args: Any, **kwargs: Any) -> None:
-        if len(args) + len(kwargs) != len(names):
+        if not kwargs and len(args) == n:  # the common case: plain ints, nothing more to check
+            for v in args:
+                if v.__class__ is not int:
+                    break
+            else:
+                return
+        if len(args) + len(kwargs) != n:
             raise TypeError(f"expected {len(names)} arguments ({', '.join(names)}), got {len(args) + len(kwargs)}")
         check_int(*zip(names, args))
         check_int(*((k, v) for k, v in kwargs.items()))

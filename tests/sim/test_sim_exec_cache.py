@@ -3,6 +3,8 @@ descriptor changes, or device memory is freed: every check of an uncached execut
 from __future__ import annotations
 
 import numpy as np
+import pytest
+from simhelp import Rig
 from test_sim_models import BundleRun, run_dyn
 
 from acl_bundle import _constants as C
@@ -106,3 +108,52 @@ def test_another_gear_is_another_binding(rig, mlp_bundle):
                                    atol=1e-5)
     ret, _ = run_dyn(rig, ids[0], d, 3, x[:3], set_batch=False)  # no gear set on a fresh dataset: refused
     assert ret != 0
+
+
+@pytest.mark.parametrize("mb_bytes", [8, 4])  # int64 values, or uint32 in a 4-byte buffer (ge_executor.cc:375)
+def test_the_shape_buffer_is_read_on_every_cached_execute(rig, mlp_bundle, mb_bytes):
+    """A cached execute reads the gear from the ascend_mbatch_shape_data memory itself: values written there by a
+    plain memcpy (no set_dynamic_batch_size, the datasets unchanged) select another gear, or none (145013)."""
+    path, w = mlp_bundle(batch_sizes=[1, 2, 4])
+    _, ids = rig.load_bundle(path)
+    d = rig.desc(ids[0])
+    acl.mdl.execute(ids[1], *(rig.dataset([])[0] for _ in range(2)))
+    ins, (xp, mbp) = rig.dataset([acl.mdl.get_input_size_by_index(d, 0), mb_bytes])
+    outs, outp = rig.dataset([acl.mdl.get_output_size_by_index(d, 0)])
+    x = _x(4, 6)
+    rig.h2d(xp, x)
+    dt = np.int64 if mb_bytes == 8 else np.uint32
+    for batch in (2, 2, 3, 4, 4, 0, 1):
+        rig.h2d(mbp, np.array([batch], dt))
+        ret = acl.mdl.execute(ids[0], ins, outs)
+        if batch in (1, 2, 4):
+            assert ret == 0, acl.get_recent_err_msg()
+            np.testing.assert_allclose(rig.d2h(outp[0], np.float32, (batch, 4)), ref(x[:batch], w), rtol=1e-5,
+                                       atol=1e-5)
+        else:
+            assert ret == 145013  # ACL_ERROR_GE_DYNAMIC_BATCH_SIZE_INVALID, as uncached
+            assert f"not set or invalid ([{batch}])" in acl.get_recent_err_msg()
+    assert len(_state.WORLD.models[ids[0]].exec_cache) == 1  # one binding per gear used, the last one kept
+
+
+def test_a_reset_device_ends_its_default_context_for_a_cached_execute(dev, mlp_bundle):
+    """The default context of a device dies with its last reset_device, also for a model whose execute is cached
+    (107002 in that thread), and the next set_device makes another one, where the model does not run (107004)."""
+    path, w = mlp_bundle()
+    assert acl.rt.set_device(1) == 0  # device 1's default context: current in this thread
+    r = Rig()
+    try:
+        b = BundleRun(r, path)
+        b.run_init()
+        x = _x()
+        np.testing.assert_allclose(b.infer_x(x), ref(x, w), rtol=1e-5, atol=1e-5)
+        assert acl.mdl.execute(b.infer, b.inf_in, b.inf_out) == 0  # cached
+        assert acl.rt.reset_device(1) == 0
+        assert acl.mdl.execute(b.infer, b.inf_in, b.inf_out) == 107002  # ACL_ERROR_RT_CONTEXT_NULL
+        assert acl.rt.set_device(1) == 0  # a new default context
+        assert acl.mdl.execute(b.infer, b.inf_in, b.inf_out) == 107004  # ACL_ERROR_RT_MODEL_CONTEXT
+        assert "was loaded in context" in acl.get_recent_err_msg()
+    finally:
+        r.close()
+        acl.rt.reset_device(1)
+        assert acl.rt.set_device(0) == 0 and acl.rt.reset_device(0) == 0  # device 0's context current again
