@@ -25,7 +25,8 @@ import numpy as np
 
 from acl_bundle import BundleModel, sim
 from acl_bundle._model.gate import Gate
-from acl_bundle.bench import _fresh, _stalls, _timeline
+from acl_bundle.bench.harness import fresh_copies
+from acl_bundle.bench.latency import stalls, timeline
 from acl_bundle.sim import builder, models
 
 
@@ -42,20 +43,20 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         om, _ = builder.save(builder.build_bundle(proto, init=False), Path(tmp) / "m.om")
         upd = {k: (v * 0.5).astype(v.dtype) for k, v in w0.items()}
-        xs = _fresh(np.ones((1, 512), np.float32), 64)
+        xs = fresh_copies(np.ones((1, 512), np.float32), 64)
         for threads in args.threads:
             with BundleModel(str(om), acl=sim.acl, max_concurrency=threads) as m:
                 m.update(upd)
-                _timeline(m, xs, threads, 0.2, None, upd)  # warm: every slot built
+                timeline(m, xs, threads, 0.2, None, upd)  # warm: every slot built
                 stall: dict[str, list[float]] = {k: [] for k in variants}
                 p99: dict[str, list[float]] = {k: [] for k in variants}
                 try:
                     for r in range(args.rounds):
                         for name in (list(variants) if r % 2 == 0 else list(variants)[::-1]):
                             Gate.hand_off = variants[name]  # type: ignore[method-assign]
-                            base = [b - a for a, b in _timeline(m, xs, threads, args.seconds, None, upd)[0]]
-                            calls, updates = _timeline(m, xs, threads, args.seconds, 10.0, upd)
-                            ratios, _alone = _stalls(calls, updates, statistics.median(base))
+                            base = [b - a for a, b in timeline(m, xs, threads, args.seconds, None, upd)[0]]
+                            calls, updates = timeline(m, xs, threads, args.seconds, 10.0, upd)
+                            ratios, _alone = stalls(calls, updates, statistics.median(base))
                             stall[name].append(max(ratios))
                             p99[name].append(float(np.percentile([b - a for a, b in calls], 99) / np.percentile(base, 99)))
                 finally:

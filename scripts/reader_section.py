@@ -27,7 +27,8 @@ import numpy as np
 
 from acl_bundle import BundleModel, sim
 from acl_bundle._errors import AclError, recent_error
-from acl_bundle.bench import _fresh, _latencies
+from acl_bundle.bench.harness import fresh_copies
+from acl_bundle.bench.latency import latencies
 from acl_bundle.sim import builder, models
 
 
@@ -107,16 +108,16 @@ def _open_pair(path: str, threads: int) -> dict[str, BundleModel]:
 def stalls(path: str, x: np.ndarray, upd: dict, threads: int, rounds: int, seconds: float) -> None:
     ms = _open_pair(path, threads)
     try:
-        xs = _fresh(x, 64)
+        xs = fresh_copies(x, 64)
         for m in ms.values():
             m.update(upd)
-            _latencies(m, xs, threads, 0.2, None, upd)
+            latencies(m, xs, threads, 0.2, None, upd)
         stall: dict[str, list[float]] = {k: [] for k in ms}
         commit: dict[str, list[float]] = {k: [] for k in ms}
         for r in range(rounds):
             for k in (list(ms) if r % 2 == 0 else list(ms)[::-1]):
-                base, _ = _latencies(ms[k], xs, threads, seconds, None, upd)
-                lat, commits = _latencies(ms[k], xs, threads, seconds, 10.0, upd)
+                base, _ = latencies(ms[k], xs, threads, seconds, None, upd)
+                lat, commits = latencies(ms[k], xs, threads, seconds, 10.0, upd)
                 stall[k].append(max(lat) - statistics.median(base))
                 commit[k].append(statistics.median(commits))
         for k in ms:
@@ -140,7 +141,7 @@ def call_cost(path: str, rounds: int) -> None:
         t: dict[str, list[float]] = {k: [] for k in ms}
         for r in range(rounds):
             for k in (list(ms) if r % 2 == 0 else list(ms)[::-1]):
-                xs = _fresh(x, 100)
+                xs = fresh_copies(x, 100)
                 t0 = time.perf_counter()
                 for a in xs:
                     ms[k].infer(a)

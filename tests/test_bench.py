@@ -125,9 +125,9 @@ def test_pause_rows(quick):
 
 
 def test_stalls_pair_each_update_with_the_calls_that_overlapped_it():
-    """_stalls: a call counts against every update it overlapped, divided by that update's own commit;
+    """bench.latency.stalls: a call counts against every update it overlapped, divided by that update's own commit;
     calls that overlapped none give the noise floor."""
-    from acl_bundle.bench import _stalls
+    from acl_bundle.bench.latency import stalls as _stalls
 
     typical = 1.0
     updates = [(10.0, 12.0, 2.0), (20.0, 21.0, 0.5), (30.0, 31.0, 1.0)]  # (start, end, commit)
@@ -190,7 +190,7 @@ def test_staging_memory_rows(quick):
 
 
 def test_unreliable_rows_never_print_pass():
-    from acl_bundle.bench import _row
+    from acl_bundle.bench.harness import table_row as _row
 
     wide = _row(1, "wide", 1.0, "<=", 1.1, paired_min=0.5, paired_max=1.2)
     negative = _row(1, "negative", 0.9, "<=", 1.1, suspect="negative overhead", paired_min=0.88, paired_max=0.92)
