@@ -9,12 +9,18 @@ benchmark's), loaded on the simulator by the raw pyACL sequence; then, interleav
   same device buffers (the kernel the simulator calls, nothing else).
 
 Both run in one thread, on the same session and buffers; round 0 warms both up and is not
-counted.  Prints per-call medians of the rounds and the median (and range) of the per-round
-ratios A/B.  Run: ``python scripts/sim_execute_cost.py``.
+counted; both first compute once into the emptied output buffer and must agree, and every
+simulated execute must succeed (the simulator's execution count).  Prints the per-call
+medians of the rounds, the median (and range) of the per-round ratios A/B, by wall clock
+and by the thread's own CPU time (onnxruntime runs in the calling thread with one intra-op
+thread; CPU time leaves out the time other processes on the machine took the core), and
+the load average.  Run: ``python scripts/sim_execute_cost.py``.
 """
 from __future__ import annotations
 
 import argparse
+import ctypes
+import os
 import statistics
 import tempfile
 import time
@@ -30,6 +36,7 @@ def main() -> None:
     ap.add_argument("--sizes", default="64,256,256,10")
     args = ap.parse_args()
 
+    from acl_bundle import sim
     from acl_bundle.bench import RawInfer
     from acl_bundle.sim import _state, acl, builder, models
 
@@ -70,24 +77,46 @@ def main() -> None:
                 for _ in range(args.calls):
                     run(io)
 
-            times: dict[str, list[float]] = {"A": [], "B": []}
-            ratios: list[float] = []
+            # Both compute the same: the same outputs into the same buffer (A's return code checked below).
+            out = out_dbs[0]
+            got_ab = []
+            for once in (lambda: acl.mdl.execute(raw.infer_id, raw.in_ds, raw.out_ds),
+                         lambda: sess.run_with_iobinding(io)):
+                ctypes.memset(out.addr, 0, out.size)
+                once()
+                got_ab.append(ctypes.string_at(out.addr, out.size))
+            if got_ab[0] != got_ab[1] or not any(got_ab[0]):
+                raise SystemExit("A and B computed different outputs: not the same graph and buffers")
+            done = sim.stats()["executions"].get(raw.infer_id, 0)
+
+            clocks = {"wall": time.perf_counter, "cpu": time.thread_time}  # cpu: this thread's CPU time only
+            times = {(c, k): [] for c in clocks for k in "AB"}
+            ratios: dict[str, list[float]] = {c: [] for c in clocks}
             for r in range(args.rounds + 1):  # round 0 warms both up and is not counted
-                got: dict[str, float] = {}
+                got: dict[tuple[str, str], float] = {}
                 for kind in ("AB" if r % 2 == 0 else "BA"):
-                    t0 = time.perf_counter()
+                    w0, c0 = time.perf_counter(), time.thread_time()
                     (a if kind == "A" else b)()
-                    got[kind] = (time.perf_counter() - t0) / args.calls
+                    got["cpu", kind] = (time.thread_time() - c0) / args.calls
+                    got["wall", kind] = (time.perf_counter() - w0) / args.calls
                 if r:
-                    times["A"].append(got["A"])
-                    times["B"].append(got["B"])
-                    ratios.append(got["A"] / got["B"])
-            ta, tb = statistics.median(times["A"]), statistics.median(times["B"])
-            print(f"MLP {sizes}, batch 1, {args.rounds} interleaved rounds x {args.calls} calls (one thread)")
-            print(f"A simulated acl.mdl.execute      {ta * 1e6:8.2f} us/call (median of rounds)")
-            print(f"B onnxruntime run_with_iobinding {tb * 1e6:8.2f} us/call (median of rounds)")
-            print(f"A/B {statistics.median(ratios):.2f}x median of per-round ratios, "
-                  f"range {min(ratios):.2f}-{max(ratios):.2f}x (goal <= 2x)")
+                    for key, v in got.items():
+                        times[key].append(v)
+                    for c in clocks:
+                        ratios[c].append(got[c, "A"] / got[c, "B"])
+            if sim.stats()["executions"].get(raw.infer_id, 0) - done != (args.rounds + 1) * args.calls:
+                raise SystemExit(f"some simulated executes failed: {acl.get_recent_err_msg()}")
+            load = ", ".join(f"{v:.2f}" for v in os.getloadavg())
+            print(f"MLP {sizes}, batch 1, {args.rounds} interleaved rounds x {args.calls} calls (one thread), "
+                  f"load average {load}")
+            print("                                  wall clock    thread CPU time   (us/call, median of rounds)")
+            med = statistics.median
+            for k, label in (("A", "A simulated acl.mdl.execute     "), ("B", "B onnxruntime run_with_iobinding")):
+                print(f"{label} {med(times['wall', k]) * 1e6:8.2f}      {med(times['cpu', k]) * 1e6:8.2f}")
+            for c, label in (("wall", "wall clock"), ("cpu", "thread CPU time")):
+                rs = ratios[c]
+                print(f"A/B {med(rs):.2f}x by {label}: median of per-round ratios, range {min(rs):.2f}-{max(rs):.2f}x "
+                      "(goal <= 2x)")
         finally:
             raw.close()
 
