@@ -148,6 +148,8 @@ def _infer_request(body: bytes, header_length: str | None) -> _Parsed:
         for key in ("name", "shape", "datatype"):
             if key not in t:
                 raise ServeError(400, f"inputs[{i}] ({name!r}) has no {key!r}")
+        if not isinstance(name, str):
+            raise ServeError(400, f"inputs[{i}]: 'name' must be a string, got {name!r}")
         tparams = check_parameters(t.get("parameters"), f"input {name!r}")
         size = tparams.get("binary_data_size")
         if size is not None:

@@ -215,6 +215,7 @@ X_OK = {"name": "x", "shape": [1, 8], "datatype": "FP32", "data": [0.5] * 8}
     ({"inputs": [X_OK, X_OK]}, "given twice"),
     ({"inputs": [X_OK], "outputs": [{"name": "nope"}]}, "unknown output 'nope'"),
     ({"inputs": [{"name": "x", "datatype": "FP32"}]}, "has no 'shape'"),
+    ({"inputs": [dict(X_OK, name=5)]}, "inputs[0]: 'name' must be a string, got 5"),
 ])
 def test_malformed_json_requests_get_clear_400s(srv, body, expect):
     status, err, _ = _post_json(srv, f"/v2/models/{srv.name}/infer", body)
