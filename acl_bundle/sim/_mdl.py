@@ -655,7 +655,7 @@ class _ExecCache:
     values: tuple[int, ...] | None = None  # the gear's values in that buffer when checked (dynamic models)
     view: Any = None  # a ctypes array over those values in the buffer's memory: read on every execute
     io: Any = None  # the IOBinding, kept once a run wrote every output into its bound buffer
-    works: dict[str, Work] = field(default_factory=dict)  # the work of an execute by API name, made once
+    works: dict[str, Work] = field(default_factory=dict)  # the work over ``io`` by API name, made once
     busy: Any = field(default_factory=threading.Lock)
 
     def valid(self, ids: Any, ods: Any) -> bool:
@@ -746,10 +746,34 @@ def _cached(name: str, m: Model, ids: Any, ods: Any) -> tuple[int, Work | None] 
             return ret, None
         if gear != c.gear:
             return None
+    if c.io is None:  # no binding kept yet (the first run checks that onnxruntime writes in place)
+        return 0, _infer_work(name, m, c, c.bind_in, c.bind_out, c.keep, c.gear)
     work = c.works.get(name)
     if work is None:
-        work = c.works[name] = _infer_work(name, m, c, c.bind_in, c.bind_out, c.keep, c.gear)
+        work = c.works[name] = _bound_work(name, m, c)
     return 0, work
+
+
+def _bound_work(name: str, m: Model, c: _ExecCache) -> Work:
+    """The work of a cached execute whose binding is kept (``c.io``): one onnxruntime run."""
+    run, io, gear, mid = m.session.run_with_iobinding, c.io, c.gear, m.id
+    acquire, release = c.busy.acquire, c.busy.release
+
+    def work() -> int:
+        if not acquire(False):  # another thread runs this binding: one of its own
+            return _infer_work(name, m, c, c.bind_in, c.bind_out, c.keep, gear)()
+        try:
+            run(io)
+        except Exception as e:  # onnxruntime error types vary
+            return set_err(S.E_EXEC, f"{name}: model {mid} failed in onnxruntime: {e}")
+        finally:
+            release()
+        if gear is not None:
+            m.last_gear = gear
+        bump("executions", 1, mid)
+        return 0
+
+    return work
 
 
 def _infer_work(name: str, m: Model, c: _ExecCache | None, bind_in: list, bind_out: list, keep: list,
@@ -875,8 +899,7 @@ def _prepare_infer(name: str, m: Model, ids: Any, ods: Any, in_dbs: list,
         ids, ods, ids.gen, ods.gen, WORLD.device_frees, gear, mb, keep, bind_in, bind_out)
     if mb is not None and m.dyn is not None and gear is not None:  # checked above: live memory, big enough
         c.values, c.view = m.dyn.gears[gear], values_view(mb.addr, mb.size, m.dyn.width)
-    work = c.works[name] = _infer_work(name, m, c, bind_in, bind_out, keep, gear)
-    return 0, work
+    return 0, _infer_work(name, m, c, bind_in, bind_out, keep, gear)
 
 
 def _init_work(m: Model) -> Work:

@@ -157,3 +157,19 @@ def test_a_reset_device_ends_its_default_context_for_a_cached_execute(dev, mlp_b
         r.close()
         acl.rt.reset_device(1)
         assert acl.rt.set_device(0) == 0 and acl.rt.reset_device(0) == 0  # device 0's context current again
+
+
+def test_a_binding_another_thread_is_running_is_not_shared(rig, mlp_bundle):
+    """While one execute runs a cached binding, another of the same datasets binds its own and is just as right."""
+    path, w = mlp_bundle()
+    b = BundleRun(rig, path)
+    b.run_init()
+    b.infer_x(_x())
+    (c,) = _cache(b).values()
+    assert c.io is not None  # kept: onnxruntime wrote in place
+    with c.busy:  # as while another thread runs it
+        x = _x(1, 4)
+        np.testing.assert_allclose(b.infer_x(x), ref(x, w), rtol=1e-5, atol=1e-5)
+    x = _x(1, 5)
+    np.testing.assert_allclose(b.infer_x(x), ref(x, w), rtol=1e-5, atol=1e-5)
+    assert sim.stats()["executions"][b.infer] == 3
