@@ -20,11 +20,26 @@ log = logging.getLogger("acl_bundle")
 
 MiB = 1 << 20
 GOALS = {"skew_p99_ms_4mib": 5.0, "publish_ratio": 3.0}
-# publish modes: what is set on the fleet before each of its publishes
+# publish modes: what is set on the fleet before each of its publishes; "barrier:MS" = a commit_lead of MS ms
 MODES: dict[str, dict[str, Any]] = {
     "calls": {"commit_lead": 0.0},
     "barrier": {"commit_lead": 0.004},
 }
+
+
+def mode_settings(mode: str) -> dict[str, Any]:
+    """What publish mode ``mode`` sets on the fleet; ValueError for an unknown one."""
+    if mode in MODES:
+        return MODES[mode]
+    kind, _, ms = mode.partition(":")
+    try:
+        lead = float(ms) / 1e3
+    except ValueError:
+        lead = -1.0
+    if kind != "barrier" or not 0 < lead <= 1:
+        raise ValueError(f"unknown publish mode {mode!r}: expected one of {sorted(MODES)} or barrier:MS "
+                         f"(a commit lead of 0 < MS <= 1000 ms)")
+    return {"commit_lead": lead}
 PHASES = ("send", "stage", "commit")
 REPLICA_TIMINGS = ("stage_call", "receive", "stage", "commit_call", "commit_wait", "commit")
 
@@ -43,9 +58,9 @@ def run_fleet_bench(*, replicas: int = 4, sizes_mib: tuple[int, ...] = (4, 64), 
     from ..fleet.replica import ReplicaActor
     from ..sim import builder, models
 
-    unknown = [m for m in modes if m not in MODES]
-    if unknown or not modes:
-        raise ValueError(f"unknown publish mode(s) {unknown}: expected some of {sorted(MODES)}")
+    if not modes:
+        raise ValueError("no publish mode")
+    settings = {m: mode_settings(m) for m in modes}
     started = not ray.is_initialized()
     if started:
         ray.init(num_cpus=num_cpus, include_dashboard=False, log_to_driver=False, configure_logging=False)
@@ -76,7 +91,7 @@ def run_fleet_bench(*, replicas: int = 4, sizes_mib: tuple[int, ...] = (4, 64), 
                                     if r:
                                         one.append(dt)
                                     continue
-                                for attr, value in MODES[kind].items():
+                                for attr, value in settings[kind].items():
                                     setattr(fleet, attr, value)
                                 t0 = time.perf_counter()
                                 res = fleet.publish(w, step)
@@ -112,12 +127,12 @@ def _row(nbytes: int, replicas: int, rounds: int, mode: str, pub: list[Any], one
 
 
 def format_fleet_table(rows: list[dict[str, Any]]) -> str:
-    head = (f"{'size':>8}  {'mode':>8}  {'publish p50/p99 ms':>19}  {'1 update p50/p99 ms':>20}  "
+    head = (f"{'size':>8}  {'mode':>10}  {'publish p50/p99 ms':>19}  {'1 update p50/p99 ms':>20}  "
             f"{'ratio p50/p99':>14}  {'commit skew p50/p99 ms':>23}")
     lines = [head, "-" * len(head)]
     for r in rows:
         lines.append(
-            f"{r['size_mib']:6.1f}Mi  {r['mode']:>8}  {r['publish_ms_p50']:8.1f} /{r['publish_ms_p99']:8.1f}  "
+            f"{r['size_mib']:6.1f}Mi  {r['mode']:>10}  {r['publish_ms_p50']:8.1f} /{r['publish_ms_p99']:8.1f}  "
             f"{r['update_ms_p50']:9.2f} /{r['update_ms_p99']:8.2f}  {r['ratio_p50']:6.2f}x/{r['ratio_p99']:6.2f}x  "
             f"{r['skew_ms_p50']:11.2f} /{r['skew_ms_p99']:8.2f}")
     lines.append(f"goals: commit skew p99 <= {GOALS['skew_p99_ms_4mib']} ms at 4 MiB; "
@@ -125,15 +140,15 @@ def format_fleet_table(rows: list[dict[str, Any]]) -> str:
     lines.append("")
     lines.append("where a publish goes, p50 ms: phases (send = payload into the transport; stage, commit = calls out "
                  "to the last answer), then per replica (call = sent to started there)")
-    head2 = (f"{'size':>8}  {'mode':>8}  {'replica':>10}  {'send':>6}  {'stage':>6}  {'commit':>6}  {'st.call':>7}  "
+    head2 = (f"{'size':>8}  {'mode':>10}  {'replica':>10}  {'send':>6}  {'stage':>6}  {'commit':>6}  {'st.call':>7}  "
              f"{'receive':>7}  {'stage':>6}  {'co.call':>7}  {'co.wait':>7}  {'commit':>6}")
     lines += [head2, "-" * len(head2)]
     for r in rows:
         p = r["phases"]
-        lines.append(f"{r['size_mib']:6.1f}Mi  {r['mode']:>8}  {'(phases)':>10}  {1e3 * p['send']:6.2f}  "
+        lines.append(f"{r['size_mib']:6.1f}Mi  {r['mode']:>10}  {'(phases)':>10}  {1e3 * p['send']:6.2f}  "
                      f"{1e3 * p['stage']:6.2f}  {1e3 * p['commit']:6.2f}")
         for name, t in r["replicas_p50"].items():
-            lines.append(f"{'':8}  {'':8}  {name:>10}  {'':6}  {'':6}  {'':6}  {1e3 * t['stage_call']:7.2f}  "
+            lines.append(f"{'':8}  {'':10}  {name:>10}  {'':6}  {'':6}  {'':6}  {1e3 * t['stage_call']:7.2f}  "
                          f"{1e3 * t['receive']:7.2f}  {1e3 * t['stage']:6.2f}  {1e3 * t['commit_call']:7.2f}  "
                          f"{1e3 * t['commit_wait']:7.2f}  {1e3 * t['commit']:6.2f}")
     return "\n".join(lines)
