@@ -318,7 +318,6 @@ def _private_attribute_uses(name: str) -> list[str]:
 
 # Private attributes used across modules today, each with who removes the use.
 PRIVATE_ATTRIBUTES_KNOWN: dict[str, str] = {
-    "acl_bundle.serve.server": "i27grpc (server.py calls service._refresh_ready)",
 }
 
 

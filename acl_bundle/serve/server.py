@@ -359,8 +359,7 @@ class Server:
                         grpc_server: Any, grpc_updates: Any = None) -> bool:
         """Drain and close; True if every request in flight finished within ``drain_timeout``."""
         cfg = self.config
-        self.service.shutting_down = True
-        self.service._refresh_ready()
+        self.service.begin_shutdown()
         waits = []
         grpcs = [g for g in (grpc_server, grpc_updates) if g is not None]
         for g in grpcs:  # GrpcFrontEnd.stop: new calls UNAVAILABLE, in-flight ones finish, then stop

@@ -295,10 +295,14 @@ class ModelService:
         self.watcher.start()
 
     # ------------------------------------------------------------------ shutdown
-    async def drain(self) -> None:
-        """Stop updates from the watcher, finish queued infer requests, stop the worker threads."""
+    def begin_shutdown(self) -> None:
+        """From now on not ready (readiness routes and the ready gauge say so); new updates are refused."""
         self.shutting_down = True
         self._refresh_ready()
+
+    async def drain(self) -> None:
+        """Stop updates from the watcher, finish queued infer requests, stop the worker threads."""
+        self.begin_shutdown()
         loop = asyncio.get_running_loop()
         if self.watcher is not None:
             await loop.run_in_executor(None, self.watcher.stop, 10.0)
