@@ -6,7 +6,7 @@ import os
 import sys
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
@@ -21,47 +21,25 @@ from .harness import (
 )
 
 
-def _serve(m: Any, x: np.ndarray, threads: int, seconds: float, rate: float | None, upd: dict) -> tuple[float, int]:
-    """Infers/second of ``threads`` infer threads over ``seconds``, with updates at ``rate`` Hz (inf = max)."""
-    stop = threading.Event()
-    start = threading.Barrier(threads + 2)
-    counts = [0] * threads
-    n_upd = [0]
+def _run_for(seconds: float, threads: int, infer: Callable[[int], None], update: Callable[[], None],
+             start: threading.Barrier, stop: threading.Event) -> float:
+    """Run ``infer(i)`` in ``threads`` threads and ``update()`` in one more, for ``seconds``.
+
+    Every thread waits on ``start`` (``threads + 2`` parties: this one releases them), ``stop`` is set
+    after ``seconds`` or at a thread's first error; returns the seconds from the release to the last
+    join and raises the first error a thread hit.
+    """
     errors: list[BaseException] = []
 
-    def infer(i: int) -> None:
+    def guarded(fn: Callable[..., None], *args: Any) -> None:
         try:
-            xs = fresh_copies(x, 64)
-            start.wait()
-            k = 0
-            while not stop.is_set():
-                m.infer(xs[k % 64])  # 64 live arrays: bounded simulator registrations
-                k += 1
-            counts[i] = k
+            fn(*args)
         except BaseException as e:  # pragma: no cover - reported below
             errors.append(e)
             stop.set()
 
-    def update() -> None:
-        try:
-            start.wait()
-            t_next = time.perf_counter()
-            while not stop.is_set():
-                if rate is None:
-                    return
-                if rate != float("inf"):
-                    t_next += 1.0 / rate
-                    delay = t_next - time.perf_counter()
-                    if delay > 0 and stop.wait(delay):
-                        return
-                m.update(upd)
-                n_upd[0] += 1
-        except BaseException as e:  # pragma: no cover
-            errors.append(e)
-            stop.set()
-
-    ts = [threading.Thread(target=infer, args=(i,), daemon=True) for i in range(threads)]
-    ts.append(threading.Thread(target=update, daemon=True))
+    ts = [threading.Thread(target=guarded, args=(infer, i), daemon=True) for i in range(threads)]
+    ts.append(threading.Thread(target=guarded, args=(update,), daemon=True))
     for t in ts:
         t.start()
     start.wait()
@@ -73,6 +51,40 @@ def _serve(m: Any, x: np.ndarray, threads: int, seconds: float, rate: float | No
     elapsed = time.perf_counter() - t0
     if errors:
         raise errors[0]
+    return elapsed
+
+
+def _serve(m: Any, x: np.ndarray, threads: int, seconds: float, rate: float | None, upd: dict) -> tuple[float, int]:
+    """Infers/second of ``threads`` infer threads over ``seconds``, with updates at ``rate`` Hz (inf = max)."""
+    stop = threading.Event()
+    start = threading.Barrier(threads + 2)
+    counts = [0] * threads
+    n_upd = [0]
+
+    def infer(i: int) -> None:
+        xs = fresh_copies(x, 64)
+        start.wait()
+        k = 0
+        while not stop.is_set():
+            m.infer(xs[k % 64])  # 64 live arrays: bounded simulator registrations
+            k += 1
+        counts[i] = k
+
+    def update() -> None:
+        start.wait()
+        t_next = time.perf_counter()
+        while not stop.is_set():
+            if rate is None:
+                return
+            if rate != float("inf"):
+                t_next += 1.0 / rate
+                delay = t_next - time.perf_counter()
+                if delay > 0 and stop.wait(delay):
+                    return
+            m.update(upd)
+            n_upd[0] += 1
+
+    elapsed = _run_for(seconds, threads, infer, update, start, stop)
     return sum(counts) / elapsed, n_upd[0]
 
 
@@ -126,51 +138,32 @@ def timeline(m: Any, xs: list[np.ndarray], threads: int, seconds: float, rate: f
     start = threading.Barrier(threads + 2)
     calls: list[list[tuple[float, float]]] = [[] for _ in range(threads)]
     updates: list[tuple[float, float, float]] = []
-    errors: list[BaseException] = []
     clock = time.perf_counter
 
     def infer(i: int) -> None:
-        try:
-            mine, k, n = calls[i], 0, len(xs)
-            start.wait()
-            while not stop.is_set():
-                t0 = clock()
-                m.infer(xs[k % n])
-                mine.append((t0, clock()))
-                k += 1
-        except BaseException as e:  # pragma: no cover - reported below
-            errors.append(e)
-            stop.set()
+        mine, k, n = calls[i], 0, len(xs)
+        start.wait()
+        while not stop.is_set():
+            t0 = clock()
+            m.infer(xs[k % n])
+            mine.append((t0, clock()))
+            k += 1
 
     def update() -> None:
-        try:
-            start.wait()
-            if rate is None:
+        start.wait()
+        if rate is None:
+            return
+        t_next = clock()
+        while not stop.is_set():
+            t_next += 1.0 / rate
+            delay = t_next - clock()
+            if delay > 0 and stop.wait(delay):
                 return
-            t_next = clock()
-            while not stop.is_set():
-                t_next += 1.0 / rate
-                delay = t_next - clock()
-                if delay > 0 and stop.wait(delay):
-                    return
-                u0 = clock()
-                m.update(upd)
-                updates.append((u0, clock(), m.stats["last_update"]["commit_seconds"]))
-        except BaseException as e:  # pragma: no cover
-            errors.append(e)
-            stop.set()
+            u0 = clock()
+            m.update(upd)
+            updates.append((u0, clock(), m.stats["last_update"]["commit_seconds"]))
 
-    ts = [threading.Thread(target=infer, args=(i,), daemon=True) for i in range(threads)]
-    ts.append(threading.Thread(target=update, daemon=True))
-    for t in ts:
-        t.start()
-    start.wait()
-    time.sleep(seconds)
-    stop.set()
-    for t in ts:
-        t.join()
-    if errors:
-        raise errors[0]
+    _run_for(seconds, threads, infer, update, start, stop)
     return [c for part in calls for c in part], updates
 
 
