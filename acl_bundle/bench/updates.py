@@ -18,15 +18,22 @@ from .harness import (
 )
 
 
-def s2_update_proportional(c: BenchContext) -> dict:
+def _many_variables(c: BenchContext, what: str) -> tuple[str, dict[str, np.ndarray], int, int]:
+    """The bundle of scenarios 2 and 7: ``s2_variables`` float32 variables of ``s2_size`` values, no init graph.
+
+    Returns (its path, its weights, the count, the size); ``what`` starts the progress line.
+    """
     from ..sim import models
 
+    n, size = c.cfg.s2_variables, c.cfg.s2_size
+    c.progress(what.format(n=n, kib=size * 4 // 1024))
+    proto, w0 = models.many_variables(n, size, seed=c.cfg.seed)
+    return c.build(proto, init=False), w0, n, size
+
+
+def s2_update_proportional(c: BenchContext) -> dict:
     cfg = c.cfg
-    n, size = cfg.s2_variables, cfg.s2_size
-    c.progress(f"2 update proportional: building {n} x {size * 4 // 1024} KiB variables")
-    proto, w0 = models.many_variables(n, size, seed=cfg.seed)
-    path = c.build(proto, init=False)
-    del proto
+    path, w0, n, size = _many_variables(c, "2 update proportional: building {n} x {kib} KiB variables")
     m = c.open(path)
     rows: list[dict] = []
     facts: dict[str, Any] = {}
@@ -200,14 +207,7 @@ def s4_update_vs_copy(c: BenchContext) -> dict:
 
 
 def s7_staging_memory(c: BenchContext) -> dict:
-    from ..sim import models
-
-    cfg = c.cfg
-    n, size = cfg.s2_variables, cfg.s2_size
-    c.progress(f"7 staging memory: {n} x {size * 4 // 1024} KiB variables, one updated at a time")
-    proto, _ = models.many_variables(n, size, seed=cfg.seed)
-    path = c.build(proto, init=False)
-    del proto
+    path, _, n, size = _many_variables(c, "7 staging memory: {n} x {kib} KiB variables, one updated at a time")
     var_bytes = n * size * 4
     x = np.ones((1, size), np.float32)  # many_variables' input: one row per variable length
     rows, facts = [], {}
