@@ -302,6 +302,7 @@ def _private_attribute_uses(name: str) -> list[str]:
     imported = _names_from_other_modules(name)
     own = PRIVATE_DEFINED[name]
     elsewhere = set().union(*(d for m, d in PRIVATE_DEFINED.items() if m != name))
+    instances = _instances_of_imported_classes(TREES[name], {n for n in imported if n[:1].isupper()})
     out = []
     for node in ast.walk(TREES[name]):
         if not isinstance(node, ast.Attribute) or not _is_private(node.attr):
@@ -311,8 +312,49 @@ def _private_attribute_uses(name: str) -> list[str]:
             out.append(f"line {node.lineno}: {base.id}.{node.attr} ({base.id} is from {imported[base.id]})")
         elif isinstance(base, ast.Name) and base.id in ("self", "cls"):
             continue
+        elif id(base) in instances:
+            out.append(f"line {node.lineno}: {base.id}.{node.attr} ({base.id} is a {instances[id(base)]})")
         elif node.attr in elsewhere and node.attr not in own:
             out.append(f"line {node.lineno}: {ast.unparse(base)}.{node.attr} (defined only in other modules)")
+    return out
+
+
+def _instances_of_imported_classes(tree: ast.AST, classes: set[str]) -> dict[int, str]:
+    """Name nodes that evidently hold an instance of one of ``classes`` (names imported from another module).
+
+    Per function: a parameter annotated with the class (``x: Cls``, ``Cls | None``, ``Optional[Cls]``) or a
+    name assigned ``Cls(...)``, ``Cls.from_x(...)``.  Returns id(Name node) -> the class, for each load of such a name.
+    """
+    def classes_in(annotation: ast.AST | None) -> list[str]:
+        return [n.id for n in ast.walk(annotation) if isinstance(n, ast.Name) and n.id in classes] if annotation else []
+
+    def made_by(value: ast.AST) -> str | None:
+        if isinstance(value, ast.Call):
+            f = value.func.value if isinstance(value.func, ast.Attribute) else value.func
+            if isinstance(f, ast.Name) and f.id in classes:
+                return f.id
+        return None
+
+    out: dict[int, str] = {}
+    scopes = [n for n in ast.walk(tree) if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef))]
+    for fn in scopes:
+        typed: dict[str, str] = {}
+        for a in [*fn.args.posonlyargs, *fn.args.args, *fn.args.kwonlyargs]:
+            found = classes_in(a.annotation)
+            if found:
+                typed[a.arg] = found[0]
+        for node in ast.walk(fn):
+            if isinstance(node, ast.Assign) and len(node.targets) == 1 and isinstance(node.targets[0], ast.Name):
+                cls = made_by(node.value)
+                if cls:
+                    typed[node.targets[0].id] = cls
+            elif isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name):
+                found = classes_in(node.annotation)
+                if found:
+                    typed[node.target.id] = found[0]
+        for node in ast.walk(fn):
+            if isinstance(node, ast.Name) and isinstance(node.ctx, ast.Load) and node.id in typed:
+                out[id(node)] = typed[node.id]
     return out
 
 
@@ -326,9 +368,14 @@ def test_the_private_attribute_check_sees_imported_names_and_other_modules_attri
     old = "def f(stage):\n    staged = stage()\n    return staged._commit_entered()\n"
     imported = "from ._model import updater\nfrom ._model.updater import StagedUpdate\n" \
                "a = updater._EMPTY\nb = StagedUpdate._take\nc = self._own\n"
+    # _take is defined here too, so only knowing what s and m hold finds their uses (path's is this module's own)
+    instances = "from ._model.updater import StagedUpdate\ndef _take(): pass\n" \
+                "def f(s: StagedUpdate | None, path):\n    m = StagedUpdate(path)\n" \
+                "    return s._take(), m._take(), path._take()\n"
     saved = TREES["acl_bundle.model"], PRIVATE_DEFINED["acl_bundle.model"]
     try:
-        for text, expect in ((old, ["staged._commit_entered"]), (imported, ["updater._EMPTY", "StagedUpdate._take"])):
+        for text, expect in ((old, ["staged._commit_entered"]), (imported, ["updater._EMPTY", "StagedUpdate._take"]),
+                             (instances, ["s._take", "m._take"])):
             TREES["acl_bundle.model"] = ast.parse(text)
             PRIVATE_DEFINED["acl_bundle.model"] = _private_names_defined(TREES["acl_bundle.model"])
             found = _private_attribute_uses("acl_bundle.model")
