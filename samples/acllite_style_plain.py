@@ -59,7 +59,8 @@ def main() -> int:
         n = acl.mdl.get_num_inputs(desc) if kind == "in" else acl.mdl.get_num_outputs(desc)
         bufs = []
         for i in range(n):
-            size = acl.mdl.get_input_size_by_index(desc, i) if kind == "in" else acl.mdl.get_output_size_by_index(desc, i)
+            size_of = acl.mdl.get_input_size_by_index if kind == "in" else acl.mdl.get_output_size_by_index
+            size = size_of(desc, i)
             ptr, ret = acl.rt.malloc(size, ACL_MEM_MALLOC_NORMAL_ONLY)
             check(ret, "malloc")
             db = acl.create_data_buffer(ptr, size)

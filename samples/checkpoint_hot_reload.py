@@ -107,13 +107,14 @@ def server(steps: int, every: int, seed: int) -> int:
             logits, probs = model.infer(x)
             err = float(np.abs(probs - reference(x, expected_w)).max())
             print(f"[server] served {served} infer calls while the trainer ran; applied steps {applied_steps}")
-            print(f"[server] serving step {watcher.applied_step} (version {model.version}); last marker {last_marker.name}; "
-                  f"skipped {watcher.skipped}")
+            print(f"[server] serving step {watcher.applied_step} (version {model.version}); "
+                  f"last marker {last_marker.name}; skipped {watcher.skipped}")
             print(f"[server] outputs vs numpy reference of {data_file.name}: max |diff| {err:.1e}")
             if err > 1e-5:
                 failures.append(f"served probabilities differ from the reference by {err:.3g}")
             if watcher.applied_step != final:
-                failures.append(f"serving step {watcher.applied_step}, expected {final} (the half-written file must be ignored)")
+                failures.append(f"serving step {watcher.applied_step}, expected {final} "
+                                "(the half-written file must be ignored)")
             if applied_steps != sorted(set(applied_steps)) or not applied_steps:
                 failures.append(f"applied steps not strictly increasing: {applied_steps}")
     if failures:

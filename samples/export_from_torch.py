@@ -79,14 +79,14 @@ def export_with_torch(state: dict[str, np.ndarray], path: Path) -> list[str]:
             self.drop = nn.Dropout(0.5)
             self.fc2 = nn.Linear(HIDDEN, N_OUT)
 
-        def forward(self, x: "torch.Tensor") -> "torch.Tensor":
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
             return self.fc2(self.drop(torch.relu(self.bn1(self.fc1(x)))))
 
     net = Net()
     net.load_state_dict({k: torch.from_numpy(v) for k, v in state.items()}, strict=False)
     net.eval()  # BatchNorm uses running stats, Dropout is the identity
-    kwargs = dict(input_names=["x"], output_names=["y"], opset_version=17, do_constant_folding=False,
-                  training=torch.onnx.TrainingMode.EVAL)
+    kwargs = {"input_names": ["x"], "output_names": ["y"], "opset_version": 17, "do_constant_folding": False,
+              "training": torch.onnx.TrainingMode.EVAL}
     try:
         torch.onnx.export(net, (torch.zeros(BATCH, N_IN),), str(path), dynamo=False, **kwargs)
     except TypeError:  # older torch: no dynamo= argument
@@ -154,7 +154,8 @@ def main() -> int:
             # A fine-tuned checkpoint from a DataParallel trainer: 'module.' names, buffers included.
             tuned = random_state(2)
             ckpt = Path(tmp, "finetuned.npz")
-            np.savez(ckpt, **{f"module.{k}": v for k, v in tuned.items()}, **{"module.bn1.num_batches_tracked": np.array(7)})
+            np.savez(ckpt, **{f"module.{k}": v for k, v in tuned.items()},
+                     **{"module.bn1.num_batches_tracked": np.array(7)})
             try:
                 load_checkpoint(ckpt, m, strip_prefix="module.")
                 failures.append("a checkpoint with buffers loaded strictly; expected a CheckpointMismatchError")

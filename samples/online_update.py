@@ -90,7 +90,8 @@ def main() -> int:
                 t0 = time.perf_counter()
                 # Record before pushing so a server seeing the new version finds it.
                 with hist_lock:
-                    history[m.version + 1] = {**history[m.version], **{k: v.astype(np.float64) for k, v in snapshot.items()}}
+                    history[m.version + 1] = {**history[m.version],
+                                              **{k: v.astype(np.float64) for k, v in snapshot.items()}}
                 version = m.update(snapshot)
                 update_times.append(time.perf_counter() - t0)
                 if version != push:
@@ -110,7 +111,8 @@ def main() -> int:
 
     print(f"{PUSHES} updates of W2,b2 while 2 threads served {checked[0]} infer calls")
     print(f"update: median {1e3 * statistics.median(update_times):.3f} ms "
-          f"(stage {1e3 * st['stage_seconds'] / st['updates']:.3f} ms + commit {1e3 * st['commit_seconds'] / st['updates']:.3f} ms)")
+          f"(stage {1e3 * st['stage_seconds'] / st['updates']:.3f} ms "
+          f"+ commit {1e3 * st['commit_seconds'] / st['updates']:.3f} ms)")
     print(f"infer (batch {BATCH}): median {1e3 * statistics.median(infer_times):.3f} ms")
     print(f"accuracy of the served weights on the trainer's task (numpy reference): {acc0:.3f} -> {acc1:.3f}")
     print(f"final outputs vs numpy reference: max |diff| {final_err:.1e}")

@@ -79,8 +79,9 @@ def main() -> int:
         check(acl.mdl.get_desc(d, mid), "get_desc")
         descs[mid] = d
     d_inf, d_upd = descs[infer_id], descs[update_id]
-    inf_in, inf_in_p = make_dataset([acl.mdl.get_input_size_by_index(d_inf, i) for i in range(acl.mdl.get_num_inputs(d_inf))])
-    inf_out, inf_out_p = make_dataset([acl.mdl.get_output_size_by_index(d_inf, i) for i in range(acl.mdl.get_num_outputs(d_inf))])
+    n_in, n_out = acl.mdl.get_num_inputs(d_inf), acl.mdl.get_num_outputs(d_inf)
+    inf_in, inf_in_p = make_dataset([acl.mdl.get_input_size_by_index(d_inf, i) for i in range(n_in)])
+    inf_out, inf_out_p = make_dataset([acl.mdl.get_output_size_by_index(d_inf, i) for i in range(n_out)])
     init_in, _ = make_dataset([])
     init_out, _ = make_dataset([])
     n_upd = acl.mdl.get_num_inputs(d_upd)
@@ -95,7 +96,8 @@ def main() -> int:
     def infer() -> np.ndarray:
         check(acl.rt.memcpy(inf_in_p[0], x.nbytes, acl.util.numpy_to_ptr(x), x.nbytes, H2D), "memcpy H2D")
         check(acl.mdl.execute(infer_id, inf_in, inf_out), "execute(infer)")
-        check(acl.rt.memcpy(acl.util.bytes_to_ptr(out_bytes), len(out_bytes), inf_out_p[0], len(out_bytes), D2H), "memcpy D2H")
+        nbytes = len(out_bytes)
+        check(acl.rt.memcpy(acl.util.bytes_to_ptr(out_bytes), nbytes, inf_out_p[0], nbytes, D2H), "memcpy D2H")
         return np.frombuffer(out_bytes, np.float32).reshape(1, 4).copy()
 
     failures = 0
@@ -109,7 +111,8 @@ def main() -> int:
     for i in range(n_upd):
         name = acl.mdl.get_input_name_by_index(d_upd, i)
         if name == "fc1.weight_var_data":
-            check(acl.rt.memcpy(upd_p[i], new_w.nbytes, acl.util.numpy_to_ptr(new_w), new_w.nbytes, H2D), "memcpy weight")
+            nbytes = new_w.nbytes
+            check(acl.rt.memcpy(upd_p[i], nbytes, acl.util.numpy_to_ptr(new_w), nbytes, H2D), "memcpy weight")
             td = acl.create_tensor_desc(ACL_FLOAT, list(new_w.shape), ACL_FORMAT_ND)
         else:
             td = acl.create_tensor_desc(ACL_FLOAT, [0], ACL_FORMAT_ND)
@@ -142,7 +145,7 @@ def main() -> int:
     if "acl_bundle.sim" in sys.modules:
         from acl_bundle import sim as _sim
 
-        leaks = {k: v for k, v in _sim.leaks().items()}
+        leaks = dict(_sim.leaks())
         if leaks:
             print("LEAKS", leaks, file=sys.stderr)
             failures += 1

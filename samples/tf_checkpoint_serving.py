@@ -47,7 +47,8 @@ def tf1_model(tf):
 
     def dense(h, n, name):
         with tf1.variable_scope(name):
-            w = tf1.get_variable("kernel", [int(h.shape[-1]), n], initializer=tf1.glorot_uniform_initializer(seed=len(name)))
+            w = tf1.get_variable("kernel", [int(h.shape[-1]), n],
+                                 initializer=tf1.glorot_uniform_initializer(seed=len(name)))
             b = tf1.get_variable("bias", [n], initializer=tf1.zeros_initializer())
         return tf.matmul(h, w) + b
 
@@ -61,7 +62,8 @@ def tf2_net(tf):
     class Dense(tf.Module):
         def __init__(self, n_in, n_out, name):
             super().__init__(name=name)
-            self.kernel = tf.Variable(tf.keras.initializers.GlorotUniform(seed=len(name))([n_in, n_out]), name=f"{name}/kernel")
+            init = tf.keras.initializers.GlorotUniform(seed=len(name))
+            self.kernel = tf.Variable(init([n_in, n_out]), name=f"{name}/kernel")
             self.bias = tf.Variable(tf.zeros([n_out]), name=f"{name}/bias")
 
         def __call__(self, h):
@@ -84,7 +86,8 @@ def tf2_net(tf):
 def trainer(variant: str, directory: Path, export: Path) -> int:
     import tensorflow as tf
 
-    print(f"[trainer {variant}] TensorFlow {tf.__version__}; acl_bundle imported: {'acl_bundle' in sys.modules}", flush=True)
+    print(f"[trainer {variant}] TensorFlow {tf.__version__}; acl_bundle imported: {'acl_bundle' in sys.modules}",
+          flush=True)
     rng = np.random.default_rng(0)
     true_w = rng.standard_normal((N_IN, N_OUT))
 
@@ -175,7 +178,8 @@ def serve(variant: str, seed: int) -> list[str]:
         ckpts = tmp / "ckpts"
         ckpts.mkdir()
         export = tmp / ("model.pb" if variant == "tf1" else "saved_model")
-        child = subprocess.Popen([sys.executable, __file__, "--trainer", variant, "--dir", str(ckpts), "--export", str(export)])
+        child = subprocess.Popen([sys.executable, __file__, "--trainer", variant, "--dir", str(ckpts),
+                                  "--export", str(export)])
         try:
             deadline = time.monotonic() + 300
             while not export.exists() and child.poll() is None and time.monotonic() < deadline:
@@ -201,8 +205,10 @@ def serve(variant: str, seed: int) -> list[str]:
                     with lock:
                         applied.append(a.step)
                         if version != a.version or err > 1e-5:
-                            failures.append(f"{variant} step {a.step}: version {version}/{a.version}, |bundle - TF| {err:.3g}")
-                    print(f"[server {variant}] step {a.step:3d} -> version {a.version:2d}: read {1e3 * a.read_seconds:5.1f} ms, "
+                            failures.append(f"{variant} step {a.step}: version {version}/{a.version}, "
+                                            f"|bundle - TF| {err:.3g}")
+                    print(f"[server {variant}] step {a.step:3d} -> version {a.version:2d}: "
+                          f"read {1e3 * a.read_seconds:5.1f} ms, "
                           f"update {1e3 * a.update_seconds:5.2f} ms, commit->served {1e3 * a.lag_seconds:5.1f} ms, "
                           f"|bundle - TF| {err:.1e}", flush=True)
 
@@ -224,9 +230,11 @@ def serve(variant: str, seed: int) -> list[str]:
                     watcher.poll()
                     leftovers = sorted(p.name for p in ckpts.iterdir() if "temp" in p.name)
                     print(f"[server {variant}] trainer killed; TF's newest commit is {newest.name}, serving step "
-                          f"{watcher.applied_step}; {served} infers while it trained; half-written files left: {leftovers or 'none'}")
+                          f"{watcher.applied_step}; {served} infers while it trained; "
+                          f"half-written files left: {leftovers or 'none'}")
                     if watcher.applied_step != newest_step:
-                        failures.append(f"{variant}: serving step {watcher.applied_step}, TF's newest commit is {newest_step}")
+                        failures.append(f"{variant}: serving step {watcher.applied_step}, "
+                                        f"TF's newest commit is {newest_step}")
                     err = float(np.abs(model.infer(x_check) - oracle(ckpts / newest.name, x_check)).max())
                     if err > 1e-5:
                         failures.append(f"{variant}: final weights differ from TF's newest checkpoint by {err:.3g}")

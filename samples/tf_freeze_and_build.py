@@ -1,4 +1,4 @@
-"""From a TF training graph with BatchNorm and Dropout to a served bundle: freeze for inference, build, stream checkpoints.
+"""From a TF training graph with BatchNorm and Dropout to a served bundle: freeze, build, stream checkpoints.
 
 What a TF user does before serving, with ``tf.compat.v1`` code:
 
@@ -24,7 +24,8 @@ the first must equal it with the new trainable variables and the statistics it w
 frozen with, the second with everything from the checkpoint; the two differ once the
 statistics have moved, and repeated calls give identical results (Dropout is off).
 
-Needs the ``tf`` and ``sim`` extras (``pip install -e '.[tf,sim]'``).   Run:  python samples/tf_freeze_and_build.py   (exit code 1 if a check fails)
+Needs the ``tf`` and ``sim`` extras (``pip install -e '.[tf,sim]'``).
+Run:  python samples/tf_freeze_and_build.py   (exit code 1 if a check fails)
 """
 from __future__ import annotations
 
@@ -166,7 +167,8 @@ def main() -> int:
                     if not (np.array_equal(a.infer(probe), got_a) and np.array_equal(b.infer(probe), got_b)):
                         failures.append(f"step {step}: repeated inference differs (Dropout not the identity?)")
                 if not gap > 1e-3:
-                    failures.append("the BN statistics never changed the output; the frozen/updatable check proves nothing")
+                    failures.append("the BN statistics never changed the output; "
+                                    "the frozen/updatable check proves nothing")
         sess.close()
     if failures:
         print("FAILED:\n  " + "\n  ".join(failures), file=sys.stderr)

@@ -46,7 +46,8 @@ N_IN, HIDDEN, N_OUT, BATCH, STEPS = 16, 32, 5, 8, 60
 
 def dense(x, n: int, name: str):
     with tf1.variable_scope(name):
-        w = tf1.get_variable("kernel", [int(x.shape[-1]), n], initializer=tf1.glorot_uniform_initializer(seed=len(name)))
+        w = tf1.get_variable("kernel", [int(x.shape[-1]), n],
+                             initializer=tf1.glorot_uniform_initializer(seed=len(name)))
         b = tf1.get_variable("bias", [n], initializer=tf1.zeros_initializer())
     return tf.matmul(x, w) + b
 

@@ -58,12 +58,14 @@ def main() -> None:
                             calls, updates = timeline(m, xs, threads, args.seconds, 10.0, upd)
                             ratios, _alone = stalls(calls, updates, statistics.median(base))
                             stall[name].append(max(ratios))
-                            p99[name].append(float(np.percentile([b - a for a, b in calls], 99) / np.percentile(base, 99)))
+                            lat = [b - a for a, b in calls]
+                            p99[name].append(float(np.percentile(lat, 99) / np.percentile(base, 99)))
                 finally:
                     Gate.hand_off = real_hand_off  # type: ignore[method-assign]
                 for name in variants:
                     print(f"{threads} infer thread(s), {name:8s}: longest stall / its commit, median "
-                          f"{statistics.median(stall[name]):.3f} (rounds {', '.join(f'{x:.2f}' for x in stall[name])}); "
+                          f"{statistics.median(stall[name]):.3f} "
+                          f"(rounds {', '.join(f'{x:.2f}' for x in stall[name])}); "
                           f"p99 under 10 Hz / p99 without, median {statistics.median(p99[name]):.3f}")
 
 

@@ -39,7 +39,8 @@ def main() -> None:
             (d / f"unrelated-{i}.bin").touch()
         code = ("import sys, numpy as np; from acl_bundle.checkpoint import write_checkpoint\n"
                 "for s in (1, 2, 3): write_checkpoint(sys.argv[1], {'a': np.ones(4, np.float32)}, s)")
-        subprocess.run([sys.executable, "-c", code, str(d)], check=True, cwd=d, env=dict(os.environ, PYTHONPATH=new_root))
+        subprocess.run([sys.executable, "-c", code, str(d)], check=True, cwd=d,
+                       env=dict(os.environ, PYTHONPATH=new_root))
         old = os.stat(d).st_mtime - 600
         os.utime(d, (old, old))  # a settled directory
     roots = {"old": old_root, "new": new_root}

@@ -148,7 +148,8 @@ def call_cost(path: str, rounds: int) -> None:
                 t[k].append((time.perf_counter() - t0) / len(xs))
         pairs = sorted(a / b for a, b in zip(t["execute-only"], t["today"]))
         print(f"tiny MLP infer: today {1e6 * statistics.median(t['today']):.1f} us, execute-only "
-              f"{1e6 * statistics.median(t['execute-only']):.1f} us; paired ratio median {statistics.median(pairs):.3f}, "
+              f"{1e6 * statistics.median(t['execute-only']):.1f} us; "
+              f"paired ratio median {statistics.median(pairs):.3f}, "
               f"quartiles {pairs[len(pairs) // 4]:.3f}..{pairs[3 * len(pairs) // 4]:.3f}")
     finally:
         for m in ms.values():

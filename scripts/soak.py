@@ -21,16 +21,18 @@ import os
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 os.environ.setdefault("ACL_BUNDLE_BACKEND", "sim")
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import numpy as np  # noqa: E402
 
-from acl_bundle import BundleModel  # noqa: E402
-from acl_bundle import sim  # noqa: E402
+from acl_bundle import (
+    BundleModel,  # noqa: E402
+    sim,  # noqa: E402
+)
 from acl_bundle.sim import builder, models  # noqa: E402
 
 
