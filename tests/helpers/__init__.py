@@ -1,4 +1,8 @@
-"""Numpy references and read-back helpers shared by the tests (importable as ``helpers``)."""
+"""Numpy references and read-back helpers shared by the tests (importable as ``helpers``: tests/ is on pytest's path).
+
+Suite helpers live beside it: ``helpers.serve`` (server processes), ``helpers.reliability`` (bundle files, weight
+sets). Import these, never a ``conftest`` (which one ``from conftest import`` finds depends on what ran first).
+"""
 from __future__ import annotations
 
 import numpy as np
