@@ -112,33 +112,6 @@ def test_installed_simulator_is_found_as_acl(make_bundle, monkeypatch):
         sim.uninstall()
 
 
-def test_public_names_are_pinned():
-    import acl_bundle
-
-    assert sorted(acl_bundle.__all__) == [
-        "AclCleanupWarning",
-        "AclError",
-        "BackendNotFoundError",
-        "BundleModel",
-        "CheckpointError",
-        "CheckpointMismatchError",
-        "CheckpointWatcher",
-        "InterpreterShutdownError",
-        "ModelClosedError",
-        "StagedUpdate",
-        "TensorInfo",
-        "UnknownVariableError",
-        "Variable",
-        "WeightVersion",
-        "load_checkpoint",
-        "load_manifest",
-        "manifest_path",
-        "read_manifest",
-        "write_checkpoint",
-    ]
-    assert all(hasattr(acl_bundle, n) for n in acl_bundle.__all__)
-
-
 def test_core_import_needs_only_numpy():
     """`import acl_bundle` must not pull in onnx/onnxruntime (numpy is the only core dependency)."""
     import subprocess
