@@ -25,3 +25,13 @@ def make_bundle(tmp_path: Path):
         return Path(om), weights
 
     return make
+
+
+@pytest.fixture(scope="module")
+def moto(tmp_path_factory):
+    """A moto S3 server on loopback for one test module (a subprocess, stopped by PID)."""
+    import s3help
+
+    server = s3help.MotoServer(tmp_path_factory.mktemp("moto"))
+    yield server
+    server.stop()

@@ -34,13 +34,6 @@ from acl_bundle.watcher import CheckpointWatcher  # noqa: E402
 TRAINER = Path(__file__).with_name("s3_trainer.py")
 
 
-@pytest.fixture(scope="module")
-def moto(tmp_path_factory):
-    server = s3help.MotoServer(tmp_path_factory.mktemp("moto"))
-    yield server
-    server.stop()
-
-
 @pytest.fixture
 def proxy(moto):
     p = s3help.FaultProxy(moto.port)

@@ -11,7 +11,7 @@ import asyncio
 import logging
 import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -222,7 +222,6 @@ class ModelService:
         self.check_model(name)
         if self.shutting_down:
             raise ServeError(503, "the server is shutting down")
-        loop = asyncio.get_running_loop()
 
         def work() -> dict[str, Any]:
             try:
@@ -234,13 +233,7 @@ class ModelService:
             names, nbytes = describe(weights)
             return {"model_name": self.name, "weight_version": version, "variables": names, "bytes": nbytes}
 
-        try:
-            return await loop.run_in_executor(self._update_pool, work)
-        except ServeError:
-            raise
-        except Exception as e:
-            log.exception("update failed")
-            raise ServeError(500, f"update failed: {type(e).__name__}: {e}") from None
+        return await self._on_update_pool(work, "update")
 
     async def rollback(self, name: str, to: int | None, *, source: str) -> dict[str, Any]:
         """Serve the weights of version ``to`` again (None: the version before the last update); the caller
@@ -269,14 +262,17 @@ class ModelService:
             log.info("rolled back over %s to the weights of version %d: now version %d", source, target, version)
             return {"model_name": self.name, "weight_version": version, "restored_version": target}
 
-        loop = asyncio.get_running_loop()
+        return await self._on_update_pool(work, "rollback")
+
+    async def _on_update_pool(self, work: Callable[[], dict[str, Any]], what: str) -> dict[str, Any]:
+        """Run ``work`` on the update thread; a ServeError passes, anything else is a logged 500."""
         try:
-            return await loop.run_in_executor(self._update_pool, work)
+            return await asyncio.get_running_loop().run_in_executor(self._update_pool, work)
         except ServeError:
             raise
         except Exception as e:
-            log.exception("rollback failed")
-            raise ServeError(500, f"rollback failed: {type(e).__name__}: {e}") from None
+            log.exception("%s failed", what)
+            raise ServeError(500, f"{what} failed: {type(e).__name__}: {e}") from None
 
     def on_checkpoint(self, applied: Any) -> None:
         """CheckpointWatcher on_apply: the checkpoint_step gauge."""

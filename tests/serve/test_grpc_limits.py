@@ -64,6 +64,17 @@ def _raw_infer(srv, body: bytes, **kw):
         body, timeout=60, **kw)
 
 
+def _assert_infers(url: str, x: np.ndarray, weights: dict) -> None:
+    """One unary gRPC infer of ``x`` answers the numpy reference for ``weights``."""
+    c = grpcclient.InferenceServerClient(url)
+    i = grpcclient.InferInput("x", list(x.shape), "FP32")
+    i.set_data_from_numpy(x)
+    try:
+        np.testing.assert_allclose(c.infer("mlp", [i]).as_numpy("y"), reference(x, weights), rtol=1e-5, atol=1e-5)
+    finally:
+        c.close()
+
+
 def test_oversize_infer_is_refused_before_it_is_buffered(srv):
     head = service_pb2.ModelInferRequest(
         model_name="mlp", inputs=[service_pb2.ModelInferRequest.InferInputTensor(
@@ -114,12 +125,7 @@ def test_other_bounds_and_malformed_bytes(srv, case, needle):
 
 
 def test_a_bounded_request_still_infers(srv):
-    c = grpcclient.InferenceServerClient(srv.grpc_url)
-    x = np.random.default_rng(0).standard_normal((4, 8)).astype(np.float32)
-    i = grpcclient.InferInput("x", [4, 8], "FP32")
-    i.set_data_from_numpy(x)
-    np.testing.assert_allclose(c.infer("mlp", [i]).as_numpy("y"), reference(x, srv.weights), rtol=1e-5, atol=1e-5)
-    c.close()
+    _assert_infers(srv.grpc_url, np.random.default_rng(0).standard_normal((4, 8)).astype(np.float32), srv.weights)
 
 
 def test_an_unauthenticated_push_is_refused_before_its_message_is_read(srv):
@@ -138,12 +144,7 @@ def test_an_unauthenticated_push_is_refused_before_its_message_is_read(srv):
     ok.parameters["file:w.npz"].bytes_param = npz_bytes(w)
     srv.channel.unary_unary(LOAD)(ok.SerializeToString(), timeout=60,
                                   metadata=(("authorization", f"Bearer {TOKEN}"),))
-    c = grpcclient.InferenceServerClient(srv.grpc_url)
-    x = np.ones((1, 8), np.float32)
-    i = grpcclient.InferInput("x", [1, 8], "FP32")
-    i.set_data_from_numpy(x)
-    np.testing.assert_allclose(c.infer("mlp", [i]).as_numpy("y"), reference(x, w), rtol=1e-5, atol=1e-5)
-    c.close()
+    _assert_infers(srv.grpc_url, np.ones((1, 8), np.float32), w)
 
 
 def test_sigterm_under_grpc_load_calls_finish_or_are_refused_unavailable(tmp_path):
@@ -251,12 +252,7 @@ def test_an_update_port_takes_pushes_over_the_infer_limit(tmp_path):
             with pytest.raises(grpc.RpcError) as ei:  # and it serves nothing else
                 upd.unary_unary(INFER)(b"", timeout=10)
             assert ei.value.code() == grpc.StatusCode.UNIMPLEMENTED
-        c = grpcclient.InferenceServerClient(s.grpc_url)
-        x = np.ones((2, 8), np.float32)
-        i = grpcclient.InferInput("x", [2, 8], "FP32")
-        i.set_data_from_numpy(x)
-        np.testing.assert_allclose(c.infer("mlp", [i]).as_numpy("y"), reference(x, w), rtol=1e-5, atol=1e-5)
-        c.close()
+        _assert_infers(s.grpc_url, np.ones((2, 8), np.float32), w)
 
 
 def _over_bound(case: str) -> service_pb2.ModelInferRequest:

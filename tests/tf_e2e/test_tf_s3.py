@@ -21,13 +21,6 @@ from acl_bundle.tf_checkpoint import read_tf_checkpoint  # noqa: E402
 X = np.random.default_rng(11).standard_normal((4, 8)).astype(np.float32)
 
 
-@pytest.fixture(scope="module")
-def moto(tmp_path_factory):
-    server = s3help.MotoServer(tmp_path_factory.mktemp("moto"))
-    yield server
-    server.stop()
-
-
 @pytest.fixture
 def store(moto):
     import s3fs
