@@ -35,7 +35,7 @@ from typing import Any
 import numpy as np
 
 from . import _state as S
-from ._memory import describe, free_device_block, new_device_block, resolve
+from ._memory import allocate, describe, free_device_block, resolve
 from ._state import LOCK, WORLD, NotImplementedInSimulator, api, ints, new_handle, set_err
 
 log = logging.getLogger("acl_bundle.sim")
@@ -156,12 +156,7 @@ def dvpp_malloc(size: int) -> tuple[int, int]:
     """DVPP device memory: size rounded up to 32 B plus 32 B, start 128-B aligned (pyACL dvpp_malloc page)."""
     if size <= 0:
         return 0, set_err(S.E_PARAM, f"dvpp_malloc: size {size} must be > 0")
-    with LOCK:
-        dev = S.current_context().device
-        blk = new_device_block(dev, size, dvpp=True)
-        if blk is None:
-            return 0, set_err(S.E_ALLOC, f"dvpp_malloc: {size} bytes exceed free device memory on device {dev}")
-        return blk.ptr, 0
+    return allocate("dvpp_malloc", size, dvpp=True)
 
 
 @api("acl.media.dvpp_free", "ret", ctx=True, pre=ints("dev_ptr"))

@@ -230,11 +230,17 @@ def malloc(size: int, policy: int) -> tuple[int, int]:
         return 0, set_err(S.E_PARAM, f"malloc: size {size} must be > 0")
     if policy < 0:
         return 0, set_err(S.E_PARAM, f"malloc: invalid policy {policy}")
+    return allocate("malloc", size)
+
+
+def allocate(name: str, size: int, *, dvpp: bool = False) -> tuple[int, int]:
+    """``(ptr, 0)`` for a new block of the current context's device, or ``(0, ACL_ERROR_BAD_ALLOC)`` set for
+    API ``name`` when device memory is exhausted (acl.rt.malloc and acl.media.dvpp_malloc)."""
     with LOCK:
         dev = S.current_context().device
-        blk = new_device_block(dev, size)
+        blk = new_device_block(dev, size, dvpp=dvpp)
         if blk is None:
-            return 0, set_err(S.E_ALLOC, f"malloc: {size} bytes exceed free device memory on device {dev}")
+            return 0, set_err(S.E_ALLOC, f"{name}: {size} bytes exceed free device memory on device {dev}")
         return blk.ptr, 0
 
 
