@@ -242,8 +242,9 @@ class _Servicer(service_pb2_grpc.GRPCInferenceServiceServicer):
         in flight, its response naming its weight version); responses come back in request order; a refused
         request is answered in the stream (``error_message``) and the stream goes on.  At most
         ``STREAM_WINDOW`` requests of one stream run at once (reading pauses beyond).  When the server drains,
-        the stream ends UNAVAILABLE once the requests it has read are answered (an idle stream at once; a
-        request read meanwhile is answered "shutting down")."""
+        the stream ends UNAVAILABLE once the requests it read before the drain are answered (an idle stream at
+        once); one read during the drain is answered "shutting down" or, if the stream ends first, not at all
+        (the UNAVAILABLE end tells the client to send it elsewhere)."""
         pending: asyncio.Queue[Any] = asyncio.Queue(STREAM_WINDOW)
 
         async def one(request: Any) -> Any:
